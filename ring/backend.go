@@ -1,0 +1,111 @@
+package ring
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// Kind names an I/O backend.
+type Kind string
+
+const (
+	KindUring   Kind = "uring"
+	KindSyscall Kind = "syscall"
+)
+
+// EnvBackend is the environment variable that forces a backend.
+const EnvBackend = "KEEL_IO_BACKEND"
+
+// iovecsPerCallMax is the kernel's IOV_MAX: one writev takes at most this
+// many buffers, so longer lists are written in several calls.
+const iovecsPerCallMax = 1024
+
+// Backend appends bytes to files and makes them durable. See the package doc.
+type Backend interface {
+	// WriteAt writes bufs back to back into fd starting at off. With sync it
+	// also fdatasyncs fd after the write has completed. It returns when all
+	// of it is done, or with the first storage fault.
+	WriteAt(fd int, off int64, bufs [][]byte, sync bool) error
+	// Sync fdatasyncs fd.
+	Sync(fd int) error
+	// Kind says which backend this is.
+	Kind() Kind
+	// Close releases the backend. Calls after Close fail with ErrClosed.
+	Close() error
+}
+
+// ErrClosed is returned by calls on a closed Backend.
+var ErrClosed = errors.New("ring: backend closed")
+
+// FaultError is a storage fault: a write or sync that failed for a reason
+// other than EINTR/EAGAIN. It is sticky in the Backend that returned it.
+type FaultError struct {
+	Op  string // "write" or "fdatasync"
+	Err error
+}
+
+func (e *FaultError) Error() string { return fmt.Sprintf("ring: storage fault in %s: %v", e.Op, e.Err) }
+func (e *FaultError) Unwrap() error { return e.Err }
+
+// Open returns the backend named by KEEL_IO_BACKEND, or io_uring with a
+// fallback to system calls when the variable is unset or empty.
+func Open() (Backend, error) {
+	return OpenKind(Kind(os.Getenv(EnvBackend)))
+}
+
+// OpenKind returns the named backend. An empty kind means "io_uring if it can
+// be set up, else syscall".
+func OpenKind(kind Kind) (Backend, error) {
+	switch kind {
+	case KindSyscall:
+		return newSyscallBackend(), nil
+	case KindUring:
+		b, err := newUringBackend()
+		if err != nil {
+			return nil, fmt.Errorf("ring: %s=%s but io_uring cannot be set up: %w", EnvBackend, kind, err)
+		}
+		return b, nil
+	case "":
+		if b, err := newUringBackend(); err == nil {
+			return b, nil
+		}
+		return newSyscallBackend(), nil
+	default:
+		return nil, fmt.Errorf("ring: %s=%q: want %q or %q", EnvBackend, kind, KindUring, KindSyscall)
+	}
+}
+
+// UringAvailable reports whether io_uring can be set up on this machine, and
+// why not when it cannot.
+func UringAvailable() error {
+	b, err := newUringBackend()
+	if err != nil {
+		return err
+	}
+	return b.Close()
+}
+
+// stickyFault keeps the first storage fault of a backend.
+type stickyFault struct {
+	mu    sync.Mutex
+	fault error
+}
+
+func (s *stickyFault) get() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fault
+}
+
+// set records err as the fault unless one is already kept, and returns the
+// kept one.
+func (s *stickyFault) set(err error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fault == nil {
+		s.fault = err
+	}
+	return s.fault
+}

@@ -1,0 +1,306 @@
+package ring
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"github.com/pawelgaczynski/giouring"
+	"golang.org/x/sys/unix"
+)
+
+// uringEntries is the submission queue depth. One operation uses at most two
+// entries (a write linked to an fdatasync); operations run one at a time.
+const uringEntries = 8
+
+const (
+	userDataWrite uint64 = 1
+	userDataSync  uint64 = 2
+)
+
+// uringOp is one request handed to the ring goroutine.
+type uringOp struct {
+	fd   int
+	off  int64
+	bufs [][]byte
+	sync bool
+	done chan error
+}
+
+var uringOpPool = sync.Pool{New: func() any { return &uringOp{done: make(chan error, 1)} }}
+
+// uringBackend owns one io_uring instance through one goroutine locked to
+// its OS thread. Operations are serialised through ops: the engine has one
+// flush loop per log, so there is never more than one operation waiting per
+// log, and serial operations keep write/sync ordering trivially visible.
+type uringBackend struct {
+	ops       chan *uringOp
+	closeOnce sync.Once
+	stopped   chan struct{}
+	mu        sync.RWMutex // guards closed against sends on ops
+	closed    bool
+	fault     stickyFault
+}
+
+func newUringBackend() (*uringBackend, error) {
+	b := &uringBackend{ops: make(chan *uringOp), stopped: make(chan struct{})}
+	ready := make(chan error, 1)
+	go b.loop(ready)
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *uringBackend) Kind() Kind { return KindUring }
+
+// loop is the only goroutine that touches the ring.
+func (b *uringBackend) loop(ready chan<- error) {
+	// Never unlocked: the ring stays with one thread for its whole life, and
+	// the thread exits with the goroutine.
+	runtime.LockOSThread()
+	defer close(b.stopped)
+	r, err := giouring.CreateRing(uringEntries)
+	if err != nil {
+		ready <- fmt.Errorf("io_uring setup: %w", err)
+		return
+	}
+	ready <- nil
+	defer r.QueueExit()
+	u := uringWorker{ring: r}
+	for op := range b.ops {
+		op.done <- u.run(op)
+	}
+}
+
+func (b *uringBackend) Close() error {
+	b.closeOnce.Do(func() {
+		b.mu.Lock()
+		b.closed = true
+		close(b.ops)
+		b.mu.Unlock()
+		<-b.stopped
+	})
+	return nil
+}
+
+func (b *uringBackend) WriteAt(fd int, off int64, bufs [][]byte, sync bool) error {
+	return b.submit(fd, off, bufs, sync)
+}
+
+func (b *uringBackend) Sync(fd int) error { return b.submit(fd, 0, nil, true) }
+
+func (b *uringBackend) submit(fd int, off int64, bufs [][]byte, sync bool) error {
+	if err := b.fault.get(); err != nil {
+		return err
+	}
+	op := uringOpPool.Get().(*uringOp)
+	op.fd, op.off, op.bufs, op.sync = fd, off, skipEmpty(bufs), sync
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		uringOpPool.Put(op)
+		return ErrClosed
+	}
+	b.ops <- op
+	b.mu.RUnlock()
+	err := <-op.done
+	op.bufs = nil
+	uringOpPool.Put(op)
+	if err != nil {
+		var fault *FaultError
+		if errors.As(err, &fault) {
+			return b.fault.set(err)
+		}
+	}
+	return err
+}
+
+// uringWorker is the ring goroutine's state: the ring and a reusable iovec
+// array (pinned per operation).
+type uringWorker struct {
+	ring   *giouring.Ring
+	iovecs []unix.Iovec
+}
+
+// run performs one operation: writes in chunks of at most IOV_MAX buffers,
+// the last chunk linked to the fdatasync when sync is asked.
+func (u *uringWorker) run(op *uringOp) error {
+	var pinner runtime.Pinner
+	defer pinner.Unpin()
+	bufs, off := op.bufs, op.off
+	if len(bufs) == 0 {
+		if !op.sync {
+			return nil
+		}
+		return u.fsyncOnly(op.fd)
+	}
+	for len(bufs) > 0 {
+		chunk := bufs[:min(len(bufs), iovecsPerCallMax)]
+		last := len(chunk) == len(bufs)
+		n, err := u.writeChunk(&pinner, op.fd, off, chunk, op.sync && last)
+		if err != nil {
+			return err
+		}
+		off += int64(n)
+		bufs = bufs[len(chunk):]
+	}
+	return nil
+}
+
+// writeChunk writes all of chunk at off, resubmitting after short writes,
+// and, with sync, fdatasyncs in the same submission as the final write.
+func (u *uringWorker) writeChunk(pinner *runtime.Pinner, fd int, off int64, chunk [][]byte, sync bool) (int, error) {
+	u.iovecs = u.iovecs[:0]
+	total := 0
+	for _, b := range chunk {
+		if len(b) == 0 {
+			continue
+		}
+		pinner.Pin(&b[0])
+		iov := unix.Iovec{Base: &b[0]}
+		iov.SetLen(len(b))
+		u.iovecs = append(u.iovecs, iov)
+		total += len(b)
+	}
+	pinner.Pin(&u.iovecs[0])
+	iovs := u.iovecs
+	written := 0
+	for written < total {
+		wres, sres, err := u.submitWrite(fd, off+int64(written), iovs, sync)
+		if err != nil {
+			return written, err
+		}
+		switch {
+		case wres == -int32(unix.EINTR) || wres == -int32(unix.EAGAIN):
+			continue // nothing written; the linked sync was cancelled
+		case wres < 0:
+			return written, &FaultError{Op: "write", Err: unix.Errno(-wres)}
+		case wres == 0:
+			return written, &FaultError{Op: "write", Err: io.ErrShortWrite}
+		}
+		written += int(wres)
+		iovs = advanceIovecs(iovs, int(wres))
+		if written < total {
+			continue // short write: the link broke and the sync was cancelled
+		}
+		if sync {
+			if sres == -int32(unix.EINTR) {
+				return written, u.fsyncOnly(fd)
+			}
+			if sres < 0 {
+				return written, &FaultError{Op: "fdatasync", Err: unix.Errno(-sres)}
+			}
+		}
+	}
+	return written, nil
+}
+
+// submitWrite submits one writev, linked to an fdatasync when sync, and
+// returns both results (sres is 0 without sync).
+func (u *uringWorker) submitWrite(fd int, off int64, iovs []unix.Iovec, sync bool) (wres, sres int32, err error) {
+	sqe := u.getSQE()
+	sqe.PrepareWritev(fd, uintptr(unsafe.Pointer(&iovs[0])), uint32(len(iovs)), uint64(off))
+	sqe.UserData = userDataWrite
+	want := 1
+	if sync {
+		sqe.Flags |= giouring.SqeIOLink
+		s := u.getSQE()
+		s.PrepareFsync(fd, giouring.FsyncDatasync)
+		s.UserData = userDataSync
+		want = 2
+	}
+	results, err := u.submitAndReap(want)
+	if err != nil {
+		return 0, 0, err
+	}
+	return results[userDataWrite], results[userDataSync], nil
+}
+
+// getSQE returns a zeroed submission entry. giouring's Prepare helpers
+// leave some fields (rw_flags among them) as the slot's previous user left
+// them: a writev reusing an fsync's slot would inherit FSYNC_DATASYNC as
+// RWF_HIPRI and fail with EINVAL.
+func (u *uringWorker) getSQE() *giouring.SubmissionQueueEntry {
+	sqe := u.ring.GetSQE()
+	if sqe == nil {
+		// Operations run one at a time and use at most two entries.
+		panic("ring: submission queue full: more than one operation in flight")
+	}
+	*sqe = giouring.SubmissionQueueEntry{}
+	return sqe
+}
+
+// fsyncOnly submits a lone fdatasync, retrying only EINTR.
+func (u *uringWorker) fsyncOnly(fd int) error {
+	for {
+		s := u.getSQE()
+		s.PrepareFsync(fd, giouring.FsyncDatasync)
+		s.UserData = userDataSync
+		results, err := u.submitAndReap(1)
+		if err != nil {
+			return err
+		}
+		res := results[userDataSync]
+		if res == -int32(unix.EINTR) {
+			continue
+		}
+		if res < 0 {
+			return &FaultError{Op: "fdatasync", Err: unix.Errno(-res)}
+		}
+		return nil
+	}
+}
+
+// submitAndReap submits what is queued and collects want completions,
+// indexed by user data (1 = write, 2 = sync).
+func (u *uringWorker) submitAndReap(want int) (results [3]int32, err error) {
+	for {
+		_, err = u.ring.SubmitAndWait(uint32(want))
+		if err == nil || !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		return results, &FaultError{Op: "io_uring_enter", Err: err}
+	}
+	for got := 0; got < want; got++ {
+		cqe, err := u.waitCQE()
+		if err != nil {
+			return results, &FaultError{Op: "io_uring wait", Err: err}
+		}
+		if cqe.UserData < uint64(len(results)) {
+			results[cqe.UserData] = cqe.Res
+		}
+		u.ring.CQESeen(cqe)
+	}
+	return results, nil
+}
+
+func (u *uringWorker) waitCQE() (*giouring.CompletionQueueEvent, error) {
+	for {
+		cqe, err := u.ring.WaitCQE()
+		if err != nil && (errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN)) {
+			continue
+		}
+		return cqe, err
+	}
+}
+
+// advanceIovecs drops the first n bytes from iovs, in place.
+func advanceIovecs(iovs []unix.Iovec, n int) []unix.Iovec {
+	for n > 0 && len(iovs) > 0 {
+		l := int(iovs[0].Len)
+		if n < l {
+			iovs[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iovs[0].Base), n))
+			iovs[0].SetLen(l - n)
+			return iovs
+		}
+		n -= l
+		iovs = iovs[1:]
+	}
+	return iovs
+}
