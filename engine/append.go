@@ -1,0 +1,178 @@
+package engine
+
+import "fmt"
+
+// AppendBatch appends recs as one group commit: one write and, with sync,
+// one fdatasync. It returns the offset of the first record and the batch
+// number. Without sync the records are visible to readers at once but are
+// durable only after Sync or the next synced batch.
+func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err error) {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if err := l.appendable(); err != nil {
+		return 0, 0, err
+	}
+	if len(recs) == 0 {
+		return 0, 0, ErrEmptyBatch
+	}
+	size := 0
+	for _, r := range recs {
+		if r.Type != RecordMessage && r.Type != RecordRaftEntry && r.Type != RecordRaftState {
+			return 0, 0, fmt.Errorf("%w: %d", ErrRecordType, r.Type)
+		}
+		size += frameBytes(len(r.Payload))
+	}
+	if size > l.cfg.BatchBytesMax {
+		return 0, 0, fmt.Errorf("%w: %d bytes, limit %d", ErrBatchTooLarge, size, l.cfg.BatchBytesMax)
+	}
+	if seg := l.active(); seg.size > 0 && seg.size+int64(size) > l.cfg.SegmentBytes {
+		if err := l.roll(); err != nil {
+			return 0, 0, err
+		}
+	}
+	seg := l.active()
+	first, batch = l.next, l.batch+1
+	l.encode(recs, first, batch, seg)
+	if err := l.io.WriteAt(seg.fd(), seg.size, [][]byte{l.encoded}, sync); err != nil {
+		return 0, 0, l.setFault(fmt.Errorf("engine: append to %s: %w", seg.path, err))
+	}
+	l.batch = batch
+	l.publish(seg, len(recs), size, batch)
+	l.sinceCheckpoint += int64(size)
+	if sync && l.sinceCheckpoint >= l.cfg.CheckpointIntervalBytes {
+		if err := l.writeCheckpoint(); err != nil {
+			return first, batch, l.setFault(err)
+		}
+	}
+	return first, batch, nil
+}
+
+// encode frames recs into l.encoded and notes their index entries.
+func (l *Log) encode(recs []Record, first, batch uint64, seg *segment) {
+	buf := l.encoded[:0]
+	l.pendingIndex = l.pendingIndex[:0]
+	pos := seg.size
+	for i, r := range recs {
+		var flags uint8
+		if i == len(recs)-1 {
+			flags = flagBatchEnd
+		}
+		before := len(buf)
+		buf = AppendFrame(buf, Frame{Type: r.Type, Flags: flags, Batch: uint32(batch), Offset: first + uint64(i), Payload: r.Payload})
+		l.pendingIndex = append(l.pendingIndex, indexEntry{rel: uint32(first + uint64(i) - seg.base), pos: uint32(pos)})
+		pos += int64(len(buf) - before)
+	}
+	l.encoded = buf
+}
+
+// publish makes a completed write visible to readers.
+func (l *Log) publish(seg *segment, n, size int, batch uint64) {
+	l.mu.Lock()
+	for _, e := range l.pendingIndex {
+		seg.index.add(e.rel, int64(e.pos))
+	}
+	seg.size += int64(size)
+	seg.count += uint64(n)
+	seg.lastBatch = uint32(batch)
+	l.next += uint64(n)
+	l.mu.Unlock()
+	// Do not keep a huge buffer alive after an occasional huge batch.
+	if cap(l.encoded) > 2*l.cfg.BatchBytesMax {
+		l.encoded = nil
+	}
+}
+
+// Sync makes every appended record durable.
+func (l *Log) Sync() error {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if err := l.appendable(); err != nil {
+		return err
+	}
+	if err := l.io.Sync(l.active().fd()); err != nil {
+		return l.setFault(fmt.Errorf("engine: sync %s: %w", l.active().path, err))
+	}
+	return nil
+}
+
+// roll seals the active segment and starts a new one at the next offset.
+// The sealed segment is durable before its index names it complete.
+func (l *Log) roll() error {
+	old := l.active()
+	if err := l.io.Sync(old.fd()); err != nil {
+		return l.setFault(fmt.Errorf("engine: sync %s before sealing: %w", old.path, err))
+	}
+	l.mu.RLock()
+	err := writeIndexFile(l.dir, old)
+	l.mu.RUnlock()
+	if err != nil {
+		return l.setFault(err)
+	}
+	seg, err := createSegment(l.dir, l.next, l.cfg.IndexIntervalBytes)
+	if err != nil {
+		return l.setFault(err)
+	}
+	l.mu.Lock()
+	old.sealed = true
+	l.segs = append(l.segs, seg)
+	l.mu.Unlock()
+	if err := l.writeCheckpoint(); err != nil {
+		return l.setFault(err)
+	}
+	return nil
+}
+
+// writeCheckpoint records what is durable now. Callers hold appendMu and
+// have synced the active segment (every synced batch has).
+func (l *Log) writeCheckpoint() error {
+	l.mu.RLock()
+	c := logCheckpoint{
+		ActiveBase:   l.active().base,
+		VouchedBytes: l.active().size,
+		NextOffset:   l.next,
+		Batch:        l.batch,
+		StartOffset:  l.start,
+	}
+	l.mu.RUnlock()
+	if err := writeFileAtomic(l.dir, checkpointFileName, c.encode()); err != nil {
+		return fmt.Errorf("engine: checkpoint: %w", err)
+	}
+	l.sinceCheckpoint = 0
+	return nil
+}
+
+func (l *Log) appendable() error {
+	if l.closed {
+		return ErrClosed
+	}
+	return l.fault
+}
+
+// setFault keeps the first storage fault and returns it; every later
+// append fails with it.
+func (l *Log) setFault(err error) error {
+	if l.fault == nil {
+		l.fault = err
+	}
+	return l.fault
+}
+
+// Close makes everything durable, writes a checkpoint and closes the files.
+func (l *Log) Close() error {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	var err error
+	if l.fault == nil {
+		if err = l.io.Sync(l.active().fd()); err == nil {
+			err = l.writeCheckpoint()
+		}
+	}
+	l.mu.Lock()
+	l.closeFiles()
+	l.mu.Unlock()
+	return err
+}

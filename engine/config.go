@@ -1,0 +1,58 @@
+package engine
+
+import "fmt"
+
+// LogConfig holds a Log's limits. Zero fields take the defaults below;
+// validate rejects values outside the limits.
+type LogConfig struct {
+	// SegmentBytes is the size at which the active segment is sealed and a
+	// new one started.
+	SegmentBytes int64
+	// IndexIntervalBytes is the spacing of sparse index entries.
+	IndexIntervalBytes int64
+	// CheckpointIntervalBytes is how many bytes may be appended after the
+	// last checkpoint before the next one; it bounds what recovery must
+	// re-validate as unvouched tail.
+	CheckpointIntervalBytes int64
+	// BatchBytesMax bounds one group commit (and so one write + fdatasync).
+	BatchBytesMax int
+}
+
+const (
+	segmentBytesDefault            = 64 << 20
+	segmentBytesLimit              = 1 << 30 // index positions are 32-bit
+	segmentBytesMin                = 4 << 10
+	indexIntervalBytesDefault      = 4 << 10
+	checkpointIntervalBytesDefault = 8 << 20
+	batchBytesMaxDefault           = 8 << 20
+)
+
+func (c LogConfig) withDefaults() LogConfig {
+	if c.SegmentBytes == 0 {
+		c.SegmentBytes = segmentBytesDefault
+	}
+	if c.IndexIntervalBytes == 0 {
+		c.IndexIntervalBytes = indexIntervalBytesDefault
+	}
+	if c.CheckpointIntervalBytes == 0 {
+		c.CheckpointIntervalBytes = checkpointIntervalBytesDefault
+	}
+	if c.BatchBytesMax == 0 {
+		c.BatchBytesMax = batchBytesMaxDefault
+	}
+	return c
+}
+
+func (c LogConfig) validate() error {
+	switch {
+	case c.SegmentBytes < segmentBytesMin || c.SegmentBytes > segmentBytesLimit:
+		return fmt.Errorf("engine: SegmentBytes %d outside [%d, %d]", c.SegmentBytes, segmentBytesMin, segmentBytesLimit)
+	case c.IndexIntervalBytes < frameAlign:
+		return fmt.Errorf("engine: IndexIntervalBytes %d below %d", c.IndexIntervalBytes, frameAlign)
+	case c.CheckpointIntervalBytes < 1:
+		return fmt.Errorf("engine: CheckpointIntervalBytes %d must be positive", c.CheckpointIntervalBytes)
+	case c.BatchBytesMax < frameHeaderBytes || int64(c.BatchBytesMax) > c.SegmentBytes:
+		return fmt.Errorf("engine: BatchBytesMax %d outside [%d, SegmentBytes=%d]", c.BatchBytesMax, frameHeaderBytes, c.SegmentBytes)
+	}
+	return nil
+}

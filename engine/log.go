@@ -1,0 +1,303 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"keel/ring"
+)
+
+// Record is one record to append: a type (RecordMessage, ...) and its
+// payload. The payload is copied during the append.
+type Record struct {
+	Type    uint8
+	Payload []byte
+}
+
+// Errors returned by appends.
+var (
+	ErrClosed        = errors.New("engine: log closed")
+	ErrBatchTooLarge = errors.New("engine: batch larger than BatchBytesMax")
+	ErrRecordType    = errors.New("engine: record type not appendable")
+	ErrEmptyBatch    = errors.New("engine: empty batch")
+)
+
+// RecoveryReport says what OpenLog found and did.
+type RecoveryReport struct {
+	CheckpointFound bool
+	Segments        int    // segment files in the log
+	ScannedBytes    int64  // bytes of the active segment read and checked
+	ScannedRecords  uint64 // valid records in the active segment
+	CutBytes        int64  // torn tail bytes zeroed and cut (never acknowledged)
+	CutAt           int64  // position of the cut in the active segment
+}
+
+// Log is a sequence of records with dense offsets on segment files. Appends
+// are serialised (one appender at a time); reads run concurrently with them.
+type Log struct {
+	dir string
+	cfg LogConfig
+	io  ring.Backend
+
+	mu     sync.RWMutex // guards segs, next, start and the segments' mutable fields
+	segs   []*segment   // by base offset; the last is the active one
+	next   uint64       // offset the next record gets
+	start  uint64       // first offset stored
+	report RecoveryReport
+
+	appendMu        sync.Mutex // serialises appends, rolls, checkpoints and Close
+	batch           uint64     // last group-commit sequence number used
+	sinceCheckpoint int64      // bytes appended since the last checkpoint
+	encoded         []byte     // reusable encode buffer
+	pendingIndex    []indexEntry
+	fault           error // first storage fault; sticky
+	closed          bool
+}
+
+// OpenLog opens (creating if needed) the log in dir and recovers it. It
+// fails with a *CorruptionError when fsynced data is damaged.
+func OpenLog(dir string, io ring.Backend, cfg LogConfig) (*Log, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := ensureDir(dir); err != nil {
+		return nil, err
+	}
+	if err := removeTempFiles(dir); err != nil {
+		return nil, err
+	}
+	l := &Log{dir: dir, cfg: cfg, io: io}
+	if err := l.recover(); err != nil {
+		l.closeFiles()
+		return nil, err
+	}
+	return l, nil
+}
+
+// recover rebuilds the log's state from its files. Order matters: the
+// directory and the tail are fsynced before they are read, so nothing that
+// recovery builds on can vanish in a later power loss.
+func (l *Log) recover() error {
+	if err := syncDir(l.dir); err != nil {
+		return err
+	}
+	ckpt, haveCkpt, err := loadCheckpoint(l.dir)
+	if err != nil {
+		return err
+	}
+	l.report.CheckpointFound = haveCkpt
+	bases, err := listSegments(l.dir)
+	if err != nil {
+		return err
+	}
+	if len(bases) == 0 {
+		return l.recoverEmpty(ckpt, haveCkpt)
+	}
+	for _, base := range bases[:len(bases)-1] {
+		seg, err := openSealedSegment(l.dir, base, l.cfg.IndexIntervalBytes)
+		if err != nil {
+			return err
+		}
+		if err := l.appendRecovered(seg); err != nil {
+			return err
+		}
+	}
+	active, err := l.recoverActive(bases[len(bases)-1], ckpt, haveCkpt)
+	if err != nil {
+		return err
+	}
+	if err := l.appendRecovered(active); err != nil {
+		return err
+	}
+	l.report.Segments = len(l.segs)
+	if haveCkpt && ckpt.NextOffset > l.next {
+		return &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
+			"checkpoint vouches for offsets below %d but the log ends at %d", ckpt.NextOffset, l.next)}
+	}
+	if haveCkpt && ckpt.StartOffset > l.start {
+		l.start = ckpt.StartOffset
+	}
+	l.batch = l.recoveredBatch(ckpt)
+	if !haveCkpt || l.report.CutBytes > 0 {
+		return l.writeCheckpoint()
+	}
+	return nil
+}
+
+func (l *Log) recoverEmpty(ckpt logCheckpoint, haveCkpt bool) error {
+	if haveCkpt && ckpt.NextOffset > 0 {
+		return &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
+			"checkpoint vouches for %d records but no segment files exist", ckpt.NextOffset)}
+	}
+	seg, err := createSegment(l.dir, 0, l.cfg.IndexIntervalBytes)
+	if err != nil {
+		return err
+	}
+	l.segs = []*segment{seg}
+	l.report.Segments = 1
+	return l.writeCheckpoint()
+}
+
+// recoverActive opens the last segment, fsyncs it, scans it against the
+// checkpoint and cuts a torn tail.
+func (l *Log) recoverActive(base uint64, ckpt logCheckpoint, haveCkpt bool) (*segment, error) {
+	path := filepath.Join(l.dir, segmentName(base))
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("engine: open segment %s: %w", path, err)
+	}
+	seg := &segment{base: base, path: path, file: f}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("engine: fsync segment %s before recovery: %w", path, err)
+	}
+	vouched := int64(0)
+	if haveCkpt {
+		switch {
+		case ckpt.ActiveBase > base:
+			f.Close()
+			return nil, &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
+				"checkpoint names active segment %s, which is missing", segmentName(ckpt.ActiveBase))}
+		case ckpt.ActiveBase == base:
+			vouched = ckpt.VouchedBytes
+		}
+	}
+	res, err := scanFile(f, path, base, vouched, l.cfg.IndexIntervalBytes)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if res.cut {
+		if err := cutTail(f, res.size, res.size+res.cutBytes); err != nil {
+			f.Close()
+			return nil, err
+		}
+		l.report.CutBytes, l.report.CutAt = res.cutBytes, res.size
+	}
+	l.report.ScannedBytes, l.report.ScannedRecords = res.size+res.cutBytes, res.count
+	seg.size, seg.count, seg.lastBatch, seg.index = res.size, res.count, res.lastBatch, res.index
+	return seg, nil
+}
+
+// appendRecovered adds a recovered segment, checking that offsets stay dense.
+func (l *Log) appendRecovered(seg *segment) error {
+	if n := len(l.segs); n > 0 {
+		prev := l.segs[n-1]
+		if want := prev.base + prev.count; seg.base != want {
+			seg.file.Close()
+			return &CorruptionError{Path: seg.path, Reason: fmt.Sprintf(
+				"segment starts at offset %d but the previous one ends at %d", seg.base, want)}
+		}
+	} else {
+		l.start = seg.base
+	}
+	l.segs = append(l.segs, seg)
+	l.next = seg.base + seg.count
+	return nil
+}
+
+// recoveredBatch returns the highest group-commit number in use: the last
+// frame's 32-bit batch, widened with the checkpoint's full number.
+func (l *Log) recoveredBatch(ckpt logCheckpoint) uint64 {
+	for i := len(l.segs) - 1; i >= 0; i-- {
+		if l.segs[i].count > 0 {
+			return widenBatch(ckpt.Batch, l.segs[i].lastBatch)
+		}
+	}
+	return ckpt.Batch
+}
+
+// widenBatch returns the 64-bit number whose low 32 bits are low and which
+// lies within 2^31 of hint.
+func widenBatch(hint uint64, low uint32) uint64 {
+	c := hint&^0xffffffff | uint64(low)
+	switch {
+	case c+(1<<31) < hint:
+		c += 1 << 32
+	case c > hint+(1<<31) && c >= 1<<32:
+		c -= 1 << 32
+	}
+	return c
+}
+
+// cutTail removes a torn tail: zero it and fsync, so the stale bytes can
+// never decode even if the truncate is lost, then truncate and fsync.
+func cutTail(f *os.File, at, end int64) error {
+	zeros := make([]byte, min(end-at, 1<<20))
+	for pos := at; pos < end; {
+		n := min(int64(len(zeros)), end-pos)
+		if _, err := f.WriteAt(zeros[:n], pos); err != nil {
+			return fmt.Errorf("engine: zero torn tail of %s: %w", f.Name(), err)
+		}
+		pos += n
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("engine: fsync %s after zeroing its tail: %w", f.Name(), err)
+	}
+	if err := f.Truncate(at); err != nil {
+		return fmt.Errorf("engine: truncate %s: %w", f.Name(), err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("engine: fsync %s after truncate: %w", f.Name(), err)
+	}
+	return nil
+}
+
+func ensureDir(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("engine: create %s: %w", dir, err)
+	}
+	return syncDir(filepath.Dir(filepath.Clean(dir)))
+}
+
+func removeTempFiles(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("engine: list %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".tmp") {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return fmt.Errorf("engine: remove leftover %s: %w", e.Name(), err)
+			}
+		}
+	}
+	return nil
+}
+
+// Recovery reports what OpenLog found.
+func (l *Log) Recovery() RecoveryReport { return l.report }
+
+// Dir is the log's directory.
+func (l *Log) Dir() string { return l.dir }
+
+// NextOffset is the offset the next appended record will get; every offset
+// below it and at or above StartOffset is readable.
+func (l *Log) NextOffset() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.next
+}
+
+// StartOffset is the first offset still stored.
+func (l *Log) StartOffset() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.start
+}
+
+func (l *Log) active() *segment { return l.segs[len(l.segs)-1] }
+
+func (l *Log) closeFiles() {
+	for _, s := range l.segs {
+		s.file.Close()
+	}
+}

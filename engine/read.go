@@ -1,0 +1,128 @@
+package engine
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+)
+
+// readChunkBytes is how much a read fetches from a segment at a time.
+const readChunkBytes = 64 << 10
+
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, readChunkBytes); return &b }}
+
+// readView is a snapshot of one segment taken under Log.mu: what a reader
+// may look at without holding the lock.
+type readView struct {
+	seg      *segment
+	size     int64
+	startRel uint32
+	startPos int64
+}
+
+// Read calls fn for records from offset from on, in order, until fn returns
+// false, the payload bytes handed out reach maxBytes (at least one record
+// is always handed out), or the end of the log. It returns the offset to
+// read next. An offset below StartOffset reads from StartOffset. The
+// frame's payload is valid only during fn.
+func (l *Log) Read(from uint64, maxBytes int, fn func(Frame) bool) (next uint64, err error) {
+	bufp := readBufPool.Get().(*[]byte)
+	defer readBufPool.Put(bufp)
+	budget := maxBytes
+	handed := 0
+	for {
+		view, ok := l.view(&from)
+		if !ok {
+			return from, nil
+		}
+		var stop bool
+		from, stop, err = readSegment(view, from, bufp, func(fr Frame) (taken, more bool) {
+			if handed > 0 && len(fr.Payload) > budget {
+				return false, false
+			}
+			handed++
+			budget -= len(fr.Payload)
+			return true, fn(fr) && budget > 0
+		})
+		if err != nil || stop {
+			return from, err
+		}
+	}
+}
+
+// view finds the segment holding *from (clamped to the log start) and
+// snapshots it; ok is false at the end of the log.
+func (l *Log) view(from *uint64) (readView, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if *from < l.start {
+		*from = l.start
+	}
+	if *from >= l.next {
+		return readView{}, false
+	}
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base > *from }) - 1
+	seg := l.segs[i]
+	rel, pos := seg.index.lookup(uint32(*from - seg.base))
+	return readView{seg: seg, size: seg.size, startRel: rel, startPos: pos}, true
+}
+
+// readSegment decodes frames of one segment from the view's start, skips
+// those below from, and offers the rest to fn, which says whether it took
+// the record and whether it wants more. stop reports that fn asked to stop
+// (as opposed to reaching the end of the segment); next is one past the
+// last record taken or skipped.
+func readSegment(v readView, from uint64, bufp *[]byte, fn func(Frame) (taken, more bool)) (next uint64, stop bool, err error) {
+	pos, want := v.startPos, v.seg.base+uint64(v.startRel)
+	buf := (*bufp)[:0]
+	bufStart := pos
+	for pos < v.size {
+		rel := int(pos - bufStart)
+		fr, n, derr := DecodeFrame(buf[rel:])
+		if derr == errFrameShort {
+			need := readChunkBytes
+			if l, ok := frameHeaderLength(buf[rel:]); ok {
+				need = max(need, frameBytes(l))
+			}
+			if buf, err = fill(v, buf[rel:], pos, need, bufp); err != nil {
+				return want, false, err
+			}
+			bufStart = pos
+			continue
+		}
+		if derr != nil || fr.Offset != want {
+			return want, false, &CorruptionError{Path: v.seg.path, Pos: pos, Reason: fmt.Sprintf(
+				"record %d does not decode on read (%v, offset field %d)", want, derr, fr.Offset)}
+		}
+		if fr.Offset >= from {
+			taken, more := fn(fr)
+			if !taken {
+				return want, true, nil
+			}
+			if !more {
+				return want + 1, true, nil
+			}
+		}
+		pos += int64(n)
+		want++
+	}
+	return want, false, nil
+}
+
+// fill keeps the undecoded rest of buf and reads more of the segment after
+// it, so that at least need bytes (or all that remain) are buffered.
+func fill(v readView, rest []byte, pos int64, need int, bufp *[]byte) ([]byte, error) {
+	want := min(int64(max(need, readChunkBytes)), v.size-pos)
+	if int64(cap(*bufp)) < want {
+		nb := make([]byte, want)
+		*bufp = nb
+	}
+	buf := (*bufp)[:want]
+	copy(buf, rest)
+	n, err := v.seg.file.ReadAt(buf[len(rest):], pos+int64(len(rest)))
+	if err != nil && !(err == io.EOF && n == len(buf)-len(rest)) {
+		return nil, fmt.Errorf("engine: read %s at %d: %w", v.seg.path, pos, err)
+	}
+	return buf, nil
+}
