@@ -31,6 +31,8 @@ import (
 //
 // Decoding checks cheap things first (enough bytes, length bound, known type,
 // zero reserved bits) and the CRC last; it never allocates.
+
+// Frame layout limits.
 const (
 	frameHeaderBytes  = 24
 	frameAlign        = 8
