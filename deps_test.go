@@ -1,0 +1,101 @@
+package keel_test
+
+import (
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// allowedImports is the dependency direction of design.md:
+// cmd → httpfront → replication → engine → ring, with netio a leaf used by
+// httpfront and replication, and bench speaking only HTTP.
+var allowedImports = map[string][]string{
+	"cmd/keel":    {"httpfront", "replication", "engine", "ring", "netio", "bench"},
+	"httpfront":   {"replication", "engine", "netio", "ring"},
+	"replication": {"engine", "netio", "ring"},
+	"engine":      {"ring"},
+	"ring":        {},
+	"netio":       {},
+	"bench":       {},
+}
+
+const module = "keel"
+
+// TestDependencyDirection fails when a package imports a keel package that
+// design.md does not allow it to (tests included), or when a new top-level
+// package appears without a rule.
+func TestDependencyDirection(t *testing.T) {
+	fset := token.NewFileSet()
+	checked := 0
+	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") && path != "." || d.Name() == "testdata" || d.Name() == "bin" || d.Name() == "data") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || filepath.Dir(path) == "." {
+			return nil
+		}
+		pkg := filepath.ToSlash(filepath.Dir(path))
+		allowed, ok := rulesFor(pkg)
+		if !ok {
+			t.Errorf("%s: package %s has no dependency rule in deps_test.go", path, pkg)
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, imp := range f.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			if p != module && !strings.HasPrefix(p, module+"/") {
+				continue
+			}
+			target := strings.TrimPrefix(p, module+"/")
+			if !allows(pkg, allowed, target) {
+				t.Errorf("%s imports %s: against the dependency direction of design.md", path, p)
+			}
+		}
+		checked++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked == 0 {
+		t.Fatal("no Go files checked")
+	}
+}
+
+// rulesFor returns the rule of the top-level package that holds pkg.
+func rulesFor(pkg string) ([]string, bool) {
+	for top, allowed := range allowedImports {
+		if pkg == top || strings.HasPrefix(pkg, top+"/") {
+			return allowed, true
+		}
+	}
+	return nil, false
+}
+
+func allows(pkg string, allowed []string, target string) bool {
+	top := pkg
+	for t := range allowedImports {
+		if pkg == t || strings.HasPrefix(pkg, t+"/") {
+			top = t
+		}
+	}
+	if target == top || strings.HasPrefix(target, top+"/") {
+		return true // within the same package tree
+	}
+	for _, a := range allowed {
+		if target == a || strings.HasPrefix(target, a+"/") {
+			return true
+		}
+	}
+	return false
+}
