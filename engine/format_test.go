@@ -60,10 +60,10 @@ func TestFrameRejects(t *testing.T) {
 	}
 }
 
-// FuzzDecodeFrame checks that decoding never panics, that whatever decodes
+// FuzzDecodeRecord checks that decoding never panics, that whatever decodes
 // re-encodes to the same bytes, and that flipping any single byte of an
 // accepted frame makes it rejected.
-func FuzzDecodeFrame(f *testing.F) {
+func FuzzDecodeRecord(f *testing.F) {
 	f.Add(AppendFrame(nil, Frame{Type: RecordMessage, Payload: []byte("seed")}))
 	f.Add(AppendFrame(nil, Frame{Type: RecordRaftState, Flags: flagBatchEnd, Batch: 5, Offset: 77}))
 	f.Add(make([]byte, 32))

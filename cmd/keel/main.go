@@ -1,7 +1,3 @@
-// Command keel is the Keel server binary.
-//
-// This first build opens the storage engine and reports what recovery found;
-// the HTTP server (keel serve) lands with the broker issue.
 package main
 
 import (
