@@ -152,6 +152,12 @@ func (l *Log) recoverActive(base uint64, ckpt logCheckpoint, haveCkpt bool) (*se
 		return nil, fmt.Errorf("engine: open segment %s: %w", path, err)
 	}
 	seg := &segment{base: base, path: path, file: f}
+	// An index file beside the active segment is stale (left by a
+	// truncation cut short by a crash): the scan below is the truth.
+	if err := removeIfExists(filepath.Join(l.dir, indexName(base))); err != nil {
+		f.Close()
+		return nil, err
+	}
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("engine: fsync segment %s before recovery: %w", path, err)
@@ -167,7 +173,7 @@ func (l *Log) recoverActive(base uint64, ckpt logCheckpoint, haveCkpt bool) (*se
 			vouched = ckpt.VouchedBytes
 		}
 	}
-	res, err := scanFile(f, path, base, vouched, l.cfg.IndexIntervalBytes)
+	res, err := scanFile(f, path, base, vouched, l.cfg.IndexIntervalBytes, l.cfg.RebuiltFromWAL)
 	if err != nil {
 		f.Close()
 		return nil, err

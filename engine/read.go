@@ -44,7 +44,7 @@ func (l *Log) Read(from uint64, maxBytes int, fn func(Frame) bool) (next uint64,
 			handed++
 			budget -= len(fr.Payload)
 			return true, fn(fr) && budget > 0
-		})
+		}, nil)
 		if err != nil || stop {
 			return from, err
 		}
@@ -72,8 +72,9 @@ func (l *Log) view(from *uint64) (readView, bool) {
 // those below from, and offers the rest to fn, which says whether it took
 // the record and whether it wants more. stop reports that fn asked to stop
 // (as opposed to reaching the end of the segment); next is one past the
-// last record taken or skipped.
-func readSegment(v readView, from uint64, bufp *[]byte, fn func(Frame) (taken, more bool)) (next uint64, stop bool, err error) {
+// last record taken or skipped. When at is not nil it receives the byte
+// position of the record offered last.
+func readSegment(v readView, from uint64, bufp *[]byte, fn func(Frame) (taken, more bool), at *int64) (next uint64, stop bool, err error) {
 	pos, want := v.startPos, v.seg.base+uint64(v.startRel)
 	buf := (*bufp)[:0]
 	bufStart := pos
@@ -96,6 +97,9 @@ func readSegment(v readView, from uint64, bufp *[]byte, fn func(Frame) (taken, m
 				"record %d does not decode on read (%v, offset field %d)", want, derr, fr.Offset)}
 		}
 		if fr.Offset >= from {
+			if at != nil {
+				*at = pos
+			}
 			taken, more := fn(fr)
 			if !taken {
 				return want, true, nil

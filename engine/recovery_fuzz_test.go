@@ -17,7 +17,7 @@ func FuzzScanSegment(f *testing.F) {
 	f.Add(seg[:len(seg)-5], int64(40))
 	f.Add(append(append([]byte{}, seg...), make([]byte, 64)...), int64(len(seg)))
 	f.Fuzz(func(t *testing.T, data []byte, vouched int64) {
-		res, err := scanSegment("fuzz", data, 10, vouched, 64)
+		res, err := scanSegment("fuzz", data, 10, vouched, 64, vouched%2 == 0)
 		if err != nil {
 			var ce *CorruptionError
 			if !errors.As(err, &ce) {

@@ -77,7 +77,9 @@ func createSegment(dir string, base uint64, intervalBytes int64) (*segment, erro
 // scanned as vouched data and the index is written again.
 func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, error) {
 	path := filepath.Join(dir, segmentName(base))
-	f, err := os.Open(path)
+	// Read-write: a truncation (TruncateTo) can make a sealed segment
+	// active again.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("engine: open segment %s: %w", path, err)
 	}
@@ -96,7 +98,7 @@ func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, 
 		f.Close()
 		return nil, fmt.Errorf("engine: read index of %s: %w", path, err)
 	}
-	res, err := scanFile(f, path, base, st.Size(), intervalBytes)
+	res, err := scanFile(f, path, base, st.Size(), intervalBytes, false)
 	if err != nil {
 		f.Close()
 		return nil, err

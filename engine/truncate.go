@@ -1,0 +1,191 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Checkpoint makes every appended record durable and records that in the
+// log's checkpoint, so recovery treats all of it as vouched.
+func (l *Log) Checkpoint() error {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if err := l.appendable(); err != nil {
+		return err
+	}
+	if err := l.io.Sync(l.active().fd()); err != nil {
+		return l.setFault(fmt.Errorf("engine: sync %s: %w", l.active().path, err))
+	}
+	if err := l.writeCheckpoint(); err != nil {
+		return l.setFault(err)
+	}
+	return nil
+}
+
+// TruncateTo removes every record at or above next, so that NextOffset
+// becomes next. Recovery uses it to cut a partition back to the state a
+// checkpoint describes before the WAL is replayed onto it. Truncating below
+// StartOffset is an error.
+func (l *Log) TruncateTo(next uint64) error {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if err := l.appendable(); err != nil {
+		return err
+	}
+	if next >= l.next {
+		return nil
+	}
+	if next < l.start {
+		return fmt.Errorf("engine: truncate %s to %d: below the log start %d", l.dir, next, l.start)
+	}
+	if err := l.dropSegmentsFrom(next); err != nil {
+		return l.setFault(err)
+	}
+	if err := l.cutActiveAt(next); err != nil {
+		return l.setFault(err)
+	}
+	if err := l.writeCheckpoint(); err != nil {
+		return l.setFault(err)
+	}
+	return nil
+}
+
+// dropSegmentsFrom deletes whole segments that start at or above next
+// (keeping at least one) and makes the new last segment active again.
+func (l *Log) dropSegmentsFrom(next uint64) error {
+	keep := len(l.segs)
+	for keep > 1 && l.segs[keep-1].base >= next {
+		keep--
+	}
+	if keep == len(l.segs) {
+		return nil
+	}
+	dropped := l.segs[keep:]
+	l.mu.Lock()
+	l.segs = l.segs[:keep]
+	l.segs[keep-1].sealed = false
+	l.mu.Unlock()
+	for _, s := range dropped {
+		s.file.Close()
+		if err := os.Remove(s.path); err != nil {
+			return fmt.Errorf("engine: remove segment %s: %w", s.path, err)
+		}
+		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
+			return err
+		}
+	}
+	// The active segment has no index file: recovery scans it.
+	if err := removeIfExists(filepath.Join(l.dir, indexName(l.active().base))); err != nil {
+		return err
+	}
+	return syncDir(l.dir)
+}
+
+// cutActiveAt cuts the active segment just before record next.
+func (l *Log) cutActiveAt(next uint64) error {
+	seg := l.active()
+	pos, err := l.positionOf(seg, next)
+	if err != nil {
+		return err
+	}
+	if err := l.io.Sync(seg.fd()); err != nil {
+		return err
+	}
+	if err := cutTail(seg.file, pos, seg.size); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rel := uint32(next - seg.base)
+	entries := seg.index.entries
+	for len(entries) > 0 && entries[len(entries)-1].rel >= rel {
+		entries = entries[:len(entries)-1]
+	}
+	seg.index.entries = entries
+	seg.index.nextPos = 0
+	if n := len(entries); n > 0 {
+		seg.index.nextPos = int64(entries[n-1].pos) + seg.index.intervalBytes
+	}
+	seg.size, seg.count = pos, next-seg.base
+	l.next = next
+	return nil
+}
+
+// positionOf returns the byte position of record off in seg (or seg.size
+// when off is one past its last record).
+func (l *Log) positionOf(seg *segment, off uint64) (int64, error) {
+	l.mu.RLock()
+	view := readView{seg: seg, size: seg.size}
+	view.startRel, view.startPos = seg.index.lookup(uint32(off - seg.base))
+	l.mu.RUnlock()
+	pos := view.startPos
+	bufp := readBufPool.Get().(*[]byte)
+	defer readBufPool.Put(bufp)
+	found := false
+	_, _, err := readSegment(view, off, bufp, func(fr Frame) (bool, bool) {
+		found = true
+		return false, false
+	}, &pos)
+	if err != nil {
+		return 0, err
+	}
+	if !found {
+		return view.size, nil
+	}
+	return pos, nil
+}
+
+// DeleteBefore moves the log start up to offset (never down, never past the
+// end) and deletes the sealed segments that hold only records below it. It
+// returns how many records became unreadable and how many bytes were freed.
+func (l *Log) DeleteBefore(offset uint64) (deleted uint64, freedBytes int64, err error) {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if err := l.appendable(); err != nil {
+		return 0, 0, err
+	}
+	l.mu.Lock()
+	offset = min(offset, l.next)
+	if offset <= l.start {
+		l.mu.Unlock()
+		return 0, 0, nil
+	}
+	deleted = offset - l.start
+	l.start = offset
+	var gone []*segment
+	for len(l.segs) > 1 && l.segs[0].base+l.segs[0].count <= offset {
+		gone = append(gone, l.segs[0])
+		l.segs = l.segs[1:]
+	}
+	l.mu.Unlock()
+	// The checkpoint records the new start before files go, so a crash in
+	// between leaves a gap below the start, which recovery accepts.
+	if err := l.writeCheckpoint(); err != nil {
+		return 0, 0, l.setFault(err)
+	}
+	for _, s := range gone {
+		freedBytes += s.size
+		s.file.Close()
+		if err := os.Remove(s.path); err != nil {
+			return deleted, freedBytes, l.setFault(fmt.Errorf("engine: remove segment %s: %w", s.path, err))
+		}
+		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
+			return deleted, freedBytes, l.setFault(err)
+		}
+	}
+	if len(gone) > 0 {
+		if err := syncDir(l.dir); err != nil {
+			return deleted, freedBytes, l.setFault(err)
+		}
+	}
+	return deleted, freedBytes, nil
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("engine: remove %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,130 @@
+package engine
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+)
+
+func fillLog(t *testing.T, l *Log, n uint64) {
+	t.Helper()
+	for off := l.NextOffset(); off < n; off++ {
+		if _, _, err := l.AppendBatch([]Record{messageRecord(off)}, off%7 == 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestTruncateTo(t *testing.T) {
+	cfg := LogConfig{SegmentBytes: 4096, IndexIntervalBytes: 256, BatchBytesMax: 4096}
+	cases := []struct {
+		name        string
+		total, next uint64
+	}{
+		{"inside the active segment", 200, 198},
+		{"nothing to cut", 200, 200},
+		{"past the end is a no-op", 200, 500},
+		{"into a sealed segment", 200, 30},
+		{"to the first record", 200, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			io := openBackend(t, "syscall")
+			l := mustOpen(t, dir, io, cfg)
+			fillLog(t, l, tc.total)
+			if err := l.TruncateTo(tc.next); err != nil {
+				t.Fatal(err)
+			}
+			want := min(tc.next, tc.total)
+			check := func(l *Log) {
+				t.Helper()
+				if l.NextOffset() != want {
+					t.Fatalf("NextOffset %d, want %d", l.NextOffset(), want)
+				}
+				got := readAll(t, l, 0)
+				if uint64(len(got)) != want {
+					t.Fatalf("read %d records, want %d", len(got), want)
+				}
+				for off, p := range got {
+					if !bytes.Equal(p, payloadFor(off)) {
+						t.Fatalf("offset %d differs", off)
+					}
+				}
+			}
+			check(l)
+			// Appends continue at the cut, across a reopen too.
+			fillLog(t, l, want+50)
+			want += 50
+			check(l)
+			l.abandon()
+			l2 := mustOpen(t, dir, io, cfg)
+			defer l2.Close()
+			check(l2)
+		})
+	}
+}
+
+func TestDeleteBefore(t *testing.T) {
+	cfg := LogConfig{SegmentBytes: 4096, IndexIntervalBytes: 256, BatchBytesMax: 4096}
+	dir := t.TempDir()
+	io := openBackend(t, "syscall")
+	l := mustOpen(t, dir, io, cfg)
+	fillLog(t, l, 300)
+	before, _ := filepath.Glob(filepath.Join(dir, "*"+segmentSuffix))
+	cases := []struct {
+		offset, wantStart, wantDeleted uint64
+	}{
+		{100, 100, 100},
+		{50, 100, 0},   // never moves down
+		{250, 250, 150},
+		{999, 300, 50}, // never past the end
+	}
+	for _, tc := range cases {
+		deleted, _, err := l.DeleteBefore(tc.offset)
+		if err != nil || deleted != tc.wantDeleted || l.StartOffset() != tc.wantStart {
+			t.Fatalf("DeleteBefore(%d): deleted %d start %d err %v; want %d, %d",
+				tc.offset, deleted, l.StartOffset(), err, tc.wantDeleted, tc.wantStart)
+		}
+	}
+	after, _ := filepath.Glob(filepath.Join(dir, "*"+segmentSuffix))
+	if len(after) >= len(before) || len(after) < 1 {
+		t.Fatalf("segments %d before, %d after: want whole segments deleted", len(before), len(after))
+	}
+	// Reading below the start reads from the start; the start survives a reopen.
+	if got := readAll(t, l, 0); len(got) != 0 {
+		t.Fatalf("read %d records with the start at the end", len(got))
+	}
+	fillLog(t, l, 320)
+	l.abandon()
+	l2 := mustOpen(t, dir, io, cfg)
+	defer l2.Close()
+	if l2.StartOffset() != 300 || l2.NextOffset() != 320 {
+		t.Fatalf("after reopen: start %d next %d, want 300 and 320", l2.StartOffset(), l2.NextOffset())
+	}
+	got := readAll(t, l2, 0)
+	if len(got) != 20 {
+		t.Fatalf("read %d records from 0, want the 20 from the start on", len(got))
+	}
+	for off := uint64(300); off < 320; off++ {
+		if !bytes.Equal(got[off], payloadFor(off)) {
+			t.Fatalf("offset %d lost", off)
+		}
+	}
+}
+
+// TestRebuiltFromWALCutsDamagedTail checks the partition policy: damage in
+// the unvouched tail is cut even when later batches follow, because the WAL
+// will re-apply them.
+func TestRebuiltFromWALCutsDamagedTail(t *testing.T) {
+	sc := buildScenario(t, 4, false)
+	mutateFile(t, sc.active, func(b []byte) []byte { b[sc.batchStart[1]+frameHeaderBytes] ^= 0xff; return b })
+	l, err := OpenLog(sc.dir, openBackend(t, "syscall"), LogConfig{RebuiltFromWAL: true})
+	if err != nil {
+		t.Fatalf("OpenLog: %v", err)
+	}
+	defer l.Close()
+	if l.NextOffset() != 3 || l.Recovery().CutBytes == 0 {
+		t.Fatalf("NextOffset %d, report %+v; want the log cut after the first batch", l.NextOffset(), l.Recovery())
+	}
+}
