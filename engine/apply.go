@@ -1,0 +1,260 @@
+package engine
+
+import (
+	"fmt"
+)
+
+// Result is the outcome of one applied command, for the request that
+// proposed it (matched by ReqID).
+type Result struct {
+	ReqID     uint64
+	Err       error // a deterministic command error (ErrUnknownTopic, ...)
+	Partition int32
+	Offset    uint64 // first offset written (or originally written, for a duplicate)
+	Count     int
+	Duplicate bool
+	Created   bool // CmdCreateTopic: the topic is new
+	Ignored   bool // CmdCommit: lower than the stored offset
+	TimeMs    int64
+}
+
+// entryStage collects the records of one entry per partition, so each
+// partition gets one write per entry however many commands touched it.
+type entryStage struct {
+	parts  []*stagedPartition
+	byPart map[*Partition]*stagedPartition
+	arena  arena // message payloads of this entry
+	cmd    Command
+}
+
+type stagedPartition struct {
+	p    *Partition
+	next uint64 // offset the next staged record gets
+	recs []Record
+}
+
+func (st *entryStage) partition(p *Partition) *stagedPartition {
+	if sp, ok := st.byPart[p]; ok {
+		return sp
+	}
+	sp := &stagedPartition{p: p, next: p.Log.NextOffset()}
+	if st.byPart == nil {
+		st.byPart = map[*Partition]*stagedPartition{}
+	}
+	st.byPart[p] = sp
+	st.parts = append(st.parts, sp)
+	return sp
+}
+
+// ApplyEntry applies one committed Raft entry and appends one Result per
+// command to results. An error return is a storage fault (not a command
+// error): the node must stop, since replicas would diverge.
+func (s *Store) ApplyEntry(index, term uint64, data []byte, results []Result) ([]Result, error) {
+	if len(data) > 0 {
+		var err error
+		if results, err = s.applyCommands(data, results); err != nil {
+			return results, err
+		}
+	}
+	s.mu.Lock()
+	s.applied, s.appliedTerm = index, term
+	s.mu.Unlock()
+	return results, nil
+}
+
+func (s *Store) applyCommands(data []byte, results []Result) ([]Result, error) {
+	nowMs, rest, err := DecodeEntryHeader(data)
+	if err != nil {
+		return results, err
+	}
+	st := &s.stage
+	st.arena.reset()
+	for n := 0; len(rest) > 0; n++ {
+		if n >= commandsPerEntry {
+			return results, fmt.Errorf("%w: more than %d commands", errCommand, commandsPerEntry)
+		}
+		if rest, err = DecodeCommand(rest, &st.cmd); err != nil {
+			return results, err
+		}
+		res := s.applyCommand(&st.cmd, nowMs)
+		res.ReqID, res.TimeMs = st.cmd.ReqID, nowMs
+		results = append(results, res)
+	}
+	return results, s.flushStage()
+}
+
+func (s *Store) applyCommand(c *Command, nowMs int64) Result {
+	switch c.Kind {
+	case CmdCreateTopic:
+		return s.applyCreate(c.Topic, c.Partitions, nowMs)
+	case CmdProduce:
+		return s.applyProduce(c, nowMs)
+	case CmdCommit:
+		return s.applyCommit(c)
+	}
+	return Result{Err: fmt.Errorf("%w: kind %d", errCommand, c.Kind)}
+}
+
+func (s *Store) applyCreate(name string, partitions int, nowMs int64) Result {
+	if !ValidTopicName(name) {
+		return Result{Err: ErrInvalidTopic}
+	}
+	if partitions < 1 || partitions > s.cfg.PartitionsMax {
+		return Result{Err: ErrInvalidPartitions}
+	}
+	if t, ok := s.Topic(name); ok {
+		if len(t.Partitions) != partitions {
+			return Result{Err: ErrTopicExists, Count: len(t.Partitions)}
+		}
+		return Result{Count: partitions}
+	}
+	t, err := s.openTopic(name, partitions, nowMs)
+	if err != nil {
+		// Creating files failed (disk full, permissions): not a command
+		// error. Reported to the request; replicas may differ, and the
+		// operator must fix the disk. TODO(replication): stop the node.
+		return Result{Err: fmt.Errorf("engine: create topic %s: %w", name, err)}
+	}
+	s.mu.Lock()
+	s.topics[name] = t
+	s.mu.Unlock()
+	return Result{Created: true, Count: partitions}
+}
+
+func (s *Store) applyProduce(c *Command, nowMs int64) Result {
+	t, ok := s.Topic(c.Topic)
+	if !ok {
+		if c.AutoCreatePartitions == 0 {
+			return Result{Err: ErrUnknownTopic}
+		}
+		if r := s.applyCreate(c.Topic, c.AutoCreatePartitions, nowMs); r.Err != nil {
+			return r
+		}
+		t, _ = s.Topic(c.Topic)
+	}
+	pid, err := t.partitionFor(c)
+	if err != nil {
+		return Result{Err: err}
+	}
+	var key string
+	if len(c.IdempotencyKey) > 0 {
+		scope := int32(idemScopeAny)
+		if c.Partition >= 0 {
+			scope = c.Partition
+		}
+		key = idemKey(c.Topic, scope, c.IdempotencyKey)
+		if e, ok := s.idem.get(key, nowMs); ok {
+			return Result{Partition: e.partition, Offset: e.offset, Count: int(e.count), Duplicate: true}
+		}
+	}
+	sp := s.stage.partition(t.Partitions[pid])
+	first := sp.next
+	for _, m := range c.Messages {
+		buf := s.stage.arena.alloc(MessagePayloadBytes(m.Key, m.Value))
+		sp.recs = append(sp.recs, Record{Type: RecordMessage, Payload: AppendMessage(buf, nowMs, m.Key, m.Value)})
+	}
+	sp.next += uint64(len(c.Messages))
+	if key != "" {
+		s.idem.put(&idemEntry{key: key, partition: pid, offset: first, count: uint32(len(c.Messages)), tsMs: nowMs})
+	}
+	return Result{Partition: pid, Offset: first, Count: len(c.Messages)}
+}
+
+func (s *Store) applyCommit(c *Command) Result {
+	t, ok := s.Topic(c.Topic)
+	if !ok {
+		return Result{Err: ErrUnknownTopic}
+	}
+	if !ValidGroupName(c.Group) {
+		return Result{Err: ErrInvalidGroup}
+	}
+	if c.Partition < 0 || int(c.Partition) >= len(t.Partitions) {
+		return Result{Err: ErrUnknownPartition}
+	}
+	p := t.Partitions[c.Partition]
+	end := p.Log.NextOffset()
+	if sp, ok := s.stage.byPart[p]; ok {
+		end = sp.next
+	}
+	if c.Offset >= end {
+		return Result{Err: ErrOffsetOutOfRange, Partition: c.Partition, Offset: end}
+	}
+	k := offsetKey{c.Topic, c.Group, c.Partition}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.offsets[k]; ok && c.Offset < cur {
+		return Result{Partition: c.Partition, Offset: cur, Ignored: true}
+	}
+	s.offsets[k] = c.Offset
+	return Result{Partition: c.Partition, Offset: c.Offset}
+}
+
+// flushStage writes each touched partition's records (no fsync: the WAL is
+// the durable copy) and wakes readers waiting on them.
+func (s *Store) flushStage() error {
+	st := &s.stage
+	for _, sp := range st.parts {
+		for recs := sp.recs; len(recs) > 0; {
+			n := batchPrefixRecords(recs, s.cfg.Partition.BatchBytesMax)
+			if _, _, err := sp.p.Log.AppendBatch(recs[:n], false); err != nil {
+				return fmt.Errorf("engine: apply to %s/%d: %w", sp.p.Topic, sp.p.ID, err)
+			}
+			recs = recs[n:]
+		}
+		sp.p.notify()
+		clear(sp.recs)
+		delete(st.byPart, sp.p)
+	}
+	clear(st.parts)
+	st.parts = st.parts[:0]
+	return nil
+}
+
+// batchPrefixRecords returns how many records fit in one batch (at least one).
+func batchPrefixRecords(recs []Record, max int) int {
+	total := 0
+	for i, r := range recs {
+		total += frameBytes(len(r.Payload))
+		if i > 0 && total > max {
+			return i
+		}
+	}
+	return len(recs)
+}
+
+// arena hands out byte slices from large chunks that stay put until reset,
+// so staged records can point into it while more is allocated.
+type arena struct {
+	chunks [][]byte
+	cur    int
+}
+
+const arenaChunkBytes = 1 << 20
+
+// alloc returns an empty slice with capacity n that no later alloc touches.
+func (a *arena) alloc(n int) []byte {
+	if n > arenaChunkBytes {
+		return make([]byte, 0, n)
+	}
+	for {
+		if a.cur == len(a.chunks) {
+			a.chunks = append(a.chunks, make([]byte, 0, arenaChunkBytes))
+		}
+		c := a.chunks[a.cur]
+		if cap(c)-len(c) >= n {
+			a.chunks[a.cur] = c[:len(c)+n]
+			return c[len(c) : len(c) : len(c)+n]
+		}
+		a.cur++
+	}
+}
+
+func (a *arena) reset() {
+	for i := range a.chunks[:min(a.cur+1, len(a.chunks))] {
+		a.chunks[i] = a.chunks[i][:0]
+	}
+	a.cur = 0
+	if len(a.chunks) > 64 { // keep at most 64 MiB between entries
+		a.chunks = a.chunks[:64]
+	}
+}

@@ -1,0 +1,262 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// A Raft entry carries a batch of commands from many requests:
+//
+//	entry   = version u8 (1) | leader time ms i64 LE | command*
+//	command = kind u8 | request id u64 LE | body length uvarint | body
+//
+// Bodies (strings and byte strings are uvarint length + bytes):
+//
+//	create  = topic | partitions uvarint
+//	produce = topic | partition zigzag-varint (-1: the server chooses) |
+//	          auto-create partitions uvarint (0: never) | partition key |
+//	          idempotency key | message count uvarint | (key | value)*
+//	commit  = topic | group | partition uvarint | offset uvarint
+//
+// The leader's clock is written into the entry so that every replica makes
+// the same time-based decisions (idempotency window, message timestamps).
+const (
+	entryVersion      = 1
+	entryHeaderBytes  = 9
+	commandHeaderMin  = 10
+	commandsPerEntry  = 1 << 20 // sanity bound while decoding
+	messagesPerCmdMax = 1 << 20
+)
+
+// Command kinds; the values are in the Raft log: never renumber.
+const (
+	CmdCreateTopic uint8 = 1
+	CmdProduce     uint8 = 2
+	CmdCommit      uint8 = 3
+)
+
+// MessageIn is one message of a produce command.
+type MessageIn struct {
+	Key   []byte
+	Value []byte
+}
+
+// Command is one decoded state-machine command. Slices alias the entry.
+type Command struct {
+	Kind  uint8
+	ReqID uint64
+
+	Topic      string
+	Partitions int // CmdCreateTopic
+
+	Partition            int32 // CmdProduce: -1 = chosen by the server; CmdCommit
+	AutoCreatePartitions int   // CmdProduce: create a missing topic with this many (0 = do not)
+	PartitionKey         []byte
+	IdempotencyKey       []byte
+	Messages             []MessageIn
+
+	Group  string // CmdCommit
+	Offset uint64 // CmdCommit
+}
+
+var errCommand = errors.New("engine: malformed command")
+
+// AppendEntryHeader starts a Raft entry written at leader time nowMs.
+func AppendEntryHeader(dst []byte, nowMs int64) []byte {
+	dst = append(dst, entryVersion)
+	return binary.LittleEndian.AppendUint64(dst, uint64(nowMs))
+}
+
+// AppendCommand appends the encoding of c to dst.
+func AppendCommand(dst []byte, c *Command) []byte {
+	dst = append(dst, c.Kind)
+	dst = binary.LittleEndian.AppendUint64(dst, c.ReqID)
+	body := commandBodyBytes(c)
+	dst = binary.AppendUvarint(dst, uint64(body))
+	start := len(dst)
+	dst = appendString(dst, c.Topic)
+	switch c.Kind {
+	case CmdCreateTopic:
+		dst = binary.AppendUvarint(dst, uint64(c.Partitions))
+	case CmdProduce:
+		dst = binary.AppendVarint(dst, int64(c.Partition))
+		dst = binary.AppendUvarint(dst, uint64(c.AutoCreatePartitions))
+		dst = appendBytes(dst, c.PartitionKey)
+		dst = appendBytes(dst, c.IdempotencyKey)
+		dst = binary.AppendUvarint(dst, uint64(len(c.Messages)))
+		for _, m := range c.Messages {
+			dst = appendBytes(dst, m.Key)
+			dst = appendBytes(dst, m.Value)
+		}
+	case CmdCommit:
+		dst = appendString(dst, c.Group)
+		dst = binary.AppendUvarint(dst, uint64(c.Partition))
+		dst = binary.AppendUvarint(dst, c.Offset)
+	}
+	if len(dst)-start != body {
+		panic(fmt.Sprintf("engine: command body %d bytes, computed %d", len(dst)-start, body))
+	}
+	return dst
+}
+
+// CommandBytes is the encoded size of c, for sizing buffers and batches.
+func CommandBytes(c *Command) int {
+	body := commandBodyBytes(c)
+	return 1 + 8 + uvarintLen(uint64(body)) + body
+}
+
+func commandBodyBytes(c *Command) int {
+	n := bytesLen(len(c.Topic))
+	switch c.Kind {
+	case CmdCreateTopic:
+		n += uvarintLen(uint64(c.Partitions))
+	case CmdProduce:
+		n += varintLen(int64(c.Partition)) + uvarintLen(uint64(c.AutoCreatePartitions))
+		n += bytesLen(len(c.PartitionKey)) + bytesLen(len(c.IdempotencyKey))
+		n += uvarintLen(uint64(len(c.Messages)))
+		for _, m := range c.Messages {
+			n += bytesLen(len(m.Key)) + bytesLen(len(m.Value))
+		}
+	case CmdCommit:
+		n += bytesLen(len(c.Group)) + uvarintLen(uint64(c.Partition)) + uvarintLen(c.Offset)
+	}
+	return n
+}
+
+// DecodeEntryHeader returns the leader time and the commands that follow.
+func DecodeEntryHeader(b []byte) (nowMs int64, commands []byte, err error) {
+	if len(b) < entryHeaderBytes || b[0] != entryVersion {
+		return 0, nil, fmt.Errorf("%w: bad entry header", errCommand)
+	}
+	return int64(binary.LittleEndian.Uint64(b[1:9])), b[entryHeaderBytes:], nil
+}
+
+// DecodeCommand decodes the command at the start of b into c (reusing
+// c.Messages) and returns the bytes after it.
+func DecodeCommand(b []byte, c *Command) ([]byte, error) {
+	if len(b) < commandHeaderMin {
+		return nil, fmt.Errorf("%w: short header", errCommand)
+	}
+	msgs := c.Messages[:0]
+	*c = Command{Kind: b[0], ReqID: binary.LittleEndian.Uint64(b[1:9]), Messages: msgs}
+	bodyLen, n := binary.Uvarint(b[9:])
+	if n <= 0 || n != uvarintLen(bodyLen) || bodyLen > uint64(len(b)-9-n) {
+		return nil, fmt.Errorf("%w: body length", errCommand)
+	}
+	body := b[9+n : 9+n+int(bodyLen)]
+	rest := b[9+n+int(bodyLen):]
+	d := decoder{b: body}
+	c.Topic = string(d.bytes())
+	switch c.Kind {
+	case CmdCreateTopic:
+		c.Partitions = d.int()
+	case CmdProduce:
+		p := d.varint()
+		if p < -1 || p > 1<<31-1 {
+			d.fail()
+		}
+		c.Partition = int32(p)
+		c.AutoCreatePartitions = d.int()
+		c.PartitionKey = d.bytes()
+		c.IdempotencyKey = d.bytes()
+		count := d.uvarint()
+		if count > messagesPerCmdMax || count > uint64(len(d.b)) {
+			d.fail()
+		}
+		for i := uint64(0); i < count && d.err == nil; i++ {
+			c.Messages = append(c.Messages, MessageIn{Key: d.bytes(), Value: d.bytes()})
+		}
+	case CmdCommit:
+		c.Group = string(d.bytes())
+		p := d.uvarint()
+		if p > 1<<31-1 {
+			d.fail()
+		}
+		c.Partition = int32(p)
+		c.Offset = d.uvarint()
+	default:
+		return nil, fmt.Errorf("%w: unknown kind %d", errCommand, c.Kind)
+	}
+	if d.err != nil || len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: kind %d body", errCommand, c.Kind)
+	}
+	return rest, nil
+}
+
+// decoder reads uvarint-framed fields; the first failure sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail() { d.err, d.b = errCommand, nil }
+
+// uvarint reads a minimally encoded uvarint: a padded one ("80 00" for 0)
+// would decode to a value that re-encodes differently, so it is rejected.
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 || n != uvarintLen(v) {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 || n != varintLen(v) {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) int() int {
+	v := d.uvarint()
+	if v > 1<<31-1 {
+		d.fail()
+		return 0
+	}
+	return int(v)
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.fail()
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func appendBytes(dst, b []byte) []byte {
+	return append(binary.AppendUvarint(dst, uint64(len(b))), b...)
+}
+
+func appendString(dst []byte, s string) []byte {
+	return append(binary.AppendUvarint(dst, uint64(len(s))), s...)
+}
+
+func bytesLen(n int) int { return uvarintLen(uint64(n)) + n }
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+func varintLen(v int64) int {
+	u := uint64(v) << 1
+	if v < 0 {
+		u = ^u
+	}
+	return uvarintLen(u)
+}

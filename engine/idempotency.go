@@ -1,0 +1,77 @@
+package engine
+
+// idempotencyTable remembers where a write with an idempotency key landed,
+// for a window of leader time and at most keysMax keys, oldest evicted
+// first. Only the apply goroutine touches it; eviction depends only on the
+// leader timestamps in the log, so every replica evicts the same keys.
+type idempotencyTable struct {
+	windowMs int64
+	keysMax  int
+	byKey    map[string]*idemEntry
+	fifo     []*idemEntry // insertion order; fifo[head:] are live or stale
+	head     int
+}
+
+type idemEntry struct {
+	key       string
+	partition int32
+	offset    uint64
+	count     uint32
+	tsMs      int64
+}
+
+func newIdempotencyTable(windowMs int64, keysMax int) *idempotencyTable {
+	return &idempotencyTable{windowMs: windowMs, keysMax: keysMax, byKey: map[string]*idemEntry{}}
+}
+
+// idemScopeAny scopes a key to the whole topic (the server chose the partition).
+const idemScopeAny = -1
+
+func idemKey(topic string, scope int32, key []byte) string {
+	b := make([]byte, 0, len(topic)+len(key)+6)
+	b = append(b, topic...)
+	b = append(b, 0, byte(scope>>24), byte(scope>>16), byte(scope>>8), byte(scope), 0)
+	return string(append(b, key...))
+}
+
+func (t *idempotencyTable) get(key string, nowMs int64) (*idemEntry, bool) {
+	t.expire(nowMs)
+	e, ok := t.byKey[key]
+	return e, ok
+}
+
+func (t *idempotencyTable) put(e *idemEntry) {
+	t.byKey[e.key] = e
+	t.fifo = append(t.fifo, e)
+	t.expire(e.tsMs)
+}
+
+// expire drops keys older than the window and keys over the limit.
+func (t *idempotencyTable) expire(nowMs int64) {
+	for t.head < len(t.fifo) {
+		e := t.fifo[t.head]
+		if len(t.byKey) <= t.keysMax && e.tsMs >= nowMs-t.windowMs {
+			break
+		}
+		if t.byKey[e.key] == e {
+			delete(t.byKey, e.key)
+		}
+		t.fifo[t.head] = nil
+		t.head++
+	}
+	if t.head > 1024 && t.head > len(t.fifo)/2 {
+		t.fifo = append(t.fifo[:0:0], t.fifo[t.head:]...)
+		t.head = 0
+	}
+}
+
+// live returns the remembered entries, oldest first.
+func (t *idempotencyTable) live() []*idemEntry {
+	out := make([]*idemEntry, 0, len(t.byKey))
+	for _, e := range t.fifo[t.head:] {
+		if t.byKey[e.key] == e {
+			out = append(out, e)
+		}
+	}
+	return out
+}

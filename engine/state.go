@@ -1,0 +1,213 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+
+	"keel/ring"
+)
+
+// The state checkpoint (file state.ckpt, replaced atomically) holds all
+// state-machine state at one applied index, after every partition log was
+// fsynced up to it:
+//
+//	"KEELSTAT" | payload length u64 LE | crc32c(payload) u32 LE | payload
+//
+// payload (uvarint numbers, length-prefixed strings):
+//
+//	version | applied index | applied term | replication blob |
+//	topics: count, (name, partitions, created ms, rr, (next, start)*)* |
+//	offsets: count, (topic, group, partition, offset)* |
+//	idempotency: count, (key, partition, offset, count, time ms)*
+//
+// Recovery loads it, cuts each partition back to its checkpointed end and
+// replays the Raft log after the applied index: restart time is bounded by
+// the checkpoint interval, not by the data stored.
+const (
+	stateFileName     = "state.ckpt"
+	stateMagic        = "KEELSTAT"
+	stateVersion      = 1
+	stateHeaderBytes  = len(stateMagic) + 12
+	statePayloadLimit = 1 << 30
+)
+
+// OpenStore opens the state machine in cfg.Dir and recovers it to its last
+// checkpoint. It returns the opaque blob that replication saved with that
+// checkpoint (nil on a fresh store).
+func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Partition.validate(); err != nil {
+		return nil, nil, err
+	}
+	s := &Store{
+		cfg:     cfg,
+		io:      io,
+		topics:  map[string]*Topic{},
+		offsets: map[offsetKey]uint64{},
+		idem:    newIdempotencyTable(cfg.IdempotencyWindowMs, cfg.IdempotencyKeysMax),
+	}
+	if err := ensureDir(cfg.Dir); err != nil {
+		return nil, nil, err
+	}
+	if err := ensureDir(s.topicsDir()); err != nil {
+		return nil, nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(cfg.Dir, stateFileName))
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil, removeStrayTopicDirs(s.topicsDir(), s.topics)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("engine: read state checkpoint: %w", err)
+	}
+	blob, err := s.decodeState(b)
+	if err != nil {
+		s.Close()
+		return nil, nil, err
+	}
+	if err := removeStrayTopicDirs(s.topicsDir(), s.topics); err != nil {
+		s.Close()
+		return nil, nil, err
+	}
+	return s, blob, nil
+}
+
+// Checkpoint fsyncs every partition, then atomically writes the state with
+// blob (replication's own state at this applied index). Call it from the
+// apply goroutine, between entries.
+func (s *Store) Checkpoint(blob []byte) error {
+	for _, t := range s.Topics() {
+		for _, p := range t.Partitions {
+			if err := p.Log.Checkpoint(); err != nil {
+				return err
+			}
+		}
+	}
+	return writeFileAtomic(s.cfg.Dir, stateFileName, s.encodeState(blob))
+}
+
+func (s *Store) encodeState(blob []byte) []byte {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	p := binary.AppendUvarint(nil, stateVersion)
+	p = binary.AppendUvarint(p, s.applied)
+	p = binary.AppendUvarint(p, s.appliedTerm)
+	p = appendBytes(p, blob)
+	p = binary.AppendUvarint(p, uint64(len(s.topics)))
+	for _, t := range s.topics {
+		p = appendString(p, t.Name)
+		p = binary.AppendUvarint(p, uint64(len(t.Partitions)))
+		p = binary.AppendVarint(p, t.CreatedMs)
+		p = binary.AppendUvarint(p, t.rr)
+		for _, part := range t.Partitions {
+			p = binary.AppendUvarint(p, part.Log.NextOffset())
+			p = binary.AppendUvarint(p, part.Log.StartOffset())
+		}
+	}
+	p = binary.AppendUvarint(p, uint64(len(s.offsets)))
+	for k, v := range s.offsets {
+		p = appendString(p, k.topic)
+		p = appendString(p, k.group)
+		p = binary.AppendUvarint(p, uint64(k.partition))
+		p = binary.AppendUvarint(p, v)
+	}
+	live := s.idem.live()
+	p = binary.AppendUvarint(p, uint64(len(live)))
+	for _, e := range live {
+		p = appendString(p, e.key)
+		p = binary.AppendVarint(p, int64(e.partition))
+		p = binary.AppendUvarint(p, e.offset)
+		p = binary.AppendUvarint(p, uint64(e.count))
+		p = binary.AppendVarint(p, e.tsMs)
+	}
+	out := make([]byte, 0, stateHeaderBytes+len(p))
+	out = append(out, stateMagic...)
+	out = binary.LittleEndian.AppendUint64(out, uint64(len(p)))
+	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(p, castagnoli))
+	return append(out, p...)
+}
+
+// decodeState restores s from a state checkpoint and opens its partitions.
+func (s *Store) decodeState(b []byte) ([]byte, error) {
+	path := filepath.Join(s.cfg.Dir, stateFileName)
+	corrupt := func(why string) error { return &CorruptionError{Path: path, Reason: why} }
+	if len(b) < stateHeaderBytes || string(b[:len(stateMagic)]) != stateMagic {
+		return nil, corrupt("not a state checkpoint")
+	}
+	n := binary.LittleEndian.Uint64(b[8:16])
+	if n > statePayloadLimit || n != uint64(len(b)-stateHeaderBytes) {
+		return nil, corrupt("length mismatch")
+	}
+	p := b[stateHeaderBytes:]
+	if crc32.Checksum(p, castagnoli) != binary.LittleEndian.Uint32(b[16:20]) {
+		return nil, corrupt("checksum mismatch")
+	}
+	d := decoder{b: p}
+	if v := d.uvarint(); v != stateVersion {
+		return nil, corrupt(fmt.Sprintf("version %d, this build reads %d", v, stateVersion))
+	}
+	s.applied, s.appliedTerm = d.uvarint(), d.uvarint()
+	blob := append([]byte(nil), d.bytes()...)
+	if err := s.decodeTopics(&d, corrupt); err != nil {
+		return nil, err
+	}
+	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
+		k := offsetKey{topic: string(d.bytes()), group: string(d.bytes()), partition: int32(d.int())}
+		s.offsets[k] = d.uvarint()
+	}
+	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
+		e := &idemEntry{key: string(d.bytes()), partition: int32(d.varint()), offset: d.uvarint()}
+		e.count, e.tsMs = uint32(d.uvarint()), d.varint()
+		s.idem.byKey[e.key] = e
+		s.idem.fifo = append(s.idem.fifo, e)
+	}
+	if d.err != nil || len(d.b) != 0 {
+		return nil, corrupt("payload does not decode")
+	}
+	return blob, nil
+}
+
+func (s *Store) decodeTopics(d *decoder, corrupt func(string) error) error {
+	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
+		name, parts := string(d.bytes()), d.int()
+		created, rr := d.varint(), d.uvarint()
+		if d.err != nil || !ValidTopicName(name) || parts < 1 || parts > s.cfg.PartitionsMax {
+			return corrupt("bad topic record")
+		}
+		t, err := s.openTopic(name, parts, created)
+		if err != nil {
+			return err
+		}
+		t.rr = rr
+		s.topics[name] = t
+		for _, p := range t.Partitions {
+			next, start := d.uvarint(), d.uvarint()
+			if err := restorePartition(p, next, start); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// restorePartition cuts a partition back to its checkpointed end (the WAL
+// replay re-applies what followed) and moves its start up to the
+// checkpointed start.
+func restorePartition(p *Partition, next, start uint64) error {
+	if got := p.Log.NextOffset(); got < next {
+		return &CorruptionError{Path: p.Log.Dir(), Reason: fmt.Sprintf(
+			"the state checkpoint vouches for offsets below %d but the partition ends at %d", next, got)}
+	}
+	if err := p.Log.TruncateTo(next); err != nil {
+		return err
+	}
+	if start > p.Log.StartOffset() {
+		if _, _, err := p.Log.DeleteBefore(start); err != nil {
+			return err
+		}
+	}
+	return nil
+}

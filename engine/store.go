@@ -1,0 +1,268 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"sync"
+
+	"keel/ring"
+)
+
+// StoreConfig holds the state machine's settings and limits.
+type StoreConfig struct {
+	Dir                 string
+	Partition           LogConfig // for every partition log
+	PartitionsMax       int       // per topic (default 1024)
+	IdempotencyWindowMs int64     // how long a key is remembered (default 24 h)
+	IdempotencyKeysMax  int       // at most this many keys (default 1,000,000)
+}
+
+const (
+	PartitionsMaxDefault       = 1024
+	IdempotencyWindowMsDefault = 24 * 60 * 60 * 1000
+	IdempotencyKeysMaxDefault  = 1_000_000
+	TopicNameBytesMax          = 249
+	GroupNameBytesMax          = 249
+)
+
+// Errors of applied commands; httpfront maps them to status codes. They are
+// deterministic: every replica reaches the same one for the same entry.
+var (
+	ErrUnknownTopic      = errors.New("unknown topic")
+	ErrUnknownPartition  = errors.New("unknown partition")
+	ErrInvalidPartition  = errors.New("partition out of range")
+	ErrTopicExists       = errors.New("topic exists with another partition count")
+	ErrOffsetOutOfRange  = errors.New("offset past the log end")
+	ErrInvalidTopic      = errors.New("invalid topic name")
+	ErrInvalidGroup      = errors.New("invalid group name")
+	ErrInvalidPartitions = errors.New("invalid partition count")
+)
+
+var topicNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)
+
+// ValidTopicName reports whether name is a topic name: 1–249 characters
+// of [A-Za-z0-9._-], and not "." or ".." (they name directories).
+func ValidTopicName(name string) bool {
+	return topicNameRE.MatchString(name) && name != "." && name != ".."
+}
+
+// ValidGroupName reports whether name is a consumer group name: 1–249
+// printable bytes (no control characters).
+func ValidGroupName(name string) bool {
+	if len(name) == 0 || len(name) > GroupNameBytesMax {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] < 0x20 || name[i] == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// Store is the deterministic state machine: topics with their partition
+// logs, consumer offsets and the idempotency table. Apply runs on one
+// goroutine; the read side (Topic, Committed, Topics) is safe concurrently.
+type Store struct {
+	cfg StoreConfig
+	io  ring.Backend
+
+	mu          sync.RWMutex
+	topics      map[string]*Topic
+	offsets     map[offsetKey]uint64
+	applied     uint64
+	appliedTerm uint64
+
+	idem  *idempotencyTable // apply goroutine only
+	stage entryStage        // apply goroutine only
+}
+
+type offsetKey struct {
+	topic, group string
+	partition    int32
+}
+
+// Topic is a topic and its partitions. Partitions never change after
+// creation; rr (round-robin position) belongs to the apply goroutine.
+type Topic struct {
+	Name       string
+	Partitions []*Partition
+	CreatedMs  int64
+	rr         uint64
+}
+
+// Partition is one partition's log plus a way to wait for new records.
+type Partition struct {
+	Topic string
+	ID    int32
+	Log   *Log
+
+	mu      sync.Mutex
+	changed chan struct{} // closed when records are appended
+}
+
+// Changed returns a channel closed at the next append to the partition.
+func (p *Partition) Changed() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.changed
+}
+
+func (p *Partition) notify() {
+	p.mu.Lock()
+	close(p.changed)
+	p.changed = make(chan struct{})
+	p.mu.Unlock()
+}
+
+func (c StoreConfig) withDefaults() StoreConfig {
+	if c.PartitionsMax == 0 {
+		c.PartitionsMax = PartitionsMaxDefault
+	}
+	if c.IdempotencyWindowMs == 0 {
+		c.IdempotencyWindowMs = IdempotencyWindowMsDefault
+	}
+	if c.IdempotencyKeysMax == 0 {
+		c.IdempotencyKeysMax = IdempotencyKeysMaxDefault
+	}
+	c.Partition.RebuiltFromWAL = true
+	c.Partition = c.Partition.withDefaults()
+	return c
+}
+
+func (s *Store) topicsDir() string { return filepath.Join(s.cfg.Dir, "topics") }
+
+func (s *Store) partitionDir(topic string, p int) string {
+	return filepath.Join(s.topicsDir(), topic, strconv.Itoa(p))
+}
+
+// Topic returns the named topic.
+func (s *Store) Topic(name string) (*Topic, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	t, ok := s.topics[name]
+	return t, ok
+}
+
+// Topics returns every topic, sorted by name.
+func (s *Store) Topics() []*Topic {
+	s.mu.RLock()
+	out := make([]*Topic, 0, len(s.topics))
+	for _, t := range s.topics {
+		out = append(out, t)
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Committed returns the group's committed offset on a partition.
+func (s *Store) Committed(topic, group string, partition int32) (uint64, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	off, ok := s.offsets[offsetKey{topic, group, partition}]
+	return off, ok
+}
+
+// GroupOffset is one committed consumer offset.
+type GroupOffset struct {
+	Topic, Group string
+	Partition    int32
+	Offset       uint64
+}
+
+// Offsets returns every committed offset.
+func (s *Store) Offsets() []GroupOffset {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]GroupOffset, 0, len(s.offsets))
+	for k, v := range s.offsets {
+		out = append(out, GroupOffset{k.topic, k.group, k.partition, v})
+	}
+	return out
+}
+
+// Applied returns the index and term of the last applied Raft entry.
+func (s *Store) Applied() (index, term uint64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.applied, s.appliedTerm
+}
+
+// Close closes every partition log (making it durable).
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var first error
+	for _, t := range s.topics {
+		for _, p := range t.Partitions {
+			if err := p.Log.Close(); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	return first
+}
+
+// createTopicLocked opens (creating) the partition logs of a new topic.
+func (s *Store) openTopic(name string, partitions int, createdMs int64) (*Topic, error) {
+	t := &Topic{Name: name, CreatedMs: createdMs}
+	for p := 0; p < partitions; p++ {
+		l, err := OpenLog(s.partitionDir(name, p), s.io, s.cfg.Partition)
+		if err != nil {
+			for _, q := range t.Partitions {
+				q.Log.Close()
+			}
+			return nil, err
+		}
+		t.Partitions = append(t.Partitions, &Partition{Topic: name, ID: int32(p), Log: l, changed: make(chan struct{})})
+	}
+	return t, nil
+}
+
+// partitionFor picks a partition deterministically: explicit, else the
+// key's hash, else round-robin.
+func (t *Topic) partitionFor(c *Command) (int32, error) {
+	n := len(t.Partitions)
+	switch {
+	case c.Partition >= 0:
+		if int(c.Partition) >= n {
+			return 0, ErrInvalidPartition
+		}
+		return c.Partition, nil
+	case len(c.PartitionKey) > 0:
+		h := fnv.New32a()
+		h.Write(c.PartitionKey)
+		return int32(h.Sum32() % uint32(n)), nil
+	default:
+		p := int32(t.rr % uint64(n))
+		t.rr++
+		return p, nil
+	}
+}
+
+func removeStrayTopicDirs(dir string, keep map[string]*Topic) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("engine: list %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if _, ok := keep[e.Name()]; ok {
+			continue
+		}
+		// Created after the checkpoint: the WAL replay creates it again.
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("engine: remove %s: %w", e.Name(), err)
+		}
+	}
+	return syncDir(dir)
+}
