@@ -76,7 +76,7 @@ func TestDeleteBefore(t *testing.T) {
 		offset, wantStart, wantDeleted uint64
 	}{
 		{100, 100, 100},
-		{50, 100, 0},   // never moves down
+		{50, 100, 0}, // never moves down
 		{250, 250, 150},
 		{999, 300, 50}, // never past the end
 	}
