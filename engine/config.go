@@ -16,12 +16,13 @@ type LogConfig struct {
 	CheckpointIntervalBytes int64
 	// BatchBytesMax bounds one group commit (and so one write + fdatasync).
 	BatchBytesMax int
-	// RebuiltFromWAL says another log (the Raft WAL) can rebuild this log's
-	// unvouched tail, as for partition segments written without an fsync
-	// per batch. Page-cache writeback is not ordered, so such a tail may be
-	// damaged in the middle; recovery then cuts at the first bad frame
-	// instead of refusing to start. Damage in vouched bytes still refuses.
-	RebuiltFromWAL bool
+	// TailUnordered says batches after the last checkpoint were written
+	// without an fsync between them: partition segments (rebuilt from the
+	// Raft WAL) and the WAL in rocket mode (which promises no durability).
+	// Page-cache writeback is not ordered, so such a tail may be damaged in
+	// the middle; recovery then cuts at the first bad frame instead of
+	// refusing to start. Damage in vouched bytes still refuses.
+	TailUnordered bool
 }
 
 const (

@@ -173,7 +173,7 @@ func (l *Log) recoverActive(base uint64, ckpt logCheckpoint, haveCkpt bool) (*se
 			vouched = ckpt.VouchedBytes
 		}
 	}
-	res, err := scanFile(f, path, base, vouched, l.cfg.IndexIntervalBytes, l.cfg.RebuiltFromWAL)
+	res, err := scanFile(f, path, base, vouched, l.cfg.IndexIntervalBytes, l.cfg.TailUnordered)
 	if err != nil {
 		f.Close()
 		return nil, err

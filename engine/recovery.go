@@ -96,7 +96,7 @@ type scanResult struct {
 // scanSegment walks data (a whole segment file) from its start. vouched is
 // how many leading bytes an fsync vouched for. It returns a
 // CorruptionError when the table says refuse.
-func scanSegment(path string, data []byte, base uint64, vouched int64, intervalBytes int64, rebuilt bool) (scanResult, error) {
+func scanSegment(path string, data []byte, base uint64, vouched int64, intervalBytes int64, tailUnordered bool) (scanResult, error) {
 	res := scanResult{index: newSparseIndex(intervalBytes)}
 	pos := int64(0)
 	for {
@@ -106,7 +106,7 @@ func scanSegment(path string, data []byte, base uint64, vouched int64, intervalB
 			reg = regionVouched
 		}
 		newer := false
-		if (st == stateShort || st == stateBad) && !rebuilt {
+		if (st == stateShort || st == stateBad) && !tailUnordered {
 			newer = newerBatchAfter(data, pos, base+res.count, res)
 		}
 		switch classify(reg, st, newer) {

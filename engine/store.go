@@ -131,7 +131,7 @@ func (c StoreConfig) withDefaults() StoreConfig {
 	if c.IdempotencyKeysMax == 0 {
 		c.IdempotencyKeysMax = IdempotencyKeysMaxDefault
 	}
-	c.Partition.RebuiltFromWAL = true
+	c.Partition.TailUnordered = true
 	c.Partition = c.Partition.withDefaults()
 	return c
 }

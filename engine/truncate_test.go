@@ -113,13 +113,13 @@ func TestDeleteBefore(t *testing.T) {
 	}
 }
 
-// TestRebuiltFromWALCutsDamagedTail checks the partition policy: damage in
+// TestTailUnorderedCutsDamagedTail checks the partition policy: damage in
 // the unvouched tail is cut even when later batches follow, because the WAL
 // will re-apply them.
-func TestRebuiltFromWALCutsDamagedTail(t *testing.T) {
+func TestTailUnorderedCutsDamagedTail(t *testing.T) {
 	sc := buildScenario(t, 4, false)
 	mutateFile(t, sc.active, func(b []byte) []byte { b[sc.batchStart[1]+frameHeaderBytes] ^= 0xff; return b })
-	l, err := OpenLog(sc.dir, openBackend(t, "syscall"), LogConfig{RebuiltFromWAL: true})
+	l, err := OpenLog(sc.dir, openBackend(t, "syscall"), LogConfig{TailUnordered: true})
 	if err != nil {
 		t.Fatalf("OpenLog: %v", err)
 	}
