@@ -94,7 +94,7 @@ func crashChild(dir string) int {
 // moments. After each kill it also appends a torn partial frame to the
 // active segment (what a power loss in the middle of a write leaves). Every
 // acknowledged record must then read back with identical bytes at its
-// offset, offsets must be dense, and exactly the torn bytes must be cut.
+// offset, offsets must be dense, and at least the torn bytes must be cut.
 func TestCrashKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test spawns processes")
@@ -116,8 +116,10 @@ func crashCycles(t *testing.T, kind ring.Kind, cycles int) {
 			t.Fatalf("cycle %d: recovery failed: %v", c, err)
 		}
 		rep := l.Recovery()
-		if rep.CutBytes != int64(torn) {
-			t.Fatalf("cycle %d: cut %d bytes, the torn frame was %d", c, rep.CutBytes, torn)
+		// SIGKILL can also stop a pwritev part-way (never acknowledged), so
+		// the cut may be longer than the frame the test appended.
+		if rep.CutBytes < int64(torn) {
+			t.Fatalf("cycle %d: cut %d bytes, the torn frame alone was %d", c, rep.CutBytes, torn)
 		}
 		got := readAll(t, l, 0) // checks density
 		for off, want := range acked {
