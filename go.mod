@@ -7,3 +7,10 @@ require (
 	github.com/pawelgaczynski/giouring v0.0.0-20230826085535-69588b89acb9
 	golang.org/x/sys v0.49.0
 )
+
+require (
+	github.com/gogo/protobuf v1.3.2 // indirect
+	github.com/golang/protobuf v1.5.4 // indirect
+	go.etcd.io/raft/v3 v3.6.0 // indirect
+	google.golang.org/protobuf v1.33.0 // indirect
+)

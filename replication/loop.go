@@ -1,0 +1,423 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"keel/engine"
+)
+
+// closeDrainMax bounds how long Close waits for in-flight writes.
+const closeDrainMax = 10 * time.Second
+
+// loop is the only goroutine that touches the RawNode, the WAL's append
+// side and the Store's apply side. Each turn: take every waiting proposal
+// into as few entries as fit, then handle Ready until there is none: persist
+// (one write + one fdatasync), apply committed entries, answer proposers,
+// Advance. Proposals that arrive during the fsync wait for the next turn,
+// which is what makes one fsync serve many requests.
+func (n *Node) loop() {
+	defer close(n.done)
+	ticker := time.NewTicker(n.cfg.TickInterval)
+	defer ticker.Stop()
+	var rocketSync <-chan time.Time
+	if n.cfg.Rocket {
+		t := time.NewTicker(n.cfg.RocketSyncInterval)
+		defer t.Stop()
+		rocketSync = t.C
+	}
+	n.lastCkpt = time.Now()
+	n.campaign()
+	n.handleReadies()
+	for {
+		select {
+		case p := <-n.queueIfLeader():
+			n.proposeBatch(p)
+		case <-ticker.C:
+			n.rn.Tick()
+			n.campaign()
+			if time.Since(n.lastCkpt) >= n.cfg.CheckpointInterval && n.walSinceCkpt > 0 {
+				n.checkpoint()
+			}
+		case <-rocketSync:
+			if err := n.wal.Sync(); err != nil {
+				n.setFault(err)
+			}
+		case <-n.stop:
+			n.drainAndStop()
+			return
+		}
+		n.handleReadies()
+		if n.walSinceCkpt >= n.cfg.CheckpointBytes {
+			n.checkpoint()
+		}
+		n.publishStatus()
+	}
+}
+
+// queueIfLeader returns the proposal queue while this node leads and has
+// no fault; otherwise nil, so proposals wait (up to their deadline) for an
+// election instead of being dropped.
+func (n *Node) queueIfLeader() chan *proposal {
+	if n.Fault() != nil || n.rn.BasicStatus().RaftState != raft.StateLeader {
+		return nil
+	}
+	return n.queue
+}
+
+// campaign starts an election when this single voter has no leader, so a
+// restart does not wait for an election timeout.
+func (n *Node) campaign() {
+	st := n.rn.BasicStatus()
+	if st.Lead != raft.None || st.RaftState == raft.StateLeader || n.campaignedTerm == st.Term+1 {
+		return
+	}
+	if len(n.confState.Voters) == 1 && n.confState.Voters[0] == nodeID {
+		n.campaignedTerm = st.Term + 1
+		_ = n.rn.Campaign()
+	}
+}
+
+// proposeBatch packs first and every other waiting proposal into entries
+// of at most EntryBytesMax command bytes, up to ReadyBytesMax per turn.
+func (n *Node) proposeBatch(first *proposal) {
+	nowMs := time.Now().UnixMilli()
+	now := time.Now()
+	var entry []byte
+	var members []*waiter
+	total := 0
+	flush := func() {
+		if len(members) == 0 {
+			return
+		}
+		if err := n.rn.Propose(entry); err != nil {
+			for _, w := range members {
+				n.fail(w, fmt.Errorf("%w: %v", ErrOverloaded, err))
+			}
+		} else {
+			n.unpersisted = append(n.unpersisted, members...)
+		}
+		entry, members = nil, nil
+	}
+	add := func(p *proposal) {
+		if len(entry) > 0 && len(entry)+len(p.data) > n.cfg.EntryBytesMax {
+			flush()
+		}
+		if entry == nil {
+			entry = engine.AppendEntryHeader(make([]byte, 0, min(n.cfg.EntryBytesMax, 64<<10)), nowMs)
+		}
+		entry = append(entry, p.data...)
+		p.w.proposed = now
+		members = append(members, p.w)
+		total += len(p.data)
+	}
+	add(first)
+	for total < n.cfg.ReadyBytesMax {
+		select {
+		case p := <-n.queue:
+			add(p)
+			continue
+		default:
+		}
+		break
+	}
+	flush()
+}
+
+func (n *Node) fail(w *waiter, err error) {
+	if w2, ok := n.waiters.take(w.id); ok {
+		w2.err = err
+		close(w2.done)
+	}
+}
+
+func (n *Node) handleReadies() {
+	for n.Fault() == nil && n.rn.HasReady() {
+		if err := n.handleReady(); err != nil {
+			n.setFault(err)
+			return
+		}
+	}
+}
+
+// handleReady follows raft's contract: persist, (send), apply, Advance.
+func (n *Node) handleReady() error {
+	rd := n.rn.Ready()
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		return errors.New("replication: received a snapshot; single-voter groups never do")
+	}
+	// A commit-only HardState is not written: the commit index is
+	// re-learned after a restart, and an unsynced write between synced
+	// batches would break the WAL's "only the last batch can be torn" rule.
+	if raft.MustSync(rd.HardState, n.prevHS, len(rd.Entries)) {
+		if err := n.persist(rd.HardState, rd.Entries); err != nil {
+			return err
+		}
+	}
+	if !raft.IsEmptyHardState(rd.HardState) {
+		n.prevHS = rd.HardState
+		if err := n.storage.SetHardState(rd.HardState); err != nil {
+			return err
+		}
+	}
+	if err := n.storage.Append(rd.Entries); err != nil {
+		return err
+	}
+	if len(rd.Entries) > 0 {
+		now := time.Now()
+		for _, w := range n.unpersisted {
+			w.persisted = now
+		}
+		clear(n.unpersisted)
+		n.unpersisted = n.unpersisted[:0]
+	}
+	// rd.Messages: a single voter sends nothing; the transport comes with
+	// the HA issue.
+	if err := n.apply(rd.CommittedEntries); err != nil {
+		return err
+	}
+	n.rn.Advance(rd)
+	return nil
+}
+
+// persist writes one Ready's HardState and entries as WAL batches, each
+// made durable before the next is written.
+func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
+	var recs []engine.Record
+	var pending []walMark
+	size := 0
+	flush := func() error {
+		if len(recs) == 0 {
+			return nil
+		}
+		first, batch, err := n.wal.AppendBatch(recs, !n.cfg.Rocket)
+		if err != nil {
+			return fmt.Errorf("replication: persist: %w", err)
+		}
+		for i := range pending {
+			pending[i].batch = batch
+			pending[i].walOffset += first
+		}
+		n.addMarks(pending)
+		if !n.cfg.Rocket {
+			n.lastSynced = batch
+		}
+		n.walSinceCkpt += int64(size)
+		recs, pending, size = recs[:0], pending[:0], 0
+		return nil
+	}
+	if !raft.IsEmptyHardState(hs) {
+		b, err := hs.Marshal()
+		if err != nil {
+			return err
+		}
+		recs = append(recs, engine.Record{Type: engine.RecordRaftState, Payload: b})
+		size += len(b)
+	}
+	for i := range ents {
+		b, err := ents[i].Marshal()
+		if err != nil {
+			return err
+		}
+		if size+len(b) > walBatchBytes && len(recs) > 0 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		pending = append(pending, walMark{index: ents[i].Index, walOffset: uint64(len(recs))})
+		recs = append(recs, engine.Record{Type: engine.RecordRaftEntry, Payload: b})
+		size += len(b)
+	}
+	return flush()
+}
+
+// walBatchBytes keeps one WAL batch well under the WAL's BatchBytesMax
+// (frame headers included).
+const walBatchBytes = 48 << 20
+
+// addMarks records where entries went; a rewritten index drops the old
+// suffix first.
+func (n *Node) addMarks(ms []walMark) {
+	if len(ms) == 0 {
+		return
+	}
+	for len(n.marks) > 0 && n.marks[len(n.marks)-1].index >= ms[0].index {
+		n.marks = n.marks[:len(n.marks)-1]
+	}
+	n.marks = append(n.marks, ms...)
+}
+
+// batchOf returns the WAL batch that persisted entry index.
+func (n *Node) batchOf(index uint64) uint64 {
+	lo, hi := 0, len(n.marks)
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if n.marks[mid].index < index {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if lo < len(n.marks) && n.marks[lo].index == index {
+		return n.marks[lo].batch
+	}
+	return 0
+}
+
+func (n *Node) apply(ents []raftpb.Entry) error {
+	for i := range ents {
+		e := &ents[i]
+		switch e.Type {
+		case raftpb.EntryNormal:
+			var err error
+			n.results, err = n.store.ApplyEntry(e.Index, e.Term, e.Data, n.results[:0])
+			if err != nil {
+				return err
+			}
+			n.answer(e.Index)
+		case raftpb.EntryConfChange:
+			var cc raftpb.ConfChange
+			if err := cc.Unmarshal(e.Data); err != nil {
+				return fmt.Errorf("replication: conf change at %d: %w", e.Index, err)
+			}
+			n.confState = *n.rn.ApplyConfChange(cc)
+			if _, err := n.store.ApplyEntry(e.Index, e.Term, nil, nil); err != nil {
+				return err
+			}
+		case raftpb.EntryConfChangeV2:
+			var cc raftpb.ConfChangeV2
+			if err := cc.Unmarshal(e.Data); err != nil {
+				return fmt.Errorf("replication: conf change at %d: %w", e.Index, err)
+			}
+			n.confState = *n.rn.ApplyConfChange(cc)
+			if _, err := n.store.ApplyEntry(e.Index, e.Term, nil, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// answer completes the proposers of the commands just applied.
+func (n *Node) answer(index uint64) {
+	now := time.Now()
+	batch := n.batchOf(index)
+	for _, r := range n.results {
+		w, ok := n.waiters.take(r.ReqID)
+		if !ok {
+			continue // replayed after a restart, or its proposer timed out
+		}
+		w.out = Outcome{Result: r, Batch: batch, Durable: !n.cfg.Rocket}
+		if n.cfg.Rocket {
+			w.out.Batch = 0
+		}
+		if !w.proposed.IsZero() {
+			w.out.QueueUs = w.proposed.Sub(w.enqueued).Microseconds()
+			if !w.persisted.IsZero() {
+				w.out.SyncWaitUs = w.persisted.Sub(w.proposed).Microseconds()
+				w.out.ApplyUs = now.Sub(w.persisted).Microseconds()
+			}
+		}
+		close(w.done)
+	}
+}
+
+// checkpoint writes the state checkpoint and drops what it makes
+// unnecessary: WAL segments before the first unapplied entry and raft's
+// in-memory entries up to the applied index.
+func (n *Node) checkpoint() {
+	applied, _ := n.store.Applied()
+	replayFrom := n.wal.NextOffset()
+	keep := len(n.marks)
+	for i, m := range n.marks {
+		if m.index > applied {
+			replayFrom, keep = m.walOffset, i
+			break
+		}
+	}
+	st := replicationState{replayFrom: replayFrom, hardState: n.rn.BasicStatus().HardState, confState: n.confState}
+	if err := n.store.Checkpoint(st.encode()); err != nil {
+		n.setFault(fmt.Errorf("replication: checkpoint: %w", err))
+		return
+	}
+	if err := n.storage.Compact(applied); err != nil && !errors.Is(err, raft.ErrCompacted) {
+		n.setFault(fmt.Errorf("replication: compact raft log: %w", err))
+		return
+	}
+	if _, _, err := n.wal.DeleteBefore(replayFrom); err != nil {
+		n.setFault(fmt.Errorf("replication: truncate WAL: %w", err))
+		return
+	}
+	n.marks = append(n.marks[:0], n.marks[keep:]...)
+	n.walSinceCkpt = 0
+	n.lastCkpt = time.Now()
+	n.checkpoints++
+	n.log.Debug("checkpoint", "applied", applied, "wal_replay_from", replayFrom)
+}
+
+// drainAndStop proposes what is queued, runs until it is applied (bounded
+// by closeDrainMax), checkpoints and returns.
+func (n *Node) drainAndStop() {
+	deadline := time.Now().Add(closeDrainMax)
+	for time.Now().Before(deadline) && n.Fault() == nil {
+		select {
+		case p := <-n.queueIfLeader():
+			n.proposeBatch(p)
+		default:
+		}
+		n.handleReadies()
+		if len(n.queue) == 0 && n.waiters.len() == 0 {
+			break
+		}
+		if !n.rn.HasReady() {
+			time.Sleep(time.Millisecond)
+			n.rn.Tick()
+		}
+	}
+	if n.Fault() == nil && !n.skipFinalCheckpoint {
+		n.checkpoint()
+	}
+	n.waiters.failAll(ErrStopped)
+	n.publishStatus()
+}
+
+func (n *Node) setFault(err error) {
+	if n.fault.CompareAndSwap(nil, &err) {
+		n.log.Error("storage fault: this node stops taking writes; restart it once the disk is fixed", "err", err)
+		n.waiters.failAll(err)
+	}
+	n.publishStatus()
+}
+
+func (n *Node) publishStatus() {
+	bs := n.rn.BasicStatus()
+	applied, _ := n.store.Applied()
+	st := &Status{
+		Term: bs.Term, Lead: bs.Lead, Commit: bs.Commit, Applied: applied,
+		Role:            roleName(bs.RaftState),
+		LastSyncedBatch: n.lastSynced,
+		Checkpoints:     n.checkpoints,
+		WALStart:        n.wal.StartOffset(),
+		WALNext:         n.wal.NextOffset(),
+	}
+	st.Ready = n.Fault() == nil && bs.RaftState == raft.StateLeader && applied >= n.startupCommit
+	n.status.Store(st)
+}
+
+func roleName(s raft.StateType) string {
+	switch s {
+	case raft.StateLeader:
+		return "leader"
+	case raft.StateFollower:
+		return "follower"
+	case raft.StateCandidate:
+		return "candidate"
+	case raft.StatePreCandidate:
+		return "pre-candidate"
+	}
+	return "unknown"
+}

@@ -1,0 +1,294 @@
+package replication
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"keel/engine"
+	"keel/ring"
+)
+
+// Config holds a node's settings and limits. Zero fields take defaults.
+type Config struct {
+	WALDir    string
+	IO        ring.Backend
+	Store     *engine.Store
+	StoreBlob []byte // what engine.OpenStore returned
+
+	// Rocket acknowledges writes once they are written to the WAL, before
+	// any fdatasync; a background sync runs every RocketSyncInterval.
+	Rocket             bool
+	RocketSyncInterval time.Duration
+
+	CheckpointBytes    int64         // WAL bytes between state checkpoints (64 MiB)
+	CheckpointInterval time.Duration // and at least this often when writes happen (60 s)
+	EntryBytesMax      int           // one Raft entry carries at most this many command bytes (8 MiB)
+	ReadyBytesMax      int           // entries proposed per loop turn (32 MiB)
+	QueueMax           int           // proposals waiting to be taken (16384)
+	TickInterval       time.Duration // raft tick (100 ms)
+	Logger             *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.RocketSyncInterval == 0 {
+		c.RocketSyncInterval = 10 * time.Millisecond
+	}
+	if c.CheckpointBytes == 0 {
+		c.CheckpointBytes = 64 << 20
+	}
+	if c.CheckpointInterval == 0 {
+		c.CheckpointInterval = 60 * time.Second
+	}
+	if c.EntryBytesMax == 0 {
+		c.EntryBytesMax = 8 << 20
+	}
+	if c.ReadyBytesMax == 0 {
+		c.ReadyBytesMax = 32 << 20
+	}
+	if c.QueueMax == 0 {
+		c.QueueMax = 16384
+	}
+	if c.TickInterval == 0 {
+		c.TickInterval = 100 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return c
+}
+
+// Errors a proposer can get.
+var (
+	ErrOverloaded = errors.New("replication: proposal queue full")
+	ErrNoLeader   = errors.New("replication: no leader")
+	ErrStopped    = errors.New("replication: node stopping")
+	ErrTimeout    = errors.New("replication: not applied before the deadline")
+	ErrTooLarge   = errors.New("replication: command larger than one entry")
+)
+
+const nodeID = 1 // the single voter; cluster membership comes with the HA issue
+
+// Node runs one Raft group member: it turns proposals into Raft entries,
+// persists them through the WAL (HardState and entries in one batch, one
+// fdatasync), applies committed entries to the Store and answers the
+// proposers. One goroutine (loop) owns the RawNode, the WAL appends and the
+// Store's apply side.
+type Node struct {
+	cfg     Config
+	wal     *engine.Log
+	store   *engine.Store
+	storage *raft.MemoryStorage
+	rn      *raft.RawNode
+	log     *slog.Logger
+
+	queue   chan *proposal
+	waiters waiters
+	reqBase uint64
+	reqSeq  atomic.Uint64
+
+	// loop-owned
+	prevHS         raftpb.HardState
+	confState      raftpb.ConfState
+	marks          []walMark
+	unpersisted    []*waiter // proposed, waiting for the next persist
+	walSinceCkpt   int64
+	lastCkpt       time.Time
+	startupCommit  uint64
+	campaignedTerm uint64
+	results        []engine.Result
+	lastSynced     uint64 // last WAL batch made durable
+	checkpoints    uint64
+	started        bool
+
+	skipFinalCheckpoint bool // tests: stop as a crash would, without a checkpoint
+
+	status   atomic.Pointer[Status]
+	fault    atomic.Pointer[error]
+	closing  atomic.Bool
+	stop     chan struct{}
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+type proposal struct {
+	w    *waiter
+	data []byte
+}
+
+// Status is a snapshot of the node for /ready and /metrics.
+type Status struct {
+	Term, Lead, Commit, Applied uint64
+	Role                        string // leader, follower, candidate, pre-candidate
+	LastSyncedBatch             uint64
+	Ready                       bool
+	Checkpoints                 uint64
+	WALStart, WALNext           uint64
+}
+
+// Open opens the WAL in cfg.WALDir, replays it after the store's
+// checkpoint and returns a node ready to Start.
+func Open(cfg Config) (*Node, error) {
+	cfg = cfg.withDefaults()
+	walCfg := engine.LogConfig{SegmentBytes: 64 << 20, BatchBytesMax: 64 << 20, TailUnordered: cfg.Rocket}
+	wal, err := engine.OpenLog(cfg.WALDir, cfg.IO, walCfg)
+	if err != nil {
+		return nil, fmt.Errorf("replication: open WAL: %w", err)
+	}
+	n := &Node{
+		cfg: cfg, wal: wal, store: cfg.Store, log: cfg.Logger,
+		queue:   make(chan *proposal, cfg.QueueMax),
+		waiters: waiters{m: map[uint64]*waiter{}},
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	var seed [8]byte
+	_, _ = rand.Read(seed[:])
+	// Request ids are unique across restarts, so a replayed entry can never
+	// complete a new request that happens to reuse an id.
+	n.reqBase = binary.LittleEndian.Uint64(seed[:]) &^ (1<<32 - 1)
+	if err := n.restore(); err != nil {
+		wal.Close()
+		return nil, err
+	}
+	n.publishStatus()
+	return n, nil
+}
+
+// restore rebuilds raft's storage from the checkpoint and the WAL.
+func (n *Node) restore() error {
+	applied, appliedTerm := n.store.Applied()
+	n.storage = raft.NewMemoryStorage()
+	fresh := n.cfg.StoreBlob == nil && n.wal.NextOffset() == 0
+	var st replicationState
+	if n.cfg.StoreBlob != nil {
+		var err error
+		if st, err = decodeReplicationState(n.cfg.StoreBlob); err != nil {
+			return err
+		}
+		snap := raftpb.Snapshot{Metadata: raftpb.SnapshotMetadata{Index: applied, Term: appliedTerm, ConfState: st.confState}}
+		if applied > 0 {
+			if err := n.storage.ApplySnapshot(snap); err != nil {
+				return fmt.Errorf("replication: restore snapshot at %d: %w", applied, err)
+			}
+		}
+		n.confState = st.confState
+	}
+	r, err := replayWAL(n.wal, max(st.replayFrom, n.wal.StartOffset()), applied, st.hardState)
+	if err != nil {
+		return err
+	}
+	hs := r.hardState
+	hs.Commit = max(hs.Commit, st.hardState.Commit, applied) // commit never goes back
+	if last := applied + uint64(len(r.entries)); hs.Commit > last {
+		return fmt.Errorf("replication: hard state commits %d but the WAL ends at entry %d", hs.Commit, last)
+	}
+	if err := n.storage.Append(r.entries); err != nil {
+		return fmt.Errorf("replication: restore entries: %w", err)
+	}
+	if !raft.IsEmptyHardState(hs) {
+		if err := n.storage.SetHardState(hs); err != nil {
+			return err
+		}
+	}
+	n.prevHS, n.marks, n.startupCommit = hs, r.marks, hs.Commit
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:                        nodeID,
+		ElectionTick:              10,
+		HeartbeatTick:             1,
+		Storage:                   n.storage,
+		Applied:                   applied,
+		MaxSizePerMsg:             1 << 20,
+		MaxCommittedSizePerReady:  uint64(n.cfg.ReadyBytesMax),
+		MaxUncommittedEntriesSize: uint64(4 * n.cfg.ReadyBytesMax),
+		MaxInflightMsgs:           256,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		Logger:                    raftLogger{n.log},
+	})
+	if err != nil {
+		return fmt.Errorf("replication: start raft: %w", err)
+	}
+	n.rn = rn
+	if fresh {
+		if err := rn.Bootstrap([]raft.Peer{{ID: nodeID}}); err != nil {
+			return fmt.Errorf("replication: bootstrap: %w", err)
+		}
+	}
+	n.log.Info("raft restored", "applied", applied, "replayed_entries", len(r.entries), "commit", hs.Commit, "fresh", fresh)
+	return nil
+}
+
+// Start runs the loop.
+func (n *Node) Start() {
+	n.started = true
+	go n.loop()
+}
+
+// Propose submits c (its ReqID is assigned here) and waits until it is
+// applied or the deadline passes. The command bytes are copied before
+// Propose returns, so c may alias request buffers.
+func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
+	if err := n.Fault(); err != nil {
+		return Outcome{}, err
+	}
+	if n.closing.Load() {
+		return Outcome{}, ErrStopped
+	}
+	c.ReqID = n.reqBase | (n.reqSeq.Add(1) & (1<<32 - 1))
+	if engine.CommandBytes(c) > n.cfg.EntryBytesMax {
+		return Outcome{}, ErrTooLarge
+	}
+	w := &waiter{id: c.ReqID, done: make(chan struct{}), enqueued: time.Now()}
+	p := &proposal{w: w, data: engine.AppendCommand(make([]byte, 0, engine.CommandBytes(c)), c)}
+	n.waiters.add(w)
+	select {
+	case n.queue <- p:
+	default:
+		n.waiters.take(w.id)
+		return Outcome{}, ErrOverloaded
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-w.done:
+		return w.out, w.err
+	case <-timer.C:
+		if _, still := n.waiters.take(w.id); still {
+			return Outcome{}, ErrTimeout
+		}
+		<-w.done // delivered while timing out
+		return w.out, w.err
+	}
+}
+
+// Fault returns the storage fault that stopped the node, if any.
+func (n *Node) Fault() error {
+	if p := n.fault.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Status returns the latest snapshot of the node.
+func (n *Node) Status() Status { return *n.status.Load() }
+
+// Close stops taking proposals, finishes what is in flight, writes a
+// checkpoint and closes the WAL. The Store stays open for the caller.
+func (n *Node) Close() error {
+	n.closing.Store(true)
+	n.stopOnce.Do(func() { close(n.stop) })
+	if n.started {
+		<-n.done
+	}
+	return n.wal.Close()
+}
