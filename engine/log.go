@@ -307,3 +307,14 @@ func (l *Log) closeFiles() {
 		s.file.Close()
 	}
 }
+
+// Bytes is the size of the stored records (from the log start's segment on).
+func (l *Log) Bytes() int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	var n int64
+	for _, s := range l.segs {
+		n += s.size
+	}
+	return n
+}

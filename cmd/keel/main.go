@@ -1,50 +1,187 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
 
 	"keel/engine"
+	"keel/httpfront"
+	"keel/replication"
 	"keel/ring"
 )
 
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
 func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "keel:", err)
-		os.Exit(1)
-	}
+	os.Exit(run(os.Args[1:]))
 }
 
-func run(args []string) error {
-	fs := flag.NewFlagSet("keel", flag.ContinueOnError)
-	data := fs.String("data", envOr("KEEL_DATA", "./data"), "data directory (env KEEL_DATA)")
-	port := fs.Int("port", 1109, "HTTP port (env KEEL_PORT); the HTTP server is not built yet")
+func run(args []string) int {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args)
+	case "version":
+		fmt.Println("keel", version)
+		return 0
+	case "help":
+		usage()
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "keel: unknown command %q\n\n", cmd)
+	usage()
+	return 2
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: keel [serve] [flags]   run a node (keel serve --help lists every flag)
+       keel version          print the version
+`)
+}
+
+// shutdownMax bounds a clean shutdown: stop accepting, finish in-flight
+// requests, checkpoint, fsync.
+const shutdownMax = 20 * time.Second
+
+func serve(args []string) int {
+	var o options
+	fs, validate := flagSet(&o)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if err := validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "keel:", err)
+		return 2
+	}
+	log := newLogger(o.logLevel)
+	if err := serveWith(o, log); err != nil {
+		log.Error("keel stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func serveWith(o options, log *slog.Logger) error {
+	tokens, err := httpfront.ParseTokens(o.tokens)
+	if err != nil {
+		return fmt.Errorf("--tokens: %w", err)
+	}
+	host, devToken, err := listenHost(o, len(tokens) > 0, log)
+	if err != nil {
 		return err
+	}
+	if o.workers != 0 || o.aof != "" {
+		log.Info("--workers and --aof are accepted for compatibility and ignored")
 	}
 	io, err := ring.Open()
 	if err != nil {
 		return err
 	}
 	defer io.Close()
-	dir := filepath.Join(*data, "log")
-	l, err := engine.OpenLog(dir, io, engine.LogConfig{})
+	start := time.Now()
+	store, blob, err := engine.OpenStore(engine.StoreConfig{
+		Dir:                 o.data,
+		PartitionsMax:       o.maxPartitions,
+		IdempotencyWindowMs: o.idempotencyWindow.Milliseconds(),
+		IdempotencyKeysMax:  o.idempotencyKeysMax,
+	}, io)
 	if err != nil {
+		return fmt.Errorf("open data in %s: %w", o.data, err)
+	}
+	defer store.Close()
+	node, err := replication.Open(replication.Config{
+		WALDir: filepath.Join(o.data, "wal"), IO: io, Store: store, StoreBlob: blob,
+		Rocket: o.rocket, CheckpointBytes: o.checkpointBytes, CheckpointInterval: o.checkpointInterval,
+		Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("open WAL: %w", err)
+	}
+	node.Start()
+	cfg := httpfront.Defaults()
+	cfg.Tokens, cfg.DevToken, cfg.Rocket = tokens, devToken, o.rocket
+	cfg.AutoCreateTopics, cfg.DefaultPartitions, cfg.MaxPartitions = o.autoCreateTopics, o.defaultPartitions, o.maxPartitions
+	cfg.MaxMessageBytes, cfg.MaxBatchMessages, cfg.MaxBatchBytes = o.maxMessageBytes, o.maxBatchMessages, o.maxBatchBytes
+	cfg.DefaultTimeout, cfg.DataDir, cfg.IOBackend, cfg.Logger = o.defaultTimeout, o.data, string(io.Kind()), log
+	srv := httpfront.New(cfg, node, store)
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(o.port)))
+	if err != nil {
+		node.Close()
 		return err
 	}
-	defer l.Close()
-	r := l.Recovery()
-	fmt.Printf("keel: storage ready in %s (io backend %s): offsets [%d, %d), %d segments, %d torn bytes cut\n",
-		dir, io.Kind(), l.StartOffset(), l.NextOffset(), r.Segments, r.CutBytes)
-	fmt.Printf("keel: the HTTP API on port %d is not built yet (see the broker issue); exiting\n", *port)
-	return nil
+	log.Info("keel listening", "addr", "http://"+ln.Addr().String(), "data", o.data, "io_backend", io.Kind(),
+		"rocket", o.rocket, "recovered_in", time.Since(start).Round(time.Millisecond).String(), "version", version)
+	return serveUntilSignal(srv, ln, node, log)
 }
 
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
+// listenHost applies the token rules: with no tokens the server accepts
+// "dev", and only on loopback unless --insecure-dev-token.
+func listenHost(o options, haveTokens bool, log *slog.Logger) (string, bool, error) {
+	host := o.host
+	if !o.hostSet {
+		host = "127.0.0.1"
+		if haveTokens {
+			host = "0.0.0.0"
+		}
 	}
-	return def
+	if haveTokens {
+		return host, false, nil
+	}
+	ip := net.ParseIP(host)
+	loopback := host == "localhost" || ip != nil && ip.IsLoopback()
+	if !loopback && !o.insecureDevToken {
+		return "", false, fmt.Errorf("no --tokens configured and --host %s is not loopback: refusing to accept the 'dev' token there (give --tokens, or --insecure-dev-token)", host)
+	}
+	log.Warn("no tokens configured: accepting the bearer token 'dev'", "host", host)
+	return host, true, nil
+}
+
+// serveUntilSignal serves until SIGTERM/SIGINT, then stops accepting,
+// lets in-flight requests finish, checkpoints and returns.
+func serveUntilSignal(srv *httpfront.Server, ln net.Listener, node *replication.Node, log *slog.Logger) error {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	var serveErr error
+	select {
+	case sig := <-sigs:
+		log.Info("shutting down", "signal", sig.String())
+	case serveErr = <-served:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownMax)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("shutdown: requests still running", "err", err)
+	}
+	if err := node.Close(); err != nil {
+		return fmt.Errorf("close WAL: %w", err)
+	}
+	log.Info("stopped cleanly")
+	return serveErr
 }

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// envNames returns the environment variables that may set a flag, in
+// priority order: KEEL_<NAME>, then the older names.
+func envNames(name string, aliases ...string) []string {
+	return append([]string{"KEEL_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}, aliases...)
+}
+
+// lookupEnv returns the first set variable of names.
+func lookupEnv(names []string) (string, string, bool) {
+	for _, n := range names {
+		if v, ok := os.LookupEnv(n); ok && v != "" {
+			return n, v, true
+		}
+	}
+	return "", "", false
+}
+
+// options are the settings of keel serve.
+type options struct {
+	port                 int
+	host                 string
+	data                 string
+	tokens               string
+	insecureDevToken     bool
+	rocket               bool
+	autoCreateTopics     bool
+	defaultPartitions    int
+	maxPartitions        int
+	maxMessageBytes      int
+	maxBatchMessages     int
+	maxBatchBytes        int
+	idempotencyWindow    time.Duration
+	idempotencyKeysMax   int
+	checkpointBytes      int64
+	checkpointInterval   time.Duration
+	defaultTimeout       time.Duration
+	logLevel             string
+	workers              int
+	aof                  string
+	haEnabled            bool
+	hostSet, tokensGiven bool
+}
+
+// flagSet defines every flag of serve with its environment variables and
+// default, so --help documents all of them.
+func flagSet(o *options) (*flag.FlagSet, func() error) {
+	fs := flag.NewFlagSet("keel serve", flag.ContinueOnError)
+	var envErrs []string
+	intVar := func(p *int, name string, def int, usage string, aliases ...string) {
+		names := envNames(name, aliases...)
+		*p = def
+		if n, v, ok := lookupEnv(names); ok {
+			x, err := strconv.Atoi(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not an integer", n, v))
+			}
+			*p = x
+		}
+		fs.IntVar(p, name, *p, fmt.Sprintf("%s (env %s)", usage, strings.Join(names, ", ")))
+	}
+	int64Var := func(p *int64, name string, def int64, usage string) {
+		names := envNames(name)
+		*p = def
+		if n, v, ok := lookupEnv(names); ok {
+			x, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not an integer", n, v))
+			}
+			*p = x
+		}
+		fs.Int64Var(p, name, *p, fmt.Sprintf("%s (env %s)", usage, strings.Join(names, ", ")))
+	}
+	strVar := func(p *string, name, def, usage string, aliases ...string) {
+		names := envNames(name, aliases...)
+		*p = def
+		if _, v, ok := lookupEnv(names); ok {
+			*p = v
+		}
+		fs.StringVar(p, name, *p, fmt.Sprintf("%s (env %s)", usage, strings.Join(names, ", ")))
+	}
+	boolVar := func(p *bool, name string, def bool, usage string, aliases ...string) {
+		names := envNames(name, aliases...)
+		*p = def
+		if n, v, ok := lookupEnv(names); ok {
+			x, err := strconv.ParseBool(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not a boolean", n, v))
+			}
+			*p = x
+		}
+		fs.BoolVar(p, name, *p, fmt.Sprintf("%s (env %s)", usage, strings.Join(names, ", ")))
+	}
+	durVar := func(p *time.Duration, name string, def time.Duration, usage string) {
+		names := envNames(name)
+		*p = def
+		if n, v, ok := lookupEnv(names); ok {
+			x, err := time.ParseDuration(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not a duration", n, v))
+			}
+			*p = x
+		}
+		fs.DurationVar(p, name, *p, fmt.Sprintf("%s (env %s)", usage, strings.Join(names, ", ")))
+	}
+	intVar(&o.port, "port", 1109, "HTTP port", "PORT", "RF_PORT")
+	strVar(&o.host, "host", "", "listen address (default 127.0.0.1 without tokens, 0.0.0.0 with)", "RF_HOST")
+	strVar(&o.data, "data", "./data", "data directory, relative to the working directory", "RF_DATA_DIR")
+	strVar(&o.tokens, "tokens", "", "bearer tokens: token, token@read|write|admin, token@rps:burst:daily; comma-separated", "RF_BEARER_TOKENS")
+	boolVar(&o.insecureDevToken, "insecure-dev-token", false, "accept the 'dev' token on a non-loopback address")
+	boolVar(&o.rocket, "rocket", false, "acknowledge writes before fsync (not durable)", "RF_ROCKET")
+	boolVar(&o.autoCreateTopics, "auto-create-topics", true, "create a missing topic on first produce")
+	intVar(&o.defaultPartitions, "default-partitions", 8, "partitions of an auto-created topic or a create without a count")
+	intVar(&o.maxPartitions, "max-partitions", 1024, "most partitions a topic may have")
+	intVar(&o.maxMessageBytes, "max-message-bytes", 1<<20, "largest message (produce body or NDJSON line)", "RF_MAX_MESSAGE_BYTES")
+	intVar(&o.maxBatchMessages, "max-batch-messages", 10000, "most lines in one NDJSON request")
+	intVar(&o.maxBatchBytes, "max-batch-bytes", 4<<20, "largest NDJSON request body")
+	durVar(&o.idempotencyWindow, "idempotency-window", 24*time.Hour, "how long an idempotency key is remembered")
+	intVar(&o.idempotencyKeysMax, "idempotency-keys-max", 1_000_000, "most idempotency keys remembered (oldest dropped first)")
+	int64Var(&o.checkpointBytes, "checkpoint-bytes", 64<<20, "WAL bytes between state checkpoints (bounds restart time)")
+	durVar(&o.checkpointInterval, "checkpoint-interval", time.Minute, "longest time between state checkpoints while writes happen")
+	durVar(&o.defaultTimeout, "write-timeout", 30*time.Second, "how long a write waits for durability when timeout_ms is absent")
+	strVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	intVar(&o.workers, "workers", 0, "accepted for compatibility and ignored")
+	strVar(&o.aof, "aof", "", "accepted for compatibility and ignored")
+	boolVar(&o.haEnabled, "ha", false, "cluster mode (not built yet: see the HA issue)", "RF_HA_ENABLED")
+	validate := func() error {
+		if len(envErrs) > 0 {
+			return fmt.Errorf("environment: %s", strings.Join(envErrs, "; "))
+		}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "host" {
+				o.hostSet = true
+			}
+		})
+		if _, _, ok := lookupEnv(envNames("host", "RF_HOST")); ok {
+			o.hostSet = true
+		}
+		return o.check()
+	}
+	return fs, validate
+}
+
+func (o *options) check() error {
+	switch {
+	case o.port < 0 || o.port > 65535:
+		return fmt.Errorf("--port %d: want 0..65535", o.port)
+	case o.maxMessageBytes < 1 || o.maxMessageBytes > 64<<20:
+		return fmt.Errorf("--max-message-bytes %d: want 1..%d", o.maxMessageBytes, 64<<20)
+	case o.maxBatchBytes < 1 || o.maxBatchBytes > 6<<20:
+		return fmt.Errorf("--max-batch-bytes %d: want 1..%d (one replicated entry holds 8 MiB)", o.maxBatchBytes, 6<<20)
+	case o.maxBatchMessages < 1 || o.maxBatchMessages > 100000:
+		return fmt.Errorf("--max-batch-messages %d: want 1..100000", o.maxBatchMessages)
+	case o.maxPartitions < 1 || o.maxPartitions > 65536:
+		return fmt.Errorf("--max-partitions %d: want 1..65536", o.maxPartitions)
+	case o.defaultPartitions < 1 || o.defaultPartitions > o.maxPartitions:
+		return fmt.Errorf("--default-partitions %d: want 1..--max-partitions (%d)", o.defaultPartitions, o.maxPartitions)
+	case o.idempotencyKeysMax < 1 || o.idempotencyWindow <= 0:
+		return fmt.Errorf("--idempotency-keys-max and --idempotency-window must be positive")
+	case o.checkpointBytes < 1<<20:
+		return fmt.Errorf("--checkpoint-bytes %d: want at least 1 MiB", o.checkpointBytes)
+	case o.defaultTimeout <= 0:
+		return fmt.Errorf("--write-timeout must be positive")
+	case o.haEnabled:
+		return fmt.Errorf("cluster mode (--ha / RF_HA_ENABLED) is not built yet; run a single node")
+	}
+	return nil
+}

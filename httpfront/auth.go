@@ -1,0 +1,181 @@
+package httpfront
+
+import (
+	"crypto/subtle"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Scope is what a token may do. Each scope includes the ones below it.
+type Scope int
+
+const (
+	ScopeRead Scope = iota + 1
+	ScopeWrite
+	ScopeAdmin
+)
+
+func (s Scope) String() string {
+	switch s {
+	case ScopeRead:
+		return "read"
+	case ScopeWrite:
+		return "write"
+	case ScopeAdmin:
+		return "admin"
+	}
+	return "none"
+}
+
+// Token is one configured bearer token.
+type Token struct {
+	Secret string
+	Scope  Scope
+	Limit  *RateLimit // nil: unlimited
+}
+
+// RateLimit is the older "token@rps:burst:daily" form: a token bucket of
+// burst tokens refilled at rps per second, and at most daily requests per
+// UTC day (0 = no daily cap).
+type RateLimit struct {
+	RPS, Burst float64
+	Daily      int64
+}
+
+// ParseTokens parses the comma-separated token list of --tokens /
+// KEEL_TOKENS / RF_BEARER_TOKENS: "token", "token@read|write|admin", or
+// "token@rps:burst:daily" (admin scope, rate limited); a scope and a limit
+// may both be given ("token@write@100:200:0").
+func ParseTokens(spec string) ([]Token, error) {
+	var out []Token
+	for _, entry := range strings.Split(spec, ",") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		parts := strings.Split(entry, "@")
+		t := Token{Secret: parts[0], Scope: ScopeAdmin}
+		if t.Secret == "" {
+			return nil, fmt.Errorf("token entry %q: empty token", entry)
+		}
+		for _, p := range parts[1:] {
+			switch {
+			case strings.Contains(p, ":"):
+				lim, err := parseRateLimit(p)
+				if err != nil {
+					return nil, fmt.Errorf("token entry %q: %w", entry, err)
+				}
+				t.Limit = lim
+			case p == "read":
+				t.Scope = ScopeRead
+			case p == "write":
+				t.Scope = ScopeWrite
+			case p == "admin":
+				t.Scope = ScopeAdmin
+			default:
+				return nil, fmt.Errorf("token entry %q: %q is neither a scope (read, write, admin) nor rps:burst:daily", entry, p)
+			}
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func parseRateLimit(s string) (*RateLimit, error) {
+	f := strings.Split(s, ":")
+	if len(f) != 3 {
+		return nil, fmt.Errorf("rate limit %q: want rps:burst:daily", s)
+	}
+	rps, err1 := strconv.ParseFloat(f[0], 64)
+	burst, err2 := strconv.ParseFloat(f[1], 64)
+	daily, err3 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || rps <= 0 || burst < 1 || daily < 0 {
+		return nil, fmt.Errorf("rate limit %q: want rps > 0, burst >= 1, daily >= 0", s)
+	}
+	return &RateLimit{RPS: rps, Burst: burst, Daily: daily}, nil
+}
+
+// authenticator checks bearer tokens and their rate limits.
+type authenticator struct {
+	tokens  []Token
+	buckets []*bucket // per token, nil when unlimited
+}
+
+func newAuthenticator(tokens []Token) *authenticator {
+	a := &authenticator{tokens: tokens, buckets: make([]*bucket, len(tokens))}
+	for i, t := range tokens {
+		if t.Limit != nil {
+			a.buckets[i] = &bucket{limit: *t.Limit, tokens: t.Limit.Burst}
+		}
+	}
+	return a
+}
+
+// check returns nil when header carries a known token with at least need.
+func (a *authenticator) check(header []byte, need Scope, now time.Time) *apiError {
+	secret, ok := bearer(header)
+	if !ok {
+		return &apiError{status: 401, code: "unauthorized", message: "send Authorization: Bearer <token>"}
+	}
+	for i := range a.tokens {
+		t := &a.tokens[i]
+		if subtle.ConstantTimeCompare([]byte(t.Secret), secret) != 1 {
+			continue
+		}
+		if t.Scope < need {
+			return &apiError{status: 403, code: "forbidden", message: fmt.Sprintf("this token has %s scope; the route needs %s", t.Scope, need)}
+		}
+		if b := a.buckets[i]; b != nil {
+			if wait := b.take(now); wait > 0 {
+				return &apiError{status: 429, code: "rate_limited", message: "this token's rate limit is used up",
+					retryAfter: int((wait + time.Second - 1) / time.Second)}
+			}
+		}
+		return nil
+	}
+	return &apiError{status: 401, code: "unauthorized", message: "unknown token"}
+}
+
+func bearer(h []byte) ([]byte, bool) {
+	const prefix = "bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(string(h[:len(prefix)]), prefix) {
+		return nil, false
+	}
+	return []byte(strings.TrimSpace(string(h[len(prefix):]))), true
+}
+
+// bucket is a token bucket plus a daily counter.
+type bucket struct {
+	mu     sync.Mutex
+	limit  RateLimit
+	tokens float64
+	last   time.Time
+	day    int64
+	used   int64
+}
+
+// take spends one request and returns 0, or how long to wait.
+func (b *bucket) take(now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() {
+		b.tokens = min(b.limit.Burst, b.tokens+now.Sub(b.last).Seconds()*b.limit.RPS)
+	}
+	b.last = now
+	if day := now.UTC().Unix() / 86400; day != b.day {
+		b.day, b.used = day, 0
+	}
+	if b.limit.Daily > 0 && b.used >= b.limit.Daily {
+		midnight := time.Unix((b.day+1)*86400, 0)
+		return midnight.Sub(now)
+	}
+	if b.tokens < 1 {
+		return time.Duration((1 - b.tokens) / b.limit.RPS * float64(time.Second))
+	}
+	b.tokens--
+	b.used++
+	return 0
+}

@@ -1,0 +1,73 @@
+package httpfront
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+)
+
+// jsonDepthMax bounds nesting in request bodies: the API's bodies are flat
+// objects, and a deep body is either a mistake or an attack on the parser.
+const jsonDepthMax = 32
+
+// decodeJSONObject decodes one JSON object from body into v: unknown fields
+// are ignored, trailing bytes other than whitespace are an error, and the
+// nesting depth is bounded before the decoder sees the body.
+func decodeJSONObject(body []byte, v any) *apiError {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return errBadRequest("invalid_json", "the body must be a JSON object")
+	}
+	if jsonDepth(trimmed) > jsonDepthMax {
+		return errBadRequest("invalid_json", "the JSON body nests deeper than 32 levels")
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return errBadRequest("invalid_json", "the body is not valid JSON of the expected shape: "+err.Error())
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errBadRequest("invalid_json", "unexpected data after the JSON object")
+	}
+	return nil
+}
+
+// jsonDepth returns the deepest nesting of objects and arrays in b,
+// skipping string contents.
+func jsonDepth(b []byte) int {
+	depth, deepest := 0, 0
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+			deepest = max(deepest, depth)
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return deepest
+}
+
+// jsonUint reads a JSON number field as a non-negative 64-bit integer.
+func jsonUint(n *json.Number) (uint64, bool) {
+	if n == nil {
+		return 0, false
+	}
+	var v uint64
+	if err := json.Unmarshal([]byte(n.String()), &v); err != nil {
+		return 0, false
+	}
+	return v, true
+}

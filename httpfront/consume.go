@@ -1,0 +1,187 @@
+package httpfront
+
+import (
+	"encoding/base64"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"keel/engine"
+)
+
+// consumeQuery is a validated consume request.
+type consumeQuery struct {
+	offset    uint64
+	hasOffset bool
+	limit     int
+	maxBytes  int
+	b64       bool
+	wait      time.Duration
+}
+
+// consume serves GET /broker/consume/{topic}/{group}/{partition}.
+func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
+	part, e := s.consumeTarget(topic, group, pstr)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	q, e := s.parseConsumeQuery(ctx.QueryArgs())
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	committed, hasCommitted := s.store.Committed(topic, group, part.ID)
+	from := part.Log.StartOffset()
+	switch {
+	case q.hasOffset:
+		from = q.offset
+	case hasCommitted:
+		from = committed + 1
+	}
+	b := append(make([]byte, 0, 4096), `{"messages":[`...)
+	deadline := time.Now().Add(q.wait)
+	var count int
+	var next uint64
+	var truncated bool
+	for {
+		changed := part.Changed() // taken before reading, so no append is missed
+		var err error
+		b, count, next, truncated, err = appendMessages(b, part, from, q)
+		if err != nil {
+			writeError(ctx, mapError(err))
+			return
+		}
+		if count > 0 || q.wait <= 0 || !time.Now().Before(deadline) {
+			break
+		}
+		timer := time.NewTimer(time.Until(deadline))
+		select {
+		case <-changed:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+	s.metrics.consumed.Add(uint64(count))
+	b = append(b, ']')
+	b = appendIntField(b, "count", int64(count))
+	b = appendUintField(b, "next_offset", next)
+	if hasCommitted {
+		b = appendUintField(b, "committed_offset", committed)
+	} else {
+		b = appendNullField(b, "committed_offset")
+	}
+	b = appendBoolField(b, "truncated", truncated)
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+func (s *Server) consumeTarget(topic, group, pstr string) (*engine.Partition, *apiError) {
+	if !engine.ValidTopicName(topic) {
+		return nil, mapError(engine.ErrInvalidTopic)
+	}
+	if !engine.ValidGroupName(group) {
+		return nil, mapError(engine.ErrInvalidGroup)
+	}
+	p, err := strconv.ParseUint(pstr, 10, 31)
+	if err != nil {
+		return nil, errBadRequest("invalid_partition", "the partition in the path must be a non-negative integer")
+	}
+	t, ok := s.store.Topic(topic)
+	if !ok {
+		return nil, mapError(engine.ErrUnknownTopic)
+	}
+	if p >= uint64(len(t.Partitions)) {
+		return nil, mapError(engine.ErrUnknownPartition)
+	}
+	return t.Partitions[p], nil
+}
+
+func (s *Server) parseConsumeQuery(args *fasthttp.Args) (consumeQuery, *apiError) {
+	q := consumeQuery{limit: s.cfg.ConsumeLimitDefault, maxBytes: s.cfg.MaxBytesDefault}
+	var e *apiError
+	if q.offset, q.hasOffset, e = queryUint(args, "offset", math.MaxUint64); e != nil {
+		return q, e
+	}
+	if v, ok, e := queryInt(args, "limit"); e != nil || ok && v <= 0 {
+		return q, errBadRequest("invalid_limit", "limit must be a positive integer (larger values are clamped to "+strconv.Itoa(s.cfg.ConsumeLimitMax)+")")
+	} else if ok {
+		q.limit = int(min(v, int64(s.cfg.ConsumeLimitMax)))
+	}
+	if v, ok, e := queryInt(args, "max_bytes"); e != nil || ok && v <= 0 {
+		return q, errBadRequest("invalid_max_bytes", "max_bytes must be a positive integer (larger values are clamped to "+strconv.Itoa(s.cfg.MaxBytesMax)+")")
+	} else if ok {
+		q.maxBytes = int(min(v, int64(s.cfg.MaxBytesMax)))
+	}
+	if v, ok, e := queryInt(args, "wait_ms"); e != nil || ok && v < 0 {
+		return q, errBadRequest("invalid_wait_ms", "wait_ms must be a non-negative integer")
+	} else if ok {
+		q.wait = min(time.Duration(v)*time.Millisecond, s.cfg.WaitMax)
+	}
+	switch enc := string(args.Peek("encoding")); enc {
+	case "", "text", "utf8":
+	case "b64", "base64":
+		q.b64 = true
+	default:
+		return q, errBadRequest("invalid_encoding", "encoding must be b64 (or absent for text)")
+	}
+	return q, nil
+}
+
+// appendMessages appends up to q.limit messages from offset from as JSON
+// array elements and returns the count, the offset to read next, and
+// whether the byte budget cut the page short.
+func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) ([]byte, int, uint64, bool, error) {
+	end := p.Log.NextOffset()
+	count := 0
+	var decodeErr error
+	next, err := p.Log.Read(from, q.maxBytes, func(fr engine.Frame) bool {
+		m, err := engine.DecodeMessage(fr.Offset, fr.Payload)
+		if err != nil {
+			decodeErr = err
+			return false
+		}
+		if count > 0 {
+			b = append(b, ',')
+		}
+		b = appendMessage(b, p.ID, m, q.b64)
+		count++
+		return count < q.limit
+	})
+	if err == nil {
+		err = decodeErr
+	}
+	if count == 0 {
+		// Nothing returned: keep the caller's position (moved up to the log
+		// start if retention deleted what it asked for).
+		next = max(from, p.Log.StartOffset())
+	}
+	truncated := count > 0 && count < q.limit && next < end
+	return b, count, next, truncated, err
+}
+
+func appendMessage(b []byte, partition int32, m engine.Message, b64 bool) []byte {
+	b = append(b, '{')
+	b = appendUintField(b, "offset", m.Offset)
+	b = appendIntField(b, "partition", int64(partition))
+	if b64 {
+		b = appendKey(b, "value_b64")
+		b = appendBase64(b, m.Value)
+		if len(m.Key) > 0 {
+			b = appendKey(b, "key_b64")
+			b = appendBase64(b, m.Key)
+		}
+	} else {
+		b = appendJSONString(appendKey(b, "key"), m.Key)
+		b = appendJSONString(appendKey(b, "value"), m.Value)
+	}
+	b = appendIntField(b, "timestamp_ms", m.TimestampMs)
+	return append(b, '}')
+}
+
+func appendBase64(b, v []byte) []byte {
+	b = append(b, '"')
+	b = base64.StdEncoding.AppendEncode(b, v)
+	return append(b, '"')
+}

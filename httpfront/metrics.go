@@ -1,0 +1,176 @@
+package httpfront
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/valyala/fasthttp"
+)
+
+// metrics holds the counters the HTTP front keeps itself; gauges are read
+// from the node and the store when /metrics is served.
+type metrics struct {
+	mu       sync.Mutex
+	requests map[requestKey]*atomic.Uint64
+
+	produced atomic.Uint64
+	consumed atomic.Uint64
+	commits  atomic.Uint64
+}
+
+type requestKey struct {
+	route string
+	code  int
+}
+
+func newMetrics() *metrics { return &metrics{requests: map[requestKey]*atomic.Uint64{}} }
+
+func (m *metrics) countRequest(route string, code int) {
+	k := requestKey{route, code}
+	m.mu.Lock()
+	c, ok := m.requests[k]
+	if !ok {
+		c = new(atomic.Uint64)
+		m.requests[k] = c
+	}
+	m.mu.Unlock()
+	c.Add(1)
+}
+
+func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
+	w := promWriter{b: make([]byte, 0, 8192)}
+	s.writeRequestMetrics(&w)
+	w.help("keel_produced_messages_total", "counter", "messages acknowledged to producers")
+	w.sample("keel_produced_messages_total", nil, s.metrics.produced.Load())
+	w.help("keel_consumed_messages_total", "counter", "messages returned to consumers")
+	w.sample("keel_consumed_messages_total", nil, s.metrics.consumed.Load())
+	w.help("keel_commits_total", "counter", "consumer offset commits acknowledged")
+	w.sample("keel_commits_total", nil, s.metrics.commits.Load())
+	s.writeNodeMetrics(&w)
+	s.writeDataMetrics(&w)
+	ctx.SetContentType("text/plain; version=0.0.4")
+	ctx.SetBody(w.b)
+}
+
+func (s *Server) writeRequestMetrics(w *promWriter) {
+	s.metrics.mu.Lock()
+	keys := make([]requestKey, 0, len(s.metrics.requests))
+	for k := range s.metrics.requests {
+		keys = append(keys, k)
+	}
+	s.metrics.mu.Unlock()
+	sort.Slice(keys, func(i, j int) bool {
+		return keys[i].route < keys[j].route || keys[i].route == keys[j].route && keys[i].code < keys[j].code
+	})
+	w.help("keel_requests_total", "counter", "HTTP requests by route and status code")
+	for _, k := range keys {
+		s.metrics.mu.Lock()
+		v := s.metrics.requests[k].Load()
+		s.metrics.mu.Unlock()
+		w.sample("keel_requests_total", []string{"route", k.route, "code", strconv.Itoa(k.code)}, v)
+	}
+}
+
+func (s *Server) writeNodeMetrics(w *promWriter) {
+	st := s.node.Status()
+	w.help("keel_raft_term", "gauge", "current Raft term")
+	w.sample("keel_raft_term", nil, st.Term)
+	w.help("keel_raft_role", "gauge", "1 for this node's Raft role")
+	w.sample("keel_raft_role", []string{"role", st.Role}, 1)
+	w.help("keel_raft_commit_index", "gauge", "highest Raft index known committed")
+	w.sample("keel_raft_commit_index", nil, st.Commit)
+	w.help("keel_raft_applied_index", "gauge", "highest Raft index applied to the state machine")
+	w.sample("keel_raft_applied_index", nil, st.Applied)
+	w.help("keel_wal_last_synced_batch", "gauge", "last WAL group commit made durable")
+	w.sample("keel_wal_last_synced_batch", nil, st.LastSyncedBatch)
+	w.help("keel_wal_records", "gauge", "WAL records kept (since the last truncation)")
+	w.sample("keel_wal_records", nil, st.WALNext-st.WALStart)
+	w.help("keel_checkpoints_total", "counter", "state checkpoints written since start")
+	w.sample("keel_checkpoints_total", nil, st.Checkpoints)
+	w.help("keel_ready", "gauge", "1 when the node serves reads and writes")
+	w.sample("keel_ready", nil, boolGauge(st.Ready))
+	w.help("keel_io_backend", "gauge", "1 for the I/O backend in use (uring or syscall)")
+	w.sample("keel_io_backend", []string{"backend", s.cfg.IOBackend}, 1)
+	var fs syscall.Statfs_t
+	if s.cfg.DataDir != "" && syscall.Statfs(s.cfg.DataDir, &fs) == nil {
+		w.help("keel_disk_free_bytes", "gauge", "bytes free on the data directory's filesystem")
+		w.sample("keel_disk_free_bytes", nil, fs.Bavail*uint64(fs.Bsize))
+	}
+}
+
+func (s *Server) writeDataMetrics(w *promWriter) {
+	topics := s.store.Topics()
+	w.help("keel_partition_log_end_offset", "gauge", "next offset of each partition")
+	for _, t := range topics {
+		for _, p := range t.Partitions {
+			w.sample("keel_partition_log_end_offset", []string{"topic", t.Name, "partition", itoa(uint64(p.ID))}, p.Log.NextOffset())
+		}
+	}
+	w.help("keel_partition_log_start_offset", "gauge", "first stored offset of each partition")
+	for _, t := range topics {
+		for _, p := range t.Partitions {
+			w.sample("keel_partition_log_start_offset", []string{"topic", t.Name, "partition", itoa(uint64(p.ID))}, p.Log.StartOffset())
+		}
+	}
+	offsets := s.store.Offsets()
+	sort.Slice(offsets, func(i, j int) bool {
+		a, b := offsets[i], offsets[j]
+		return a.Topic < b.Topic || a.Topic == b.Topic && (a.Group < b.Group || a.Group == b.Group && a.Partition < b.Partition)
+	})
+	w.help("keel_group_committed_offset", "gauge", "last committed (processed) offset per group and partition")
+	for _, o := range offsets {
+		w.sample("keel_group_committed_offset", []string{"topic", o.Topic, "group", o.Group, "partition", itoa(uint64(o.Partition))}, o.Offset)
+	}
+	w.help("keel_group_lag", "gauge", "messages after the committed offset")
+	for _, o := range offsets {
+		var lag uint64
+		if t, ok := s.store.Topic(o.Topic); ok && int(o.Partition) < len(t.Partitions) {
+			if end := t.Partitions[o.Partition].Log.NextOffset(); end > o.Offset+1 {
+				lag = end - o.Offset - 1
+			}
+		}
+		w.sample("keel_group_lag", []string{"topic", o.Topic, "group", o.Group, "partition", itoa(uint64(o.Partition))}, lag)
+	}
+}
+
+// promWriter appends the Prometheus text format.
+type promWriter struct{ b []byte }
+
+func (w *promWriter) help(name, typ, help string) {
+	w.b = append(w.b, "# HELP "+name+" "+help+"\n# TYPE "+name+" "+typ+"\n"...)
+}
+
+func (w *promWriter) sample(name string, labels []string, v uint64) {
+	w.b = append(w.b, name...)
+	if len(labels) > 0 {
+		w.b = append(w.b, '{')
+		for i := 0; i+1 < len(labels); i += 2 {
+			if i > 0 {
+				w.b = append(w.b, ',')
+			}
+			w.b = append(w.b, labels[i]...)
+			w.b = append(w.b, '=', '"')
+			w.b = append(w.b, promEscape.Replace(labels[i+1])...)
+			w.b = append(w.b, '"')
+		}
+		w.b = append(w.b, '}')
+	}
+	w.b = append(w.b, ' ')
+	w.b = strconv.AppendUint(w.b, v, 10)
+	w.b = append(w.b, '\n')
+}
+
+var promEscape = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+func boolGauge(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func itoa(v uint64) string { return strconv.FormatUint(v, 10) }

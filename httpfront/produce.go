@@ -1,0 +1,172 @@
+package httpfront
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"keel/engine"
+	"keel/replication"
+)
+
+// produce serves POST /broker/topics/{topic}/produce and .../produce-ndjson.
+func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
+	start := time.Now()
+	cmd, e := s.produceCommand(ctx, topic, ndjson)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	deadline, e := s.deadlineFrom(ctx, start)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	parsed := time.Now()
+	out, err := s.node.Propose(cmd, deadline)
+	if errors.Is(err, replication.ErrTimeout) {
+		s.writeProduceTimeout(ctx, cmd, ndjson)
+		return
+	}
+	if err == nil {
+		err = out.Err
+	}
+	if err != nil {
+		writeError(ctx, mapError(err))
+		return
+	}
+	s.metrics.produced.Add(uint64(out.Count))
+	b := s.appendProduceResult(make([]byte, 0, 320), out, ndjson)
+	if string(ctx.QueryArgs().Peek("timing")) == "1" {
+		b = appendIntField(b, "queue_us", out.QueueUs)
+		b = appendIntField(b, "recv_parse_us", parsed.Sub(ctx.Time()).Microseconds())
+		b = appendIntField(b, "sync_wait_us", out.SyncWaitUs)
+		b = appendIntField(b, "produce_us", out.ApplyUs)
+		b = appendIntField(b, "server_us", time.Since(ctx.Time()).Microseconds())
+	}
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+// produceCommand validates the request and builds its command. Slices in
+// the command alias the request; Propose copies them before it returns.
+func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson bool) (*engine.Command, *apiError) {
+	if !engine.ValidTopicName(topic) {
+		return nil, mapError(engine.ErrInvalidTopic)
+	}
+	args := ctx.QueryArgs()
+	cmd := &engine.Command{Kind: engine.CmdProduce, Topic: topic, Partition: -1}
+	if s.cfg.AutoCreateTopics {
+		cmd.AutoCreatePartitions = s.cfg.DefaultPartitions
+	}
+	p, ok, e := queryInt(args, "partition")
+	if e != nil || ok && (p < 0 || p > math.MaxInt32) {
+		return nil, errBadRequest("invalid_partition", "partition must be a non-negative integer")
+	}
+	if ok {
+		cmd.Partition = int32(p)
+		if t, exists := s.store.Topic(topic); exists && int(p) >= len(t.Partitions) {
+			return nil, errBadRequest("invalid_partition", fmt.Sprintf("partition %d is out of range: topic %s has %d", p, topic, len(t.Partitions)))
+		}
+	}
+	cmd.IdempotencyKey = args.Peek("idempotency_key")
+	if cmd.IdempotencyKey == nil {
+		cmd.IdempotencyKey = ctx.Request.Header.Peek("Idempotency-Key")
+	}
+	if len(cmd.IdempotencyKey) > s.cfg.MaxKeyBytes {
+		return nil, errBadRequest("invalid_key", fmt.Sprintf("idempotency_key is longer than %d bytes", s.cfg.MaxKeyBytes))
+	}
+	body := ctx.PostBody()
+	if ndjson {
+		return cmd, s.ndjsonMessages(cmd, body)
+	}
+	key := args.Peek("key")
+	if len(key) > s.cfg.MaxKeyBytes {
+		return nil, errBadRequest("invalid_key", fmt.Sprintf("key is longer than %d bytes", s.cfg.MaxKeyBytes))
+	}
+	if len(body) > s.cfg.MaxMessageBytes {
+		return nil, &apiError{status: 413, code: "message_too_large", message: fmt.Sprintf("the message is %d bytes; max_message_bytes is %d", len(body), s.cfg.MaxMessageBytes)}
+	}
+	if !ok {
+		cmd.PartitionKey = key
+	}
+	cmd.Messages = []engine.MessageIn{{Key: key, Value: body}}
+	return cmd, nil
+}
+
+func (s *Server) ndjsonMessages(cmd *engine.Command, body []byte) *apiError {
+	if len(body) > s.cfg.MaxBatchBytes {
+		return &apiError{status: 413, code: "batch_too_large", message: fmt.Sprintf("the body is %d bytes; max_batch_bytes is %d; nothing was written", len(body), s.cfg.MaxBatchBytes)}
+	}
+	errTooMany := &apiError{status: 413, code: "batch_too_large", message: fmt.Sprintf("more than max_batch_messages (%d) lines; nothing was written", s.cfg.MaxBatchMessages)}
+	err := splitNDJSON(body, func(line []byte) error {
+		if len(cmd.Messages) >= s.cfg.MaxBatchMessages {
+			return errTooMany
+		}
+		if len(line) > s.cfg.MaxMessageBytes {
+			return &apiError{status: 413, code: "message_too_large", message: fmt.Sprintf("line %d is %d bytes; max_message_bytes is %d; nothing was written", len(cmd.Messages)+1, len(line), s.cfg.MaxMessageBytes)}
+		}
+		cmd.Messages = append(cmd.Messages, engine.MessageIn{Value: line})
+		return nil
+	})
+	if err != nil {
+		return err.(*apiError)
+	}
+	if len(cmd.Messages) == 0 {
+		return errBadRequest("empty_batch", "the body has no non-empty line")
+	}
+	return nil
+}
+
+func (s *Server) appendProduceResult(b []byte, out replication.Outcome, ndjson bool) []byte {
+	b = append(b, '{')
+	b = appendBoolField(b, "ok", true)
+	if ndjson {
+		b = appendUintField(b, "first_offset", out.Offset)
+		b = appendIntField(b, "count", int64(out.Count))
+	} else {
+		b = appendUintField(b, "offset", out.Offset)
+	}
+	b = appendIntField(b, "partition", int64(out.Partition))
+	b = appendUintField(b, "batch_id", out.Batch)
+	if out.Durable {
+		b = appendBoolField(b, "sealed", true)
+		b = appendBoolField(b, "durable", true)
+		b = appendStringField(b, "mode", "sealed")
+		b = appendBoolField(b, "synced", true)
+	} else {
+		b = appendBoolField(b, "sealed", false)
+		b = appendBoolField(b, "durable", false)
+		b = appendStringField(b, "mode", "rocket")
+		b = appendNullField(b, "synced")
+	}
+	return appendBoolField(b, "duplicate", out.Duplicate)
+}
+
+// writeProduceTimeout answers a write that was accepted but not confirmed
+// durable before timeout_ms: it may still become durable, and the client
+// must not treat it as a promise.
+func (s *Server) writeProduceTimeout(ctx *fasthttp.RequestCtx, cmd *engine.Command, ndjson bool) {
+	b := append(make([]byte, 0, 256), '{')
+	b = appendBoolField(b, "ok", true)
+	if ndjson {
+		b = appendNullField(b, "first_offset")
+		b = appendIntField(b, "count", int64(len(cmd.Messages)))
+	} else {
+		b = appendNullField(b, "offset")
+	}
+	if cmd.Partition >= 0 {
+		b = appendIntField(b, "partition", int64(cmd.Partition))
+	} else {
+		b = appendNullField(b, "partition")
+	}
+	b = appendUintField(b, "batch_id", 0)
+	b = appendBoolField(b, "sealed", false)
+	b = appendBoolField(b, "durable", false)
+	b = appendStringField(b, "mode", "sealed")
+	b = appendBoolField(b, "synced", false)
+	b = appendBoolField(b, "timeout", true)
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}

@@ -1,0 +1,250 @@
+package httpfront
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"keel/engine"
+	"keel/replication"
+)
+
+// Config holds the HTTP front's settings. Every request limit is here,
+// named, with its default in Defaults.
+type Config struct {
+	Tokens   []Token // empty: only the "dev" token is accepted
+	DevToken bool    // accept the "dev" token (set when no tokens are configured)
+	Rocket   bool    // report rocket-mode acknowledgements
+
+	AutoCreateTopics  bool
+	DefaultPartitions int
+	MaxPartitions     int
+
+	MaxMessageBytes  int // one message (produce body, NDJSON line)
+	MaxBatchMessages int // lines in one NDJSON request
+	MaxBatchBytes    int // bytes of one NDJSON request
+	MaxKeyBytes      int // key and idempotency_key
+
+	DefaultTimeout time.Duration // produce/commit/create wait for durability
+	MaxTimeout     time.Duration // largest timeout_ms accepted
+
+	ConsumeLimitDefault int
+	ConsumeLimitMax     int
+	MaxBytesDefault     int
+	MaxBytesMax         int
+	WaitMax             time.Duration // largest wait_ms honoured
+
+	HeaderBytesMax int // request line + headers (so also the URL)
+	IdleTimeout    time.Duration
+	ReadTimeout    time.Duration
+
+	DataDir   string // for the disk-free gauge
+	IOBackend string // for /metrics
+	Logger    *slog.Logger
+}
+
+// Defaults returns the documented defaults.
+func Defaults() Config {
+	return Config{
+		AutoCreateTopics:    true,
+		DefaultPartitions:   8,
+		MaxPartitions:       engine.PartitionsMaxDefault,
+		MaxMessageBytes:     1 << 20,
+		MaxBatchMessages:    10000,
+		MaxBatchBytes:       4 << 20,
+		MaxKeyBytes:         1024,
+		DefaultTimeout:      30 * time.Second,
+		MaxTimeout:          120 * time.Second,
+		ConsumeLimitDefault: 100,
+		ConsumeLimitMax:     1000,
+		MaxBytesDefault:     1 << 20,
+		MaxBytesMax:         16 << 20,
+		WaitMax:             30 * time.Second,
+		HeaderBytesMax:      16 << 10,
+		IdleTimeout:         120 * time.Second,
+		ReadTimeout:         60 * time.Second,
+	}
+}
+
+// Server is the HTTP front of one node.
+type Server struct {
+	cfg     Config
+	node    *replication.Node
+	store   *engine.Store
+	auth    *authenticator
+	metrics *metrics
+	srv     *fasthttp.Server
+	log     *slog.Logger
+}
+
+// New returns a server over node and store.
+func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	tokens := cfg.Tokens
+	if cfg.DevToken {
+		tokens = append(tokens, Token{Secret: "dev", Scope: ScopeAdmin})
+	}
+	s := &Server{cfg: cfg, node: node, store: store, auth: newAuthenticator(tokens), metrics: newMetrics(), log: cfg.Logger}
+	s.srv = &fasthttp.Server{
+		Handler:               s.handle,
+		ErrorHandler:          s.handleTransportError,
+		Name:                  "keel",
+		ReadBufferSize:        cfg.HeaderBytesMax,
+		MaxRequestBodySize:    max(cfg.MaxMessageBytes, cfg.MaxBatchBytes) + 64<<10,
+		ReadTimeout:           cfg.ReadTimeout,
+		WriteTimeout:          cfg.ReadTimeout,
+		IdleTimeout:           cfg.IdleTimeout,
+		NoDefaultServerHeader: true,
+		CloseOnShutdown:       true,
+	}
+	return s
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting and waits (bounded by ctx) for requests in
+// flight.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+
+// handleTransportError answers what fasthttp rejects before the handler:
+// oversized headers or bodies, malformed requests.
+func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
+	var e *apiError
+	switch {
+	case strings.Contains(err.Error(), "body size exceeds"):
+		e = &apiError{status: 413, code: "body_too_large", message: fmt.Sprintf("the body is larger than the server reads (%d bytes)", s.srv.MaxRequestBodySize)}
+	case strings.Contains(err.Error(), "small read buffer"), strings.Contains(err.Error(), "too big"):
+		e = &apiError{status: 431, code: "uri_too_long", message: fmt.Sprintf("the request line and headers exceed %d bytes", s.cfg.HeaderBytesMax)}
+	default:
+		e = errBadRequest("bad_request", "malformed HTTP request: "+err.Error())
+	}
+	s.metrics.countRequest("transport", e.status)
+	writeError(ctx, e)
+}
+
+// route is one matched route: its label for metrics, the scope it needs,
+// and the handler with the path parameters bound.
+type route struct {
+	label   string
+	scope   Scope // 0 = public
+	methods string
+	serve   func(ctx *fasthttp.RequestCtx)
+}
+
+// handle authenticates, routes and counts every request.
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	r, err := s.match(ctx)
+	label := "unmatched"
+	switch {
+	case err != nil:
+		writeError(ctx, err)
+	case r != nil:
+		label = r.label
+		if r.scope > 0 {
+			scope := r.scope
+			if ctx.IsPost() && scope < ScopeWrite {
+				scope = ScopeWrite // every mutation needs write scope
+			}
+			if e := s.auth.check(ctx.Request.Header.Peek("Authorization"), scope, time.Now()); e != nil {
+				if e.status == 401 {
+					ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="keel"`)
+				}
+				writeError(ctx, e)
+				break
+			}
+			if !s.node.Status().Ready {
+				writeError(ctx, &apiError{status: 503, code: "not_ready", message: "recovery has not finished", retryAfter: 1})
+				break
+			}
+		}
+		r.serve(ctx)
+	}
+	s.metrics.countRequest(label, ctx.Response.StatusCode())
+}
+
+// match finds the route for the request. Path segments are split on the
+// raw path and then URL-decoded one by one, so an encoded "/" inside a
+// group name stays inside it.
+func (s *Server) match(ctx *fasthttp.RequestCtx) (*route, *apiError) {
+	raw := string(ctx.URI().PathOriginal())
+	if len(raw) > 1 {
+		raw = strings.TrimSuffix(raw, "/")
+	}
+	parts := strings.Split(strings.TrimPrefix(raw, "/"), "/")
+	for i, p := range parts {
+		dec, err := url.PathUnescape(p)
+		if err != nil {
+			return nil, errBadRequest("bad_request", "the path is not valid URL encoding")
+		}
+		parts[i] = dec
+	}
+	r := s.routeFor(parts)
+	if r == nil {
+		return nil, &apiError{status: 404, code: "not_found", message: "no such route: " + raw}
+	}
+	method := string(ctx.Method())
+	if !strings.Contains(" "+r.methods+" ", " "+method+" ") {
+		ctx.Response.Header.Set("Allow", strings.ReplaceAll(r.methods, " ", ", "))
+		return nil, &apiError{status: 405, code: "method_not_allowed", message: method + " is not allowed here; use " + r.methods}
+	}
+	return r, nil
+}
+
+func (s *Server) routeFor(p []string) *route {
+	get := func(label string, scope Scope, f func(*fasthttp.RequestCtx)) *route {
+		return &route{label: label, scope: scope, methods: "GET", serve: f}
+	}
+	post := func(label string, scope Scope, f func(*fasthttp.RequestCtx)) *route {
+		return &route{label: label, scope: scope, methods: "POST", serve: f}
+	}
+	switch {
+	case len(p) == 1 && p[0] == "health":
+		return get("health", 0, s.health)
+	case len(p) == 1 && (p[0] == "ready" || p[0] == "readyz"):
+		return get("ready", 0, s.ready)
+	case len(p) == 1 && p[0] == "livez":
+		return get("livez", 0, s.livez)
+	case len(p) == 1 && p[0] == "metrics":
+		return get("metrics", 0, s.serveMetrics)
+	case len(p) == 1 && p[0] == "metrics_ha":
+		return get("metrics_ha", 0, s.metricsHA)
+	case len(p) == 2 && p[0] == "docs" && p[1] == "errors":
+		return get("docs", 0, s.docs)
+	case len(p) == 2 && p[0] == "broker" && p[1] == "topics":
+		return &route{label: "topics", scope: ScopeRead, methods: "GET POST", serve: s.topics}
+	case len(p) == 3 && p[0] == "broker" && p[1] == "topics":
+		return get("topic", ScopeRead, func(ctx *fasthttp.RequestCtx) { s.describeTopic(ctx, p[2]) })
+	case len(p) == 4 && p[0] == "broker" && p[1] == "topics" && p[3] == "produce":
+		return post("produce", ScopeWrite, func(ctx *fasthttp.RequestCtx) { s.produce(ctx, p[2], false) })
+	case len(p) == 4 && p[0] == "broker" && p[1] == "topics" && p[3] == "produce-ndjson":
+		return post("produce_ndjson", ScopeWrite, func(ctx *fasthttp.RequestCtx) { s.produce(ctx, p[2], true) })
+	case len(p) == 5 && p[0] == "broker" && p[1] == "consume":
+		return get("consume", ScopeRead, func(ctx *fasthttp.RequestCtx) { s.consume(ctx, p[2], p[3], p[4]) })
+	case len(p) == 2 && p[0] == "broker" && p[1] == "commit":
+		return post("commit", ScopeWrite, s.commit)
+	case len(p) == 3 && p[0] == "admin" && p[1] == "sealed" && p[2] == "status":
+		return get("sealed_status", ScopeRead, s.sealedStatus)
+	}
+	return nil
+}
+
+// deadlineFrom reads timeout_ms (default cfg.DefaultTimeout).
+func (s *Server) deadlineFrom(ctx *fasthttp.RequestCtx, start time.Time) (time.Time, *apiError) {
+	ms, ok, err := queryUint(ctx.QueryArgs(), "timeout_ms", uint64(s.cfg.MaxTimeout/time.Millisecond))
+	if err != nil {
+		return time.Time{}, err
+	}
+	if !ok {
+		return start.Add(s.cfg.DefaultTimeout), nil
+	}
+	return start.Add(time.Duration(ms) * time.Millisecond), nil
+}

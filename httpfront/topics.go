@@ -1,0 +1,193 @@
+package httpfront
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"keel/engine"
+)
+
+// topics serves GET (list) and POST (create) /broker/topics.
+func (s *Server) topics(ctx *fasthttp.RequestCtx) {
+	if ctx.IsGet() {
+		s.listTopics(ctx)
+		return
+	}
+	var req struct {
+		Name       *string      `json:"name"`
+		Partitions *json.Number `json:"partitions"`
+	}
+	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
+		writeError(ctx, e)
+		return
+	}
+	if req.Name == nil {
+		writeError(ctx, errBadRequest("missing_fields", "the body needs \"name\""))
+		return
+	}
+	if !engine.ValidTopicName(*req.Name) {
+		writeError(ctx, mapError(engine.ErrInvalidTopic))
+		return
+	}
+	partitions := uint64(s.cfg.DefaultPartitions)
+	if req.Partitions != nil {
+		v, ok := jsonUint(req.Partitions)
+		if !ok || v < 1 || v > uint64(s.cfg.MaxPartitions) {
+			writeError(ctx, errBadRequest("invalid_partitions", fmt.Sprintf("partitions must be an integer from 1 to %d", s.cfg.MaxPartitions)))
+			return
+		}
+		partitions = v
+	}
+	cmd := &engine.Command{Kind: engine.CmdCreateTopic, Topic: *req.Name, Partitions: int(partitions)}
+	res, e := s.proposeAndWait(ctx, cmd)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	b := append(make([]byte, 0, 128), '{')
+	b = appendBoolField(b, "ok", true)
+	b = appendStringField(b, "topic", *req.Name)
+	b = appendIntField(b, "partitions", int64(res.Count))
+	b = appendBoolField(b, "created", res.Created)
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+// proposeAndWait proposes cmd with the request's timeout_ms and maps every
+// failure (including a command error) to an API error.
+func (s *Server) proposeAndWait(ctx *fasthttp.RequestCtx, cmd *engine.Command) (engine.Result, *apiError) {
+	deadline, e := s.deadlineFrom(ctx, time.Now())
+	if e != nil {
+		return engine.Result{}, e
+	}
+	out, err := s.node.Propose(cmd, deadline)
+	if err == nil {
+		err = out.Err
+	}
+	if err != nil {
+		return out.Result, mapError(err)
+	}
+	return out.Result, nil
+}
+
+func (s *Server) listTopics(ctx *fasthttp.RequestCtx) {
+	b := append(make([]byte, 0, 1024), '{')
+	b = appendBoolField(b, "ok", true)
+	b = append(appendKey(b, "topics"), '[')
+	for i, t := range s.store.Topics() {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '{')
+		b = appendStringField(b, "name", t.Name)
+		b = appendIntField(b, "partitions", int64(len(t.Partitions)))
+		b = append(b, '}')
+	}
+	writeJSON(ctx, fasthttp.StatusOK, append(b, ']', '}'))
+}
+
+func (s *Server) describeTopic(ctx *fasthttp.RequestCtx, name string) {
+	if !engine.ValidTopicName(name) {
+		writeError(ctx, mapError(engine.ErrInvalidTopic))
+		return
+	}
+	t, ok := s.store.Topic(name)
+	if !ok {
+		writeError(ctx, mapError(engine.ErrUnknownTopic))
+		return
+	}
+	b := append(make([]byte, 0, 1024), '{')
+	b = appendBoolField(b, "ok", true)
+	b = appendStringField(b, "topic", t.Name)
+	b = appendIntField(b, "partitions", int64(len(t.Partitions)))
+	b = appendIntField(b, "created_ms", t.CreatedMs)
+	b = append(appendKey(b, "partition_info"), '[')
+	for i, p := range t.Partitions {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '{')
+		b = appendIntField(b, "partition", int64(p.ID))
+		b = appendUintField(b, "log_start_offset", p.Log.StartOffset())
+		b = appendUintField(b, "log_end_offset", p.Log.NextOffset())
+		b = appendIntField(b, "bytes", p.Log.Bytes())
+		b = append(b, '}')
+	}
+	b = append(b, ']')
+	b = append(appendKey(b, "retention"), `{"ttl_ms":0,"max_bytes":0}`...)
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+// commit serves POST /broker/commit.
+func (s *Server) commit(ctx *fasthttp.RequestCtx) {
+	var req struct {
+		Topic     *string      `json:"topic"`
+		Group     *string      `json:"group"`
+		Partition *json.Number `json:"partition"`
+		Offset    *json.Number `json:"offset"`
+	}
+	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
+		writeError(ctx, e)
+		return
+	}
+	var missing []string
+	for _, f := range []struct {
+		name    string
+		present bool
+	}{{"topic", req.Topic != nil}, {"group", req.Group != nil}, {"partition", req.Partition != nil}, {"offset", req.Offset != nil}} {
+		if !f.present {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 {
+		writeError(ctx, errBadRequest("missing_fields", "the body is missing: "+strings.Join(missing, ", ")))
+		return
+	}
+	cmd, e := s.commitCommand(*req.Topic, *req.Group, req.Partition, req.Offset)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	res, e := s.proposeAndWait(ctx, cmd)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	s.metrics.commits.Add(1)
+	b := append(make([]byte, 0, 64), '{')
+	b = appendBoolField(b, "ok", true)
+	if res.Ignored {
+		b = appendBoolField(b, "ignored", true)
+		b = appendUintField(b, "committed_offset", res.Offset)
+	}
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+func (s *Server) commitCommand(topic, group string, partition, offset *json.Number) (*engine.Command, *apiError) {
+	if !engine.ValidTopicName(topic) {
+		return nil, mapError(engine.ErrInvalidTopic)
+	}
+	if !engine.ValidGroupName(group) {
+		return nil, mapError(engine.ErrInvalidGroup)
+	}
+	p, ok := jsonUint(partition)
+	if !ok || p > math.MaxInt32 {
+		return nil, errBadRequest("invalid_partition", "partition must be a non-negative integer")
+	}
+	off, ok := jsonUint(offset)
+	if !ok {
+		return nil, errBadRequest("invalid_offset", "offset must be a non-negative 64-bit integer")
+	}
+	t, exists := s.store.Topic(topic)
+	if !exists {
+		return nil, mapError(engine.ErrUnknownTopic)
+	}
+	if p >= uint64(len(t.Partitions)) {
+		return nil, mapError(engine.ErrUnknownPartition)
+	}
+	return &engine.Command{Kind: engine.CmdCommit, Topic: topic, Group: group, Partition: int32(p), Offset: off}, nil
+}
