@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"strconv"
 )
 
 // jsonDepthMax bounds nesting in request bodies: the API's bodies are flat
@@ -60,14 +61,12 @@ func jsonDepth(b []byte) int {
 	return deepest
 }
 
-// jsonUint reads a JSON number field as a non-negative 64-bit integer.
-func jsonUint(n *json.Number) (uint64, bool) {
-	if n == nil {
+// jsonUint reads a JSON field as a non-negative 64-bit integer. Only a
+// JSON number is accepted: a quoted "8", 1.5, -1 or 2^64 is not.
+func jsonUint(raw json.RawMessage) (uint64, bool) {
+	if len(raw) == 0 || raw[0] < '0' || raw[0] > '9' {
 		return 0, false
 	}
-	var v uint64
-	if err := json.Unmarshal([]byte(n.String()), &v); err != nil {
-		return 0, false
-	}
-	return v, true
+	v, err := strconv.ParseUint(string(raw), 10, 64)
+	return v, err == nil
 }

@@ -104,6 +104,7 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 		IdleTimeout:           cfg.IdleTimeout,
 		NoDefaultServerHeader: true,
 		CloseOnShutdown:       true,
+		Logger:                fasthttpLogger{s.log},
 	}
 	return s
 }
@@ -248,3 +249,10 @@ func (s *Server) deadlineFrom(ctx *fasthttp.RequestCtx, start time.Time) (time.T
 	}
 	return start.Add(time.Duration(ms) * time.Millisecond), nil
 }
+
+// fasthttpLogger sends fasthttp's own messages (malformed requests,
+// oversized headers) to the debug log: each is already answered with a
+// JSON error and counted in /metrics.
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug(fmt.Sprintf(format, args...)) }

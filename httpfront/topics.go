@@ -20,7 +20,7 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 	}
 	var req struct {
 		Name       *string      `json:"name"`
-		Partitions *json.Number `json:"partitions"`
+		Partitions json.RawMessage `json:"partitions"`
 	}
 	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
 		writeError(ctx, e)
@@ -127,8 +127,8 @@ func (s *Server) commit(ctx *fasthttp.RequestCtx) {
 	var req struct {
 		Topic     *string      `json:"topic"`
 		Group     *string      `json:"group"`
-		Partition *json.Number `json:"partition"`
-		Offset    *json.Number `json:"offset"`
+		Partition json.RawMessage `json:"partition"`
+		Offset    json.RawMessage `json:"offset"`
 	}
 	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
 		writeError(ctx, e)
@@ -167,7 +167,7 @@ func (s *Server) commit(ctx *fasthttp.RequestCtx) {
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 
-func (s *Server) commitCommand(topic, group string, partition, offset *json.Number) (*engine.Command, *apiError) {
+func (s *Server) commitCommand(topic, group string, partition, offset json.RawMessage) (*engine.Command, *apiError) {
 	if !engine.ValidTopicName(topic) {
 		return nil, mapError(engine.ErrInvalidTopic)
 	}

@@ -1,0 +1,330 @@
+package httpfront
+
+import (
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestTopicsContract(t *testing.T) {
+	ts := startServer(t, nil)
+	cases := []struct {
+		body   string
+		status int
+		code   string
+	}{
+		{`{"name":"events","partitions":3}`, 200, ""},
+		{`{"name":"events","partitions":3}`, 200, ""},
+		{`{"name":"events","partitions":4}`, 409, "topic_exists"},
+		{`{"name":"dflt"}`, 200, ""},
+		{`{"name":"bad/name"}`, 400, "invalid_topic"},
+		{`{"name":"."}`, 400, "invalid_topic"},
+		{`{"name":"` + strings.Repeat("a", 250) + `"}`, 400, "invalid_topic"},
+		{`{"name":"x","partitions":0}`, 400, "invalid_partitions"},
+		{`{"name":"x","partitions":1025}`, 400, "invalid_partitions"},
+		{`{"name":"x","partitions":"8"}`, 400, "invalid_partitions"},
+		{`{"name":"x","partitions":1.5}`, 400, "invalid_partitions"},
+		{`{"name":"x","partitions":null}`, 400, "invalid_partitions"},
+		{`{"name":"x","partitions":-1}`, 400, "invalid_partitions"},
+		{`{"partitions":2}`, 400, "missing_fields"},
+		{`{"name":"x"} trailing`, 400, "invalid_json"},
+		{`[1]`, 400, "invalid_json"},
+		{`{"name":"x","extra":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `}`, 400, "invalid_json"},
+		{`{"name":"ok","unknown":{"a":[1,2]}}`, 200, ""},
+	}
+	for _, tc := range cases {
+		r := ts.do("POST", "/broker/topics", tc.body)
+		ts.expect(r, tc.status, tc.code)
+	}
+	r := ts.do("POST", "/broker/topics", `{"name":"events","partitions":3}`)
+	if r.json["created"] != false || r.num("partitions") != 3 || r.json["topic"] != "events" {
+		t.Fatalf("re-create: %s", r.body)
+	}
+	if r := ts.do("POST", "/broker/topics", `{"name":"dflt2"}`); r.num("partitions") != 8 || r.json["created"] != true {
+		t.Fatalf("default partitions: %s", r.body)
+	}
+	r = ts.do("GET", "/broker/topics", "")
+	if !strings.Contains(string(r.body), `{"name":"events","partitions":3}`) {
+		t.Fatalf("list: %s", r.body)
+	}
+	r = ts.do("GET", "/broker/topics/events", "")
+	if r.num("partitions") != 3 || len(r.json["partition_info"].([]any)) != 3 {
+		t.Fatalf("describe: %s", r.body)
+	}
+	ts.expect(ts.do("GET", "/broker/topics/none", ""), 404, "unknown_topic")
+}
+
+func TestProduceContract(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxMessageBytes = 64; c.MaxBatchMessages = 3; c.MaxKeyBytes = 16 })
+	ts.do("POST", "/broker/topics", `{"name":"p","partitions":4}`)
+	// Explicit partition: dense offsets from 0.
+	for i := 0; i < 3; i++ {
+		r := ts.do("POST", "/broker/topics/p/produce?partition=2", fmt.Sprint("m", i))
+		ts.expect(r, 200, "")
+		if r.num("offset") != float64(i) || r.num("partition") != 2 || r.json["durable"] != true || r.json["synced"] != true ||
+			r.json["sealed"] != true || r.json["mode"] != "sealed" || r.num("batch_id") == 0 || r.json["duplicate"] != false {
+			t.Fatalf("produce %d: %s", i, r.body)
+		}
+	}
+	// Key hash: the same key always lands on the same partition.
+	ts.do("POST", "/broker/topics", `{"name":"q","partitions":4}`)
+	first := ts.do("POST", "/broker/topics/q/produce?key=user-42", "a").num("partition")
+	for i := 0; i < 5; i++ {
+		if p := ts.do("POST", "/broker/topics/q/produce?key=user-42", "b").num("partition"); p != first {
+			t.Fatalf("key hash moved from %v to %v", first, p)
+		}
+	}
+	// Round-robin without a key visits every partition.
+	seen := map[float64]bool{}
+	for i := 0; i < 8; i++ {
+		seen[ts.do("POST", "/broker/topics/q/produce", "rr").num("partition")] = true
+	}
+	if len(seen) != 4 {
+		t.Fatalf("round-robin visited %d of 4 partitions", len(seen))
+	}
+	errs := []struct {
+		path, body, code string
+		status           int
+	}{
+		{"/broker/topics/p/produce?partition=4", "x", "invalid_partition", 400},
+		{"/broker/topics/p/produce?partition=-1", "x", "invalid_partition", 400},
+		{"/broker/topics/p/produce?partition=abc", "x", "invalid_partition", 400},
+		{"/broker/topics/p/produce", strings.Repeat("x", 65), "message_too_large", 413},
+		{"/broker/topics/p/produce?key=" + strings.Repeat("k", 17), "x", "invalid_key", 400},
+		{"/broker/topics/p/produce?timeout_ms=x", "x", "invalid_timeout_ms", 400},
+		{"/broker/topics/bad%20name/produce", "x", "invalid_topic", 400},
+		{"/broker/topics/p/produce-ndjson", "a\nb\nc\nd\n", "batch_too_large", 413},
+		{"/broker/topics/p/produce-ndjson", "\n\r\n\n", "empty_batch", 400},
+		{"/broker/topics/p/produce-ndjson", "ok\n" + strings.Repeat("y", 65), "message_too_large", 413},
+	}
+	for _, e := range errs {
+		ts.expect(ts.do("POST", e.path, e.body), e.status, e.code)
+	}
+	// Nothing of a rejected batch was written.
+	if r := ts.do("GET", "/broker/consume/p/g/2?offset=3", ""); r.num("count") != 0 {
+		t.Fatalf("rejected batches wrote: %s", r.body)
+	}
+	// Auto-create on produce.
+	if r := ts.do("POST", "/broker/topics/fresh/produce", "x"); r.status != 200 {
+		t.Fatalf("auto-create: %s", r.body)
+	}
+	if r := ts.do("GET", "/broker/topics/fresh", ""); r.num("partitions") != 8 {
+		t.Fatalf("auto-created topic: %s", r.body)
+	}
+}
+
+func TestIdempotency(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.do("POST", "/broker/topics", `{"name":"i","partitions":2}`)
+	a := ts.do("POST", "/broker/topics/i/produce?partition=1&idempotency_key=k1", "v")
+	b := ts.do("POST", "/broker/topics/i/produce?partition=1", "v", "Idempotency-Key", "k1")
+	if a.json["duplicate"] != false || b.json["duplicate"] != true || a.num("offset") != b.num("offset") || b.json["durable"] != true {
+		t.Fatalf("duplicate by header: %s then %s", a.body, b.body)
+	}
+	// Server-chosen partition: the key is scoped to the topic.
+	c := ts.do("POST", "/broker/topics/i/produce?idempotency_key=k2", "v")
+	d := ts.do("POST", "/broker/topics/i/produce?idempotency_key=k2", "v")
+	if d.json["duplicate"] != true || c.num("partition") != d.num("partition") || c.num("offset") != d.num("offset") {
+		t.Fatalf("topic-scoped key: %s then %s", c.body, d.body)
+	}
+	n1 := ts.do("POST", "/broker/topics/i/produce-ndjson?partition=0&idempotency_key=b1", "x\ny\nz\n")
+	n2 := ts.do("POST", "/broker/topics/i/produce-ndjson?partition=0&idempotency_key=b1", "x\ny\nz\n")
+	if n2.json["duplicate"] != true || n1.num("first_offset") != n2.num("first_offset") || n2.num("count") != 3 {
+		t.Fatalf("batch key: %s then %s", n1.body, n2.body)
+	}
+	if r := ts.do("GET", "/broker/consume/i/g/0", ""); r.num("next_offset") != n1.num("first_offset")+3 {
+		t.Fatalf("retried batch written twice: %s", r.body)
+	}
+	// Concurrent retries of one key write once.
+	var wg sync.WaitGroup
+	offsets := make(chan float64, 10)
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			offsets <- ts.do("POST", "/broker/topics/i/produce?partition=0&idempotency_key=race", "r").num("offset")
+		}()
+	}
+	wg.Wait()
+	close(offsets)
+	var first float64 = -1
+	for o := range offsets {
+		if first >= 0 && o != first {
+			t.Fatalf("concurrent retries got offsets %v and %v", first, o)
+		}
+		first = o
+	}
+}
+
+func TestConsumeContract(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.do("POST", "/broker/topics", `{"name":"c","partitions":1}`)
+	values := []string{"plain", "quote\" backslash\\ nl\n tab\t ctl\x01", "\xff\xfeinvalid", `<script>&`, "ünïcødé ✓", ""}
+	for _, v := range values {
+		ts.expect(ts.do("POST", "/broker/topics/c/produce?partition=0&key=k%2Fz", v), 200, "")
+	}
+	r := ts.do("GET", "/broker/consume/c/g/0", "")
+	msgs := r.json["messages"].([]any)
+	if r.num("count") != float64(len(values)) || len(msgs) != len(values) || r.num("next_offset") != float64(len(values)) ||
+		r.json["committed_offset"] != nil || r.json["truncated"] != false {
+		t.Fatalf("consume: %s", r.body)
+	}
+	for i, m := range msgs {
+		mm := m.(map[string]any)
+		want := values[i]
+		if i == 2 {
+			want = "\ufffd\ufffdinvalid" // each invalid byte is replaced
+		}
+		if mm["value"] != want || mm["key"] != "k/z" || mm["offset"] != float64(i) || mm["partition"] != 0.0 || mm["timestamp_ms"] == nil {
+			t.Fatalf("message %d: %v, want value %q", i, mm, want)
+		}
+	}
+	r = ts.do("GET", "/broker/consume/c/g/0?encoding=b64&offset=2&limit=1", "")
+	m := r.json["messages"].([]any)[0].(map[string]any)
+	raw, _ := base64.StdEncoding.DecodeString(m["value_b64"].(string))
+	if string(raw) != values[2] || m["key_b64"] != base64.StdEncoding.EncodeToString([]byte("k/z")) || r.num("next_offset") != 3 {
+		t.Fatalf("b64: %s", r.body)
+	}
+	// Paging by next_offset with a byte budget: no skip, no repeat.
+	var got []string
+	for off, pages := 0.0, 0; off < float64(len(values)); pages++ {
+		r := ts.do("GET", fmt.Sprintf("/broker/consume/c/g/0?offset=%v&limit=4&max_bytes=20", off), "")
+		for _, m := range r.json["messages"].([]any) {
+			got = append(got, m.(map[string]any)["value"].(string))
+		}
+		if r.num("count") > 0 && r.num("count") < 4 && r.num("next_offset") < float64(len(values)) && r.json["truncated"] != true {
+			t.Fatalf("budget-limited page not marked truncated: %s", r.body)
+		}
+		off = r.num("next_offset")
+		if pages > 20 {
+			t.Fatal("paging does not advance")
+		}
+	}
+	if len(got) != len(values) {
+		t.Fatalf("paged %d messages, want %d", len(got), len(values))
+	}
+	// Commit moves the default start to committed+1; consuming never commits.
+	ts.expect(ts.do("POST", "/broker/commit", `{"topic":"c","group":"g","partition":0,"offset":2}`), 200, "")
+	r = ts.do("GET", "/broker/consume/c/g/0?limit=1", "")
+	if r.num("committed_offset") != 2 || r.json["messages"].([]any)[0].(map[string]any)["offset"] != 3.0 {
+		t.Fatalf("after commit: %s", r.body)
+	}
+	if r := ts.do("GET", "/broker/consume/c/other/0?limit=1", ""); r.json["messages"].([]any)[0].(map[string]any)["offset"] != 0.0 {
+		t.Fatalf("another group starts at the log start: %s", r.body)
+	}
+	// Past the end: empty.
+	if r := ts.do("GET", "/broker/consume/c/g/0?offset=99", ""); r.num("count") != 0 || r.num("next_offset") != 99 {
+		t.Fatalf("past the end: %s", r.body)
+	}
+	errs := []struct {
+		path, code string
+		status     int
+	}{
+		{"/broker/consume/none/g/0", "unknown_topic", 404},
+		{"/broker/consume/c/g/1", "unknown_partition", 404},
+		{"/broker/consume/c/g/x", "invalid_partition", 400},
+		{"/broker/consume/c/g/0?limit=0", "invalid_limit", 400},
+		{"/broker/consume/c/g/0?limit=-5", "invalid_limit", 400},
+		{"/broker/consume/c/g/0?max_bytes=0", "invalid_max_bytes", 400},
+		{"/broker/consume/c/g/0?offset=-1", "invalid_offset", 400},
+		{"/broker/consume/c/g/0?encoding=hex", "invalid_encoding", 400},
+		{"/broker/consume/c/g%01/0", "invalid_group", 400},
+	}
+	for _, e := range errs {
+		ts.expect(ts.do("GET", e.path, ""), e.status, e.code)
+	}
+	if r := ts.do("GET", "/broker/consume/c/g/0?offset=0&limit=5000", ""); r.num("count") != float64(len(values)) {
+		t.Fatalf("large limit is clamped, not refused: %s", r.body)
+	}
+}
+
+func TestConsumeLongPoll(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.do("POST", "/broker/topics", `{"name":"w","partitions":1}`)
+	start := time.Now()
+	if r := ts.do("GET", "/broker/consume/w/g/0?wait_ms=150", ""); r.num("count") != 0 || time.Since(start) < 140*time.Millisecond {
+		t.Fatalf("empty long-poll returned after %v: %s", time.Since(start), r.body)
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		ts.do("POST", "/broker/topics/w/produce?partition=0", "late")
+	}()
+	start = time.Now()
+	r := ts.do("GET", "/broker/consume/w/g/0?wait_ms=5000", "")
+	if r.num("count") != 1 || time.Since(start) > 3*time.Second {
+		t.Fatalf("long-poll did not wake on append (%v): %s", time.Since(start), r.body)
+	}
+}
+
+func TestCommitContract(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.do("POST", "/broker/topics", `{"name":"k","partitions":2}`)
+	for i := 0; i < 5; i++ {
+		ts.do("POST", "/broker/topics/k/produce?partition=0", "m")
+	}
+	cases := []struct {
+		body, code string
+		status     int
+		ignored    bool
+	}{
+		{`{"topic":"k","group":"g","partition":0,"offset":3}`, "", 200, false},
+		{`{"topic":"k","group":"g","partition":0,"offset":1}`, "", 200, true},
+		{`{"topic":"k","group":"g","partition":0,"offset":3}`, "", 200, false},
+		{`{"topic":"k","group":"g","partition":0,"offset":4}`, "", 200, false},
+		{`{"topic":"k","group":"g","partition":0,"offset":5}`, "offset_out_of_range", 400, false},
+		{`{"topic":"k","group":"g","partition":1,"offset":0}`, "offset_out_of_range", 400, false},
+		{`{"topic":"k","group":"g","partition":2,"offset":0}`, "unknown_partition", 404, false},
+		{`{"topic":"nope","group":"g","partition":0,"offset":0}`, "unknown_topic", 404, false},
+		{`{"topic":"k","group":"g","partition":0}`, "missing_fields", 400, false},
+		{`{"topic":"k","group":"g","partition":0,"offset":-1}`, "invalid_offset", 400, false},
+		{`{"topic":"k","group":"g","partition":0,"offset":1.5}`, "invalid_offset", 400, false},
+		{`{"topic":"k","group":"g","partition":0,"offset":18446744073709551616}`, "invalid_offset", 400, false},
+		{`{"topic":"k","group":"","partition":0,"offset":1}`, "invalid_group", 400, false},
+		{`{"topic":"k","group":"g","partition":0,"offset":1}{}`, "invalid_json", 400, false},
+		{`not json`, "invalid_json", 400, false},
+	}
+	for _, tc := range cases {
+		r := ts.do("POST", "/broker/commit", tc.body)
+		ts.expect(r, tc.status, tc.code)
+		if tc.status == 200 && (r.json["ok"] != true || (r.json["ignored"] == true) != tc.ignored) {
+			t.Fatalf("%s: %s", tc.body, r.body)
+		}
+	}
+	if r := ts.do("GET", "/broker/consume/k/g/0", ""); r.num("committed_offset") != 4 {
+		t.Fatalf("committed offset went back or was lost: %s", r.body)
+	}
+	// Group names are URL-decoded path segments; a slash stays in the name.
+	ts.expect(ts.do("POST", "/broker/commit", `{"topic":"k","group":"a/b c","partition":0,"offset":2}`), 200, "")
+	if r := ts.do("GET", "/broker/consume/k/a%2Fb%20c/0", ""); r.num("committed_offset") != 2 {
+		t.Fatalf("encoded group name: %s", r.body)
+	}
+}
+
+func TestMetricsAndStatus(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.do("POST", "/broker/topics/m/produce?partition=0", "x")
+	ts.do("POST", "/broker/commit", `{"topic":"m","group":"g","partition":0,"offset":0}`)
+	r := ts.do("GET", "/metrics", "", "Authorization", "")
+	for _, want := range []string{
+		`keel_requests_total{route="produce",code="200"} 1`,
+		`keel_produced_messages_total 1`,
+		`keel_partition_log_end_offset{topic="m",partition="0"} 1`,
+		`keel_group_committed_offset{topic="m",group="g",partition="0"} 0`,
+		`keel_group_lag{topic="m",group="g",partition="0"} 0`,
+		`keel_raft_role{role="leader"} 1`,
+		`keel_io_backend{backend="syscall"} 1`,
+		`keel_disk_free_bytes `,
+		`keel_ready 1`,
+	} {
+		if !strings.Contains(string(r.body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	r = ts.do("GET", "/admin/sealed/status", "")
+	if r.json["ok"] != true || r.num("last_synced_batch_id") == 0 {
+		t.Fatalf("sealed status: %s", r.body)
+	}
+}

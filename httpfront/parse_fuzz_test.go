@@ -1,0 +1,153 @@
+package httpfront
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/valyala/fasthttp"
+)
+
+func TestSplitNDJSON(t *testing.T) {
+	cases := []struct {
+		body string
+		want []string
+	}{
+		{"a\nb\n", []string{"a", "b"}},
+		{"a\r\nb", []string{"a", "b"}},
+		{"\n\n\r\n", nil},
+		{`"alpha"` + "\n" + `"tab\tq\"uote"` + "\n", []string{"alpha", "tab\tq\"uote"}},
+		{`"unterminated` + "\n" + `"a" "b"`, []string{`"unterminated`, `"a" "b"`}},
+		{`{"json":1}`, []string{`{"json":1}`}},
+		{"  \n", []string{"  "}},
+		{`"\u00e9"`, []string{"é"}},
+		{`""`, []string{""}},
+	}
+	for _, tc := range cases {
+		var got []string
+		if err := splitNDJSON([]byte(tc.body), func(l []byte) error { got = append(got, string(l)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
+			t.Errorf("splitNDJSON(%q) = %q, want %q", tc.body, got, tc.want)
+		}
+	}
+}
+
+// FuzzSplitNDJSON: never panics; yields at most one message per line; a
+// yielded message is either a raw line (no newline, no trailing CR) or the
+// decoding of a line that is exactly one JSON string literal.
+func FuzzSplitNDJSON(f *testing.F) {
+	f.Add([]byte("a\nb\r\n\"c\"\n"))
+	f.Add([]byte(`"\ud83d\ude00"` + "\n\n"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		lines := bytes.Split(body, []byte{'\n'})
+		n := 0
+		err := splitNDJSON(body, func(msg []byte) error {
+			n++
+			raw := bytes.TrimSuffix(lines[0], []byte{'\r'})
+			for len(raw) == 0 {
+				lines = lines[1:]
+				raw = bytes.TrimSuffix(lines[0], []byte{'\r'})
+			}
+			lines = lines[1:]
+			var s string
+			// Only an exact literal is decoded: surrounding spaces keep the
+			// line raw.
+			if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && json.Unmarshal(raw, &s) == nil {
+				if string(msg) != s {
+					t.Fatalf("line %q decoded to %q, want %q", raw, msg, s)
+				}
+			} else if !bytes.Equal(msg, raw) {
+				t.Fatalf("raw line %q yielded %q", raw, msg)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > bytes.Count(body, []byte{'\n'})+1 {
+			t.Fatalf("%d messages from %d lines", n, bytes.Count(body, []byte{'\n'})+1)
+		}
+	})
+}
+
+// FuzzCommitBody: the JSON body parser never panics, and what it accepts
+// is valid JSON whose numbers are non-negative integers.
+func FuzzCommitBody(f *testing.F) {
+	f.Add([]byte(`{"topic":"t","group":"g","partition":0,"offset":5}`))
+	f.Add([]byte(`{"topic":"t","partition":"0"} x`))
+	f.Add([]byte(`{"a":[[[[{}]]]]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req struct {
+			Topic     *string         `json:"topic"`
+			Partition json.RawMessage `json:"partition"`
+			Offset    json.RawMessage `json:"offset"`
+		}
+		if e := decodeJSONObject(body, &req); e != nil {
+			if e.status != 400 || e.code != "invalid_json" {
+				t.Fatalf("error %+v", e)
+			}
+			return
+		}
+		if !json.Valid(body) {
+			t.Fatalf("accepted invalid JSON %q", body)
+		}
+		if v, ok := jsonUint(req.Offset); ok && string(req.Offset) != strings.TrimLeft(string(req.Offset), "-") {
+			t.Fatalf("accepted negative offset %q as %d", req.Offset, v)
+		}
+	})
+}
+
+// FuzzConsumeQuery: query parsing never panics, and accepted values are
+// inside their limits.
+func FuzzConsumeQuery(f *testing.F) {
+	f.Add("offset=5&limit=10&max_bytes=100&wait_ms=20&encoding=b64")
+	f.Add("limit=-1")
+	f.Add("offset=%zz&limit=99999999999999999999")
+	s := &Server{cfg: Defaults()}
+	f.Fuzz(func(t *testing.T, query string) {
+		var args fasthttp.Args
+		args.Parse(query)
+		q, e := s.parseConsumeQuery(&args)
+		if e != nil {
+			if e.status != 400 || !strings.HasPrefix(e.code, "invalid_") {
+				t.Fatalf("error %+v", e)
+			}
+			return
+		}
+		if q.limit < 1 || q.limit > s.cfg.ConsumeLimitMax || q.maxBytes < 1 || q.maxBytes > s.cfg.MaxBytesMax ||
+			q.wait < 0 || q.wait > s.cfg.WaitMax {
+			t.Fatalf("out of limits: %+v from %q", q, query)
+		}
+	})
+}
+
+// FuzzJSONString: the response string encoder always produces a JSON
+// string that decodes to the input (with invalid UTF-8 replaced).
+func FuzzJSONString(f *testing.F) {
+	f.Add([]byte("plain"))
+	f.Add([]byte("\x00\"\\\n\u2028<>&\xff"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		enc := appendJSONString(nil, in)
+		var out string
+		if err := json.Unmarshal(enc, &out); err != nil {
+			t.Fatalf("%q encoded to invalid JSON %q: %v", in, enc, err)
+		}
+		want := strings.Builder{}
+		for i := 0; i < len(in); {
+			r, size := utf8.DecodeRune(in[i:])
+			if r == utf8.RuneError && size == 1 {
+				want.WriteRune(utf8.RuneError)
+			} else {
+				want.Write(in[i : i+size])
+			}
+			i += size
+		}
+		if out != want.String() {
+			t.Fatalf("%q round-tripped to %q", in, out)
+		}
+	})
+}

@@ -1,0 +1,226 @@
+package httpfront
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"keel/engine"
+	"keel/replication"
+	"keel/ring"
+)
+
+// testServer runs a whole node (store, raft, HTTP) on a loopback port.
+type testServer struct {
+	t    *testing.T
+	url  string
+	srv  *Server
+	node *replication.Node
+}
+
+func startServer(t *testing.T, mutate func(*Config)) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	io, err := ring.OpenKind(ring.KindSyscall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: dir}, io)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := replication.Open(replication.Config{WALDir: filepath.Join(dir, "wal"), IO: io, Store: store, StoreBlob: blob})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Start()
+	cfg := Defaults()
+	cfg.Tokens = []Token{{Secret: "admintok", Scope: ScopeAdmin}, {Secret: "readtok", Scope: ScopeRead},
+		{Secret: "writetok", Scope: ScopeWrite}, {Secret: "slowtok", Scope: ScopeAdmin, Limit: &RateLimit{RPS: 0.001, Burst: 2}}}
+	cfg.DataDir, cfg.IOBackend = dir, "syscall"
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv := New(cfg, node, store)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	ts := &testServer{t: t, url: "http://" + ln.Addr().String(), srv: srv, node: node}
+	t.Cleanup(func() {
+		srv.srv.Shutdown()
+		node.Close()
+		store.Close()
+		io.Close()
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for !node.Status().Ready {
+		if time.Now().After(deadline) {
+			t.Fatal("node not ready")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return ts
+}
+
+// response is a decoded reply.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+	json   map[string]any
+}
+
+func (r response) num(field string) float64 {
+	v, _ := r.json[field].(float64)
+	return v
+}
+
+func (ts *testServer) do(method, path, body string, headers ...string) response {
+	ts.t.Helper()
+	req, err := http.NewRequest(method, ts.url+path, strings.NewReader(body))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer admintok")
+	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i+1] == "" {
+			req.Header.Del(headers[i])
+			continue
+		}
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		ts.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	r := response{status: resp.StatusCode, header: resp.Header, body: b}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		if err := json.Unmarshal(b, &r.json); err != nil {
+			ts.t.Fatalf("%s %s: response is not JSON: %v\n%s", method, path, err, b)
+		}
+	}
+	return r
+}
+
+// expect checks status and, for errors, the error code and shape.
+func (ts *testServer) expect(r response, status int, code string) {
+	ts.t.Helper()
+	if r.status != status {
+		ts.t.Fatalf("status %d, want %d: %s", r.status, status, r.body)
+	}
+	if code == "" {
+		return
+	}
+	if r.json["ok"] != false || r.json["error"] != code || r.json["message"] == "" || !strings.Contains(fmt.Sprint(r.json["docs"]), "/docs/errors#"+code) {
+		ts.t.Fatalf("want error %q with message and docs, got %s", code, r.body)
+	}
+}
+
+func TestHealthAndRouting(t *testing.T) {
+	ts := startServer(t, nil)
+	r := ts.do("GET", "/health", "", "Authorization", "")
+	if r.status != 200 || string(r.body) != `{"ok":1}` {
+		t.Fatalf("/health: %d %s", r.status, r.body)
+	}
+	for _, p := range []string{"/ready", "/readyz"} {
+		if r := ts.do("GET", p, "", "Authorization", ""); r.status != 200 || r.json["ready"] != true {
+			t.Fatalf("%s: %d %s", p, r.status, r.body)
+		}
+	}
+	if r := ts.do("GET", "/readyz?verbose", ""); len(r.json["checks"].([]any)) != 3 {
+		t.Fatalf("verbose readiness: %s", r.body)
+	}
+	if r := ts.do("GET", "/metrics_ha", ""); !strings.Contains(string(r.body), "# HA disabled") {
+		t.Fatalf("/metrics_ha: %s", r.body)
+	}
+	ts.expect(ts.do("GET", "/nope", ""), 404, "not_found")
+	r = ts.do("DELETE", "/broker/commit", "")
+	ts.expect(r, 405, "method_not_allowed")
+	if r.header.Get("Allow") != "POST" {
+		t.Fatalf("Allow header %q", r.header.Get("Allow"))
+	}
+	if r := ts.do("GET", "/docs/errors", ""); r.status != 200 || !bytes.Contains(r.body, []byte(`id="unknown_topic"`)) {
+		t.Fatalf("/docs/errors: %d", r.status)
+	}
+	long := "/broker/consume/t/g/0?offset=" + strings.Repeat("9", 20000)
+	ts.expect(ts.do("GET", long, ""), 431, "uri_too_long")
+}
+
+func TestAuth(t *testing.T) {
+	ts := startServer(t, nil)
+	r := ts.do("GET", "/broker/topics", "", "Authorization", "")
+	ts.expect(r, 401, "unauthorized")
+	if !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {
+		t.Fatalf("WWW-Authenticate %q", r.header.Get("WWW-Authenticate"))
+	}
+	ts.expect(ts.do("GET", "/broker/topics", "", "Authorization", "Bearer wrong"), 401, "unauthorized")
+	ts.expect(ts.do("GET", "/broker/topics", "", "Authorization", "Basic admintok"), 401, "unauthorized")
+	if r := ts.do("GET", "/broker/topics", "", "Authorization", "Bearer readtok"); r.status != 200 {
+		t.Fatalf("read token listing topics: %d", r.status)
+	}
+	ts.expect(ts.do("POST", "/broker/topics/t/produce", "x", "Authorization", "Bearer readtok"), 403, "forbidden")
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"t"}`, "Authorization", "Bearer readtok"), 403, "forbidden")
+	if r := ts.do("POST", "/broker/topics/t/produce", "x", "Authorization", "Bearer writetok"); r.status != 200 {
+		t.Fatalf("write token producing: %d %s", r.status, r.body)
+	}
+	// slowtok: burst 2, then limited.
+	for i := 0; i < 2; i++ {
+		if r := ts.do("GET", "/broker/topics", "", "Authorization", "Bearer slowtok"); r.status != 200 {
+			t.Fatalf("within burst: %d", r.status)
+		}
+	}
+	r = ts.do("GET", "/broker/topics", "", "Authorization", "Bearer slowtok")
+	ts.expect(r, 429, "rate_limited")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("429 without Retry-After")
+	}
+}
+
+func TestParseTokens(t *testing.T) {
+	cases := []struct {
+		spec string
+		want string
+		bad  bool
+	}{
+		{"a", "[a:admin:-]", false},
+		{"a@read, b@write ,c@admin", "[a:read:- b:write:- c:admin:-]", false},
+		{"a@100:200:5000", "[a:admin:100/200/5000]", false},
+		{"a@write@10:20:0", "[a:write:10/20/0]", false},
+		{"", "[]", false},
+		{"@read", "", true},
+		{"a@root", "", true},
+		{"a@1:2", "", true},
+		{"a@0:1:0", "", true},
+	}
+	for _, tc := range cases {
+		toks, err := ParseTokens(tc.spec)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("ParseTokens(%q) accepted", tc.spec)
+			}
+			continue
+		}
+		var parts []string
+		for _, tk := range toks {
+			lim := "-"
+			if tk.Limit != nil {
+				lim = fmt.Sprintf("%g/%g/%d", tk.Limit.RPS, tk.Limit.Burst, tk.Limit.Daily)
+			}
+			parts = append(parts, fmt.Sprintf("%s:%s:%s", tk.Secret, tk.Scope, lim))
+		}
+		if got := "[" + strings.Join(parts, " ") + "]"; err != nil || got != tc.want {
+			t.Errorf("ParseTokens(%q) = %s, %v; want %s", tc.spec, got, err, tc.want)
+		}
+	}
+}
