@@ -19,7 +19,7 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	var req struct {
-		Name       *string      `json:"name"`
+		Name       *string         `json:"name"`
 		Partitions json.RawMessage `json:"partitions"`
 	}
 	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
@@ -125,8 +125,8 @@ func (s *Server) describeTopic(ctx *fasthttp.RequestCtx, name string) {
 // commit serves POST /broker/commit.
 func (s *Server) commit(ctx *fasthttp.RequestCtx) {
 	var req struct {
-		Topic     *string      `json:"topic"`
-		Group     *string      `json:"group"`
+		Topic     *string         `json:"topic"`
+		Group     *string         `json:"group"`
 		Partition json.RawMessage `json:"partition"`
 		Offset    json.RawMessage `json:"offset"`
 	}
