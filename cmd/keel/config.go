@@ -154,8 +154,8 @@ func (o *options) check() error {
 	switch {
 	case o.port < 0 || o.port > 65535:
 		return fmt.Errorf("--port %d: want 0..65535", o.port)
-	case o.maxMessageBytes < 1 || o.maxMessageBytes > 64<<20:
-		return fmt.Errorf("--max-message-bytes %d: want 1..%d", o.maxMessageBytes, 64<<20)
+	case o.maxMessageBytes < 1 || o.maxMessageBytes > 6<<20:
+		return fmt.Errorf("--max-message-bytes %d: want 1..%d (one replicated entry holds 8 MiB)", o.maxMessageBytes, 6<<20)
 	case o.maxBatchBytes < 1 || o.maxBatchBytes > 6<<20:
 		return fmt.Errorf("--max-batch-bytes %d: want 1..%d (one replicated entry holds 8 MiB)", o.maxBatchBytes, 6<<20)
 	case o.maxBatchMessages < 1 || o.maxBatchMessages > 100000:
