@@ -86,6 +86,11 @@ func (l *Log) publish(seg *segment, n, size int, batch uint64) {
 func (l *Log) Sync() error {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
+	return l.syncLocked()
+}
+
+// syncLocked fsyncs the active segment; a failure is a sticky fault.
+func (l *Log) syncLocked() error {
 	if err := l.appendable(); err != nil {
 		return err
 	}

@@ -12,11 +12,8 @@ import (
 func (l *Log) Checkpoint() error {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
-	if err := l.appendable(); err != nil {
+	if err := l.syncLocked(); err != nil {
 		return err
-	}
-	if err := l.io.Sync(l.active().fd()); err != nil {
-		return l.setFault(fmt.Errorf("engine: sync %s: %w", l.active().path, err))
 	}
 	if err := l.writeCheckpoint(); err != nil {
 		return l.setFault(err)
