@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"keel/replication"
 )
 
 func TestTopicsContract(t *testing.T) {
@@ -326,5 +328,32 @@ func TestMetricsAndStatus(t *testing.T) {
 	r = ts.do("GET", "/admin/sealed/status", "")
 	if r.json["ok"] != true || r.num("last_synced_batch_id") == 0 {
 		t.Fatalf("sealed status: %s", r.body)
+	}
+}
+
+func TestRocketMode(t *testing.T) {
+	ts := startServerWith(t, replication.Config{Rocket: true}, nil)
+	r := ts.do("POST", "/broker/topics/r/produce?partition=0", "fast")
+	if r.status != 200 || r.json["mode"] != "rocket" || r.json["durable"] != false || r.num("batch_id") != 0 ||
+		r.json["synced"] != nil || !strings.Contains(string(r.body), `"synced":null`) {
+		t.Fatalf("rocket answer: %s", r.body)
+	}
+	if r := ts.do("GET", "/broker/consume/r/g/0", ""); r.num("count") != 1 {
+		t.Fatalf("rocket write not readable: %s", r.body)
+	}
+}
+
+// TestProduceTimeout: with timeout_ms=0 the answer comes before
+// durability is confirmed: 200, durable false, and the write still lands.
+func TestProduceTimeout(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.do("POST", "/broker/topics", `{"name":"to","partitions":1}`)
+	r := ts.do("POST", "/broker/topics/to/produce?partition=0&timeout_ms=0", "maybe")
+	if r.status != 200 || r.json["durable"] != false || r.json["synced"] != false || r.json["timeout"] != true ||
+		r.json["offset"] != nil || r.num("partition") != 0 {
+		t.Fatalf("timed-out answer: %s", r.body)
+	}
+	if r := ts.do("GET", "/broker/consume/to/g/0?wait_ms=2000", ""); r.num("count") != 1 {
+		t.Fatalf("the timed-out write did not land: %s", r.body)
 	}
 }

@@ -27,6 +27,11 @@ type testServer struct {
 
 func startServer(t *testing.T, mutate func(*Config)) *testServer {
 	t.Helper()
+	return startServerWith(t, replication.Config{}, mutate)
+}
+
+func startServerWith(t *testing.T, nodeCfg replication.Config, mutate func(*Config)) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	io, err := ring.OpenKind(ring.KindSyscall)
 	if err != nil {
@@ -36,7 +41,8 @@ func startServer(t *testing.T, mutate func(*Config)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := replication.Open(replication.Config{WALDir: filepath.Join(dir, "wal"), IO: io, Store: store, StoreBlob: blob})
+	nodeCfg.WALDir, nodeCfg.IO, nodeCfg.Store, nodeCfg.StoreBlob = filepath.Join(dir, "wal"), io, store, blob
+	node, err := replication.Open(nodeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +50,7 @@ func startServer(t *testing.T, mutate func(*Config)) *testServer {
 	cfg := Defaults()
 	cfg.Tokens = []Token{{Secret: "admintok", Scope: ScopeAdmin}, {Secret: "readtok", Scope: ScopeRead},
 		{Secret: "writetok", Scope: ScopeWrite}, {Secret: "slowtok", Scope: ScopeAdmin, Limit: &RateLimit{RPS: 0.001, Burst: 2}}}
-	cfg.DataDir, cfg.IOBackend = dir, "syscall"
+	cfg.DataDir, cfg.IOBackend, cfg.Rocket = dir, "syscall", nodeCfg.Rocket
 	if mutate != nil {
 		mutate(&cfg)
 	}

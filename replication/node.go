@@ -257,7 +257,13 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		n.waiters.take(w.id)
 		return Outcome{}, ErrOverloaded
 	}
-	timer := time.NewTimer(time.Until(deadline))
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		// timeout_ms=0: accepted, not waited for. Same answer as a timeout.
+		n.waiters.take(w.id)
+		return Outcome{}, ErrTimeout
+	}
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case <-w.done:
