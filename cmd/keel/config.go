@@ -48,6 +48,7 @@ type options struct {
 	workers              int
 	aof                  string
 	haEnabled            bool
+	pprofAddr            string
 	hostSet, tokensGiven bool
 }
 
@@ -132,6 +133,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	strVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	intVar(&o.workers, "workers", 0, "accepted for compatibility and ignored")
 	strVar(&o.aof, "aof", "", "accepted for compatibility and ignored")
+	strVar(&o.pprofAddr, "pprof-addr", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060); off when empty")
 	boolVar(&o.haEnabled, "ha", false, "cluster mode (not built yet: see the HA issue)", "RF_HA_ENABLED")
 	validate := func() error {
 		if len(envErrs) > 0 {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof" // profiles on --pprof-addr only
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -98,6 +100,9 @@ func serveWith(o options, log *slog.Logger) error {
 	if o.workers != 0 || o.aof != "" {
 		log.Info("--workers and --aof are accepted for compatibility and ignored")
 	}
+	if o.pprofAddr != "" {
+		go servePprof(o.pprofAddr, log)
+	}
 	io, err := ring.Open()
 	if err != nil {
 		return err
@@ -184,4 +189,12 @@ func serveUntilSignal(srv *httpfront.Server, ln net.Listener, node *replication.
 	}
 	log.Info("stopped cleanly")
 	return serveErr
+}
+
+// servePprof serves net/http/pprof for profiling a running node.
+func servePprof(addr string, log *slog.Logger) {
+	log.Info("pprof listening", "addr", "http://"+addr+"/debug/pprof/")
+	if err := http.ListenAndServe(addr, nil); err != nil {
+		log.Error("pprof server stopped", "err", err)
+	}
 }
