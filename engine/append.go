@@ -39,6 +39,7 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 	l.batch = batch
 	l.publish(seg, len(recs), size, batch)
 	l.sinceCheckpoint += int64(size)
+	l.dirty = true
 	if sync && l.sinceCheckpoint >= l.cfg.CheckpointIntervalBytes {
 		if err := l.writeCheckpoint(); err != nil {
 			return first, batch, l.setFault(err)
@@ -65,6 +66,9 @@ func (l *Log) encode(recs []Record, first, batch uint64, seg *segment) {
 	l.encoded = buf
 }
 
+// encodedKeepBytes is the largest encode buffer a log keeps between appends.
+const encodedKeepBytes = 1 << 20
+
 // publish makes a completed write visible to readers.
 func (l *Log) publish(seg *segment, n, size int, batch uint64) {
 	l.mu.Lock()
@@ -76,8 +80,9 @@ func (l *Log) publish(seg *segment, n, size int, batch uint64) {
 	seg.lastBatch = uint32(batch)
 	l.next += uint64(n)
 	l.mu.Unlock()
-	// Do not keep a huge buffer alive after an occasional huge batch.
-	if cap(l.encoded) > 2*l.cfg.BatchBytesMax {
+	// Do not keep a large buffer alive per log (there may be thousands of
+	// partition logs) after an occasional large batch.
+	if cap(l.encoded) > encodedKeepBytes {
 		l.encoded = nil
 	}
 }
@@ -139,10 +144,16 @@ func (l *Log) writeCheckpoint() error {
 		StartOffset:  l.start,
 	}
 	l.mu.RUnlock()
+	return l.writeCheckpointOf(c)
+}
+
+// writeCheckpointOf writes c as the log's checkpoint.
+func (l *Log) writeCheckpointOf(c logCheckpoint) error {
 	if err := writeFileAtomic(l.dir, checkpointFileName, c.encode()); err != nil {
 		return fmt.Errorf("engine: checkpoint: %w", err)
 	}
 	l.sinceCheckpoint = 0
+	l.dirty = false
 	return nil
 }
 

@@ -52,6 +52,7 @@ type Log struct {
 	appendMu        sync.Mutex // serialises appends, rolls, checkpoints and Close
 	batch           uint64     // last group-commit sequence number used
 	sinceCheckpoint int64      // bytes appended since the last checkpoint
+	dirty           bool       // appended since the last checkpoint
 	encoded         []byte     // reusable encode buffer
 	pendingIndex    []indexEntry
 	fault           error // first storage fault; sticky
@@ -254,14 +255,32 @@ func cutTail(f *os.File, at, end int64) error {
 	return nil
 }
 
+// ensureDir creates dir and any missing parents, and fsyncs the parent of
+// every directory it created, so the whole path survives a power loss.
 func ensureDir(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
+	dir = filepath.Clean(dir)
+	var created []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		created = append(created, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if len(created) == 0 {
 		return nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("engine: create %s: %w", dir, err)
 	}
-	return syncDir(filepath.Dir(filepath.Clean(dir)))
+	for _, d := range created {
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func removeTempFiles(dir string) error {
@@ -277,6 +296,13 @@ func removeTempFiles(dir string) error {
 		}
 	}
 	return nil
+}
+
+// LastBatch is the last group-commit number used (recovered on open).
+func (l *Log) LastBatch() uint64 {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	return l.batch
 }
 
 // Recovery reports what OpenLog found.

@@ -82,14 +82,19 @@ func readSegment(v readView, from uint64, bufp *[]byte, fn func(Frame) (taken, m
 		rel := int(pos - bufStart)
 		fr, n, derr := DecodeFrame(buf[rel:])
 		if derr == errFrameShort {
-			need := readChunkBytes
+			frameNeed := frameHeaderBytes
 			if l, ok := frameHeaderLength(buf[rel:]); ok {
-				need = max(need, frameBytes(l))
+				frameNeed = frameBytes(l)
 			}
-			if buf, err = fill(v, buf[rel:], pos, need, bufp); err != nil {
+			if buf, err = fill(v, buf[rel:], pos, max(readChunkBytes, frameNeed), bufp); err != nil {
 				return want, false, err
 			}
 			bufStart = pos
+			if len(buf) < frameNeed {
+				// The frame claims more bytes than the segment holds.
+				return want, false, &CorruptionError{Path: v.seg.path, Pos: pos, Reason: fmt.Sprintf(
+					"record %d runs past the end of the segment (%d bytes)", want, v.size)}
+			}
 			continue
 		}
 		if derr != nil || fr.Offset != want {

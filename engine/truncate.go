@@ -12,6 +12,9 @@ import (
 func (l *Log) Checkpoint() error {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
+	if !l.dirty && l.fault == nil && !l.closed {
+		return nil // nothing appended since the last checkpoint: skip the fsyncs
+	}
 	if err := l.syncLocked(); err != nil {
 		return err
 	}
@@ -37,25 +40,44 @@ func (l *Log) TruncateTo(next uint64) error {
 	if next < l.start {
 		return fmt.Errorf("engine: truncate %s to %d: below the log start %d", l.dir, next, l.start)
 	}
-	if err := l.dropSegmentsFrom(next); err != nil {
+	// Lower the checkpoint before touching any file: a crash part-way then
+	// leaves a checkpoint that vouches only for what survives the cut, and
+	// recovery followed by the same TruncateTo finishes the job.
+	keep := l.segmentsBelow(next)
+	target := l.segs[keep-1]
+	pos, err := l.positionOf(target, next)
+	if err != nil {
 		return l.setFault(err)
 	}
-	if err := l.cutActiveAt(next); err != nil {
+	if err := l.syncLocked(); err != nil {
+		return err
+	}
+	if err := l.writeCheckpointOf(logCheckpoint{ActiveBase: target.base, VouchedBytes: pos,
+		NextOffset: next, Batch: l.batch, StartOffset: l.start}); err != nil {
 		return l.setFault(err)
 	}
-	if err := l.writeCheckpoint(); err != nil {
+	if err := l.dropSegmentsFrom(keep); err != nil {
+		return l.setFault(err)
+	}
+	if err := l.cutActiveAt(next, pos); err != nil {
 		return l.setFault(err)
 	}
 	return nil
 }
 
-// dropSegmentsFrom deletes whole segments that start at or above next
-// (keeping at least one) and makes the new last segment active again.
-func (l *Log) dropSegmentsFrom(next uint64) error {
+// segmentsBelow returns how many leading segments start below next (at
+// least one).
+func (l *Log) segmentsBelow(next uint64) int {
 	keep := len(l.segs)
 	for keep > 1 && l.segs[keep-1].base >= next {
 		keep--
 	}
+	return keep
+}
+
+// dropSegmentsFrom deletes the segments after the first keep and makes
+// the new last segment active again.
+func (l *Log) dropSegmentsFrom(keep int) error {
 	if keep == len(l.segs) {
 		return nil
 	}
@@ -80,16 +102,9 @@ func (l *Log) dropSegmentsFrom(next uint64) error {
 	return syncDir(l.dir)
 }
 
-// cutActiveAt cuts the active segment just before record next.
-func (l *Log) cutActiveAt(next uint64) error {
+// cutActiveAt cuts the active segment at byte pos, just before record next.
+func (l *Log) cutActiveAt(next uint64, pos int64) error {
 	seg := l.active()
-	pos, err := l.positionOf(seg, next)
-	if err != nil {
-		return err
-	}
-	if err := l.io.Sync(seg.fd()); err != nil {
-		return err
-	}
 	if err := cutTail(seg.file, pos, seg.size); err != nil {
 		return err
 	}
@@ -158,7 +173,12 @@ func (l *Log) DeleteBefore(offset uint64) (deleted uint64, freedBytes int64, err
 	}
 	l.mu.Unlock()
 	// The checkpoint records the new start before files go, so a crash in
-	// between leaves a gap below the start, which recovery accepts.
+	// between only leaves files below the start, which recovery accepts. It
+	// vouches for the active segment, so that is synced first (appends
+	// without sync may be pending).
+	if err := l.syncLocked(); err != nil {
+		return 0, 0, err
+	}
 	if err := l.writeCheckpoint(); err != nil {
 		return 0, 0, l.setFault(err)
 	}

@@ -2,8 +2,10 @@ package engine
 
 import (
 	"bytes"
+	"errors"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func fillLog(t *testing.T, l *Log, n uint64) {
@@ -126,5 +128,67 @@ func TestTailUnorderedCutsDamagedTail(t *testing.T) {
 	defer l.Close()
 	if l.NextOffset() != 3 || l.Recovery().CutBytes == 0 {
 		t.Fatalf("NextOffset %d, report %+v; want the log cut after the first batch", l.NextOffset(), l.Recovery())
+	}
+}
+
+// TestTruncateCrashAfterCheckpoint stops TruncateTo right after its first
+// step (the lowered checkpoint), as a crash would: recovery must accept
+// the files and a second TruncateTo must finish the cut.
+func TestTruncateCrashAfterCheckpoint(t *testing.T) {
+	cfg := LogConfig{SegmentBytes: 4096, IndexIntervalBytes: 256, BatchBytesMax: 4096}
+	for _, next := range []uint64{30, 195} { // into a sealed segment; inside the active one
+		dir := t.TempDir()
+		io := openBackend(t, "syscall")
+		l := mustOpen(t, dir, io, cfg)
+		fillLog(t, l, 200)
+		keep := l.segmentsBelow(next)
+		target := l.segs[keep-1]
+		pos, err := l.positionOf(target, next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.writeCheckpointOf(logCheckpoint{ActiveBase: target.base, VouchedBytes: pos, NextOffset: next, Batch: l.batch}); err != nil {
+			t.Fatal(err)
+		}
+		l.abandon()
+		l2, err := OpenLog(dir, io, cfg)
+		if err != nil {
+			t.Fatalf("next %d: recovery after a cut-short truncation: %v", next, err)
+		}
+		if err := l2.TruncateTo(next); err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, l2, 0); uint64(len(got)) != next || l2.NextOffset() != next {
+			t.Fatalf("next %d: %d records after finishing the truncation", next, len(got))
+		}
+		l2.Close()
+	}
+}
+
+// TestReadLengthPastSegmentEnd: a damaged length field in a sealed
+// segment (trusted through its index) must fail the read, not spin.
+func TestReadLengthPastSegmentEnd(t *testing.T) {
+	dir := t.TempDir()
+	io := openBackend(t, "syscall")
+	cfg := LogConfig{SegmentBytes: 4096, BatchBytesMax: 4096}
+	l := mustOpen(t, dir, io, cfg)
+	fillLog(t, l, 120)
+	l.Close()
+	mutateFile(t, filepath.Join(dir, segmentName(0)), func(b []byte) []byte { b[1] = 0x40; return b }) // length += 16 KiB
+	l = mustOpen(t, dir, io, cfg)
+	defer l.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Read(0, 1<<20, func(Frame) bool { return true })
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		var ce *CorruptionError
+		if !errors.As(err, &ce) {
+			t.Fatalf("Read: %v, want a CorruptionError", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read spins on a length past the segment end")
 	}
 }
