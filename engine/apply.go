@@ -25,6 +25,8 @@ type entryStage struct {
 	byPart map[*Partition]*stagedPartition
 	arena  arena // message payloads of this entry
 	cmd    Command
+	lim    EntryLimits // of the entry being applied
+	fault  error       // a storage fault met while applying it
 }
 
 type stagedPartition struct {
@@ -63,11 +65,12 @@ func (s *Store) ApplyEntry(index, term uint64, data []byte, results []Result) ([
 }
 
 func (s *Store) applyCommands(data []byte, results []Result) ([]Result, error) {
-	nowMs, rest, err := DecodeEntryHeader(data)
+	nowMs, lim, rest, err := DecodeEntryHeader(data)
 	if err != nil {
 		return results, err
 	}
 	st := &s.stage
+	st.lim, st.fault = lim, nil
 	st.arena.reset()
 	for n := 0; len(rest) > 0; n++ {
 		if n >= commandsPerEntry {
@@ -77,6 +80,9 @@ func (s *Store) applyCommands(data []byte, results []Result) ([]Result, error) {
 			return results, err
 		}
 		res := s.applyCommand(&st.cmd, nowMs)
+		if st.fault != nil {
+			return results, st.fault
+		}
 		res.ReqID, res.TimeMs = st.cmd.ReqID, nowMs
 		results = append(results, res)
 	}
@@ -99,7 +105,7 @@ func (s *Store) applyCreate(name string, partitions int, nowMs int64) Result {
 	if !ValidTopicName(name) {
 		return Result{Err: ErrInvalidTopic}
 	}
-	if partitions < 1 || partitions > s.cfg.PartitionsMax {
+	if partitions < 1 || partitions > s.stage.lim.PartitionsMax {
 		return Result{Err: ErrInvalidPartitions}
 	}
 	if t, ok := s.Topic(name); ok {
@@ -110,10 +116,11 @@ func (s *Store) applyCreate(name string, partitions int, nowMs int64) Result {
 	}
 	t, err := s.openTopic(name, partitions, nowMs)
 	if err != nil {
-		// Creating files failed (disk full, permissions): not a command
-		// error. Reported to the request; replicas may differ, and the
-		// operator must fix the disk. TODO(replication): stop the node.
-		return Result{Err: fmt.Errorf("engine: create topic %s: %w", name, err)}
+		// Creating files failed (disk full, too many open files): not a
+		// command error, since a replay could succeed and shift every
+		// later offset. The node must stop (a storage fault).
+		s.stage.fault = fmt.Errorf("engine: create topic %s: %w", name, err)
+		return Result{Err: s.stage.fault}
 	}
 	s.mu.Lock()
 	s.topics[name] = t
@@ -143,7 +150,7 @@ func (s *Store) applyProduce(c *Command, nowMs int64) Result {
 			scope = c.Partition
 		}
 		key = idemKey(c.Topic, scope, c.IdempotencyKey)
-		if e, ok := s.idem.get(key, nowMs); ok {
+		if e, ok := s.idem.get(key, nowMs, s.stage.lim); ok {
 			return Result{Partition: e.partition, Offset: e.offset, Count: int(e.count), Duplicate: true}
 		}
 	}
@@ -155,7 +162,7 @@ func (s *Store) applyProduce(c *Command, nowMs int64) Result {
 	}
 	sp.next += uint64(len(c.Messages))
 	if key != "" {
-		s.idem.put(&idemEntry{key: key, partition: pid, offset: first, count: uint32(len(c.Messages)), tsMs: nowMs})
+		s.idem.put(&idemEntry{key: key, partition: pid, offset: first, count: uint32(len(c.Messages)), tsMs: nowMs}, s.stage.lim)
 	}
 	return Result{Partition: pid, Offset: first, Count: len(c.Messages)}
 }

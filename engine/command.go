@@ -8,7 +8,9 @@ import (
 
 // A Raft entry carries a batch of commands from many requests:
 //
-//	entry   = version u8 (1) | leader time ms i64 LE | command*
+//	entry   = version u8 (1) | leader time ms i64 LE | idempotency window
+//	          ms i64 LE | idempotency keys max u32 LE | partitions max u32 LE |
+//	          command*
 //	command = kind u8 | request id u64 LE | body length uvarint | body
 //
 // Bodies (strings and byte strings are uvarint length + bytes):
@@ -19,11 +21,13 @@ import (
 //	          idempotency key | message count uvarint | (key | value)*
 //	commit  = topic | group | partition uvarint | offset uvarint
 //
-// The leader's clock is written into the entry so that every replica makes
-// the same time-based decisions (idempotency window, message timestamps).
+// The leader's clock and the limits that change what apply does are written
+// into the entry, so that every replica, and a replay after a restart with
+// other flags, makes the same decisions (idempotency window and key limit,
+// partition limit, message timestamps).
 const (
 	entryVersion      = 1
-	entryHeaderBytes  = 9
+	entryHeaderBytes  = 25
 	commandHeaderMin  = 10
 	commandsPerEntry  = 1 << 20 // sanity bound while decoding
 	messagesPerCmdMax = 1 << 20
@@ -62,10 +66,44 @@ type Command struct {
 
 var errCommand = errors.New("engine: malformed command")
 
-// AppendEntryHeader starts a Raft entry written at leader time nowMs.
-func AppendEntryHeader(dst []byte, nowMs int64) []byte {
+// EntryLimits are the settings that change what apply does. The leader
+// writes them into every entry.
+type EntryLimits struct {
+	IdempotencyWindowMs int64 // how long an idempotency key is remembered
+	IdempotencyKeysMax  int   // at most this many keys, oldest dropped first
+	PartitionsMax       int   // partitions a topic may have
+}
+
+// Defaults for EntryLimits.
+const (
+	PartitionsMaxDefault       = 1024
+	IdempotencyWindowMsDefault = 24 * 60 * 60 * 1000
+	IdempotencyKeysMaxDefault  = 1_000_000
+	partitionsLimit            = 1 << 16 // sanity bound when decoding
+)
+
+// WithDefaults fills zero fields with the defaults.
+func (e EntryLimits) WithDefaults() EntryLimits {
+	if e.IdempotencyWindowMs == 0 {
+		e.IdempotencyWindowMs = IdempotencyWindowMsDefault
+	}
+	if e.IdempotencyKeysMax == 0 {
+		e.IdempotencyKeysMax = IdempotencyKeysMaxDefault
+	}
+	if e.PartitionsMax == 0 {
+		e.PartitionsMax = PartitionsMaxDefault
+	}
+	return e
+}
+
+// AppendEntryHeader starts a Raft entry written at leader time nowMs under
+// limits lim.
+func AppendEntryHeader(dst []byte, nowMs int64, lim EntryLimits) []byte {
 	dst = append(dst, entryVersion)
-	return binary.LittleEndian.AppendUint64(dst, uint64(nowMs))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(nowMs))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(lim.IdempotencyWindowMs))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(lim.IdempotencyKeysMax))
+	return binary.LittleEndian.AppendUint32(dst, uint32(lim.PartitionsMax))
 }
 
 // AppendCommand appends the encoding of c to dst.
@@ -124,12 +162,19 @@ func commandBodyBytes(c *Command) int {
 	return n
 }
 
-// DecodeEntryHeader returns the leader time and the commands that follow.
-func DecodeEntryHeader(b []byte) (nowMs int64, commands []byte, err error) {
+// DecodeEntryHeader returns the leader time, the limits and the commands
+// that follow.
+func DecodeEntryHeader(b []byte) (nowMs int64, lim EntryLimits, commands []byte, err error) {
 	if len(b) < entryHeaderBytes || b[0] != entryVersion {
-		return 0, nil, fmt.Errorf("%w: bad entry header", errCommand)
+		return 0, lim, nil, fmt.Errorf("%w: bad entry header", errCommand)
 	}
-	return int64(binary.LittleEndian.Uint64(b[1:9])), b[entryHeaderBytes:], nil
+	nowMs = int64(binary.LittleEndian.Uint64(b[1:9]))
+	lim = EntryLimits{
+		IdempotencyWindowMs: int64(binary.LittleEndian.Uint64(b[9:17])),
+		IdempotencyKeysMax:  int(binary.LittleEndian.Uint32(b[17:21])),
+		PartitionsMax:       int(binary.LittleEndian.Uint32(b[21:25])),
+	}
+	return nowMs, lim, b[entryHeaderBytes:], nil
 }
 
 // DecodeCommand decodes the command at the start of b into c (reusing

@@ -5,8 +5,6 @@ package engine
 // first. Only the apply goroutine touches it; eviction depends only on the
 // leader timestamps in the log, so every replica evicts the same keys.
 type idempotencyTable struct {
-	windowMs int64
-	keysMax  int
 	byKey    map[string]*idemEntry
 	fifo     []*idemEntry // insertion order; fifo[head:] are live or stale
 	head     int
@@ -20,8 +18,8 @@ type idemEntry struct {
 	tsMs      int64
 }
 
-func newIdempotencyTable(windowMs int64, keysMax int) *idempotencyTable {
-	return &idempotencyTable{windowMs: windowMs, keysMax: keysMax, byKey: map[string]*idemEntry{}}
+func newIdempotencyTable() *idempotencyTable {
+	return &idempotencyTable{byKey: map[string]*idemEntry{}}
 }
 
 // idemScopeAny scopes a key to the whole topic (the server chose the partition).
@@ -34,23 +32,25 @@ func idemKey(topic string, scope int32, key []byte) string {
 	return string(append(b, key...))
 }
 
-func (t *idempotencyTable) get(key string, nowMs int64) (*idemEntry, bool) {
-	t.expire(nowMs)
+// The window and key limit come from the entry being applied (EntryLimits).
+
+func (t *idempotencyTable) get(key string, nowMs int64, lim EntryLimits) (*idemEntry, bool) {
+	t.expire(nowMs, lim)
 	e, ok := t.byKey[key]
 	return e, ok
 }
 
-func (t *idempotencyTable) put(e *idemEntry) {
+func (t *idempotencyTable) put(e *idemEntry, lim EntryLimits) {
 	t.byKey[e.key] = e
 	t.fifo = append(t.fifo, e)
-	t.expire(e.tsMs)
+	t.expire(e.tsMs, lim)
 }
 
 // expire drops keys older than the window and keys over the limit.
-func (t *idempotencyTable) expire(nowMs int64) {
+func (t *idempotencyTable) expire(nowMs int64, lim EntryLimits) {
 	for t.head < len(t.fifo) {
 		e := t.fifo[t.head]
-		if len(t.byKey) <= t.keysMax && e.tsMs >= nowMs-t.windowMs {
+		if len(t.byKey) <= lim.IdempotencyKeysMax && e.tsMs >= nowMs-lim.IdempotencyWindowMs {
 			break
 		}
 		if t.byKey[e.key] == e {

@@ -32,7 +32,7 @@ const (
 	stateMagic        = "KEELSTAT"
 	stateVersion      = 1
 	stateHeaderBytes  = len(stateMagic) + 12
-	statePayloadLimit = 1 << 30
+	statePayloadLimit = 1 << 34 // sanity bound: the idempotency table may hold ~1.3 GB at its limits
 )
 
 // OpenStore opens the state machine in cfg.Dir and recovers it to its last
@@ -48,7 +48,7 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		io:      io,
 		topics:  map[string]*Topic{},
 		offsets: map[offsetKey]uint64{},
-		idem:    newIdempotencyTable(cfg.IdempotencyWindowMs, cfg.IdempotencyKeysMax),
+		idem:    newIdempotencyTable(),
 	}
 	if err := ensureDir(cfg.Dir); err != nil {
 		return nil, nil, err
@@ -174,7 +174,7 @@ func (s *Store) decodeTopics(d *decoder, corrupt func(string) error) error {
 	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
 		name, parts := string(d.bytes()), d.int()
 		created, rr := d.varint(), d.uvarint()
-		if d.err != nil || !ValidTopicName(name) || parts < 1 || parts > s.cfg.PartitionsMax {
+		if d.err != nil || !ValidTopicName(name) || parts < 1 || parts > partitionsLimit {
 			return corrupt("bad topic record")
 		}
 		t, err := s.openTopic(name, parts, created)

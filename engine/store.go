@@ -17,18 +17,13 @@ import (
 // StoreConfig holds the state machine's settings and limits.
 type StoreConfig struct {
 	Dir                 string
-	Partition           LogConfig // for every partition log
-	PartitionsMax       int       // per topic (default 1024)
-	IdempotencyWindowMs int64     // how long a key is remembered (default 24 h)
-	IdempotencyKeysMax  int       // at most this many keys (default 1,000,000)
+	Partition LogConfig // for every partition log
 }
 
+// Name limits (api.md).
 const (
-	PartitionsMaxDefault       = 1024
-	IdempotencyWindowMsDefault = 24 * 60 * 60 * 1000
-	IdempotencyKeysMaxDefault  = 1_000_000
-	TopicNameBytesMax          = 249
-	GroupNameBytesMax          = 249
+	TopicNameBytesMax = 249
+	GroupNameBytesMax = 249
 )
 
 // Errors of applied commands; httpfront maps them to status codes. They are
@@ -122,15 +117,6 @@ func (p *Partition) notify() {
 }
 
 func (c StoreConfig) withDefaults() StoreConfig {
-	if c.PartitionsMax == 0 {
-		c.PartitionsMax = PartitionsMaxDefault
-	}
-	if c.IdempotencyWindowMs == 0 {
-		c.IdempotencyWindowMs = IdempotencyWindowMsDefault
-	}
-	if c.IdempotencyKeysMax == 0 {
-		c.IdempotencyKeysMax = IdempotencyKeysMaxDefault
-	}
 	c.Partition.TailUnordered = true
 	c.Partition = c.Partition.withDefaults()
 	return c

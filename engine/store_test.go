@@ -7,8 +7,11 @@ import (
 	"testing"
 )
 
+// testLimits: a 1 s idempotency window and 3 keys, to test eviction.
+var testLimits = EntryLimits{IdempotencyWindowMs: 1000, IdempotencyKeysMax: 3, PartitionsMax: PartitionsMaxDefault}
+
 func entry(nowMs int64, cmds ...Command) []byte {
-	b := AppendEntryHeader(nil, nowMs)
+	b := AppendEntryHeader(nil, nowMs, testLimits)
 	for i := range cmds {
 		b = AppendCommand(b, &cmds[i])
 	}
@@ -31,7 +34,7 @@ type storeHarness struct {
 }
 
 func newStoreHarness(t *testing.T, dir string) *storeHarness {
-	s, _, err := OpenStore(StoreConfig{Dir: dir, IdempotencyWindowMs: 1000, IdempotencyKeysMax: 3}, openBackend(t, "syscall"))
+	s, _, err := OpenStore(StoreConfig{Dir: dir}, openBackend(t, "syscall"))
 	if err != nil {
 		t.Fatalf("OpenStore: %v", err)
 	}
@@ -180,7 +183,7 @@ func TestStoreCheckpointRecovery(t *testing.T) {
 	h.apply(12, after...)
 	h.s.Close()
 
-	s2, blob, err := OpenStore(StoreConfig{Dir: dir, IdempotencyWindowMs: 1000, IdempotencyKeysMax: 3}, openBackend(t, "syscall"))
+	s2, blob, err := OpenStore(StoreConfig{Dir: dir}, openBackend(t, "syscall"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -108,7 +108,7 @@ func (n *Node) proposeBatch(first *proposal) {
 			flush()
 		}
 		if entry == nil {
-			entry = engine.AppendEntryHeader(make([]byte, 0, min(n.cfg.EntryBytesMax, 64<<10)), nowMs)
+			entry = engine.AppendEntryHeader(make([]byte, 0, min(n.cfg.EntryBytesMax, 64<<10)), nowMs, n.cfg.Limits)
 		}
 		entry = append(entry, p.data...)
 		p.w.proposed = now

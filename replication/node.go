@@ -25,6 +25,10 @@ type Config struct {
 	Store     *engine.Store
 	StoreBlob []byte // what engine.OpenStore returned
 
+	// Limits are written into every entry this node proposes (see
+	// engine.EntryLimits); zero fields take engine's defaults.
+	Limits engine.EntryLimits
+
 	// Rocket acknowledges writes once they are written to the WAL, before
 	// any fdatasync; a background sync runs every RocketSyncInterval.
 	Rocket             bool
@@ -40,6 +44,7 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
+	c.Limits = c.Limits.WithDefaults()
 	if c.RocketSyncInterval == 0 {
 		c.RocketSyncInterval = 10 * time.Millisecond
 	}

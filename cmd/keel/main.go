@@ -109,12 +109,7 @@ func serveWith(o options, log *slog.Logger) error {
 	}
 	defer io.Close()
 	start := time.Now()
-	store, blob, err := engine.OpenStore(engine.StoreConfig{
-		Dir:                 o.data,
-		PartitionsMax:       o.maxPartitions,
-		IdempotencyWindowMs: o.idempotencyWindow.Milliseconds(),
-		IdempotencyKeysMax:  o.idempotencyKeysMax,
-	}, io)
+	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: o.data}, io)
 	if err != nil {
 		return fmt.Errorf("open data in %s: %w", o.data, err)
 	}
@@ -122,6 +117,11 @@ func serveWith(o options, log *slog.Logger) error {
 	node, err := replication.Open(replication.Config{
 		WALDir: filepath.Join(o.data, "wal"), IO: io, Store: store, StoreBlob: blob,
 		Rocket: o.rocket, CheckpointBytes: o.checkpointBytes, CheckpointInterval: o.checkpointInterval,
+		Limits: engine.EntryLimits{
+			IdempotencyWindowMs: o.idempotencyWindow.Milliseconds(),
+			IdempotencyKeysMax:  o.idempotencyKeysMax,
+			PartitionsMax:       o.maxPartitions,
+		},
 		Logger: log,
 	})
 	if err != nil {
