@@ -39,7 +39,6 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 	l.batch = batch
 	l.publish(seg, len(recs), size, batch)
 	l.sinceCheckpoint += int64(size)
-	l.dirty = true
 	if sync && l.sinceCheckpoint >= l.cfg.CheckpointIntervalBytes {
 		if err := l.writeCheckpoint(); err != nil {
 			return first, batch, l.setFault(err)
@@ -135,16 +134,14 @@ func (l *Log) roll() error {
 // writeCheckpoint records what is durable now. Callers hold appendMu and
 // have synced the active segment (every synced batch has).
 func (l *Log) writeCheckpoint() error {
+	return l.writeCheckpointOf(l.currentCheckpoint())
+}
+
+// currentCheckpoint is what a checkpoint written now would say.
+func (l *Log) currentCheckpoint() logCheckpoint {
 	l.mu.RLock()
-	c := logCheckpoint{
-		ActiveBase:   l.active().base,
-		VouchedBytes: l.active().size,
-		NextOffset:   l.next,
-		Batch:        l.batch,
-		StartOffset:  l.start,
-	}
-	l.mu.RUnlock()
-	return l.writeCheckpointOf(c)
+	defer l.mu.RUnlock()
+	return logCheckpoint{ActiveBase: l.active().base, VouchedBytes: l.active().size, NextOffset: l.next, Batch: l.batch, StartOffset: l.start}
 }
 
 // writeCheckpointOf writes c as the log's checkpoint.
@@ -153,7 +150,7 @@ func (l *Log) writeCheckpointOf(c logCheckpoint) error {
 		return fmt.Errorf("engine: checkpoint: %w", err)
 	}
 	l.sinceCheckpoint = 0
-	l.dirty = false
+	l.lastCkpt = c
 	return nil
 }
 

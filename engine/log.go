@@ -52,7 +52,7 @@ type Log struct {
 	appendMu        sync.Mutex // serialises appends, rolls, checkpoints and Close
 	batch           uint64     // last group-commit sequence number used
 	sinceCheckpoint int64      // bytes appended since the last checkpoint
-	dirty           bool       // appended since the last checkpoint
+	lastCkpt        logCheckpoint // the checkpoint on disk
 	encoded         []byte     // reusable encode buffer
 	pendingIndex    []indexEntry
 	fault           error // first storage fault; sticky
@@ -92,6 +92,7 @@ func (l *Log) recover() error {
 		return err
 	}
 	l.report.CheckpointFound = haveCkpt
+	l.lastCkpt = ckpt
 	bases, err := listSegments(l.dir)
 	if err != nil {
 		return err

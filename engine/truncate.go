@@ -12,8 +12,8 @@ import (
 func (l *Log) Checkpoint() error {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
-	if !l.dirty && l.fault == nil && !l.closed {
-		return nil // nothing appended since the last checkpoint: skip the fsyncs
+	if l.fault == nil && !l.closed && l.lastCkpt == l.currentCheckpoint() {
+		return nil // nothing new since the last checkpoint: skip the fsyncs
 	}
 	if err := l.syncLocked(); err != nil {
 		return err

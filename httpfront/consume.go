@@ -84,7 +84,7 @@ func (s *Server) consumeTarget(topic, group, pstr string) (*engine.Partition, *a
 	if !engine.ValidGroupName(group) {
 		return nil, mapError(engine.ErrInvalidGroup)
 	}
-	p, err := strconv.ParseUint(pstr, 10, 31)
+	p, err := strconv.ParseUint(pstr, 10, 64)
 	if err != nil {
 		return nil, errBadRequest("invalid_partition", "the partition in the path must be a non-negative integer")
 	}

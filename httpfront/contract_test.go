@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"keel/replication"
+	"keel/ring"
 )
 
 func TestTopicsContract(t *testing.T) {
@@ -228,6 +231,7 @@ func TestConsumeContract(t *testing.T) {
 		{"/broker/consume/none/g/0", "unknown_topic", 404},
 		{"/broker/consume/c/g/1", "unknown_partition", 404},
 		{"/broker/consume/c/g/x", "invalid_partition", 400},
+		{"/broker/consume/c/g/4294967296", "unknown_partition", 404},
 		{"/broker/consume/c/g/0?limit=0", "invalid_limit", 400},
 		{"/broker/consume/c/g/0?limit=-5", "invalid_limit", 400},
 		{"/broker/consume/c/g/0?max_bytes=0", "invalid_max_bytes", 400},
@@ -355,5 +359,49 @@ func TestProduceTimeout(t *testing.T) {
 	}
 	if r := ts.do("GET", "/broker/consume/to/g/0?wait_ms=2000", ""); r.num("count") != 1 {
 		t.Fatalf("the timed-out write did not land: %s", r.body)
+	}
+}
+
+// failingBackend fails every write and sync with err once fail is set.
+type failingBackend struct {
+	ring.Backend
+	fail atomic.Bool
+	err  error
+}
+
+func (f *failingBackend) WriteAt(fd int, off int64, bufs [][]byte, sync bool) error {
+	if f.fail.Load() {
+		return &ring.FaultError{Op: "write", Err: f.err}
+	}
+	return f.Backend.WriteAt(fd, off, bufs, sync)
+}
+
+func (f *failingBackend) Sync(fd int) error {
+	if f.fail.Load() {
+		return &ring.FaultError{Op: "fdatasync", Err: f.err}
+	}
+	return f.Backend.Sync(fd)
+}
+
+// TestDiskFull: once the disk is full, writes get 507 disk_full, reads
+// keep working, /ready says not ready, and the server stays up.
+func TestDiskFull(t *testing.T) {
+	var fb *failingBackend
+	ts := startServerIO(t, replication.Config{}, nil, func(b ring.Backend) ring.Backend {
+		fb = &failingBackend{Backend: b, err: syscall.ENOSPC}
+		return fb
+	})
+	ts.expect(ts.do("POST", "/broker/topics/d/produce?partition=0", "kept"), 200, "")
+	fb.fail.Store(true)
+	ts.expect(ts.do("POST", "/broker/topics/d/produce?partition=0", "lost"), 507, "disk_full")
+	ts.expect(ts.do("POST", "/broker/topics/d/produce?partition=0", "again"), 507, "disk_full")
+	if r := ts.do("GET", "/broker/consume/d/g/0", ""); r.status != 200 || r.num("count") != 1 {
+		t.Fatalf("reads after a full disk: %d %s", r.status, r.body)
+	}
+	if r := ts.do("GET", "/ready", ""); r.status != 503 {
+		t.Fatalf("/ready after a storage fault: %d %s", r.status, r.body)
+	}
+	if r := ts.do("GET", "/health", ""); r.status != 200 {
+		t.Fatalf("/health after a storage fault: %d", r.status)
 	}
 }

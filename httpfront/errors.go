@@ -98,7 +98,7 @@ func mapError(err error) *apiError {
 	case errors.Is(err, replication.ErrTooLarge):
 		return &apiError{status: 413, code: "batch_too_large", message: "the request is larger than one replicated entry"}
 	case errors.Is(err, syscall.ENOSPC):
-		return &apiError{status: 507, code: "disk_full", message: "the disk is full; nothing was written"}
+		return &apiError{status: 507, code: "disk_full", message: "the disk is full: this node takes no more writes until space is freed and it is restarted (a write in flight may have been stored; retry with an idempotency key)"}
 	}
 	var fault *ring.FaultError
 	if errors.As(err, &fault) {

@@ -32,8 +32,8 @@ func splitNDJSON(body []byte, fn func(line []byte) error) error {
 // decodeStringLine returns the decoded string when line is exactly one JSON
 // string literal, else line itself.
 func decodeStringLine(line []byte) []byte {
-	if len(line) < 2 || line[0] != '"' || line[len(line)-1] != '"' {
-		return line
+	if len(line) < 2 || line[0] != '"' || line[len(line)-1] != '"' || !utf8.Valid(line) {
+		return line // not a JSON string literal (JSON text is valid UTF-8)
 	}
 	if bytes.IndexByte(line[1:len(line)-1], '\\') < 0 && bytes.IndexByte(line[1:len(line)-1], '"') < 0 && validUTF8NoControl(line[1:len(line)-1]) {
 		return line[1 : len(line)-1] // no escapes: the common case, no allocation

@@ -56,7 +56,7 @@ func FuzzSplitNDJSON(f *testing.F) {
 			var s string
 			// Only an exact literal is decoded: surrounding spaces keep the
 			// line raw.
-			if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && json.Unmarshal(raw, &s) == nil {
+			if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' && utf8.Valid(raw) && json.Unmarshal(raw, &s) == nil {
 				if string(msg) != s {
 					t.Fatalf("line %q decoded to %q, want %q", raw, msg, s)
 				}

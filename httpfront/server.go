@@ -121,6 +121,10 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWith
 func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
 	var e *apiError
 	switch {
+	case strings.Contains(err.Error(), "body size exceeds") && strings.HasSuffix(string(ctx.URI().Path()), "/produce"):
+		e = &apiError{status: 413, code: "message_too_large", message: fmt.Sprintf("the message is larger than max_message_bytes (%d)", s.cfg.MaxMessageBytes)}
+	case strings.Contains(err.Error(), "body size exceeds") && strings.HasSuffix(string(ctx.URI().Path()), "/produce-ndjson"):
+		e = &apiError{status: 413, code: "batch_too_large", message: fmt.Sprintf("the body is larger than max_batch_bytes (%d); nothing was written", s.cfg.MaxBatchBytes)}
 	case strings.Contains(err.Error(), "body size exceeds"):
 		e = &apiError{status: 413, code: "body_too_large", message: fmt.Sprintf("the body is larger than the server reads (%d bytes)", s.srv.MaxRequestBodySize)}
 	case strings.Contains(err.Error(), "small read buffer"), strings.Contains(err.Error(), "too big"):
@@ -162,7 +166,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 				writeError(ctx, e)
 				break
 			}
-			if !s.node.Status().Ready {
+			// Until recovery has caught up nothing is served. After a storage
+			// fault reads still are, and writes fail with the fault (507 for
+			// a full disk); /ready reports the node as not ready.
+			if !s.node.Status().Serving {
 				writeError(ctx, &apiError{status: 503, code: "not_ready", message: "recovery has not finished", retryAfter: 1})
 				break
 			}

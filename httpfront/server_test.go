@@ -32,10 +32,20 @@ func startServer(t *testing.T, mutate func(*Config)) *testServer {
 
 func startServerWith(t *testing.T, nodeCfg replication.Config, mutate func(*Config)) *testServer {
 	t.Helper()
+	return startServerIO(t, nodeCfg, mutate, nil)
+}
+
+// startServerIO lets a test wrap the I/O backend (to inject faults).
+func startServerIO(t *testing.T, nodeCfg replication.Config, mutate func(*Config), wrap func(ring.Backend) ring.Backend) *testServer {
+	t.Helper()
 	dir := t.TempDir()
+	var io ring.Backend
 	io, err := ring.OpenKind(ring.KindSyscall)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		io = wrap(io)
 	}
 	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: dir}, io)
 	if err != nil {

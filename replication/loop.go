@@ -33,6 +33,9 @@ func (n *Node) loop() {
 	n.lastCkpt = time.Now()
 	n.campaign()
 	n.handleReadies()
+	if n.checkpointFirst {
+		n.checkpoint()
+	}
 	for {
 		select {
 		case p := <-n.queueIfLeader():
@@ -47,6 +50,7 @@ func (n *Node) loop() {
 			if err := n.wal.Sync(); err != nil {
 				n.setFault(err)
 			}
+			n.lastSynced = n.wal.LastBatch()
 		case <-n.stop:
 			n.drainAndStop()
 			return
@@ -104,6 +108,7 @@ func (n *Node) proposeBatch(first *proposal) {
 		entry, members = nil, nil
 	}
 	add := func(p *proposal) {
+		n.queuedBytes.Add(-int64(len(p.data)))
 		if len(entry) > 0 && len(entry)+len(p.data) > n.cfg.EntryBytesMax {
 			flush()
 		}
@@ -210,14 +215,6 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 		recs, pending, size = recs[:0], pending[:0], 0
 		return nil
 	}
-	if !raft.IsEmptyHardState(hs) {
-		b, err := hs.Marshal()
-		if err != nil {
-			return err
-		}
-		recs = append(recs, engine.Record{Type: engine.RecordRaftState, Payload: b})
-		size += len(b)
-	}
 	for i := range ents {
 		b, err := ents[i].Marshal()
 		if err != nil {
@@ -230,6 +227,17 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 		}
 		pending = append(pending, walMark{index: ents[i].Index, walOffset: uint64(len(recs))})
 		recs = append(recs, engine.Record{Type: engine.RecordRaftEntry, Payload: b})
+		size += len(b)
+	}
+	// The HardState goes last, in the same batch as the last entries: if a
+	// Ready is split over several batches and a crash cuts it short, the
+	// commit index never points past the entries that reached the disk.
+	if !raft.IsEmptyHardState(hs) {
+		b, err := hs.Marshal()
+		if err != nil {
+			return err
+		}
+		recs = append(recs, engine.Record{Type: engine.RecordRaftState, Payload: b})
 		size += len(b)
 	}
 	return flush()
@@ -404,7 +412,12 @@ func (n *Node) publishStatus() {
 		WALStart:        n.wal.StartOffset(),
 		WALNext:         n.wal.NextOffset(),
 	}
-	st.Ready = n.Fault() == nil && bs.RaftState == raft.StateLeader && applied >= n.startupCommit
+	caughtUp := bs.RaftState == raft.StateLeader && applied >= n.startupCommit
+	if caughtUp {
+		n.serving = true
+	}
+	st.Ready = n.Fault() == nil && caughtUp
+	st.Serving = n.serving
 	n.status.Store(st)
 }
 

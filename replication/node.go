@@ -39,6 +39,7 @@ type Config struct {
 	EntryBytesMax      int           // one Raft entry carries at most this many command bytes (8 MiB)
 	ReadyBytesMax      int           // entries proposed per loop turn (32 MiB)
 	QueueMax           int           // proposals waiting to be taken (16384)
+	QueueBytesMax      int64         // and their command bytes (256 MiB)
 	TickInterval       time.Duration // raft tick (100 ms)
 	Logger             *slog.Logger
 }
@@ -62,6 +63,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.QueueMax == 0 {
 		c.QueueMax = 16384
+	}
+	if c.QueueBytesMax == 0 {
+		c.QueueBytesMax = 256 << 20
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = 100 * time.Millisecond
@@ -96,8 +100,9 @@ type Node struct {
 	rn      *raft.RawNode
 	log     *slog.Logger
 
-	queue   chan *proposal
-	waiters waiters
+	queue       chan *proposal
+	queuedBytes atomic.Int64 // command bytes in queue, bounded by QueueBytesMax
+	waiters     waiters
 	reqBase uint64
 	reqSeq  atomic.Uint64
 
@@ -116,6 +121,9 @@ type Node struct {
 	started        bool
 
 	skipFinalCheckpoint bool // tests: stop as a crash would, without a checkpoint
+	checkpointFirst     bool // write a checkpoint before taking proposals
+	walUnordered        bool // the WAL was written in rocket mode since its last checkpoint
+	serving             bool // caught up once since start
 
 	status   atomic.Pointer[Status]
 	fault    atomic.Pointer[error]
@@ -135,7 +143,8 @@ type Status struct {
 	Term, Lead, Commit, Applied uint64
 	Role                        string // leader, follower, candidate, pre-candidate
 	LastSyncedBatch             uint64
-	Ready                       bool
+	Ready                       bool // leading, caught up, no storage fault (for /ready)
+	Serving                     bool // has caught up once since start: data routes may answer
 	Checkpoints                 uint64
 	WALStart, WALNext           uint64
 }
@@ -144,10 +153,9 @@ type Status struct {
 // checkpoint and returns a node ready to Start.
 func Open(cfg Config) (*Node, error) {
 	cfg = cfg.withDefaults()
-	walCfg := engine.LogConfig{SegmentBytes: 64 << 20, BatchBytesMax: 64 << 20, TailUnordered: cfg.Rocket}
-	wal, err := engine.OpenLog(cfg.WALDir, cfg.IO, walCfg)
+	wal, err := openWAL(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("replication: open WAL: %w", err)
+		return nil, err
 	}
 	n := &Node{
 		cfg: cfg, wal: wal, store: cfg.Store, log: cfg.Logger,
@@ -165,6 +173,7 @@ func Open(cfg Config) (*Node, error) {
 		wal.Close()
 		return nil, err
 	}
+	n.walUnordered = cfg.Rocket || walMarkedUnordered(cfg.WALDir)
 	n.publishStatus()
 	return n, nil
 }
@@ -188,6 +197,19 @@ func (n *Node) restore() error {
 		}
 		n.confState = st.confState
 	}
+	if next := n.wal.NextOffset(); st.replayFrom > next {
+		// The WAL ends before where the checkpoint says replay starts.
+		if !n.cfg.Rocket && !n.walUnordered {
+			return &engine.CorruptionError{Path: n.cfg.WALDir, Reason: fmt.Sprintf(
+				"the checkpoint replays the WAL from record %d but it ends at %d: fsynced records are missing", st.replayFrom, next)}
+		}
+		// Rocket mode lost unsynced records, as it may. New records would
+		// get offsets below the checkpoint's replay position, so write a
+		// checkpoint before taking any.
+		n.log.Warn("rocket mode: the WAL lost records after a crash", "replay_from", st.replayFrom, "wal_end", next)
+		st.replayFrom = next
+		n.checkpointFirst = true
+	}
 	r, err := replayWAL(n.wal, max(st.replayFrom, n.wal.StartOffset()), applied, st.hardState)
 	if err != nil {
 		return err
@@ -206,6 +228,7 @@ func (n *Node) restore() error {
 		}
 	}
 	n.prevHS, n.marks, n.startupCommit = hs, r.marks, hs.Commit
+	n.lastSynced = n.wal.LastBatch()
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        nodeID,
 		ElectionTick:              10,
@@ -255,10 +278,15 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 	}
 	w := &waiter{id: c.ReqID, done: make(chan struct{}), enqueued: time.Now()}
 	p := &proposal{w: w, data: engine.AppendCommand(make([]byte, 0, engine.CommandBytes(c)), c)}
+	if n.queuedBytes.Add(int64(len(p.data))) > n.cfg.QueueBytesMax {
+		n.queuedBytes.Add(-int64(len(p.data)))
+		return Outcome{}, ErrOverloaded
+	}
 	n.waiters.add(w)
 	select {
 	case n.queue <- p:
 	default:
+		n.queuedBytes.Add(-int64(len(p.data)))
 		n.waiters.take(w.id)
 		return Outcome{}, ErrOverloaded
 	}

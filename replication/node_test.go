@@ -199,3 +199,30 @@ func TestNodeProposeErrors(t *testing.T) {
 		t.Fatalf("after close: %v", err)
 	}
 }
+
+// TestRocketMarker: a WAL written in rocket mode keeps its marker until a
+// durable node has vouched for it, and data survives the switch.
+func TestRocketMarker(t *testing.T) {
+	dir := t.TempDir()
+	tn := openNode(t, dir, Config{Rocket: true})
+	out := propose(t, tn.n, produceCmd("t", "", "fast"))
+	if out.Durable || out.Batch != 0 {
+		t.Fatalf("rocket outcome: %+v", out)
+	}
+	if !walMarkedUnordered(filepath.Join(dir, "wal")) {
+		t.Fatal("rocket mode left no marker")
+	}
+	tn.n.skipFinalCheckpoint = true
+	tn.close(t)
+	tn2 := openNode(t, dir, Config{})
+	defer tn2.close(t)
+	if walMarkedUnordered(filepath.Join(dir, "wal")) {
+		t.Fatal("durable node kept the rocket marker")
+	}
+	if got := readValues(t, tn2.store, "t"); fmt.Sprint(got) != "[fast]" {
+		t.Fatalf("after switching off rocket: %v", got)
+	}
+	if st := tn2.n.Status(); st.LastSyncedBatch == 0 || !st.Serving {
+		t.Fatalf("status after restart: %+v", st)
+	}
+}

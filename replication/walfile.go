@@ -1,0 +1,72 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"keel/engine"
+)
+
+// unorderedMarker names a file in the WAL directory that exists while the
+// WAL may hold batches written without an fsync between them (rocket
+// mode). Recovery then cuts a damaged tail instead of refusing to start,
+// even when the node is restarted without --rocket. It is removed once a
+// durable node has made the whole WAL vouched.
+const unorderedMarker = "unordered"
+
+func walMarkedUnordered(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, unorderedMarker))
+	return err == nil
+}
+
+// openWAL opens the WAL, creating or clearing the rocket-mode marker first.
+func openWAL(cfg Config) (*engine.Log, error) {
+	if err := os.MkdirAll(cfg.WALDir, 0o755); err != nil {
+		return nil, fmt.Errorf("replication: create WAL dir: %w", err)
+	}
+	marked := walMarkedUnordered(cfg.WALDir)
+	if cfg.Rocket && !marked {
+		if err := writeMarker(cfg.WALDir); err != nil {
+			return nil, err
+		}
+	}
+	walCfg := engine.LogConfig{SegmentBytes: 64 << 20, BatchBytesMax: 64 << 20, TailUnordered: cfg.Rocket || marked}
+	wal, err := engine.OpenLog(cfg.WALDir, cfg.IO, walCfg)
+	if err != nil {
+		return nil, fmt.Errorf("replication: open WAL: %w", err)
+	}
+	if !cfg.Rocket && marked {
+		// Vouch for everything now on disk, then every later batch is
+		// fsynced in order: the marker is no longer needed.
+		if err := wal.Checkpoint(); err != nil {
+			wal.Close()
+			return nil, fmt.Errorf("replication: checkpoint WAL after rocket mode: %w", err)
+		}
+		if err := os.Remove(filepath.Join(cfg.WALDir, unorderedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			wal.Close()
+			return nil, fmt.Errorf("replication: remove rocket-mode marker: %w", err)
+		}
+	}
+	return wal, nil
+}
+
+func writeMarker(dir string) error {
+	f, err := os.OpenFile(filepath.Join(dir, unorderedMarker), os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("replication: create rocket-mode marker: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("replication: fsync WAL dir: %w", err)
+	}
+	return nil
+}
