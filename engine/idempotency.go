@@ -5,9 +5,9 @@ package engine
 // first. Only the apply goroutine touches it; eviction depends only on the
 // leader timestamps in the log, so every replica evicts the same keys.
 type idempotencyTable struct {
-	byKey    map[string]*idemEntry
-	fifo     []*idemEntry // insertion order; fifo[head:] are live or stale
-	head     int
+	byKey map[string]*idemEntry
+	fifo  []*idemEntry // insertion order; fifo[head:] are live or stale
+	head  int
 }
 
 type idemEntry struct {

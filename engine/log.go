@@ -49,11 +49,11 @@ type Log struct {
 	start  uint64       // first offset stored
 	report RecoveryReport
 
-	appendMu        sync.Mutex // serialises appends, rolls, checkpoints and Close
-	batch           uint64     // last group-commit sequence number used
-	sinceCheckpoint int64      // bytes appended since the last checkpoint
+	appendMu        sync.Mutex    // serialises appends, rolls, checkpoints and Close
+	batch           uint64        // last group-commit sequence number used
+	sinceCheckpoint int64         // bytes appended since the last checkpoint
 	lastCkpt        logCheckpoint // the checkpoint on disk
-	encoded         []byte     // reusable encode buffer
+	encoded         []byte        // reusable encode buffer
 	pendingIndex    []indexEntry
 	fault           error // first storage fault; sticky
 	closed          bool

@@ -16,7 +16,7 @@ import (
 
 // StoreConfig holds the state machine's settings and limits.
 type StoreConfig struct {
-	Dir                 string
+	Dir       string
 	Partition LogConfig // for every partition log
 }
 

@@ -103,8 +103,8 @@ type Node struct {
 	queue       chan *proposal
 	queuedBytes atomic.Int64 // command bytes in queue, bounded by QueueBytesMax
 	waiters     waiters
-	reqBase uint64
-	reqSeq  atomic.Uint64
+	reqBase     uint64
+	reqSeq      atomic.Uint64
 
 	// loop-owned
 	prevHS         raftpb.HardState
