@@ -324,6 +324,10 @@ func TestMetricsAndStatus(t *testing.T) {
 		`keel_io_backend{backend="syscall"} 1`,
 		`keel_disk_free_bytes `,
 		`keel_ready 1`,
+		`keel_server_us{quantile="0.99999"} `,
+		`keel_server_us_count 1`,
+		`keel_fsync_us{quantile="0.5"} `,
+		`keel_group_commit_requests_count `,
 	} {
 		if !strings.Contains(string(r.body), want) {
 			t.Errorf("/metrics lacks %q", want)

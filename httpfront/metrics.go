@@ -20,6 +20,11 @@ type metrics struct {
 	produced atomic.Uint64
 	consumed atomic.Uint64
 	commits  atomic.Uint64
+
+	// Produce stages (see timing=1), in microseconds.
+	recvParseUs *shardedHist
+	queueUs     *shardedHist
+	serverUs    *shardedHist
 }
 
 type requestKey struct {
@@ -27,7 +32,14 @@ type requestKey struct {
 	code  int
 }
 
-func newMetrics() *metrics { return &metrics{requests: map[requestKey]*atomic.Uint64{}} }
+func newMetrics() *metrics {
+	return &metrics{
+		requests:    map[requestKey]*atomic.Uint64{},
+		recvParseUs: newShardedHist(),
+		queueUs:     newShardedHist(),
+		serverUs:    newShardedHist(),
+	}
+}
 
 func (m *metrics) countRequest(route string, code int) {
 	k := requestKey{route, code}
@@ -51,6 +63,7 @@ func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
 	w.help("keel_commits_total", "counter", "consumer offset commits acknowledged")
 	w.sample("keel_commits_total", nil, s.metrics.commits.Load())
 	s.writeNodeMetrics(&w)
+	s.writeTimingMetrics(&w)
 	s.writeDataMetrics(&w)
 	ctx.SetContentType("text/plain; version=0.0.4")
 	ctx.SetBody(w.b)
@@ -100,6 +113,16 @@ func (s *Server) writeNodeMetrics(w *promWriter) {
 		w.help("keel_disk_free_bytes", "gauge", "bytes free on the data directory's filesystem")
 		w.sample("keel_disk_free_bytes", nil, fs.Bavail*uint64(fs.Bsize))
 	}
+}
+
+func (s *Server) writeTimingMetrics(w *promWriter) {
+	m := s.metrics
+	w.writeSummary("keel_recv_parse_us", "produce: request start to command built, microseconds", m.recvParseUs.snapshot(), m.recvParseUs.sum.Load())
+	w.writeSummary("keel_queue_us", "produce: waiting for the Raft loop to take the command, microseconds", m.queueUs.snapshot(), m.queueUs.sum.Load())
+	w.writeSummary("keel_server_us", "produce: request start to answer, microseconds", m.serverUs.snapshot(), m.serverUs.sum.Load())
+	t := s.node.Timings()
+	w.writeSummary("keel_fsync_us", "WAL write + fdatasync of one group commit, microseconds", t.FsyncUs, t.FsyncSumUs)
+	w.writeSummary("keel_group_commit_requests", "requests made durable by one WAL fdatasync", t.GroupSize, t.GroupSum)
 }
 
 func (s *Server) writeDataMetrics(w *promWriter) {

@@ -39,14 +39,18 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 		return
 	}
 	s.metrics.produced.Add(uint64(out.Count))
+	recvParseUs := parsed.Sub(ctx.Time()).Microseconds()
 	b := s.appendProduceResult(make([]byte, 0, 320), out, ndjson)
 	if string(ctx.QueryArgs().Peek("timing")) == "1" {
 		b = appendIntField(b, "queue_us", out.QueueUs)
-		b = appendIntField(b, "recv_parse_us", parsed.Sub(ctx.Time()).Microseconds())
+		b = appendIntField(b, "recv_parse_us", recvParseUs)
 		b = appendIntField(b, "sync_wait_us", out.SyncWaitUs)
 		b = appendIntField(b, "produce_us", out.ApplyUs)
 		b = appendIntField(b, "server_us", time.Since(ctx.Time()).Microseconds())
 	}
+	s.metrics.recvParseUs.record(recvParseUs)
+	s.metrics.queueUs.record(out.QueueUs)
+	s.metrics.serverUs.record(time.Since(ctx.Time()).Microseconds())
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 

@@ -199,10 +199,12 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 		if len(recs) == 0 {
 			return nil
 		}
+		t0 := time.Now()
 		first, batch, err := n.wal.AppendBatch(recs, !n.cfg.Rocket)
 		if err != nil {
 			return fmt.Errorf("replication: persist: %w", err)
 		}
+		n.timings.recordFsync(time.Since(t0).Microseconds(), len(n.unpersisted))
 		for i := range pending {
 			pending[i].batch = batch
 			pending[i].walOffset += first

@@ -125,6 +125,7 @@ type Node struct {
 	walUnordered        bool // the WAL was written in rocket mode since its last checkpoint
 	serving             bool // caught up once since start
 
+	timings  *loopTimings
 	status   atomic.Pointer[Status]
 	fault    atomic.Pointer[error]
 	closing  atomic.Bool
@@ -163,6 +164,7 @@ func Open(cfg Config) (*Node, error) {
 		waiters: waiters{m: map[uint64]*waiter{}},
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
+		timings: newLoopTimings(),
 	}
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])
