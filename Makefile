@@ -46,7 +46,13 @@ fuzz:
 bench-engine:
 	$(GO) test -run '^$$' -bench 'WriterAppend' -benchtime 2s -count 1 ./engine/
 
-bench: bench-engine
+# The HTTP suite: every scenario against a Keel server and a no-op server
+# started by keel bench, closed loop and at half the closed-loop rate, and
+# restart after kill -9 with 1M and 8M stored messages. Several minutes.
+BENCH_OUT ?= bench/results/latest
+bench: bench-engine build
+	mkdir -p $(dir $(BENCH_OUT))
+	./$(BIN) bench --duration 10s --connections 100 --rate-fraction 0.5 --restart-messages 1000000,8000000 --out $(BENCH_OUT)
 
 cross:
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags='-checklinkname=0 -s -w' -o bin/keel-linux-arm64 ./cmd/keel

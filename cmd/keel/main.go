@@ -37,6 +37,10 @@ func run(args []string) int {
 	switch cmd {
 	case "serve":
 		return serve(args)
+	case "bench":
+		return benchCmd(args)
+	case "bench-noop":
+		return benchNoopCmd(args)
 	case "version":
 		fmt.Println("keel", version)
 		return 0
@@ -51,6 +55,7 @@ func run(args []string) int {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage: keel [serve] [flags]   run a node (keel serve --help lists every flag)
+       keel bench [flags]    load-test a node beside a no-op server (keel bench --help)
        keel version          print the version
 `)
 }

@@ -1,0 +1,110 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// Row is one scenario's outcome in a report.
+type Row struct {
+	Scenario     string    `json:"scenario"`
+	Description  string    `json:"description"`
+	Mode         string    `json:"mode"` // "closed-loop" or "rate N/s"
+	Connections  int       `json:"connections"`
+	DurationSec  float64   `json:"duration_s"`
+	Requests     int64     `json:"requests"`
+	Errors       int64     `json:"errors"`
+	FirstError   string    `json:"first_error,omitempty"`
+	RequestsPerS float64   `json:"requests_per_s"`
+	MessagesPerS float64   `json:"messages_per_s"`
+	LatencyMs    Quantiles `json:"latency_ms"`
+	NoopPerS     float64   `json:"noop_requests_per_s,omitempty"`
+	Ratio        float64   `json:"ratio_to_noop,omitempty"`
+}
+
+// Quantiles of latency in milliseconds.
+type Quantiles struct {
+	P50    float64 `json:"p50"`
+	P99    float64 `json:"p99"`
+	P999   float64 `json:"p99_9"`
+	P9999  float64 `json:"p99_99"`
+	P99999 float64 `json:"p99_999"`
+	Max    float64 `json:"max"`
+}
+
+// rowOf turns a result into a report row.
+func rowOf(s Scenario, l Load, r Result) Row {
+	mode := "closed-loop"
+	if l.Rate > 0 {
+		mode = fmt.Sprintf("rate %.0f/s", l.Rate)
+	}
+	ms := func(p float64) float64 { return float64(r.Latency.ValueAtQuantile(p)) / 1000 }
+	return Row{
+		Scenario: s.Name, Description: s.Description, Mode: mode, Connections: l.Connections,
+		DurationSec: r.Elapsed.Seconds(), Requests: r.Requests, Errors: r.Errors, FirstError: r.FirstError,
+		RequestsPerS: r.RequestsPerSec(), MessagesPerS: r.MessagesPerSec(),
+		LatencyMs: Quantiles{P50: ms(50), P99: ms(99), P999: ms(99.9), P9999: ms(99.99), P99999: ms(99.999),
+			Max: float64(r.Latency.Max()) / 1000},
+	}
+}
+
+// Report is a whole run.
+type Report struct {
+	Started time.Time `json:"started"`
+	Target  string    `json:"target"`
+	Machine string    `json:"machine"`
+	Command string    `json:"command"`
+	Rows    []Row     `json:"rows"`
+	Restart []Restart `json:"restart,omitempty"`
+}
+
+// WriteMarkdown writes the report as markdown tables.
+func (rep Report) WriteMarkdown(w io.Writer) {
+	fmt.Fprintf(w, "Run %s on %s, target %s.\n\n`%s`\n\n", rep.Started.UTC().Format(time.RFC3339), rep.Machine, rep.Target, rep.Command)
+	if len(rep.Rows) > 0 {
+		fmt.Fprintln(w, "| scenario | mode | conns | req/s | msg/s | p50 ms | p99 ms | p99.9 ms | p99.99 ms | p99.999 ms | errors | no-op req/s | ratio |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+		for _, r := range rep.Rows {
+			noop, ratio := "", ""
+			if r.NoopPerS > 0 {
+				noop, ratio = fmt.Sprintf("%.0f", r.NoopPerS), fmt.Sprintf("%.2f", r.Ratio)
+			}
+			fmt.Fprintf(w, "| %s | %s | %d | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f | %d | %s | %s |\n",
+				r.Scenario, r.Mode, r.Connections, r.RequestsPerS, r.MessagesPerS, r.LatencyMs.P50, r.LatencyMs.P99,
+				r.LatencyMs.P999, r.LatencyMs.P9999, r.LatencyMs.P99999, r.Errors, noop, ratio)
+		}
+	}
+	if len(rep.Restart) > 0 {
+		fmt.Fprintln(w, "\n| restart after kill -9 | stored messages | load s | to /ready s | last offset readable s | peak RSS MB (load) | peak RSS MB (restart) |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+		for _, r := range rep.Restart {
+			fmt.Fprintf(w, "| %s | %d | %.1f | %.3f | %.3f | %.0f | %.0f |\n", r.Name, r.Messages, r.LoadSec, r.ReadySec, r.ReadableSec, r.PeakRSSLoadMB, r.PeakRSSRestartMB)
+		}
+	}
+	for _, r := range rep.Rows {
+		if r.FirstError != "" {
+			fmt.Fprintf(w, "\n%s: first error: %s\n", r.Scenario, strings.TrimSpace(r.FirstError))
+		}
+	}
+}
+
+// WriteFiles writes path.md and path.json.
+func (rep Report) WriteFiles(path string) error {
+	f, err := os.Create(path + ".md")
+	if err != nil {
+		return err
+	}
+	rep.WriteMarkdown(f)
+	if err := f.Close(); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path+".json", append(b, '\n'), 0o644)
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"keel/bench"
+)
+
+// benchCmd is `keel bench`: the load generator of package bench, run
+// against a Keel server (one it starts itself unless --target is given) and
+// a no-op server beside it, with markdown and JSON output.
+func benchCmd(args []string) int {
+	fs := flag.NewFlagSet("keel bench", flag.ContinueOnError)
+	target := fs.String("target", "", "Keel server URL; empty: start bin/keel-like server from this binary on a free port")
+	token := fs.String("token", "dev", "bearer token")
+	conns := fs.Int("connections", 100, "concurrent connections")
+	duration := fs.Duration("duration", 10*time.Second, "length of each run")
+	rate := fs.Float64("rate", 0, "constant request rate over all connections (0 = closed loop, as fast as answered)")
+	rateFraction := fs.Float64("rate-fraction", 0, "also run each scenario at this fraction of its closed-loop rate (e.g. 0.5), latency measured from intended send times")
+	noop := fs.Bool("noop", true, "run every scenario against a no-op HTTP server too and report the ratio")
+	out := fs.String("out", "", "write the report to OUT.md and OUT.json")
+	restart := fs.String("restart-messages", "", "comma-separated message counts for restart-after-kill-9 runs (e.g. 1000000,8000000)")
+	list := fs.Bool("list", false, "list the scenarios and exit")
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: keel bench [flags] [scenario ...]   (default: every scenario)")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *list {
+		for _, s := range bench.Scenarios() {
+			fmt.Printf("%-14s %s\n", s.Name, s.Description)
+		}
+		return 0
+	}
+	scenarios, err := pickScenarios(fs.Args())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keel bench:", err)
+		return 2
+	}
+	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, scenarios}); err != nil {
+		fmt.Fprintln(os.Stderr, "keel bench:", err)
+		return 1
+	}
+	return 0
+}
+
+type benchOptions struct {
+	target, token      string
+	conns              int
+	duration           time.Duration
+	rate, rateFraction float64
+	noop               bool
+	out, restart       string
+	scenarios          []bench.Scenario
+}
+
+func pickScenarios(names []string) ([]bench.Scenario, error) {
+	if len(names) == 0 {
+		return bench.Scenarios(), nil
+	}
+	var out []bench.Scenario
+	for _, n := range names {
+		s, ok := bench.ScenarioByName(n)
+		if !ok {
+			return nil, fmt.Errorf("unknown scenario %q (keel bench --list)", n)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func runBench(o benchOptions) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	progress := bench.NewProgress()
+	rep := bench.Report{Started: time.Now(), Machine: machine(), Command: "keel bench " + strings.Join(os.Args[2:], " ")}
+	suite := bench.Suite{Target: o.target, Token: o.token, Connections: o.conns, Duration: o.duration,
+		Rate: o.rate, RateFraction: o.rateFraction, Progress: progress}
+	if suite.Target == "" && len(o.scenarios) > 0 {
+		data, err := os.MkdirTemp("", "keel-bench")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(data)
+		srv, url, err := startChild(self, "serve", "--data", data, "--log-level", "warn")
+		if err != nil {
+			return err
+		}
+		defer stopChild(srv)
+		suite.Target = url
+		if _, err := bench.NewClient(url, o.token).WaitReady(time.Minute); err != nil {
+			return err
+		}
+	}
+	rep.Target = suite.Target
+	if o.noop && len(o.scenarios) > 0 {
+		noop, url, err := startChild(self, "bench-noop")
+		if err != nil {
+			return err
+		}
+		defer stopChild(noop)
+		suite.NoopTarget = url
+	}
+	if len(o.scenarios) > 0 {
+		if rep.Rows, err = suite.Run(o.scenarios); err != nil {
+			return err
+		}
+	}
+	for _, f := range strings.Split(o.restart, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil || n < 1000 {
+			return fmt.Errorf("--restart-messages: %q is not a count of at least 1000", f)
+		}
+		port, err := freeLoopbackPort()
+		if err != nil {
+			return err
+		}
+		r, err := bench.RestartRun{Binary: self, Port: port, Messages: n, Connections: 4, Progress: progress}.Run()
+		if err != nil {
+			return err
+		}
+		progress.Done("restart "+r.Name, fmt.Sprintf("ready in %.3f s, last offset readable in %.3f s, peak RSS %.0f MB", r.ReadySec, r.ReadableSec, r.PeakRSSRestartMB))
+		rep.Restart = append(rep.Restart, r)
+	}
+	rep.WriteMarkdown(os.Stdout)
+	if o.out != "" {
+		return rep.WriteFiles(o.out)
+	}
+	return nil
+}
+
+// startChild runs this binary with args plus --port on a free loopback
+// port and returns it with its URL once it accepts connections.
+func startChild(self string, args ...string) (*exec.Cmd, string, error) {
+	port, err := freeLoopbackPort()
+	if err != nil {
+		return nil, "", err
+	}
+	flagName := "--port"
+	if args[0] == "bench-noop" {
+		flagName = "--addr"
+		args = append(args, flagName, "127.0.0.1:"+strconv.Itoa(port))
+	} else {
+		args = append(args, flagName, strconv.Itoa(port))
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	for start := time.Now(); time.Since(start) < time.Minute; time.Sleep(10 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return cmd, "http://" + addr, nil
+		}
+	}
+	stopChild(cmd)
+	return nil, "", fmt.Errorf("%s %s did not start listening", self, args[0])
+}
+
+func stopChild(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// benchNoopCmd is the hidden `keel bench-noop --addr A`: the no-op server.
+func benchNoopCmd(args []string) int {
+	fs := flag.NewFlagSet("keel bench-noop", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:18200", "listen address")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keel bench-noop:", err)
+		return 1
+	}
+	if err := bench.ServeNoop(ln); err != nil {
+		fmt.Fprintln(os.Stderr, "keel bench-noop:", err)
+		return 1
+	}
+	return 0
+}
+
+// machine describes the host for the report.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				if _, v, ok := strings.Cut(line, ":"); ok {
+					model = strings.TrimSpace(v)
+				}
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d cores (%s), %s/%s, %s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
