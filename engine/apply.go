@@ -39,13 +39,34 @@ func (st *entryStage) partition(p *Partition) *stagedPartition {
 	if sp, ok := st.byPart[p]; ok {
 		return sp
 	}
-	sp := &stagedPartition{p: p, next: p.Log.NextOffset()}
 	if st.byPart == nil {
 		st.byPart = map[*Partition]*stagedPartition{}
 	}
+	// Reuse the staged partitions of earlier entries (and their record
+	// slices) instead of allocating new ones.
+	var sp *stagedPartition
+	if n := len(st.parts); n < cap(st.parts) && st.parts[:n+1][n] != nil {
+		sp = st.parts[:n+1][n]
+		*sp = stagedPartition{recs: sp.recs[:0]}
+	} else {
+		sp = &stagedPartition{}
+	}
+	sp.p, sp.next = p, p.Log.NextOffset()
 	st.byPart[p] = sp
 	st.parts = append(st.parts, sp)
 	return sp
+}
+
+// internTopic returns the stored name of an existing topic (no
+// allocation), or a new string.
+func (s *Store) internTopic(b []byte) string {
+	s.mu.RLock()
+	t, ok := s.topics[string(b)]
+	s.mu.RUnlock()
+	if ok {
+		return t.Name
+	}
+	return string(b)
 }
 
 // ApplyEntry applies one committed Raft entry and appends one Result per
@@ -76,7 +97,7 @@ func (s *Store) applyCommands(data []byte, results []Result) ([]Result, error) {
 		if n >= commandsPerEntry {
 			return results, fmt.Errorf("%w: more than %d commands", errCommand, commandsPerEntry)
 		}
-		if rest, err = DecodeCommand(rest, &st.cmd); err != nil {
+		if rest, err = DecodeCommand(rest, &st.cmd, s.internTopic); err != nil {
 			return results, err
 		}
 		res := s.applyCommand(&st.cmd, nowMs)
@@ -210,9 +231,11 @@ func (s *Store) flushStage() error {
 		}
 		sp.p.notify()
 		clear(sp.recs)
+		sp.recs = sp.recs[:0]
 		delete(st.byPart, sp.p)
+		sp.p = nil
 	}
-	clear(st.parts)
+	// Keep the stagedPartition values (in the spare capacity) for reuse.
 	st.parts = st.parts[:0]
 	return nil
 }

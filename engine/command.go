@@ -178,8 +178,10 @@ func DecodeEntryHeader(b []byte) (nowMs int64, lim EntryLimits, commands []byte,
 }
 
 // DecodeCommand decodes the command at the start of b into c (reusing
-// c.Messages) and returns the bytes after it.
-func DecodeCommand(b []byte, c *Command) ([]byte, error) {
+// c.Messages) and returns the bytes after it. intern, when not nil, turns
+// the topic name into a string (the store returns the name it already
+// holds, so applying a produce allocates no string).
+func DecodeCommand(b []byte, c *Command, intern func([]byte) string) ([]byte, error) {
 	if len(b) < commandHeaderMin {
 		return nil, fmt.Errorf("%w: short header", errCommand)
 	}
@@ -192,7 +194,11 @@ func DecodeCommand(b []byte, c *Command) ([]byte, error) {
 	body := b[9+n : 9+n+int(bodyLen)]
 	rest := b[9+n+int(bodyLen):]
 	d := decoder{b: body}
-	c.Topic = string(d.bytes())
+	if topic := d.bytes(); intern != nil {
+		c.Topic = intern(topic)
+	} else {
+		c.Topic = string(topic)
+	}
 	switch c.Kind {
 	case CmdCreateTopic:
 		c.Partitions = d.int()

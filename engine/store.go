@@ -99,20 +99,25 @@ type Partition struct {
 	Log   *Log
 
 	mu      sync.Mutex
-	changed chan struct{} // closed when records are appended
+	changed chan struct{} // closed at the next append; nil while nobody waits
 }
 
 // Changed returns a channel closed at the next append to the partition.
 func (p *Partition) Changed() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.changed == nil {
+		p.changed = make(chan struct{})
+	}
 	return p.changed
 }
 
 func (p *Partition) notify() {
 	p.mu.Lock()
-	close(p.changed)
-	p.changed = make(chan struct{})
+	if p.changed != nil {
+		close(p.changed)
+		p.changed = nil
+	}
 	p.mu.Unlock()
 }
 
@@ -207,7 +212,7 @@ func (s *Store) openTopic(name string, partitions int, createdMs int64) (*Topic,
 			}
 			return nil, err
 		}
-		t.Partitions = append(t.Partitions, &Partition{Topic: name, ID: int32(p), Log: l, changed: make(chan struct{})})
+		t.Partitions = append(t.Partitions, &Partition{Topic: name, ID: int32(p), Log: l})
 	}
 	return t, nil
 }

@@ -226,7 +226,7 @@ func TestCommandRoundTrip(t *testing.T) {
 			t.Fatalf("CommandBytes %d, encoded %d", CommandBytes(&c), len(b))
 		}
 		var got Command
-		rest, err := DecodeCommand(append(b, 0xEE), &got)
+		rest, err := DecodeCommand(append(b, 0xEE), &got, nil)
 		if err != nil || len(rest) != 1 {
 			t.Fatalf("decode %+v: %v (rest %d)", c, err, len(rest))
 		}
@@ -266,7 +266,7 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add(AppendCommand(nil, &c2))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var c Command
-		rest, err := DecodeCommand(b, &c)
+		rest, err := DecodeCommand(b, &c, nil)
 		if err != nil {
 			return
 		}

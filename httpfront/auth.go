@@ -1,6 +1,7 @@
 package httpfront
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"fmt"
 	"strconv"
@@ -139,12 +140,14 @@ func (a *authenticator) check(header []byte, need Scope, now time.Time) *apiErro
 	return &apiError{status: 401, code: "unauthorized", message: "unknown token"}
 }
 
+// bearer returns the token of an "Authorization: Bearer <token>" header,
+// as a slice of the header (no allocation).
 func bearer(h []byte) ([]byte, bool) {
 	const prefix = "bearer "
-	if len(h) <= len(prefix) || !strings.EqualFold(string(h[:len(prefix)]), prefix) {
+	if len(h) <= len(prefix) || !bytes.EqualFold(h[:len(prefix)], []byte(prefix)) {
 		return nil, false
 	}
-	return []byte(strings.TrimSpace(string(h[len(prefix):]))), true
+	return bytes.TrimSpace(h[len(prefix):]), true
 }
 
 // bucket is a token bucket plus a daily counter.

@@ -15,8 +15,8 @@ import (
 // produce serves POST /broker/topics/{topic}/produce and .../produce-ndjson.
 func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 	start := time.Now()
-	cmd, e := s.produceCommand(ctx, topic, ndjson)
-	if e != nil {
+	var cmd engine.Command
+	if e := s.produceCommand(ctx, topic, ndjson, &cmd); e != nil {
 		writeError(ctx, e)
 		return
 	}
@@ -26,9 +26,9 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 		return
 	}
 	parsed := time.Now()
-	out, err := s.node.Propose(cmd, deadline)
+	out, err := s.node.Propose(&cmd, deadline)
 	if errors.Is(err, replication.ErrTimeout) {
-		s.writeProduceTimeout(ctx, cmd, ndjson)
+		s.writeProduceTimeout(ctx, &cmd, ndjson)
 		return
 	}
 	if err == nil {
@@ -54,25 +54,26 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 
-// produceCommand validates the request and builds its command. Slices in
-// the command alias the request; Propose copies them before it returns.
-func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson bool) (*engine.Command, *apiError) {
+// produceCommand validates the request and builds its command into cmd.
+// Slices in the command alias the request; Propose copies them before it
+// returns.
+func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson bool, cmd *engine.Command) *apiError {
 	if !engine.ValidTopicName(topic) {
-		return nil, mapError(engine.ErrInvalidTopic)
+		return mapError(engine.ErrInvalidTopic)
 	}
 	args := ctx.QueryArgs()
-	cmd := &engine.Command{Kind: engine.CmdProduce, Topic: topic, Partition: -1}
+	*cmd = engine.Command{Kind: engine.CmdProduce, Topic: topic, Partition: -1}
 	if s.cfg.AutoCreateTopics {
 		cmd.AutoCreatePartitions = s.cfg.DefaultPartitions
 	}
 	p, ok, e := queryInt(args, "partition")
 	if e != nil || ok && (p < 0 || p > math.MaxInt32) {
-		return nil, errBadRequest("invalid_partition", "partition must be a non-negative integer")
+		return errBadRequest("invalid_partition", "partition must be a non-negative integer")
 	}
 	if ok {
 		cmd.Partition = int32(p)
 		if t, exists := s.store.Topic(topic); exists && int(p) >= len(t.Partitions) {
-			return nil, errBadRequest("invalid_partition", fmt.Sprintf("partition %d is out of range: topic %s has %d", p, topic, len(t.Partitions)))
+			return errBadRequest("invalid_partition", fmt.Sprintf("partition %d is out of range: topic %s has %d", p, topic, len(t.Partitions)))
 		}
 	}
 	cmd.IdempotencyKey = args.Peek("idempotency_key")
@@ -80,34 +81,33 @@ func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson b
 		cmd.IdempotencyKey = ctx.Request.Header.Peek("Idempotency-Key")
 	}
 	if len(cmd.IdempotencyKey) > s.cfg.MaxKeyBytes {
-		return nil, errBadRequest("invalid_key", fmt.Sprintf("idempotency_key is longer than %d bytes", s.cfg.MaxKeyBytes))
+		return errBadRequest("invalid_key", fmt.Sprintf("idempotency_key is longer than %d bytes", s.cfg.MaxKeyBytes))
 	}
 	body := ctx.PostBody()
 	if ndjson {
-		return cmd, s.ndjsonMessages(cmd, body)
+		return s.ndjsonMessages(cmd, body)
 	}
 	key := args.Peek("key")
 	if len(key) > s.cfg.MaxKeyBytes {
-		return nil, errBadRequest("invalid_key", fmt.Sprintf("key is longer than %d bytes", s.cfg.MaxKeyBytes))
+		return errBadRequest("invalid_key", fmt.Sprintf("key is longer than %d bytes", s.cfg.MaxKeyBytes))
 	}
 	if len(body) > s.cfg.MaxMessageBytes {
-		return nil, &apiError{status: 413, code: "message_too_large", message: fmt.Sprintf("the message is %d bytes; max_message_bytes is %d", len(body), s.cfg.MaxMessageBytes)}
+		return &apiError{status: 413, code: "message_too_large", message: fmt.Sprintf("the message is %d bytes; max_message_bytes is %d", len(body), s.cfg.MaxMessageBytes)}
 	}
 	if !ok {
 		cmd.PartitionKey = key
 	}
-	cmd.Messages = []engine.MessageIn{{Key: key, Value: body}}
-	return cmd, nil
+	cmd.Messages = append(cmd.Messages, engine.MessageIn{Key: key, Value: body})
+	return nil
 }
 
 func (s *Server) ndjsonMessages(cmd *engine.Command, body []byte) *apiError {
 	if len(body) > s.cfg.MaxBatchBytes {
 		return &apiError{status: 413, code: "batch_too_large", message: fmt.Sprintf("the body is %d bytes; max_batch_bytes is %d; nothing was written", len(body), s.cfg.MaxBatchBytes)}
 	}
-	errTooMany := &apiError{status: 413, code: "batch_too_large", message: fmt.Sprintf("more than max_batch_messages (%d) lines; nothing was written", s.cfg.MaxBatchMessages)}
 	err := splitNDJSON(body, func(line []byte) error {
 		if len(cmd.Messages) >= s.cfg.MaxBatchMessages {
-			return errTooMany
+			return &apiError{status: 413, code: "batch_too_large", message: fmt.Sprintf("more than max_batch_messages (%d) lines; nothing was written", s.cfg.MaxBatchMessages)}
 		}
 		if len(line) > s.cfg.MaxMessageBytes {
 			return &apiError{status: 413, code: "message_too_large", message: fmt.Sprintf("line %d is %d bytes; max_message_bytes is %d; nothing was written", len(cmd.Messages)+1, len(line), s.cfg.MaxMessageBytes)}

@@ -136,18 +136,44 @@ func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
 	writeError(ctx, e)
 }
 
-// route is one matched route: its label for metrics, the scope it needs,
-// and the handler with the path parameters bound.
+// route is one route: its label for metrics, the scope it needs, the
+// methods it takes and its handler. Routes are static values, so matching
+// a request allocates nothing but the path string.
 type route struct {
 	label   string
 	scope   Scope // 0 = public
 	methods string
-	serve   func(ctx *fasthttp.RequestCtx)
+	serve   func(s *Server, ctx *fasthttp.RequestCtx, p pathParams)
 }
+
+// pathParams are the URL-decoded path segments of a request.
+type pathParams struct {
+	n   int
+	seg [maxPathSegments]string
+}
+
+const maxPathSegments = 5
+
+var (
+	routeHealth       = route{"health", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.health(c) }}
+	routeReady        = route{"ready", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.ready(c) }}
+	routeLivez        = route{"livez", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.livez(c) }}
+	routeMetrics      = route{"metrics", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.serveMetrics(c) }}
+	routeMetricsHA    = route{"metrics_ha", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.metricsHA(c) }}
+	routeDocs         = route{"docs", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.docs(c) }}
+	routeTopics       = route{"topics", ScopeRead, "GET POST", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.topics(c) }}
+	routeTopic        = route{"topic", ScopeRead, "GET", func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.describeTopic(c, p.seg[2]) }}
+	routeProduce      = route{"produce", ScopeWrite, "POST", func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], false) }}
+	routeProduceBatch = route{"produce_ndjson", ScopeWrite, "POST", func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], true) }}
+	routeConsume      = route{"consume", ScopeRead, "GET", func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.consume(c, p.seg[2], p.seg[3], p.seg[4]) }}
+	routeCommit       = route{"commit", ScopeWrite, "POST", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
+	routeSealedStatus = route{"sealed_status", ScopeRead, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
+)
 
 // handle authenticates, routes and counts every request.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
-	r, err := s.match(ctx)
+	var params pathParams
+	r, err := s.match(ctx, &params)
 	label := "unmatched"
 	switch {
 	case err != nil:
@@ -174,7 +200,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 				break
 			}
 		}
-		r.serve(ctx)
+		r.serve(s, ctx, params)
 	}
 	s.metrics.countRequest(label, ctx.Response.StatusCode())
 }
@@ -182,65 +208,76 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 // match finds the route for the request. Path segments are split on the
 // raw path and then URL-decoded one by one, so an encoded "/" inside a
 // group name stays inside it.
-func (s *Server) match(ctx *fasthttp.RequestCtx) (*route, *apiError) {
+func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiError) {
 	raw := string(ctx.URI().PathOriginal())
 	if len(raw) > 1 {
 		raw = strings.TrimSuffix(raw, "/")
 	}
-	parts := strings.Split(strings.TrimPrefix(raw, "/"), "/")
-	for i, p := range parts {
-		dec, err := url.PathUnescape(p)
-		if err != nil {
-			return nil, errBadRequest("bad_request", "the path is not valid URL encoding")
+	rest := strings.TrimPrefix(raw, "/")
+	for {
+		if p.n == maxPathSegments {
+			return nil, &apiError{status: 404, code: "not_found", message: "no such route: " + raw}
 		}
-		parts[i] = dec
+		seg, tail, more := strings.Cut(rest, "/")
+		if strings.IndexByte(seg, '%') >= 0 {
+			dec, err := url.PathUnescape(seg)
+			if err != nil {
+				return nil, errBadRequest("bad_request", "the path is not valid URL encoding")
+			}
+			seg = dec
+		}
+		p.seg[p.n] = seg
+		p.n++
+		if !more {
+			break
+		}
+		rest = tail
 	}
-	r := s.routeFor(parts)
+	r := routeFor(p)
 	if r == nil {
 		return nil, &apiError{status: 404, code: "not_found", message: "no such route: " + raw}
 	}
-	method := string(ctx.Method())
-	if !strings.Contains(" "+r.methods+" ", " "+method+" ") {
+	allowed := ctx.IsGet() && strings.Contains(r.methods, "GET") || ctx.IsPost() && strings.Contains(r.methods, "POST")
+	if !allowed {
+		method := string(ctx.Method())
 		ctx.Response.Header.Set("Allow", strings.ReplaceAll(r.methods, " ", ", "))
 		return nil, &apiError{status: 405, code: "method_not_allowed", message: method + " is not allowed here; use " + r.methods}
 	}
 	return r, nil
 }
 
-func (s *Server) routeFor(p []string) *route {
-	get := func(label string, scope Scope, f func(*fasthttp.RequestCtx)) *route {
-		return &route{label: label, scope: scope, methods: "GET", serve: f}
-	}
-	post := func(label string, scope Scope, f func(*fasthttp.RequestCtx)) *route {
-		return &route{label: label, scope: scope, methods: "POST", serve: f}
-	}
+func routeFor(p *pathParams) *route {
+	seg := p.seg[:p.n]
 	switch {
-	case len(p) == 1 && p[0] == "health":
-		return get("health", 0, s.health)
-	case len(p) == 1 && (p[0] == "ready" || p[0] == "readyz"):
-		return get("ready", 0, s.ready)
-	case len(p) == 1 && p[0] == "livez":
-		return get("livez", 0, s.livez)
-	case len(p) == 1 && p[0] == "metrics":
-		return get("metrics", 0, s.serveMetrics)
-	case len(p) == 1 && p[0] == "metrics_ha":
-		return get("metrics_ha", 0, s.metricsHA)
-	case len(p) == 2 && p[0] == "docs" && p[1] == "errors":
-		return get("docs", 0, s.docs)
-	case len(p) == 2 && p[0] == "broker" && p[1] == "topics":
-		return &route{label: "topics", scope: ScopeRead, methods: "GET POST", serve: s.topics}
-	case len(p) == 3 && p[0] == "broker" && p[1] == "topics":
-		return get("topic", ScopeRead, func(ctx *fasthttp.RequestCtx) { s.describeTopic(ctx, p[2]) })
-	case len(p) == 4 && p[0] == "broker" && p[1] == "topics" && p[3] == "produce":
-		return post("produce", ScopeWrite, func(ctx *fasthttp.RequestCtx) { s.produce(ctx, p[2], false) })
-	case len(p) == 4 && p[0] == "broker" && p[1] == "topics" && p[3] == "produce-ndjson":
-		return post("produce_ndjson", ScopeWrite, func(ctx *fasthttp.RequestCtx) { s.produce(ctx, p[2], true) })
-	case len(p) == 5 && p[0] == "broker" && p[1] == "consume":
-		return get("consume", ScopeRead, func(ctx *fasthttp.RequestCtx) { s.consume(ctx, p[2], p[3], p[4]) })
-	case len(p) == 2 && p[0] == "broker" && p[1] == "commit":
-		return post("commit", ScopeWrite, s.commit)
-	case len(p) == 3 && p[0] == "admin" && p[1] == "sealed" && p[2] == "status":
-		return get("sealed_status", ScopeRead, s.sealedStatus)
+	case len(seg) == 1:
+		switch seg[0] {
+		case "health":
+			return &routeHealth
+		case "ready", "readyz":
+			return &routeReady
+		case "livez":
+			return &routeLivez
+		case "metrics":
+			return &routeMetrics
+		case "metrics_ha":
+			return &routeMetricsHA
+		}
+	case len(seg) == 2 && seg[0] == "docs" && seg[1] == "errors":
+		return &routeDocs
+	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "topics":
+		return &routeTopics
+	case len(seg) == 3 && seg[0] == "broker" && seg[1] == "topics":
+		return &routeTopic
+	case len(seg) == 4 && seg[0] == "broker" && seg[1] == "topics" && seg[3] == "produce":
+		return &routeProduce
+	case len(seg) == 4 && seg[0] == "broker" && seg[1] == "topics" && seg[3] == "produce-ndjson":
+		return &routeProduceBatch
+	case len(seg) == 5 && seg[0] == "broker" && seg[1] == "consume":
+		return &routeConsume
+	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "commit":
+		return &routeCommit
+	case len(seg) == 3 && seg[0] == "admin" && seg[1] == "sealed" && seg[2] == "status":
+		return &routeSealedStatus
 	}
 	return nil
 }

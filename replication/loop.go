@@ -66,7 +66,7 @@ func (n *Node) loop() {
 // queueIfLeader returns the proposal queue while this node leads and has
 // no fault; otherwise nil, so proposals wait (up to their deadline) for an
 // election instead of being dropped.
-func (n *Node) queueIfLeader() chan *proposal {
+func (n *Node) queueIfLeader() chan *waiter {
 	if n.Fault() != nil || n.rn.BasicStatus().RaftState != raft.StateLeader {
 		return nil
 	}
@@ -88,7 +88,7 @@ func (n *Node) campaign() {
 
 // proposeBatch packs first and every other waiting proposal into entries
 // of at most EntryBytesMax command bytes, up to ReadyBytesMax per turn.
-func (n *Node) proposeBatch(first *proposal) {
+func (n *Node) proposeBatch(first *waiter) {
 	nowMs := time.Now().UnixMilli()
 	now := time.Now()
 	var entry []byte
@@ -107,18 +107,18 @@ func (n *Node) proposeBatch(first *proposal) {
 		}
 		entry, members = nil, nil
 	}
-	add := func(p *proposal) {
-		n.queuedBytes.Add(-int64(len(p.data)))
-		if len(entry) > 0 && len(entry)+len(p.data) > n.cfg.EntryBytesMax {
+	add := func(w *waiter) {
+		n.queuedBytes.Add(-int64(len(w.data)))
+		if len(entry) > 0 && len(entry)+len(w.data) > n.cfg.EntryBytesMax {
 			flush()
 		}
 		if entry == nil {
 			entry = engine.AppendEntryHeader(make([]byte, 0, min(n.cfg.EntryBytesMax, 64<<10)), nowMs, n.cfg.Limits)
 		}
-		entry = append(entry, p.data...)
-		p.w.proposed = now
-		members = append(members, p.w)
-		total += len(p.data)
+		entry = append(entry, w.data...) // w.data is not used after this
+		w.proposed = now
+		members = append(members, w)
+		total += len(w.data)
 	}
 	add(first)
 	for total < n.cfg.ReadyBytesMax {
@@ -136,7 +136,7 @@ func (n *Node) proposeBatch(first *proposal) {
 func (n *Node) fail(w *waiter, err error) {
 	if w2, ok := n.waiters.take(w.id); ok {
 		w2.err = err
-		close(w2.done)
+		w2.done <- struct{}{}
 	}
 }
 
@@ -332,7 +332,7 @@ func (n *Node) answer(index uint64) {
 				w.out.ApplyUs = now.Sub(w.persisted).Microseconds()
 			}
 		}
-		close(w.done)
+		w.done <- struct{}{}
 	}
 }
 

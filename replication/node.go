@@ -100,7 +100,7 @@ type Node struct {
 	rn      *raft.RawNode
 	log     *slog.Logger
 
-	queue       chan *proposal
+	queue       chan *waiter
 	queuedBytes atomic.Int64 // command bytes in queue, bounded by QueueBytesMax
 	waiters     waiters
 	reqBase     uint64
@@ -134,11 +134,6 @@ type Node struct {
 	stopOnce sync.Once
 }
 
-type proposal struct {
-	w    *waiter
-	data []byte
-}
-
 // Status is a snapshot of the node for /ready and /metrics.
 type Status struct {
 	Term, Lead, Commit, Applied uint64
@@ -160,7 +155,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg: cfg, wal: wal, store: cfg.Store, log: cfg.Logger,
-		queue:   make(chan *proposal, cfg.QueueMax),
+		queue:   make(chan *waiter, cfg.QueueMax),
 		waiters: waiters{m: map[uint64]*waiter{}},
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -278,38 +273,49 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 	if engine.CommandBytes(c) > n.cfg.EntryBytesMax {
 		return Outcome{}, ErrTooLarge
 	}
-	w := &waiter{id: c.ReqID, done: make(chan struct{}), enqueued: time.Now()}
-	p := &proposal{w: w, data: engine.AppendCommand(make([]byte, 0, engine.CommandBytes(c)), c)}
-	if n.queuedBytes.Add(int64(len(p.data))) > n.cfg.QueueBytesMax {
-		n.queuedBytes.Add(-int64(len(p.data)))
+	w := getWaiter()
+	w.id, w.enqueued = c.ReqID, time.Now()
+	w.data = engine.AppendCommand(w.data[:0], c)
+	size := int64(len(w.data))
+	if n.queuedBytes.Add(size) > n.cfg.QueueBytesMax {
+		n.queuedBytes.Add(-size)
+		putWaiter(w)
 		return Outcome{}, ErrOverloaded
 	}
 	n.waiters.add(w)
 	select {
-	case n.queue <- p:
+	case n.queue <- w:
 	default:
-		n.queuedBytes.Add(-int64(len(p.data)))
+		n.queuedBytes.Add(-size)
 		n.waiters.take(w.id)
+		putWaiter(w)
 		return Outcome{}, ErrOverloaded
 	}
+	// From here the loop may hold w (in the queue, in an entry being
+	// built): w goes back to the pool only after the loop answered it.
 	wait := time.Until(deadline)
 	if wait <= 0 {
 		// timeout_ms=0: accepted, not waited for. Same answer as a timeout.
 		n.waiters.take(w.id)
 		return Outcome{}, ErrTimeout
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
+	if w.timer == nil {
+		w.timer = time.NewTimer(wait)
+	} else {
+		w.timer.Reset(wait)
+	}
 	select {
 	case <-w.done:
-		return w.out, w.err
-	case <-timer.C:
+	case <-w.timer.C:
 		if _, still := n.waiters.take(w.id); still {
-			return Outcome{}, ErrTimeout
+			return Outcome{}, ErrTimeout // the loop may still touch w: not pooled
 		}
-		<-w.done // delivered while timing out
-		return w.out, w.err
+		<-w.done // answered while timing out
 	}
+	w.timer.Stop()
+	out, err := w.out, w.err
+	putWaiter(w)
+	return out, err
 }
 
 // Fault returns the storage fault that stopped the node, if any.

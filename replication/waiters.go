@@ -19,15 +19,36 @@ type Outcome struct {
 	ApplyUs    int64 // fsynced → applied
 }
 
-// waiter is one request waiting for its command to be applied.
+// waiter is one request waiting for its command to be applied. Waiters
+// are pooled: the done channel (capacity 1, one send per use), the timer
+// and the command buffer are reused.
 type waiter struct {
 	id        uint64
 	done      chan struct{}
+	timer     *time.Timer
+	data      []byte // the encoded command; copied into an entry by the loop
 	out       Outcome
 	err       error
 	enqueued  time.Time
 	proposed  time.Time
 	persisted time.Time
+}
+
+var waiterPool = sync.Pool{New: func() any { return &waiter{done: make(chan struct{}, 1)} }}
+
+// waiterDataKeepBytes is the largest command buffer a pooled waiter keeps.
+const waiterDataKeepBytes = 64 << 10
+
+func getWaiter() *waiter { return waiterPool.Get().(*waiter) }
+
+// putWaiter returns an answered (or never queued) waiter to the pool.
+func putWaiter(w *waiter) {
+	data := w.data[:0]
+	if cap(data) > waiterDataKeepBytes {
+		data = nil
+	}
+	*w = waiter{done: w.done, timer: w.timer, data: data}
+	waiterPool.Put(w)
 }
 
 // waiters maps request ids to waiters. The loop delivers; a request that
@@ -62,7 +83,7 @@ func (ws *waiters) failAll(err error) {
 	ws.mu.Unlock()
 	for _, w := range all {
 		w.err = err
-		close(w.done)
+		w.done <- struct{}{}
 	}
 }
 
