@@ -113,7 +113,9 @@ func (n *Node) proposeBatch(first *waiter) {
 			flush()
 		}
 		if entry == nil {
-			entry = engine.AppendEntryHeader(make([]byte, 0, min(n.cfg.EntryBytesMax, 64<<10)), nowMs, n.cfg.Limits)
+			// Sized for everything queued now, so appends rarely regrow it.
+			size := min(int64(n.cfg.EntryBytesMax), n.queuedBytes.Load()+int64(len(w.data))+64)
+			entry = engine.AppendEntryHeader(make([]byte, 0, size), nowMs, n.cfg.Limits)
 		}
 		entry = append(entry, w.data...) // w.data is not used after this
 		w.proposed = now

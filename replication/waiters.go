@@ -36,8 +36,10 @@ type waiter struct {
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{done: make(chan struct{}, 1)} }}
 
-// waiterDataKeepBytes is the largest command buffer a pooled waiter keeps.
-const waiterDataKeepBytes = 64 << 10
+// waiterDataKeepBytes is the largest command buffer a pooled waiter keeps:
+// enough for an NDJSON batch of 1000 small messages, small enough that a
+// pool of them stays far below the RSS budget.
+const waiterDataKeepBytes = 256 << 10
 
 func getWaiter() *waiter { return waiterPool.Get().(*waiter) }
 
