@@ -9,7 +9,7 @@ PORT     ?= 1109
 DATA     ?= ./data
 FUZZTIME ?= 15s
 # Packages with goroutines of their own: tested again under the race detector.
-RACE_PKGS := ./ring/... ./engine/... ./replication/... ./httpfront/...
+RACE_PKGS := ./ring/... ./engine/... ./replication/... ./httpfront/... ./netio/... ./bench/...
 
 .PHONY: all build run test vet fmt-check race fuzz bench bench-engine cross clean
 
