@@ -16,6 +16,10 @@ import (
 // durable node has made the whole WAL vouched.
 const unorderedMarker = "unordered"
 
+// walSegmentBytes is the WAL's segment size (and so the granularity of
+// truncation after a checkpoint).
+const walSegmentBytes = 64 << 20
+
 func walMarkedUnordered(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, unorderedMarker))
 	return err == nil
@@ -32,7 +36,11 @@ func openWAL(cfg Config) (*engine.Log, error) {
 			return nil, err
 		}
 	}
-	walCfg := engine.LogConfig{SegmentBytes: 64 << 20, BatchBytesMax: 64 << 20, TailUnordered: cfg.Rocket || marked}
+	// The WAL's own checkpoint is written at every segment roll, not every
+	// few MiB: each one is a rename and two fsyncs inside the Raft loop, and
+	// recovery scans the active segment whole anyway.
+	walCfg := engine.LogConfig{SegmentBytes: walSegmentBytes, BatchBytesMax: walSegmentBytes, CheckpointIntervalBytes: walSegmentBytes,
+		TailUnordered: cfg.Rocket || marked}
 	wal, err := engine.OpenLog(cfg.WALDir, cfg.IO, walCfg)
 	if err != nil {
 		return nil, fmt.Errorf("replication: open WAL: %w", err)
