@@ -19,24 +19,24 @@ import (
 
 // testServer runs a whole node (store, raft, HTTP) on a loopback port.
 type testServer struct {
-	t    *testing.T
+	t    testing.TB
 	url  string
 	srv  *Server
 	node *replication.Node
 }
 
-func startServer(t *testing.T, mutate func(*Config)) *testServer {
+func startServer(t testing.TB, mutate func(*Config)) *testServer {
 	t.Helper()
 	return startServerWith(t, replication.Config{}, mutate)
 }
 
-func startServerWith(t *testing.T, nodeCfg replication.Config, mutate func(*Config)) *testServer {
+func startServerWith(t testing.TB, nodeCfg replication.Config, mutate func(*Config)) *testServer {
 	t.Helper()
 	return startServerIO(t, nodeCfg, mutate, nil)
 }
 
 // startServerIO lets a test wrap the I/O backend (to inject faults).
-func startServerIO(t *testing.T, nodeCfg replication.Config, mutate func(*Config), wrap func(ring.Backend) ring.Backend) *testServer {
+func startServerIO(t testing.TB, nodeCfg replication.Config, mutate func(*Config), wrap func(ring.Backend) ring.Backend) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	var io ring.Backend
