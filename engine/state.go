@@ -79,14 +79,41 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 // blob (replication's own state at this applied index). Call it from the
 // apply goroutine, between entries.
 func (s *Store) Checkpoint(blob []byte) error {
+	return s.Capture(blob).Write()
+}
+
+// StateCapture is the state at one applied index, taken on the apply
+// goroutine and written later (possibly on another goroutine, while
+// applying goes on).
+type StateCapture struct {
+	dir   string
+	state []byte
+	syncs []func() error // fsync each partition's active segment as of the capture
+}
+
+// Capture encodes the state with blob and notes which segment of each
+// partition holds its newest records. It is fast (no I/O); call it from the
+// apply goroutine, between entries.
+func (s *Store) Capture(blob []byte) *StateCapture {
+	c := &StateCapture{dir: s.cfg.Dir, state: s.encodeState(blob)}
 	for _, t := range s.Topics() {
 		for _, p := range t.Partitions {
-			if err := p.Log.Checkpoint(); err != nil {
-				return err
-			}
+			c.syncs = append(c.syncs, p.Log.activeSyncer())
 		}
 	}
-	return writeFileAtomic(s.cfg.Dir, stateFileName, s.encodeState(blob))
+	return c
+}
+
+// Write makes the captured state durable: it fsyncs every partition up to
+// the capture, then replaces the state checkpoint atomically. Until Write
+// returns, the previous checkpoint stays the one recovery uses.
+func (c *StateCapture) Write() error {
+	for _, sync := range c.syncs {
+		if err := sync(); err != nil {
+			return err
+		}
+	}
+	return writeFileAtomic(c.dir, stateFileName, c.state)
 }
 
 func (s *Store) encodeState(blob []byte) []byte {

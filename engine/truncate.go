@@ -200,6 +200,59 @@ func (l *Log) DeleteBefore(offset uint64) (deleted uint64, freedBytes int64, err
 	return deleted, freedBytes, nil
 }
 
+// activeSyncer returns a function that fsyncs the segment that is active
+// now, without holding the log's locks while it runs, so appends go on. A
+// segment rolled over in between was synced by the roll; a later segment
+// holds only records appended after this call.
+func (l *Log) activeSyncer() func() error {
+	l.mu.RLock()
+	seg := l.active()
+	l.mu.RUnlock()
+	return func() error {
+		if err := l.io.Sync(seg.fd()); err != nil {
+			return fmt.Errorf("engine: sync %s for a checkpoint: %w", seg.path, err)
+		}
+		return nil
+	}
+}
+
+// DropSegmentsBefore deletes the sealed segments whose records all lie
+// below offset; the log start becomes the first remaining segment's base.
+// Unlike DeleteBefore it writes no checkpoint (recovery derives the start
+// from the files), so it is cheap enough for WAL truncation while appends
+// go on; only the list update holds the append lock.
+func (l *Log) DropSegmentsBefore(offset uint64) error {
+	l.appendMu.Lock()
+	if err := l.appendable(); err != nil {
+		l.appendMu.Unlock()
+		return err
+	}
+	l.mu.Lock()
+	var gone []*segment
+	for len(l.segs) > 1 && l.segs[0].base+l.segs[0].count <= offset {
+		gone = append(gone, l.segs[0])
+		l.segs = l.segs[1:]
+	}
+	if l.segs[0].base > l.start {
+		l.start = l.segs[0].base
+	}
+	l.mu.Unlock()
+	l.appendMu.Unlock()
+	for _, s := range gone {
+		s.file.Close()
+		if err := os.Remove(s.path); err != nil {
+			return fmt.Errorf("engine: remove segment %s: %w", s.path, err)
+		}
+		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
+			return err
+		}
+	}
+	if len(gone) > 0 {
+		return syncDir(l.dir)
+	}
+	return nil
+}
+
 func removeIfExists(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("engine: remove %s: %w", path, err)

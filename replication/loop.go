@@ -34,7 +34,7 @@ func (n *Node) loop() {
 	n.campaign()
 	n.handleReadies()
 	if n.checkpointFirst {
-		n.checkpoint()
+		n.startCheckpoint(true)
 	}
 	for {
 		select {
@@ -46,6 +46,8 @@ func (n *Node) loop() {
 			if time.Since(n.lastCkpt) >= n.cfg.CheckpointInterval && n.walSinceCkpt > 0 {
 				n.checkpoint()
 			}
+		case err := <-n.ckptDone:
+			n.finishCheckpoint(err)
 		case <-rocketSync:
 			if err := n.wal.Sync(); err != nil {
 				n.setFault(err)
@@ -338,10 +340,24 @@ func (n *Node) answer(index uint64) {
 	}
 }
 
-// checkpoint writes the state checkpoint and drops what it makes
-// unnecessary: WAL segments before the first unapplied entry and raft's
-// in-memory entries up to the applied index.
-func (n *Node) checkpoint() {
+// checkpoint starts a state checkpoint unless one is running: the state is
+// captured now, on the loop, and a background goroutine fsyncs the
+// partitions, writes the checkpoint file and then drops what it makes
+// unnecessary (raft's in-memory entries up to the applied index, WAL
+// segments before the first unapplied entry), while the loop goes on
+// taking and applying writes.
+func (n *Node) checkpoint() { n.startCheckpoint(false) }
+
+// startCheckpoint captures and writes a checkpoint; with wait it first
+// waits for a running one and then writes this one on the loop.
+func (n *Node) startCheckpoint(wait bool) {
+	if n.ckptRunning {
+		if !wait {
+			return
+		}
+		n.finishCheckpoint(<-n.ckptDone)
+	}
+	start := time.Now()
 	applied, _ := n.store.Applied()
 	replayFrom := n.wal.NextOffset()
 	keep := len(n.marks)
@@ -352,23 +368,40 @@ func (n *Node) checkpoint() {
 		}
 	}
 	st := replicationState{replayFrom: replayFrom, hardState: n.rn.BasicStatus().HardState, confState: n.confState}
-	if err := n.store.Checkpoint(st.encode()); err != nil {
-		n.setFault(fmt.Errorf("replication: checkpoint: %w", err))
-		return
-	}
-	if err := n.storage.Compact(applied); err != nil && !errors.Is(err, raft.ErrCompacted) {
-		n.setFault(fmt.Errorf("replication: compact raft log: %w", err))
-		return
-	}
-	if _, _, err := n.wal.DeleteBefore(replayFrom); err != nil {
-		n.setFault(fmt.Errorf("replication: truncate WAL: %w", err))
-		return
-	}
+	capture := n.store.Capture(st.encode())
 	n.marks = append(n.marks[:0], n.marks[keep:]...)
 	n.walSinceCkpt = 0
 	n.lastCkpt = time.Now()
+	n.ckptRunning = true
+	write := func() error {
+		if err := capture.Write(); err != nil {
+			return fmt.Errorf("replication: checkpoint: %w", err)
+		}
+		if err := n.storage.Compact(applied); err != nil && !errors.Is(err, raft.ErrCompacted) {
+			return fmt.Errorf("replication: compact raft log: %w", err)
+		}
+		if err := n.wal.DropSegmentsBefore(replayFrom); err != nil {
+			return fmt.Errorf("replication: truncate WAL: %w", err)
+		}
+		n.timings.recordCheckpoint(time.Since(start).Microseconds())
+		n.log.Debug("checkpoint", "applied", applied, "wal_replay_from", replayFrom)
+		return nil
+	}
+	if wait {
+		n.finishCheckpoint(write())
+		return
+	}
+	go func() { n.ckptDone <- write() }()
+}
+
+// finishCheckpoint takes the result of a checkpoint, on the loop.
+func (n *Node) finishCheckpoint(err error) {
+	n.ckptRunning = false
+	if err != nil {
+		n.setFault(err)
+		return
+	}
 	n.checkpoints++
-	n.log.Debug("checkpoint", "applied", applied, "wal_replay_from", replayFrom)
 }
 
 // drainAndStop proposes what is queued, runs until it is applied (bounded
@@ -390,8 +423,11 @@ func (n *Node) drainAndStop() {
 			n.rn.Tick()
 		}
 	}
-	if n.Fault() == nil && !n.skipFinalCheckpoint {
-		n.checkpoint()
+	switch {
+	case n.Fault() == nil && !n.skipFinalCheckpoint:
+		n.startCheckpoint(true)
+	case n.ckptRunning:
+		n.finishCheckpoint(<-n.ckptDone) // the store closes after us: let it finish
 	}
 	n.waiters.failAll(ErrStopped)
 	n.publishStatus()

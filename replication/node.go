@@ -120,10 +120,12 @@ type Node struct {
 	checkpoints    uint64
 	started        bool
 
-	skipFinalCheckpoint bool // tests: stop as a crash would, without a checkpoint
-	checkpointFirst     bool // write a checkpoint before taking proposals
-	walUnordered        bool // the WAL was written in rocket mode since its last checkpoint
-	serving             bool // caught up once since start
+	skipFinalCheckpoint bool       // tests: stop as a crash would, without a checkpoint
+	ckptRunning         bool       // a checkpoint is being written in the background
+	ckptDone            chan error // its result
+	checkpointFirst     bool       // write a checkpoint before taking proposals
+	walUnordered        bool       // the WAL was written in rocket mode since its last checkpoint
+	serving             bool       // caught up once since start
 
 	timings  *loopTimings
 	status   atomic.Pointer[Status]
@@ -155,11 +157,12 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg: cfg, wal: wal, store: cfg.Store, log: cfg.Logger,
-		queue:   make(chan *waiter, cfg.QueueMax),
-		waiters: waiters{m: map[uint64]*waiter{}},
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		timings: newLoopTimings(),
+		queue:    make(chan *waiter, cfg.QueueMax),
+		waiters:  waiters{m: map[uint64]*waiter{}},
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		timings:  newLoopTimings(),
+		ckptDone: make(chan error, 1),
 	}
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])

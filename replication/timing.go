@@ -10,18 +10,30 @@ import (
 // duration of each WAL write+fdatasync and how many requests each one
 // carried (the group-commit size).
 type loopTimings struct {
-	mu        sync.Mutex
-	fsyncUs   *hdrhistogram.Histogram
-	groupSize *hdrhistogram.Histogram
-	fsyncSum  int64
-	groupSum  int64
+	mu           sync.Mutex
+	fsyncUs      *hdrhistogram.Histogram
+	groupSize    *hdrhistogram.Histogram
+	checkpointUs *hdrhistogram.Histogram
+	fsyncSum     int64
+	groupSum     int64
+	ckptSum      int64
 }
 
 func newLoopTimings() *loopTimings {
 	return &loopTimings{
-		fsyncUs:   hdrhistogram.New(1, 100_000_000, 3),
-		groupSize: hdrhistogram.New(1, 10_000_000, 3),
+		fsyncUs:      hdrhistogram.New(1, 100_000_000, 3),
+		groupSize:    hdrhistogram.New(1, 10_000_000, 3),
+		checkpointUs: hdrhistogram.New(1, 1_000_000_000, 3),
 	}
+}
+
+// recordCheckpoint notes how long a state checkpoint held the loop.
+func (t *loopTimings) recordCheckpoint(us int64) {
+	us = max(us, 1)
+	t.mu.Lock()
+	_ = t.checkpointUs.RecordValue(us)
+	t.ckptSum += us
+	t.mu.Unlock()
 }
 
 func (t *loopTimings) recordFsync(us int64, requests int) {
@@ -38,8 +50,8 @@ func (t *loopTimings) recordFsync(us int64, requests int) {
 
 // Timings are copies of the loop's histograms.
 type Timings struct {
-	FsyncUs, GroupSize   *hdrhistogram.Histogram
-	FsyncSumUs, GroupSum int64
+	FsyncUs, GroupSize, CheckpointUs      *hdrhistogram.Histogram
+	FsyncSumUs, GroupSum, CheckpointSumUs int64
 }
 
 // Timings returns copies of the fsync-duration and group-commit-size
@@ -49,9 +61,11 @@ func (n *Node) Timings() Timings {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return Timings{
-		FsyncUs:    hdrhistogram.Import(t.fsyncUs.Export()),
-		GroupSize:  hdrhistogram.Import(t.groupSize.Export()),
-		FsyncSumUs: t.fsyncSum,
-		GroupSum:   t.groupSum,
+		FsyncUs:         hdrhistogram.Import(t.fsyncUs.Export()),
+		GroupSize:       hdrhistogram.Import(t.groupSize.Export()),
+		CheckpointUs:    hdrhistogram.Import(t.checkpointUs.Export()),
+		FsyncSumUs:      t.fsyncSum,
+		GroupSum:        t.groupSum,
+		CheckpointSumUs: t.ckptSum,
 	}
 }
