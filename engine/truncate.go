@@ -205,6 +205,14 @@ func (l *Log) DeleteBefore(offset uint64) (deleted uint64, freedBytes int64, err
 // segment rolled over in between was synced by the roll; a later segment
 // holds only records appended after this call.
 func (l *Log) activeSyncer() func() error {
+	l.appendMu.Lock()
+	fault := l.appendable()
+	l.appendMu.Unlock()
+	if fault != nil {
+		// A log with a storage fault may hold a partial batch: no checkpoint
+		// may vouch for it.
+		return func() error { return fault }
+	}
 	l.mu.RLock()
 	seg := l.active()
 	l.mu.RUnlock()
@@ -238,17 +246,19 @@ func (l *Log) DropSegmentsBefore(offset uint64) error {
 	}
 	l.mu.Unlock()
 	l.appendMu.Unlock()
+	// Oldest first, index before segment, directory fsynced after each:
+	// a crash part-way leaves a prefix removed and never a gap.
 	for _, s := range gone {
 		s.file.Close()
-		if err := os.Remove(s.path); err != nil {
-			return fmt.Errorf("engine: remove segment %s: %w", s.path, err)
-		}
 		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
 			return err
 		}
-	}
-	if len(gone) > 0 {
-		return syncDir(l.dir)
+		if err := os.Remove(s.path); err != nil {
+			return fmt.Errorf("engine: remove segment %s: %w", s.path, err)
+		}
+		if err := syncDir(l.dir); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -123,7 +123,7 @@ func (s *Server) writeTimingMetrics(w *promWriter) {
 	t := s.node.Timings()
 	w.writeSummary("keel_fsync_us", "WAL write + fdatasync of one group commit, microseconds", t.FsyncUs, t.FsyncSumUs)
 	w.writeSummary("keel_group_commit_requests", "requests made durable by one WAL fdatasync", t.GroupSize, t.GroupSum)
-	w.writeSummary("keel_checkpoint_us", "state checkpoints (partition fsyncs, state file, WAL truncation), which hold the Raft loop, microseconds", t.CheckpointUs, t.CheckpointSumUs)
+	w.writeSummary("keel_checkpoint_us", "state checkpoints from capture to WAL truncation (partition fsyncs and the state file run in the background), microseconds", t.CheckpointUs, t.CheckpointSumUs)
 }
 
 func (s *Server) writeDataMetrics(w *promWriter) {

@@ -2,6 +2,7 @@ package httpfront
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -72,7 +73,11 @@ func startServerIO(t testing.TB, nodeCfg replication.Config, mutate func(*Config
 	go srv.Serve(ln)
 	ts := &testServer{t: t, url: "http://" + ln.Addr().String(), srv: srv, node: node}
 	t.Cleanup(func() {
-		srv.srv.Shutdown()
+		// Bounded: a connection the client left half-open would otherwise
+		// hold Shutdown until the server's read timeout.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
 		node.Close()
 		store.Close()
 		io.Close()

@@ -43,9 +43,6 @@ func (n *Node) loop() {
 		case <-ticker.C:
 			n.rn.Tick()
 			n.campaign()
-			if time.Since(n.lastCkpt) >= n.cfg.CheckpointInterval && n.walSinceCkpt > 0 {
-				n.checkpoint()
-			}
 		case err := <-n.ckptDone:
 			n.finishCheckpoint(err)
 		case <-rocketSync:
@@ -58,7 +55,10 @@ func (n *Node) loop() {
 			return
 		}
 		n.handleReadies()
-		if n.walSinceCkpt >= n.cfg.CheckpointBytes {
+		// Checkpoints are captured only here, after every Ready is handled,
+		// so the HardState they save is the persisted one.
+		if n.walSinceCkpt >= n.cfg.CheckpointBytes ||
+			n.walSinceCkpt > 0 && time.Since(n.lastCkpt) >= n.cfg.CheckpointInterval {
 			n.checkpoint()
 		}
 		n.publishStatus()
@@ -356,6 +356,11 @@ func (n *Node) startCheckpoint(wait bool) {
 			return
 		}
 		n.finishCheckpoint(<-n.ckptDone)
+	}
+	if n.Fault() != nil {
+		// After a fault the state may hold half an entry (apply stopped
+		// part-way): never checkpoint it.
+		return
 	}
 	start := time.Now()
 	applied, _ := n.store.Applied()

@@ -290,8 +290,9 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 	case n.queue <- w:
 	default:
 		n.queuedBytes.Add(-size)
-		n.waiters.take(w.id)
-		putWaiter(w)
+		if _, ok := n.waiters.take(w.id); ok {
+			putWaiter(w) // nobody else saw it
+		} // else failAll answered it meanwhile: its done holds a token, leave it to the GC
 		return Outcome{}, ErrOverloaded
 	}
 	// From here the loop may hold w (in the queue, in an entry being

@@ -27,7 +27,8 @@ func newLoopTimings() *loopTimings {
 	}
 }
 
-// recordCheckpoint notes how long a state checkpoint held the loop.
+// recordCheckpoint notes how long a state checkpoint took (in the
+// background: capture on the loop, then fsyncs and file writes).
 func (t *loopTimings) recordCheckpoint(us int64) {
 	us = max(us, 1)
 	t.mu.Lock()
