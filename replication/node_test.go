@@ -3,8 +3,11 @@ package replication
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,4 +228,61 @@ func TestRocketMarker(t *testing.T) {
 	if st := tn2.n.Status(); st.LastSyncedBatch == 0 || !st.Serving {
 		t.Fatalf("status after restart: %+v", st)
 	}
+}
+
+// failAfter fails every write once fail is set (syncs still work, so
+// only the node's own rule can keep a checkpoint from being written).
+type failAfter struct {
+	ring.Backend
+	fail atomic.Bool
+}
+
+func (f *failAfter) WriteAt(fd int, off int64, bufs [][]byte, sync bool) error {
+	if f.fail.Load() {
+		return &ring.FaultError{Op: "write", Err: syscall.EIO}
+	}
+	return f.Backend.WriteAt(fd, off, bufs, sync)
+}
+
+
+// TestNoCheckpointAfterFault: once a storage fault stopped the node, no
+// checkpoint is written, however often the interval comes round.
+func TestNoCheckpointAfterFault(t *testing.T) {
+	dir := t.TempDir()
+	base, err := ring.OpenKind(ring.KindSyscall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	fb := &failAfter{Backend: base}
+	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: filepath.Join(dir, "state")}, fb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Open(Config{WALDir: filepath.Join(dir, "wal"), IO: fb, Store: store, StoreBlob: blob,
+		CheckpointInterval: 200 * time.Millisecond, TickInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Start()
+	waitReady(t, n)
+	propose(t, n, produceCmd("t", "", "before"))
+	time.Sleep(300 * time.Millisecond) // let an interval checkpoint happen
+	ckpt := filepath.Join(dir, "state", "state.ckpt")
+	st1, err := os.Stat(ckpt)
+	if err != nil {
+		t.Fatalf("no checkpoint before the fault: %v", err)
+	}
+	propose(t, n, produceCmd("t", "", "not yet checkpointed")) // the next interval has work to do
+	fb.fail.Store(true)
+	if _, err := n.Propose(produceCmd("t", "", "after"), time.Now().Add(2*time.Second)); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write after the fault: %v, want EIO", err)
+	}
+	time.Sleep(400 * time.Millisecond) // two intervals
+	st2, err := os.Stat(ckpt)
+	if err != nil || !st2.ModTime().Equal(st1.ModTime()) || n.Status().Ready {
+		t.Fatalf("checkpoint changed after a fault (%v -> %v, %v) or node still ready", st1.ModTime(), st2.ModTime(), err)
+	}
+	n.Close()
+	store.Close()
 }
