@@ -244,7 +244,6 @@ func (f *failAfter) WriteAt(fd int, off int64, bufs [][]byte, sync bool) error {
 	return f.Backend.WriteAt(fd, off, bufs, sync)
 }
 
-
 // TestNoCheckpointAfterFault: once a storage fault stopped the node, no
 // checkpoint is written, however often the interval comes round.
 func TestNoCheckpointAfterFault(t *testing.T) {
