@@ -49,6 +49,8 @@ type options struct {
 	aof                  string
 	haEnabled            bool
 	pprofAddr            string
+	gcPercent            int
+	memoryLimitMiB       int
 	hostSet, tokensGiven bool
 }
 
@@ -133,6 +135,8 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	strVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	intVar(&o.workers, "workers", 0, "accepted for compatibility and ignored")
 	strVar(&o.aof, "aof", "", "accepted for compatibility and ignored")
+	intVar(&o.gcPercent, "gc-percent", 400, "Go GC target percentage (GOGC, when set, wins); higher means fewer collections on the request path")
+	intVar(&o.memoryLimitMiB, "memory-limit-mib", 192, "soft memory limit for the Go heap in MiB (GOMEMLIMIT, when set, wins); the GC works harder near it; 0 = none")
 	strVar(&o.pprofAddr, "pprof-addr", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060); off when empty")
 	boolVar(&o.haEnabled, "ha", false, "cluster mode (not built yet: see the HA issue)", "RF_HA_ENABLED")
 	validate := func() error {
@@ -170,6 +174,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--idempotency-keys-max and --idempotency-window must be positive")
 	case o.checkpointBytes < 1<<20:
 		return fmt.Errorf("--checkpoint-bytes %d: want at least 1 MiB", o.checkpointBytes)
+	case o.gcPercent < -1 || o.memoryLimitMiB < 0:
+		return fmt.Errorf("--gc-percent must be -1 (off) or more, --memory-limit-mib 0 or more")
 	case o.defaultTimeout <= 0:
 		return fmt.Errorf("--write-timeout must be positive")
 	case o.haEnabled:

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -105,6 +106,7 @@ func serveWith(o options, log *slog.Logger) error {
 	if o.workers != 0 || o.aof != "" {
 		log.Info("--workers and --aof are accepted for compatibility and ignored")
 	}
+	tuneGC(o, log)
 	if o.pprofAddr != "" {
 		go servePprof(o.pprofAddr, log)
 	}
@@ -202,4 +204,20 @@ func servePprof(addr string, log *slog.Logger) {
 	if err := http.ListenAndServe(addr, nil); err != nil {
 		log.Error("pprof server stopped", "err", err)
 	}
+}
+
+// tuneGC sets the GC target and soft memory limit unless GOGC/GOMEMLIMIT
+// are set. Measured with keel bench produce-64 (6 s, 100 connections, two
+// alternating runs each): GOGC=400 answered 40,466 and 45,957 req/s with
+// p99 7.1 and 4.9 ms; GOGC=100 answered 31,735 and 33,796 with p99 12.0
+// and 10.8 ms. The soft limit keeps the larger target from growing RSS
+// past the budget.
+func tuneGC(o options, log *slog.Logger) {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(o.gcPercent)
+	}
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set && o.memoryLimitMiB > 0 {
+		debug.SetMemoryLimit(int64(o.memoryLimitMiB) << 20)
+	}
+	log.Debug("gc", "gc_percent", o.gcPercent, "memory_limit_mib", o.memoryLimitMiB)
 }
