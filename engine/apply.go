@@ -135,6 +135,12 @@ func (s *Store) applyCreate(name string, partitions int, nowMs int64) Result {
 		}
 		return Result{Count: partitions}
 	}
+	s.mu.RLock()
+	full := len(s.topics) >= s.stage.lim.TopicsMax
+	s.mu.RUnlock()
+	if full {
+		return Result{Err: ErrTooManyTopics}
+	}
 	t, err := s.openTopic(name, partitions, nowMs)
 	if err != nil {
 		// Creating files failed (disk full, too many open files): not a

@@ -10,7 +10,7 @@ import (
 //
 //	entry   = version u8 (1) | leader time ms i64 LE | idempotency window
 //	          ms i64 LE | idempotency keys max u32 LE | partitions max u32 LE |
-//	          command*
+//	          topics max u32 LE | command*
 //	command = kind u8 | request id u64 LE | body length uvarint | body
 //
 // Bodies (strings and byte strings are uvarint length + bytes):
@@ -27,7 +27,7 @@ import (
 // partition limit, message timestamps).
 const (
 	entryVersion      = 1
-	entryHeaderBytes  = 25
+	entryHeaderBytes  = 29
 	commandHeaderMin  = 10
 	commandsPerEntry  = 1 << 20 // sanity bound while decoding
 	messagesPerCmdMax = 1 << 20
@@ -72,11 +72,13 @@ type EntryLimits struct {
 	IdempotencyWindowMs int64 // how long an idempotency key is remembered
 	IdempotencyKeysMax  int   // at most this many keys, oldest dropped first
 	PartitionsMax       int   // partitions a topic may have
+	TopicsMax           int   // topics a node may hold (each partition holds open files)
 }
 
 // Defaults for EntryLimits.
 const (
 	PartitionsMaxDefault       = 1024
+	TopicsMaxDefault           = 10_000
 	IdempotencyWindowMsDefault = 24 * 60 * 60 * 1000
 	IdempotencyKeysMaxDefault  = 1_000_000
 	partitionsLimit            = 1 << 16 // sanity bound when decoding
@@ -93,6 +95,9 @@ func (e EntryLimits) WithDefaults() EntryLimits {
 	if e.PartitionsMax == 0 {
 		e.PartitionsMax = PartitionsMaxDefault
 	}
+	if e.TopicsMax == 0 {
+		e.TopicsMax = TopicsMaxDefault
+	}
 	return e
 }
 
@@ -103,7 +108,8 @@ func AppendEntryHeader(dst []byte, nowMs int64, lim EntryLimits) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(nowMs))
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(lim.IdempotencyWindowMs))
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(lim.IdempotencyKeysMax))
-	return binary.LittleEndian.AppendUint32(dst, uint32(lim.PartitionsMax))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(lim.PartitionsMax))
+	return binary.LittleEndian.AppendUint32(dst, uint32(lim.TopicsMax))
 }
 
 // AppendCommand appends the encoding of c to dst.
@@ -173,6 +179,7 @@ func DecodeEntryHeader(b []byte) (nowMs int64, lim EntryLimits, commands []byte,
 		IdempotencyWindowMs: int64(binary.LittleEndian.Uint64(b[9:17])),
 		IdempotencyKeysMax:  int(binary.LittleEndian.Uint32(b[17:21])),
 		PartitionsMax:       int(binary.LittleEndian.Uint32(b[21:25])),
+		TopicsMax:           int(binary.LittleEndian.Uint32(b[25:29])),
 	}
 	return nowMs, lim, b[entryHeaderBytes:], nil
 }

@@ -37,6 +37,7 @@ var (
 	ErrInvalidTopic      = errors.New("invalid topic name")
 	ErrInvalidGroup      = errors.New("invalid group name")
 	ErrInvalidPartitions = errors.New("invalid partition count")
+	ErrTooManyTopics     = errors.New("topic limit reached")
 )
 
 var topicNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)

@@ -8,7 +8,7 @@ import (
 )
 
 // testLimits: a 1 s idempotency window and 3 keys, to test eviction.
-var testLimits = EntryLimits{IdempotencyWindowMs: 1000, IdempotencyKeysMax: 3, PartitionsMax: PartitionsMaxDefault}
+var testLimits = EntryLimits{IdempotencyWindowMs: 1000, IdempotencyKeysMax: 3, PartitionsMax: PartitionsMaxDefault, TopicsMax: 5}
 
 func entry(nowMs int64, cmds ...Command) []byte {
 	b := AppendEntryHeader(nil, nowMs, testLimits)
@@ -275,4 +275,24 @@ func FuzzDecodeCommand(f *testing.F) {
 			t.Fatalf("re-encoding differs:\n got %x\nwant %x", enc, b[:len(b)-len(rest)])
 		}
 	})
+}
+
+func TestStoreTopicLimit(t *testing.T) {
+	h := newStoreHarness(t, t.TempDir()) // testLimits: 5 topics
+	var cmds []Command
+	for i := 0; i < 7; i++ {
+		cmds = append(cmds, Command{Kind: CmdCreateTopic, Topic: fmt.Sprintf("t%d", i), Partitions: 1})
+	}
+	res := h.apply(1, cmds...)
+	for i, r := range res {
+		if wantFull := i >= 5; errors.Is(r.Err, ErrTooManyTopics) != wantFull {
+			t.Errorf("create %d: %v", i, r.Err)
+		}
+	}
+	if r := h.apply(2, produce("auto", -1, "", "x")); !errors.Is(r[0].Err, ErrTooManyTopics) {
+		t.Fatalf("auto-create past the limit: %v", r[0].Err)
+	}
+	if r := h.apply(3, produce("t0", 0, "", "x")); r[0].Err != nil {
+		t.Fatalf("produce to an existing topic at the limit: %v", r[0].Err)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"keel/engine"
 	"keel/replication"
 	"keel/ring"
 )
@@ -408,4 +409,13 @@ func TestDiskFull(t *testing.T) {
 	if r := ts.do("GET", "/health", ""); r.status != 200 {
 		t.Fatalf("/health after a storage fault: %d", r.status)
 	}
+}
+
+func TestTopicLimit(t *testing.T) {
+	ts := startServerWith(t, replication.Config{Limits: engine.EntryLimits{TopicsMax: 2}}, nil)
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"a","partitions":1}`), 200, "")
+	ts.expect(ts.do("POST", "/broker/topics/b/produce", "x"), 200, "")
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"c","partitions":1}`), 409, "too_many_topics")
+	ts.expect(ts.do("POST", "/broker/topics/d/produce", "x"), 409, "too_many_topics")
+	ts.expect(ts.do("POST", "/broker/topics/a/produce", "x"), 200, "")
 }

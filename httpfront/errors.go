@@ -85,6 +85,8 @@ func mapError(err error) *apiError {
 		return errBadRequest("invalid_topic", "topic names are 1-249 characters of [A-Za-z0-9._-], not . or ..")
 	case errors.Is(err, engine.ErrInvalidGroup):
 		return errBadRequest("invalid_group", "group names are 1-249 printable characters")
+	case errors.Is(err, engine.ErrTooManyTopics):
+		return &apiError{status: 409, code: "too_many_topics", message: "the node holds max_topics topics; delete one or raise --max-topics"}
 	case errors.Is(err, engine.ErrInvalidPartitions):
 		return errBadRequest("invalid_partitions", "partitions must be between 1 and max_partitions")
 	case errors.Is(err, replication.ErrOverloaded):

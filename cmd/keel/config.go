@@ -36,6 +36,7 @@ type options struct {
 	autoCreateTopics     bool
 	defaultPartitions    int
 	maxPartitions        int
+	maxTopics            int
 	maxMessageBytes      int
 	maxBatchMessages     int
 	maxBatchBytes        int
@@ -124,6 +125,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	boolVar(&o.autoCreateTopics, "auto-create-topics", true, "create a missing topic on first produce")
 	intVar(&o.defaultPartitions, "default-partitions", 8, "partitions of an auto-created topic or a create without a count")
 	intVar(&o.maxPartitions, "max-partitions", 1024, "most partitions a topic may have")
+	intVar(&o.maxTopics, "max-topics", 10000, "most topics the node holds (every partition keeps files open)")
 	intVar(&o.maxMessageBytes, "max-message-bytes", 1<<20, "largest message (produce body or NDJSON line)", "RF_MAX_MESSAGE_BYTES")
 	intVar(&o.maxBatchMessages, "max-batch-messages", 10000, "most lines in one NDJSON request")
 	intVar(&o.maxBatchBytes, "max-batch-bytes", 4<<20, "largest NDJSON request body")
@@ -166,6 +168,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--max-batch-bytes %d: want 1..%d (one replicated entry holds 8 MiB)", o.maxBatchBytes, 6<<20)
 	case o.maxBatchMessages < 1 || o.maxBatchMessages > 100000:
 		return fmt.Errorf("--max-batch-messages %d: want 1..100000", o.maxBatchMessages)
+	case o.maxTopics < 1 || o.maxTopics > 1_000_000:
+		return fmt.Errorf("--max-topics %d: want 1..1000000", o.maxTopics)
 	case o.maxPartitions < 1 || o.maxPartitions > 65536:
 		return fmt.Errorf("--max-partitions %d: want 1..65536", o.maxPartitions)
 	case o.defaultPartitions < 1 || o.defaultPartitions > o.maxPartitions:

@@ -128,6 +128,7 @@ func serveWith(o options, log *slog.Logger) error {
 			IdempotencyWindowMs: o.idempotencyWindow.Milliseconds(),
 			IdempotencyKeysMax:  o.idempotencyKeysMax,
 			PartitionsMax:       o.maxPartitions,
+			TopicsMax:           o.maxTopics,
 		},
 		Logger: log,
 	})
