@@ -38,6 +38,9 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 	}
 	l.batch = batch
 	l.publish(seg, len(recs), size, batch)
+	if sync {
+		l.noteSynced(seg, seg.size)
+	}
 	l.sinceCheckpoint += int64(size)
 	if sync && l.sinceCheckpoint >= l.cfg.CheckpointIntervalBytes {
 		if err := l.writeCheckpoint(); err != nil {

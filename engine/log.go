@@ -48,6 +48,10 @@ type Log struct {
 	next   uint64       // offset the next record gets
 	start  uint64       // first offset stored
 	report RecoveryReport
+	synced struct { // how far a segment is known fsynced, so idle logs skip checkpoint fsyncs
+		seg  *segment
+		size int64
+	}
 
 	appendMu        sync.Mutex    // serialises appends, rolls, checkpoints and Close
 	batch           uint64        // last group-commit sequence number used

@@ -214,14 +214,28 @@ func (l *Log) activeSyncer() func() error {
 		return func() error { return fault }
 	}
 	l.mu.RLock()
-	seg := l.active()
+	seg, size := l.active(), l.active().size
+	idle := l.synced.seg == seg && l.synced.size == size
 	l.mu.RUnlock()
+	if idle {
+		return func() error { return nil } // nothing written since the last sync
+	}
 	return func() error {
 		if err := l.io.Sync(seg.fd()); err != nil {
 			return fmt.Errorf("engine: sync %s for a checkpoint: %w", seg.path, err)
 		}
+		l.noteSynced(seg, size)
 		return nil
 	}
+}
+
+// noteSynced records that seg is durable up to size (never moving back).
+func (l *Log) noteSynced(seg *segment, size int64) {
+	l.mu.Lock()
+	if l.synced.seg != seg || l.synced.size < size {
+		l.synced.seg, l.synced.size = seg, size
+	}
+	l.mu.Unlock()
 }
 
 // DropSegmentsBefore deletes the sealed segments whose records all lie

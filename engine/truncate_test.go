@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"keel/ring"
 )
 
 func fillLog(t *testing.T, l *Log, n uint64) {
@@ -190,5 +192,52 @@ func TestReadLengthPastSegmentEnd(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Read spins on a length past the segment end")
+	}
+}
+
+// countingBackend counts Sync calls.
+type countingBackend struct {
+	ring.Backend
+	syncs int
+}
+
+func (c *countingBackend) Sync(fd int) error {
+	c.syncs++
+	return c.Backend.Sync(fd)
+}
+
+// TestActiveSyncerSkipsIdleLogs: a checkpoint fsyncs a partition only when
+// something was written since its last sync.
+func TestActiveSyncerSkipsIdleLogs(t *testing.T) {
+	cb := &countingBackend{Backend: openBackend(t, "syscall")}
+	l := mustOpen(t, t.TempDir(), cb, LogConfig{})
+	defer l.Close()
+	run := func() int {
+		before := cb.syncs
+		if err := l.activeSyncer()(); err != nil {
+			t.Fatal(err)
+		}
+		return cb.syncs - before
+	}
+	if _, _, err := l.AppendBatch([]Record{messageRecord(0)}, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := run(); n != 1 {
+		t.Fatalf("after an unsynced append: %d syncs, want 1", n)
+	}
+	if n := run(); n != 0 {
+		t.Fatalf("idle log: %d syncs, want 0", n)
+	}
+	if _, _, err := l.AppendBatch([]Record{messageRecord(1)}, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := run(); n != 0 {
+		t.Fatalf("after a synced append: %d syncs, want 0", n)
+	}
+	if _, _, err := l.AppendBatch([]Record{messageRecord(2)}, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := run(); n != 1 {
+		t.Fatalf("after another unsynced append: %d syncs, want 1", n)
 	}
 }
