@@ -20,9 +20,17 @@
 //   - Reads never return bytes that fail their CRC and never see records
 //     whose append has not completed.
 //
-// The same frames and writer serve partition segments (RecordMessage) and,
-// later, the Raft log (RecordRaftEntry, RecordRaftState): a Raft Ready's
-// HardState and entries go to Writer.Append together and share one fsync.
+// The same frames and Log serve partition segments (RecordMessage) and the
+// Raft WAL (RecordRaftEntry, RecordRaftState). The Raft loop is the WAL's
+// only appender and already batches everything waiting into one Ready, so
+// it calls Log.AppendBatch directly: a Ready's entries and HardState are one
+// batch with one fsync. Writer is the group-commit front for logs with many
+// concurrent appenders and no Raft loop in front (benchmarked by
+// BenchmarkWriterAppend).
+//
+// The state machine (Store) lives here too: it applies committed entries to
+// partitions, consumer offsets and the idempotency table, deterministically,
+// and writes the state checkpoint that bounds recovery.
 //
 // engine imports only ring (and the standard library).
 package engine
