@@ -6,7 +6,6 @@ import (
 	"hash/fnv"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"sync"
@@ -40,12 +39,31 @@ var (
 	ErrTooManyTopics     = errors.New("topic limit reached")
 )
 
-var topicNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)
+// topicNameByte marks the bytes a topic name may hold: [A-Za-z0-9._-].
+var topicNameByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	t['.'], t['_'], t['-'] = true, true, true
+	return t
+}()
 
 // ValidTopicName reports whether name is a topic name: 1–249 characters
-// of [A-Za-z0-9._-], and not "." or ".." (they name directories).
+// of [A-Za-z0-9._-], and not "." or ".." (they name directories). It runs
+// on every produce and consume, so it is a table lookup, not a regexp.
 func ValidTopicName(name string) bool {
-	return topicNameRE.MatchString(name) && name != "." && name != ".."
+	if len(name) == 0 || len(name) > TopicNameBytesMax || name == "." || name == ".." {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if !topicNameByte[name[i]] {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidGroupName reports whether name is a consumer group name: 1–249
