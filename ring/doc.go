@@ -14,9 +14,12 @@
 //     dropped the dirty pages and a second fsync would falsely succeed.
 //   - Buffers are pinned (runtime.Pinner) while the kernel uses them, so the
 //     garbage collector can never move or free memory in flight.
-//   - One goroutine owns each io_uring instance, locked to its OS thread for
-//     its whole life; callers hand it work over a channel. Every Backend is
-//     safe for concurrent use.
+//   - The io_uring backend keeps a few rings; an operation takes a free one
+//     and runs on its caller's goroutine (submit, then wait in the same
+//     io_uring_enter): no hand-off to another goroutine, so no scheduling
+//     delay in the middle of a group commit, and a long fsync of one file
+//     does not hold up a write to another. Every Backend is safe for
+//     concurrent use.
 //
 // Open picks the backend: KEEL_IO_BACKEND=uring|syscall forces one; without
 // it, io_uring is tried and the syscall backend (pwritev + fdatasync) is used

@@ -21,68 +21,59 @@ const (
 	userDataSync  uint64 = 2
 )
 
-// uringOp is one request handed to the ring goroutine.
-type uringOp struct {
-	fd   int
-	off  int64
-	bufs [][]byte
-	sync bool
-	done chan error
-}
+// uringRings is how many io_uring instances one backend keeps, so that
+// that many operations can run at once: the WAL's group commit must not
+// wait behind a checkpoint's fsync of a large partition file, nor the
+// apply path's partition writes behind either.
+const uringRings = 4
 
-var uringOpPool = sync.Pool{New: func() any { return &uringOp{done: make(chan error, 1)} }}
-
-// uringBackend owns one io_uring instance through one goroutine locked to
-// its OS thread. Operations are serialised through ops: the engine has one
-// flush loop per log, so there is never more than one operation waiting per
-// log, and serial operations keep write/sync ordering trivially visible.
+// uringBackend owns a few io_uring instances. Each operation takes a free
+// one and runs on its caller's goroutine: the caller prepares the entries,
+// submits them and waits for the completions in one io_uring_enter, as it
+// would wait in pwritev. There is no ring goroutine to hand work to: on a
+// busy 2-core machine each such hand-off cost a scheduling delay on the way
+// in and on the way out of every group commit (measured: 21% idle CPU and
+// 5–10% fewer durable produces/s than the syscall backend, which calls
+// directly). The rings are set up without IORING_SETUP_SINGLE_ISSUER, so
+// any thread may submit to them.
 type uringBackend struct {
-	ops       chan *uringOp
+	free      chan *uringWorker // idle rings; an operation holds one
 	closeOnce sync.Once
-	stopped   chan struct{}
-	mu        sync.RWMutex // guards closed against sends on ops
+	mu        sync.RWMutex // read-held by operations, so Close waits for them
 	closed    bool
 	fault     stickyFault
 }
 
 func newUringBackend() (*uringBackend, error) {
-	b := &uringBackend{ops: make(chan *uringOp), stopped: make(chan struct{})}
-	ready := make(chan error, 1)
-	go b.loop(ready)
-	if err := <-ready; err != nil {
-		return nil, err
+	b := &uringBackend{free: make(chan *uringWorker, uringRings)}
+	for range uringRings {
+		r, err := giouring.CreateRing(uringEntries)
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("io_uring setup: %w", err)
+		}
+		b.free <- &uringWorker{ring: r}
 	}
 	return b, nil
 }
 
 func (b *uringBackend) Kind() Kind { return KindUring }
 
-// loop is the only goroutine that touches the ring.
-func (b *uringBackend) loop(ready chan<- error) {
-	// Never unlocked: the ring stays with one thread for its whole life, and
-	// the thread exits with the goroutine.
-	runtime.LockOSThread()
-	defer close(b.stopped)
-	r, err := giouring.CreateRing(uringEntries)
-	if err != nil {
-		ready <- fmt.Errorf("io_uring setup: %w", err)
-		return
-	}
-	ready <- nil
-	defer r.QueueExit()
-	u := uringWorker{ring: r}
-	for op := range b.ops {
-		op.done <- u.run(op)
-	}
-}
-
+// Close waits for running operations and releases the rings.
 func (b *uringBackend) Close() error {
 	b.closeOnce.Do(func() {
 		b.mu.Lock()
 		b.closed = true
-		close(b.ops)
 		b.mu.Unlock()
-		<-b.stopped
+		for {
+			select {
+			case w := <-b.free:
+				w.ring.QueueExit()
+				continue
+			default:
+			}
+			break
+		}
 	})
 	return nil
 }
@@ -97,19 +88,15 @@ func (b *uringBackend) submit(fd int, off int64, bufs [][]byte, sync bool) error
 	if err := b.fault.get(); err != nil {
 		return err
 	}
-	op := uringOpPool.Get().(*uringOp)
-	op.fd, op.off, op.bufs, op.sync = fd, off, skipEmpty(bufs), sync
 	b.mu.RLock()
 	if b.closed {
 		b.mu.RUnlock()
-		uringOpPool.Put(op)
 		return ErrClosed
 	}
-	b.ops <- op
+	w := <-b.free
+	err := w.run(fd, off, skipEmpty(bufs), sync)
+	b.free <- w
 	b.mu.RUnlock()
-	err := <-op.done
-	op.bufs = nil
-	uringOpPool.Put(op)
 	if err != nil {
 		var fault *FaultError
 		if errors.As(err, &fault) {
@@ -119,8 +106,8 @@ func (b *uringBackend) submit(fd int, off int64, bufs [][]byte, sync bool) error
 	return err
 }
 
-// uringWorker is the ring goroutine's state: the ring and a reusable iovec
-// array (pinned per operation).
+// uringWorker is the ring and a reusable iovec array (pinned per
+// operation); it is used by one goroutine at a time.
 type uringWorker struct {
 	ring   *giouring.Ring
 	iovecs []unix.Iovec
@@ -128,20 +115,19 @@ type uringWorker struct {
 
 // run performs one operation: writes in chunks of at most IOV_MAX buffers,
 // the last chunk linked to the fdatasync when sync is asked.
-func (u *uringWorker) run(op *uringOp) error {
+func (u *uringWorker) run(fd int, off int64, bufs [][]byte, sync bool) error {
 	var pinner runtime.Pinner
 	defer pinner.Unpin()
-	bufs, off := op.bufs, op.off
 	if len(bufs) == 0 {
-		if !op.sync {
+		if !sync {
 			return nil
 		}
-		return u.fsyncOnly(op.fd)
+		return u.fsyncOnly(fd)
 	}
 	for len(bufs) > 0 {
 		chunk := bufs[:min(len(bufs), iovecsPerCallMax)]
 		last := len(chunk) == len(bufs)
-		n, err := u.writeChunk(&pinner, op.fd, off, chunk, op.sync && last)
+		n, err := u.writeChunk(&pinner, fd, off, chunk, sync && last)
 		if err != nil {
 			return err
 		}
