@@ -22,10 +22,16 @@ type metrics struct {
 	commits  atomic.Uint64
 
 	// Produce stages (see timing=1), in microseconds.
-	recvParseUs *shardedHist
-	queueUs     *shardedHist
-	serverUs    *shardedHist
+	produceUs *shardedHists // recv_parse, queue, server (produceStage*)
 }
+
+// The produce stages, in the order produceUs records them.
+const (
+	produceStageRecvParse = iota
+	produceStageQueue
+	produceStageServer
+	produceStages
+)
 
 type requestKey struct {
 	route string
@@ -34,10 +40,8 @@ type requestKey struct {
 
 func newMetrics() *metrics {
 	return &metrics{
-		requests:    map[requestKey]*atomic.Uint64{},
-		recvParseUs: newShardedHist(),
-		queueUs:     newShardedHist(),
-		serverUs:    newShardedHist(),
+		requests:  map[requestKey]*atomic.Uint64{},
+		produceUs: newShardedHists(produceStages),
 	}
 }
 
@@ -117,9 +121,9 @@ func (s *Server) writeNodeMetrics(w *promWriter) {
 
 func (s *Server) writeTimingMetrics(w *promWriter) {
 	m := s.metrics
-	w.writeSummary("keel_recv_parse_us", "produce: request start to command built, microseconds", m.recvParseUs.snapshot(), m.recvParseUs.sum.Load())
-	w.writeSummary("keel_queue_us", "produce: waiting for the Raft loop to take the command, microseconds", m.queueUs.snapshot(), m.queueUs.sum.Load())
-	w.writeSummary("keel_server_us", "produce: request start to answer, microseconds", m.serverUs.snapshot(), m.serverUs.sum.Load())
+	w.writeSummary("keel_recv_parse_us", "produce: request start to command built, microseconds", m.produceUs.snapshot(produceStageRecvParse), m.produceUs.sum(produceStageRecvParse))
+	w.writeSummary("keel_queue_us", "produce: waiting for the Raft loop to take the command, microseconds", m.produceUs.snapshot(produceStageQueue), m.produceUs.sum(produceStageQueue))
+	w.writeSummary("keel_server_us", "produce: request start to answer, microseconds", m.produceUs.snapshot(produceStageServer), m.produceUs.sum(produceStageServer))
 	t := s.node.Timings()
 	w.writeSummary("keel_fsync_us", "WAL write + fdatasync of one group commit, microseconds", t.FsyncUs, t.FsyncSumUs)
 	w.writeSummary("keel_group_commit_requests", "requests made durable by one WAL fdatasync", t.GroupSize, t.GroupSum)

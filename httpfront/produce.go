@@ -14,7 +14,7 @@ import (
 
 // produce serves POST /broker/topics/{topic}/produce and .../produce-ndjson.
 func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
-	start := time.Now()
+	start := ctx.Time() // when fasthttp began serving this request
 	var cmd engine.Command
 	if e := s.produceCommand(ctx, topic, ndjson, &cmd); e != nil {
 		writeError(ctx, e)
@@ -25,7 +25,6 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 		writeError(ctx, e)
 		return
 	}
-	parsed := time.Now()
 	out, err := s.node.Propose(&cmd, deadline)
 	if errors.Is(err, replication.ErrTimeout) {
 		s.writeProduceTimeout(ctx, &cmd, ndjson)
@@ -39,18 +38,17 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 		return
 	}
 	s.metrics.produced.Add(uint64(out.Count))
-	recvParseUs := parsed.Sub(ctx.Time()).Microseconds()
+	recvParseUs := out.Enqueued.Sub(start).Microseconds()
 	b := s.appendProduceResult(make([]byte, 0, 320), out, ndjson)
+	serverUs := time.Since(start).Microseconds()
 	if string(ctx.QueryArgs().Peek("timing")) == "1" {
 		b = appendIntField(b, "queue_us", out.QueueUs)
 		b = appendIntField(b, "recv_parse_us", recvParseUs)
 		b = appendIntField(b, "sync_wait_us", out.SyncWaitUs)
 		b = appendIntField(b, "produce_us", out.ApplyUs)
-		b = appendIntField(b, "server_us", time.Since(ctx.Time()).Microseconds())
+		b = appendIntField(b, "server_us", serverUs)
 	}
-	s.metrics.recvParseUs.record(recvParseUs)
-	s.metrics.queueUs.record(out.QueueUs)
-	s.metrics.serverUs.record(time.Since(ctx.Time()).Microseconds())
+	s.metrics.produceUs.record(recvParseUs, out.QueueUs, serverUs)
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 

@@ -28,56 +28,72 @@ var reportedQuantiles = []struct {
 
 type histShard struct {
 	mu sync.Mutex
-	h  *hdrhistogram.Histogram
-	_  [40]byte // keep shards on separate cache lines
+	h  []*hdrhistogram.Histogram
+	_  [32]byte // keep shards on separate cache lines
 }
 
-// shardedHist is a histogram safe for concurrent recording.
-type shardedHist struct {
+// shardedHists is a group of histograms recorded together (one value for
+// each per call), safe for concurrent recording: one lock per recording
+// covers every histogram of the group.
+type shardedHists struct {
 	shards []histShard
-	sum    atomic.Int64
+	sums   []atomic.Int64
 }
 
-func newShardedHist() *shardedHist {
+func newShardedHists(width int) *shardedHists {
 	n := runtime.GOMAXPROCS(0)
-	s := &shardedHist{shards: make([]histShard, n)}
+	s := &shardedHists{shards: make([]histShard, n), sums: make([]atomic.Int64, width)}
 	for i := range s.shards {
-		s.shards[i].h = hdrhistogram.New(histMinUs, histMaxUs, histDigits)
+		for range width {
+			s.shards[i].h = append(s.shards[i].h, hdrhistogram.New(histMinUs, histMaxUs, histDigits))
+		}
 	}
 	return s
 }
 
-// record adds one value in microseconds (clamped into the trackable range).
-func (s *shardedHist) record(us int64) {
-	us = min(max(us, histMinUs), histMaxUs)
-	s.sum.Add(us)
+// record adds one value in microseconds to each histogram of the group
+// (clamped into the trackable range); it takes a random free shard.
+func (s *shardedHists) record(us ...int64) {
+	for i := range us {
+		us[i] = min(max(us[i], histMinUs), histMaxUs)
+		s.sums[i].Add(us[i])
+	}
 	n := uint32(len(s.shards))
 	start := rand.Uint32() % n
 	for i := uint32(0); i < n; i++ {
 		sh := &s.shards[(start+i)%n]
 		if sh.mu.TryLock() {
-			_ = sh.h.RecordValue(us)
+			sh.recordLocked(us)
 			sh.mu.Unlock()
 			return
 		}
 	}
 	sh := &s.shards[start]
 	sh.mu.Lock()
-	_ = sh.h.RecordValue(us)
+	sh.recordLocked(us)
 	sh.mu.Unlock()
 }
 
-// snapshot merges the shards into a new histogram.
-func (s *shardedHist) snapshot() *hdrhistogram.Histogram {
+func (sh *histShard) recordLocked(us []int64) {
+	for i, v := range us {
+		_ = sh.h[i].RecordValue(v)
+	}
+}
+
+// snapshot merges the shards of histogram i into a new histogram.
+func (s *shardedHists) snapshot(i int) *hdrhistogram.Histogram {
 	out := hdrhistogram.New(histMinUs, histMaxUs, histDigits)
-	for i := range s.shards {
-		sh := &s.shards[i]
+	for j := range s.shards {
+		sh := &s.shards[j]
 		sh.mu.Lock()
-		out.Merge(sh.h)
+		out.Merge(sh.h[i])
 		sh.mu.Unlock()
 	}
 	return out
 }
+
+// sum returns the sum of every value recorded in histogram i.
+func (s *shardedHists) sum(i int) int64 { return s.sums[i].Load() }
 
 // writeSummary writes h as a Prometheus summary with the reported
 // quantiles, _count and _sum.

@@ -6,22 +6,25 @@ import (
 	"testing"
 )
 
-func TestShardedHist(t *testing.T) {
-	h := newShardedHist()
+func TestShardedHists(t *testing.T) {
+	h := newShardedHists(2)
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for v := int64(1); v <= 1000; v++ {
-				h.record(v)
+				h.record(v, 2*v)
 			}
 		}()
 	}
 	wg.Wait()
-	s := h.snapshot()
-	if s.TotalCount() != 8000 || h.sum.Load() != 8*500500 {
-		t.Fatalf("count %d sum %d", s.TotalCount(), h.sum.Load())
+	s := h.snapshot(0)
+	if s.TotalCount() != 8000 || h.sum(0) != 8*500500 {
+		t.Fatalf("count %d sum %d", s.TotalCount(), h.sum(0))
+	}
+	if s2 := h.snapshot(1); s2.TotalCount() != 8000 || h.sum(1) != 2*8*500500 || s2.Max() < 1999 {
+		t.Fatalf("second histogram: count %d sum %d max %d", s2.TotalCount(), h.sum(1), s2.Max())
 	}
 	cases := []struct {
 		p    float64
@@ -32,8 +35,8 @@ func TestShardedHist(t *testing.T) {
 			t.Errorf("p%v = %d, want about %d", c.p, got, c.want)
 		}
 	}
-	h.record(-5) // clamped, not lost
-	if h.snapshot().TotalCount() != 8001 {
+	h.record(-5, 1) // clamped, not lost
+	if h.snapshot(0).TotalCount() != 8001 {
 		t.Fatal("out-of-range value dropped")
 	}
 	var w promWriter

@@ -91,8 +91,8 @@ func (n *Node) campaign() {
 // proposeBatch packs first and every other waiting proposal into entries
 // of at most EntryBytesMax command bytes, up to ReadyBytesMax per turn.
 func (n *Node) proposeBatch(first *waiter) {
-	nowMs := time.Now().UnixMilli()
 	now := time.Now()
+	nowMs := now.UnixMilli()
 	var entry []byte
 	var members []*waiter
 	total := 0

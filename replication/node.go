@@ -101,6 +101,7 @@ type Node struct {
 	log     *slog.Logger
 
 	queue       chan *waiter
+	waiterPool  sync.Pool    // of *waiter; per node, as each timer expires into this node's waiters
 	queuedBytes atomic.Int64 // command bytes in queue, bounded by QueueBytesMax
 	waiters     waiters
 	reqBase     uint64
@@ -276,13 +277,13 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 	if engine.CommandBytes(c) > n.cfg.EntryBytesMax {
 		return Outcome{}, ErrTooLarge
 	}
-	w := getWaiter()
+	w := n.getWaiter()
 	w.id, w.enqueued = c.ReqID, time.Now()
 	w.data = engine.AppendCommand(w.data[:0], c)
 	size := int64(len(w.data))
 	if n.queuedBytes.Add(size) > n.cfg.QueueBytesMax {
 		n.queuedBytes.Add(-size)
-		putWaiter(w)
+		n.putWaiter(w)
 		return Outcome{}, ErrOverloaded
 	}
 	n.waiters.add(w)
@@ -291,7 +292,7 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 	default:
 		n.queuedBytes.Add(-size)
 		if _, ok := n.waiters.take(w.id); ok {
-			putWaiter(w) // nobody else saw it
+			n.putWaiter(w) // nobody else saw it
 		} // else failAll answered it meanwhile: its done holds a token, leave it to the GC
 		return Outcome{}, ErrOverloaded
 	}
@@ -303,22 +304,19 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		n.waiters.take(w.id)
 		return Outcome{}, ErrTimeout
 	}
+	w.armedID.Store(w.id)
 	if w.timer == nil {
-		w.timer = time.NewTimer(wait)
+		w.timer = time.AfterFunc(wait, func() { n.waiters.expire(w.armedID.Load()) })
 	} else {
 		w.timer.Reset(wait)
 	}
-	select {
-	case <-w.done:
-	case <-w.timer.C:
-		if _, still := n.waiters.take(w.id); still {
-			return Outcome{}, ErrTimeout // the loop may still touch w: not pooled
-		}
-		<-w.done // answered while timing out
-	}
-	w.timer.Stop()
+	<-w.done
 	out, err := w.out, w.err
-	putWaiter(w)
+	out.Enqueued = w.enqueued
+	if w.timer.Stop() {
+		n.putWaiter(w)
+	} // else the timer fired: its function may still run, and the loop may
+	// still hold w if the timer answered first. Leave w to the GC.
 	return out, err
 }
 

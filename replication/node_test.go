@@ -285,3 +285,97 @@ func TestNoCheckpointAfterFault(t *testing.T) {
 	n.Close()
 	store.Close()
 }
+
+// slowSync delays every synced write by delay, as a slow disk would.
+type slowSync struct {
+	ring.Backend
+	delay atomic.Int64 // nanoseconds
+}
+
+func (s *slowSync) WriteAt(fd int, off int64, bufs [][]byte, sync bool) error {
+	if sync {
+		time.Sleep(time.Duration(s.delay.Load()))
+	}
+	return s.Backend.WriteAt(fd, off, bufs, sync)
+}
+
+// TestProposeDeadlines: with a disk slower than some deadlines, every
+// Propose returns either its own command's outcome or ErrTimeout (never
+// another request's outcome, as a reused waiter could deliver), timed-out
+// writes may still land, and a stalled loop never holds a proposer past
+// its deadline by more than scheduling slack.
+func TestProposeDeadlines(t *testing.T) {
+	dir := t.TempDir()
+	base, err := ring.OpenKind(ring.KindSyscall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	slow := &slowSync{Backend: base}
+	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: filepath.Join(dir, "state")}, slow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Open(Config{WALDir: filepath.Join(dir, "wal"), IO: slow, Store: store, StoreBlob: blob})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Start()
+	waitReady(t, n)
+	defer func() { n.Close(); store.Close() }()
+
+	// A stalled disk: the proposer comes back at its deadline.
+	slow.delay.Store(int64(300 * time.Millisecond))
+	start := time.Now()
+	_, err = n.Propose(produceCmd("t", "", "stalled"), start.Add(20*time.Millisecond))
+	if waited := time.Since(start); !errors.Is(err, ErrTimeout) || waited > 200*time.Millisecond {
+		t.Fatalf("stalled propose: %v after %v, want ErrTimeout at about 20ms", err, waited)
+	}
+
+	// Deadlines around the sync time: a mix of answers and timeouts.
+	slow.delay.Store(int64(2 * time.Millisecond))
+	propose(t, n, produceCmd("t", "", "after the stall")) // waits out the stalled sync
+	const writers, each = 8, 60
+	var mu sync.Mutex
+	acked := map[uint64]string{}
+	var timeouts atomic.Int64
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				v := fmt.Sprintf("w%d-%d", w, i)
+				deadline := time.Now().Add(time.Duration(500+(w*each+i)*37%5000) * time.Microsecond)
+				out, err := n.Propose(produceCmd("t", "", v), deadline)
+				switch {
+				case errors.Is(err, ErrTimeout):
+					timeouts.Add(1)
+				case err != nil || out.Err != nil:
+					t.Errorf("propose %s: %v %v", v, err, out.Err)
+					return
+				default:
+					mu.Lock()
+					if prev, dup := acked[out.Offset]; dup {
+						t.Errorf("offset %d acked to %s and %s", out.Offset, prev, v)
+					}
+					acked[out.Offset] = v
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	slow.delay.Store(0)
+	propose(t, n, produceCmd("t", "", "last")) // everything before it is applied
+	vals := readValues(t, store, "t")
+	for off, v := range acked {
+		if off >= uint64(len(vals)) || vals[off] != v {
+			t.Fatalf("offset %d acked for %q but holds %q", off, v, vals[min(off, uint64(len(vals)-1))])
+		}
+	}
+	t.Logf("%d acked, %d timed out, %d stored", len(acked), timeouts.Load(), len(vals))
+	if len(acked) == 0 || timeouts.Load() == 0 {
+		t.Fatalf("want both answers and timeouts: %d acked, %d timed out", len(acked), timeouts.Load())
+	}
+}
