@@ -22,9 +22,10 @@
 //     concurrent use.
 //
 // Open picks the backend: KEEL_IO_BACKEND=uring|syscall forces one; without
-// it, io_uring is tried and the syscall backend (pwritev + fdatasync) is used
-// when io_uring cannot be set up, as in containers whose seccomp profile
-// forbids it.
+// it, DefaultKind (the syscall backend: pwritev + fdatasync; see DefaultKind
+// for the measurement behind that choice). OpenKind("") tries io_uring and
+// falls back to system calls when io_uring cannot be set up, as in
+// containers whose seccomp profile forbids it.
 //
 // ring imports only golang.org/x/sys and giouring.
 package ring

@@ -229,6 +229,26 @@ func TestOpenKindFromEnv(t *testing.T) {
 	if _, err := Open(); err == nil {
 		t.Fatalf("%s=bogus: want an error", EnvBackend)
 	}
+	t.Setenv(EnvBackend, "")
+	d, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.Kind() != DefaultKind {
+		t.Fatalf("Kind() = %s with %s unset, want the default %s", d.Kind(), EnvBackend, DefaultKind)
+	}
+	if UringAvailable() == nil {
+		t.Setenv(EnvBackend, "uring")
+		u, err := Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		if u.Kind() != KindUring {
+			t.Fatalf("Kind() = %s with %s=uring", u.Kind(), EnvBackend)
+		}
+	}
 }
 
 func TestAdvance(t *testing.T) {

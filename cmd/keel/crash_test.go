@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"keel/ring"
 )
 
 // The crash test runs the real binary, loads it with 16 producers (half
@@ -88,9 +90,16 @@ func freePort(t *testing.T) int {
 }
 
 func startKeel(t *testing.T, bin, data string, port int) *keelProcess {
+	return startKeelWith(t, bin, data, port, "")
+}
+
+// startKeelWith starts the server with KEEL_IO_BACKEND=backend (the
+// default backend when empty).
+func startKeelWith(t *testing.T, bin, data string, port int, backend ring.Kind) *keelProcess {
 	t.Helper()
 	p := &keelProcess{url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: &strings.Builder{}}
 	p.cmd = exec.Command(bin, "serve", "--port", fmt.Sprint(port), "--data", data, "--checkpoint-bytes", "1048576")
+	p.cmd.Env = append(os.Environ(), ring.EnvBackend+"="+string(backend))
 	p.cmd.Stdout, p.cmd.Stderr = io.Discard, &lockedWriter{p}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -179,7 +188,13 @@ func TestCrashKill9HTTP(t *testing.T) {
 		st.commits[i] = -1
 	}
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-	p := startKeel(t, bin, data, port)
+	// Restarts alternate between the I/O backends this machine has, so each
+	// is killed mid-write and each recovers what the other wrote.
+	backends := []ring.Kind{ring.KindSyscall}
+	if ring.UringAvailable() == nil {
+		backends = append(backends, ring.KindUring)
+	}
+	p := startKeelWith(t, bin, data, port, backends[0])
 	if _, code, err := call("POST", p.url+"/broker/topics", fmt.Sprintf(`{"name":"crash","partitions":%d}`, crashPartitions)); err != nil || code != 200 {
 		t.Fatalf("create topic: %d %v", code, err)
 	}
@@ -197,7 +212,7 @@ func TestCrashKill9HTTP(t *testing.T) {
 		p.kill9(t)
 		close(stop)
 		wg.Wait()
-		p = startKeel(t, bin, data, port)
+		p = startKeelWith(t, bin, data, port, backends[(cycle+1)%len(backends)])
 		retryPending(t, p.url, st)
 		verify(t, p.url, st, cycle)
 		seq++
