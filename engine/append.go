@@ -1,6 +1,10 @@
 package engine
 
-import "fmt"
+import (
+	"fmt"
+
+	"keel/ring"
+)
 
 // AppendBatch appends recs as one group commit: one write and, with sync,
 // one fdatasync. It returns the offset of the first record and the batch
@@ -40,6 +44,9 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 	l.publish(seg, len(recs), size, batch)
 	if sync {
 		l.noteSynced(seg, seg.size)
+		l.writeBehindFrom = seg.size
+	} else if err := l.writeBehind(seg); err != nil {
+		return 0, 0, err
 	}
 	l.sinceCheckpoint += int64(size)
 	if sync && l.sinceCheckpoint >= l.cfg.CheckpointIntervalBytes {
@@ -48,6 +55,22 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 		}
 	}
 	return first, batch, nil
+}
+
+// writeBehind starts the writeback of the active segment's unsynced bytes
+// once there are WriteBehindBytes of them (see LogConfig). An error is a
+// storage fault like a failed write: sync_file_range may have met a
+// writeback error, and it must never go unreported.
+func (l *Log) writeBehind(seg *segment) error {
+	from := min(l.writeBehindFrom, seg.size) // a truncation may have cut below it
+	if l.cfg.WriteBehindBytes < 0 || seg.size-from < l.cfg.WriteBehindBytes {
+		return nil
+	}
+	if err := ring.StartWriteback(seg.fd(), from, seg.size-from); err != nil {
+		return l.setFault(fmt.Errorf("engine: start writeback of %s: %w", seg.path, err))
+	}
+	l.writeBehindFrom = seg.size
+	return nil
 }
 
 // encode frames recs into l.encoded and notes their index entries.
@@ -128,6 +151,7 @@ func (l *Log) roll() error {
 	old.sealed = true
 	l.segs = append(l.segs, seg)
 	l.mu.Unlock()
+	l.writeBehindFrom = 0
 	if err := l.writeCheckpoint(); err != nil {
 		return l.setFault(err)
 	}

@@ -57,6 +57,7 @@ type Log struct {
 	batch           uint64        // last group-commit sequence number used
 	sinceCheckpoint int64         // bytes appended since the last checkpoint
 	lastCkpt        logCheckpoint // the checkpoint on disk
+	writeBehindFrom int64         // active segment position from which writeback was not started
 	encoded         []byte        // reusable encode buffer
 	pendingIndex    []indexEntry
 	fault           error // first storage fault; sticky

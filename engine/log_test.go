@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"keel/ring"
 )
 
 func TestLogAppendReadReopen(t *testing.T) {
@@ -253,5 +255,43 @@ func TestMessageRoundTrip(t *testing.T) {
 	bad[8] = 200 // key length past the payload
 	if _, err := DecodeMessage(0, bad); err == nil {
 		t.Fatal("key length past the payload accepted")
+	}
+}
+
+// TestWriteBehind: unsynced appends start their writeback every
+// WriteBehindBytes, a synced append or a roll restarts the count, and a
+// negative setting turns it off.
+func TestWriteBehind(t *testing.T) {
+	rec := []Record{{Type: RecordMessage, Payload: make([]byte, 1000)}}
+	for _, tc := range []struct {
+		name        string
+		behind      int64
+		appends     int
+		wantStarted bool
+	}{
+		{"below the threshold", 64 << 10, 10, false},
+		{"past the threshold", 4 << 10, 10, true},
+		{"off", -1, 10, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := mustOpen(t, t.TempDir(), openBackend(t, ring.KindSyscall), LogConfig{WriteBehindBytes: tc.behind})
+			defer l.Close()
+			for range tc.appends {
+				if _, _, err := l.AppendBatch(rec, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			size := l.active().size
+			started := l.writeBehindFrom > 0
+			if started != tc.wantStarted || l.writeBehindFrom > size || tc.wantStarted && size-l.writeBehindFrom >= tc.behind {
+				t.Fatalf("writeback started up to %d of %d bytes (want started: %v)", l.writeBehindFrom, size, tc.wantStarted)
+			}
+			if _, _, err := l.AppendBatch(rec, true); err != nil {
+				t.Fatal(err)
+			}
+			if l.writeBehindFrom != l.active().size {
+				t.Fatalf("after a synced append writeback starts at %d, want %d", l.writeBehindFrom, l.active().size)
+			}
+		})
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // Kind names an I/O backend.
@@ -126,4 +128,22 @@ func (s *stickyFault) set(err error) error {
 		s.fault = err
 	}
 	return s.fault
+}
+
+// StartWriteback asks the kernel to start writing n bytes of fd at off to
+// the disk, without waiting (sync_file_range with SYNC_FILE_RANGE_WRITE).
+// It is a hint that keeps dirty pages from piling up; it makes nothing
+// durable (only fdatasync does). EINTR is retried; any other error is
+// returned as a *FaultError, since it may carry a writeback failure.
+func StartWriteback(fd int, off, n int64) error {
+	for {
+		err := unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return &FaultError{Op: "sync_file_range", Err: err}
+		}
+		return nil
+	}
 }

@@ -280,3 +280,21 @@ func TestAdvance(t *testing.T) {
 		t.Fatalf("advanceBufs modified its input: %q", got)
 	}
 }
+
+func TestStartWriteback(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "wb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := StartWriteback(int(f.Fd()), 0, 1<<20); err != nil {
+		t.Fatalf("StartWriteback: %v", err)
+	}
+	var fault *FaultError
+	if err := StartWriteback(-1, 0, 1); !errors.As(err, &fault) || !errors.Is(err, unix.EBADF) {
+		t.Fatalf("StartWriteback on a bad fd: %v, want a FaultError with EBADF", err)
+	}
+}
