@@ -3,6 +3,8 @@ package engine
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -239,5 +241,24 @@ func TestActiveSyncerSkipsIdleLogs(t *testing.T) {
 	}
 	if n := run(); n != 1 {
 		t.Fatalf("after another unsynced append: %d syncs, want 1", n)
+	}
+}
+
+func TestRemoveGently(t *testing.T) {
+	dir := t.TempDir()
+	for _, size := range []int64{0, 100, removeStepBytes, 3*removeStepBytes + 12345} {
+		path := filepath.Join(dir, fmt.Sprint("seg-", size, ".tmp"))
+		if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := removeGently(path); err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("size %d: file still there: %v", size, err)
+		}
+	}
+	if err := removeGently(filepath.Join(dir, "missing.tmp")); err == nil {
+		t.Fatal("removing a missing file: no error")
 	}
 }
