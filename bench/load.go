@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"fmt"
 	"net/url"
 	"sync"
@@ -25,6 +26,9 @@ type Request struct {
 	Path   string // with query
 	Body   []byte
 	Check  func(status int, body []byte) (ok bool, messages int)
+	// ServerTiming: the answer carries "server_us" (produce with
+	// timing=1); successful answers record it into Result.ServerLatency.
+	ServerTiming bool
 }
 
 // Load describes one run against one server.
@@ -41,12 +45,15 @@ type Load struct {
 
 // Result is what a run measured. Latencies are in microseconds.
 type Result struct {
-	Requests   int64
-	Errors     int64
-	Messages   int64
-	Elapsed    time.Duration
-	Latency    *hdrhistogram.Histogram
-	FirstError string
+	Requests int64
+	Errors   int64
+	Messages int64
+	Elapsed  time.Duration
+	Latency  *hdrhistogram.Histogram
+	// ServerLatency holds what the server said it spent on each answer
+	// (server_us), for requests with ServerTiming; empty otherwise.
+	ServerLatency *hdrhistogram.Histogram
+	FirstError    string
 }
 
 // RequestsPerSec and MessagesPerSec are rates over the run.
@@ -76,7 +83,7 @@ func Run(l Load) (Result, error) {
 	var stop atomic.Bool
 	var sent atomic.Int64
 	for i := range workers {
-		w := &worker{id: i, load: &l, client: client, hist: newLatencyHist(), sent: &sent}
+		w := &worker{id: i, load: &l, client: client, hist: newLatencyHist(), serverHist: newLatencyHist(), sent: &sent}
 		if l.Rate > 0 {
 			// Each worker sends every conns/rate; workers are staggered.
 			w.interval = time.Duration(float64(l.Connections) / l.Rate * float64(time.Second))
@@ -103,12 +110,13 @@ func Run(l Load) (Result, error) {
 			}
 		}
 	}
-	res := Result{Elapsed: time.Since(start), Latency: newLatencyHist()}
+	res := Result{Elapsed: time.Since(start), Latency: newLatencyHist(), ServerLatency: newLatencyHist()}
 	for _, w := range workers {
 		res.Requests += w.requests
 		res.Errors += w.errors
 		res.Messages += w.messages
 		res.Latency.Merge(w.hist)
+		res.ServerLatency.Merge(w.serverHist)
 		if res.FirstError == "" {
 			res.FirstError = w.firstError
 		}
@@ -123,8 +131,9 @@ type worker struct {
 	load       *Load
 	client     *fasthttp.HostClient
 	hist       *hdrhistogram.Histogram
-	interval   time.Duration // constant rate: time between intended sends
-	next       time.Time     // constant rate: this worker's next intended send
+	serverHist *hdrhistogram.Histogram // server_us of answers that carry it
+	interval   time.Duration           // constant rate: time between intended sends
+	next       time.Time               // constant rate: this worker's next intended send
 	requests   int64
 	errors     int64
 	messages   int64
@@ -181,7 +190,32 @@ func (w *worker) run(deadline time.Time, stop *atomic.Bool) {
 			continue
 		}
 		w.messages += int64(msgs)
+		if r.ServerTiming {
+			if us, ok := serverMicros(resp.Body()); ok {
+				_ = w.serverHist.RecordValue(max(us, 1))
+			}
+		}
 	}
+}
+
+var serverUsKey = []byte(`"server_us":`)
+
+// serverMicros finds "server_us":N in a produce answer with timing=1.
+func serverMicros(body []byte) (int64, bool) {
+	i := bytes.LastIndex(body, serverUsKey)
+	if i < 0 {
+		return 0, false
+	}
+	var n int64
+	digits := 0
+	for _, c := range body[i+len(serverUsKey):] {
+		if c < '0' || c > '9' || digits == 18 {
+			break
+		}
+		n = n*10 + int64(c-'0')
+		digits++
+	}
+	return n, digits > 0
 }
 
 func truncate(b []byte, n int) string {

@@ -2,8 +2,12 @@ package bench
 
 import (
 	"net"
+	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 func startNoop(t *testing.T) string {
@@ -106,5 +110,78 @@ func TestConsumeCheck(t *testing.T) {
 		if ok, n := consumeCheck(c.status, []byte(c.body)); ok != c.ok || n != c.n {
 			t.Errorf("consumeCheck(%s) = %v %d", c.body, ok, n)
 		}
+	}
+}
+
+func TestServerMicros(t *testing.T) {
+	cases := []struct {
+		body string
+		us   int64
+		ok   bool
+	}{
+		{`{"ok":true,"offset":3,"server_us":1234}`, 1234, true},
+		{`{"ok":true,"server_us":0}`, 0, true},
+		{`{"ok":true,"value":"\"server_us\":9","server_us":77}`, 77, true},
+		{`{"ok":true,"offset":3}`, 0, false},
+		{`{"server_us":}`, 0, false},
+		{`{"server_us":"12"}`, 0, false},
+	}
+	for _, c := range cases {
+		if us, ok := serverMicros([]byte(c.body)); us != c.us || ok != c.ok {
+			t.Errorf("serverMicros(%s) = %d %v, want %d %v", c.body, us, ok, c.us, c.ok)
+		}
+	}
+}
+
+// TestServerLatencyRecorded: answers that carry server_us fill
+// Result.ServerLatency and the report's server table; others leave it
+// empty.
+func TestServerLatencyRecorded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go fasthttp.Serve(ln, func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString(`{"ok":true,"durable":true,"server_us":1500}`) })
+	timed := func(int, int) Request {
+		return Request{Method: "POST", Path: "/p", Check: durableCheck(1), ServerTiming: true}
+	}
+	r, err := Run(Load{Target: "http://" + ln.Addr().String(), Connections: 2, Duration: time.Second, Total: 20, Next: timed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ServerLatency.TotalCount() != 20 || r.ServerLatency.Max() < 1490 || r.ServerLatency.Max() > 1510 {
+		t.Fatalf("server latency: %d samples, max %d µs", r.ServerLatency.TotalCount(), r.ServerLatency.Max())
+	}
+	row := rowOf(Scenario{Name: "timed"}, Load{Connections: 2}, r)
+	var md strings.Builder
+	Report{Rows: []Row{row}}.WriteMarkdown(&md)
+	if row.ServerLatencyMs == nil || !strings.Contains(md.String(), "| timed | closed-loop | 1.50 |") {
+		t.Fatalf("report lacks the server row:\n%s", md.String())
+	}
+	untimed := startNoop(t)
+	r2, err := Run(Load{Target: untimed, Connections: 1, Duration: time.Second, Total: 5, Next: noopRequest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rowOf(Scenario{}, Load{}, r2).ServerLatencyMs != nil {
+		t.Fatal("a server latency row without server_us answers")
+	}
+}
+
+func TestDiskRun(t *testing.T) {
+	d, err := DiskRun{Dir: t.TempDir(), Duration: 200 * time.Millisecond}.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := d.LatencyMs
+	if d.Syncs < 1 || q.P50 <= 0 || q.P50 > q.P99 || q.P99 > q.Max {
+		t.Fatalf("disk run: %+v", d)
+	}
+	if entries, _ := os.ReadDir(d.Dir); len(entries) != 0 {
+		t.Fatalf("probe file left behind: %v", entries)
+	}
+	if _, err := (DiskRun{Dir: t.TempDir(), Duration: 2 * time.Minute}).Run(); err == nil {
+		t.Fatal("a two-minute probe: no error")
 	}
 }

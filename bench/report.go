@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // Row is one scenario's outcome in a report.
@@ -22,8 +24,11 @@ type Row struct {
 	RequestsPerS float64   `json:"requests_per_s"`
 	MessagesPerS float64   `json:"messages_per_s"`
 	LatencyMs    Quantiles `json:"latency_ms"`
-	NoopPerS     float64   `json:"noop_requests_per_s,omitempty"`
-	Ratio        float64   `json:"ratio_to_noop,omitempty"`
+	// ServerLatencyMs is what the server reported per answer (timing=1
+	// server_us: request start to answer written), for produce rows.
+	ServerLatencyMs *Quantiles `json:"server_latency_ms,omitempty"`
+	NoopPerS        float64    `json:"noop_requests_per_s,omitempty"`
+	Ratio           float64    `json:"ratio_to_noop,omitempty"`
 }
 
 // Quantiles of latency in milliseconds.
@@ -42,14 +47,24 @@ func rowOf(s Scenario, l Load, r Result) Row {
 	if l.Rate > 0 {
 		mode = fmt.Sprintf("rate %.0f/s", l.Rate)
 	}
-	ms := func(p float64) float64 { return float64(r.Latency.ValueAtQuantile(p)) / 1000 }
-	return Row{
+	row := Row{
 		Scenario: s.Name, Description: s.Description, Mode: mode, Connections: l.Connections,
 		DurationSec: r.Elapsed.Seconds(), Requests: r.Requests, Errors: r.Errors, FirstError: r.FirstError,
 		RequestsPerS: r.RequestsPerSec(), MessagesPerS: r.MessagesPerSec(),
-		LatencyMs: Quantiles{P50: ms(50), P99: ms(99), P999: ms(99.9), P9999: ms(99.99), P99999: ms(99.999),
-			Max: float64(r.Latency.Max()) / 1000},
+		LatencyMs: quantilesMs(r.Latency),
 	}
+	if r.ServerLatency != nil && r.ServerLatency.TotalCount() > 0 {
+		q := quantilesMs(r.ServerLatency)
+		row.ServerLatencyMs = &q
+	}
+	return row
+}
+
+// quantilesMs reads a histogram of microseconds in milliseconds.
+func quantilesMs(h *hdrhistogram.Histogram) Quantiles {
+	ms := func(p float64) float64 { return float64(h.ValueAtQuantile(p)) / 1000 }
+	return Quantiles{P50: ms(50), P99: ms(99), P999: ms(99.9), P9999: ms(99.99), P99999: ms(99.999),
+		Max: float64(h.Max()) / 1000}
 }
 
 // Report is a whole run.
@@ -60,6 +75,7 @@ type Report struct {
 	Command string    `json:"command"`
 	Rows    []Row     `json:"rows"`
 	Restart []Restart `json:"restart,omitempty"`
+	Disk    *DiskRun  `json:"disk,omitempty"`
 }
 
 // WriteMarkdown writes the report as markdown tables.
@@ -77,6 +93,28 @@ func (rep Report) WriteMarkdown(w io.Writer) {
 				r.Scenario, r.Mode, r.Connections, r.RequestsPerS, r.MessagesPerS, r.LatencyMs.P50, r.LatencyMs.P99,
 				r.LatencyMs.P999, r.LatencyMs.P9999, r.LatencyMs.P99999, r.Errors, noop, ratio)
 		}
+	}
+	var timed []Row
+	for _, r := range rep.Rows {
+		if r.ServerLatencyMs != nil {
+			timed = append(timed, r)
+		}
+	}
+	if len(timed) > 0 {
+		fmt.Fprintln(w, "\nServer side of the same runs: `server_us` from each answer (`timing=1`), request start to answer written.")
+		fmt.Fprintln(w, "\n| scenario | mode | server p50 ms | p99 ms | p99.9 ms | p99.99 ms | p99.999 ms | max ms |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+		for _, r := range timed {
+			q := r.ServerLatencyMs
+			fmt.Fprintf(w, "| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", r.Scenario, r.Mode, q.P50, q.P99, q.P999, q.P9999, q.P99999, q.Max)
+		}
+	}
+	if d := rep.Disk; d != nil {
+		fmt.Fprintf(w, "\nThe disk alone: %d appends of %d B, each followed by fdatasync, one at a time, in %s.\n", d.Syncs, d.RecordBytes, d.Dir)
+		fmt.Fprintln(w, "\n| fdatasync | p50 ms | p99 ms | p99.9 ms | p99.99 ms | p99.999 ms | max ms |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+		q := d.LatencyMs
+		fmt.Fprintf(w, "| write + fdatasync | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n", q.P50, q.P99, q.P999, q.P9999, q.P99999, q.Max)
 	}
 	if len(rep.Restart) > 0 {
 		fmt.Fprintln(w, "\n| restart after kill -9 | stored messages | load s | to /ready s | last offset readable s | peak RSS MB (load) | peak RSS MB (restart) |")

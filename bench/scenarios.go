@@ -46,13 +46,13 @@ const (
 func produceScenario(name string, size int) Scenario {
 	topic := "bench-" + name
 	body := bytes.Repeat([]byte{'x'}, size)
-	path := "/broker/topics/" + topic + "/produce?partition=0"
+	path := "/broker/topics/" + topic + "/produce?partition=0&timing=1"
 	return Scenario{
 		Name:        name,
 		Description: fmt.Sprintf("durable single-message produce, %d B body, one partition", size),
 		Setup:       func(c *Client) error { return c.CreateTopic(topic, 1) },
 		Request: func(worker, i int) Request {
-			return Request{Method: "POST", Path: path, Body: body, Check: durableCheck(1)}
+			return Request{Method: "POST", Path: path, Body: body, Check: durableCheck(1), ServerTiming: true}
 		},
 	}
 }
@@ -60,13 +60,13 @@ func produceScenario(name string, size int) Scenario {
 func ndjsonScenario(name string, lines int) Scenario {
 	topic := "bench-" + name
 	body := ndjsonBody(lines, 64)
-	path := "/broker/topics/" + topic + "/produce-ndjson?partition=0"
+	path := "/broker/topics/" + topic + "/produce-ndjson?partition=0&timing=1"
 	return Scenario{
 		Name:        name,
 		Description: fmt.Sprintf("durable NDJSON produce, %d messages of 64 B per request, one partition", lines),
 		Setup:       func(c *Client) error { return c.CreateTopic(topic, 1) },
 		Request: func(worker, i int) Request {
-			return Request{Method: "POST", Path: path, Body: body, Check: durableCheck(lines)}
+			return Request{Method: "POST", Path: path, Body: body, Check: durableCheck(lines), ServerTiming: true}
 		},
 	}
 }

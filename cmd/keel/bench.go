@@ -30,6 +30,7 @@ func benchCmd(args []string) int {
 	noop := fs.Bool("noop", true, "run every scenario against a no-op HTTP server too and report the ratio")
 	out := fs.String("out", "", "write the report to OUT.md and OUT.json")
 	restart := fs.String("restart-messages", "", "comma-separated message counts for restart-after-kill-9 runs (e.g. 1000000,8000000)")
+	diskProbe := fs.Duration("disk-probe", 5*time.Second, "after the scenarios, time single appends + fdatasync on the data directory's disk for this long (0 = skip; at most 1m)")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: keel bench [flags] [scenario ...]   (default: every scenario)")
@@ -52,7 +53,7 @@ func benchCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "keel bench:", err)
 		return 2
 	}
-	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, scenarios}); err != nil {
+	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios}); err != nil {
 		fmt.Fprintln(os.Stderr, "keel bench:", err)
 		return 1
 	}
@@ -66,6 +67,7 @@ type benchOptions struct {
 	rate, rateFraction float64
 	noop               bool
 	out, restart       string
+	diskProbe          time.Duration
 	scenarios          []bench.Scenario
 }
 
@@ -93,12 +95,14 @@ func runBench(o benchOptions) error {
 	rep := bench.Report{Started: time.Now(), Machine: machine(), Command: "keel bench " + strings.Join(os.Args[2:], " ")}
 	suite := bench.Suite{Target: o.target, Token: o.token, Connections: o.conns, Duration: o.duration,
 		Rate: o.rate, RateFraction: o.rateFraction, Progress: progress}
+	probeDir := os.TempDir() // with --target the server's data directory is unknown
 	if suite.Target == "" && len(o.scenarios) > 0 {
 		data, err := os.MkdirTemp("", "keel-bench")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(data)
+		probeDir = data
 		srv, url, err := startChild(self, "serve", "--data", data, "--log-level", "warn")
 		if err != nil {
 			return err
@@ -122,6 +126,15 @@ func runBench(o benchOptions) error {
 		if rep.Rows, err = suite.Run(o.scenarios); err != nil {
 			return err
 		}
+	}
+	if o.diskProbe > 0 {
+		progress.Done("disk probe", fmt.Sprintf("timing append + fdatasync for %v in %s", o.diskProbe, probeDir))
+		d, err := bench.DiskRun{Dir: probeDir, Duration: o.diskProbe}.Run()
+		if err != nil {
+			return err
+		}
+		progress.Done("disk probe", fmt.Sprintf("%d syncs, p99 %.2f ms, p99.999 %.2f ms, max %.2f ms", d.Syncs, d.LatencyMs.P99, d.LatencyMs.P99999, d.LatencyMs.Max))
+		rep.Disk = &d
 	}
 	for _, f := range strings.Split(o.restart, ",") {
 		if f = strings.TrimSpace(f); f == "" {
