@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -14,8 +15,22 @@ import (
 
 // produce serves POST /broker/topics/{topic}/produce and .../produce-ndjson.
 func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
-	start := ctx.Time() // when fasthttp began serving this request
+	start := ctx.Time() // set by fasthttp just before it calls the handler
+	if start.IsZero() {
+		start = time.Now() // a RequestCtx not served by fasthttp.Server (tests)
+	}
 	var cmd engine.Command
+	msgs := messagesPool.Get().(*[]engine.MessageIn)
+	cmd.Messages = (*msgs)[:0]
+	defer func() {
+		// Propose has copied the messages; drop the references into this
+		// request's body before the slice is reused.
+		clear(cmd.Messages)
+		if cap(cmd.Messages) <= messagesKeepMax {
+			*msgs = cmd.Messages[:0]
+			messagesPool.Put(msgs)
+		}
+	}()
 	if e := s.produceCommand(ctx, topic, ndjson, &cmd); e != nil {
 		writeError(ctx, e)
 		return
@@ -51,6 +66,14 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 	s.metrics.produceUs.record(recvParseUs, out.QueueUs, serverUs)
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
+
+// messagesPool recycles the message lists of produce commands: an NDJSON
+// request of 1000 lines regrew its list about ten times, 5% of the
+// server's CPU under NDJSON load.
+var messagesPool = sync.Pool{New: func() any { return new([]engine.MessageIn) }}
+
+// messagesKeepMax is the longest message list the pool keeps (96 KiB).
+const messagesKeepMax = 2048
 
 // produceCommand validates the request and builds its command into cmd.
 // Slices in the command alias the request; Propose copies them before it

@@ -221,9 +221,19 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 		recs, pending, size = recs[:0], pending[:0], 0
 		return nil
 	}
+	n.marshalBuf = n.marshalBuf[:0]
 	for i := range ents {
-		b, err := ents[i].Marshal()
-		if err != nil {
+		// Marshalled into one reused buffer: recs point into it until the
+		// batch is written, and appends never move what is already there
+		// (a full buffer is replaced, not grown).
+		sz := ents[i].Size()
+		if cap(n.marshalBuf)-len(n.marshalBuf) < sz {
+			n.marshalBuf = make([]byte, 0, max(sz, min(2*cap(n.marshalBuf), marshalBufKeepBytes)))
+		}
+		start := len(n.marshalBuf)
+		n.marshalBuf = n.marshalBuf[:start+sz]
+		b := n.marshalBuf[start : start+sz : start+sz]
+		if _, err := ents[i].MarshalToSizedBuffer(b); err != nil {
 			return err
 		}
 		if size+len(b) > walBatchBytes && len(recs) > 0 {
@@ -246,8 +256,16 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 		recs = append(recs, engine.Record{Type: engine.RecordRaftState, Payload: b})
 		size += len(b)
 	}
-	return flush()
+	err := flush()
+	if cap(n.marshalBuf) > marshalBufKeepBytes {
+		n.marshalBuf = nil // an occasional huge Ready does not stay resident
+	}
+	return err
 }
+
+// marshalBufKeepBytes is the largest entry-marshalling buffer the loop
+// keeps between Readies.
+const marshalBufKeepBytes = 8 << 20
 
 // walBatchBytes keeps one WAL batch well under the WAL's BatchBytesMax
 // (frame headers included).

@@ -117,6 +117,7 @@ type Node struct {
 	startupCommit  uint64
 	campaignedTerm uint64
 	results        []engine.Result
+	marshalBuf     []byte // persist's reusable entry-marshalling buffer
 	lastSynced     uint64 // last WAL batch made durable
 	checkpoints    uint64
 	started        bool
