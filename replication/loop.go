@@ -236,7 +236,7 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 		if _, err := ents[i].MarshalToSizedBuffer(b); err != nil {
 			return err
 		}
-		if size+len(b) > walBatchBytes && len(recs) > 0 {
+		if size+len(b) > n.walBatchBytes() && len(recs) > 0 {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -268,8 +268,11 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 const marshalBufKeepBytes = 8 << 20
 
 // walBatchBytes keeps one WAL batch well under the WAL's BatchBytesMax
-// (frame headers included).
-const walBatchBytes = 48 << 20
+// (the segment size; frame headers included): 48 MiB, or half a smaller
+// segment.
+func (n *Node) walBatchBytes() int {
+	return int(min(48<<20, n.cfg.WALSegmentBytes/2))
+}
 
 // addMarks records where entries went; a rewritten index drops the old
 // suffix first.

@@ -35,6 +35,7 @@ type Config struct {
 	RocketSyncInterval time.Duration
 
 	CheckpointBytes    int64         // WAL bytes between state checkpoints (64 MiB)
+	WALSegmentBytes    int64         // WAL segment size, the granularity of WAL truncation (64 MiB; at least 2 × EntryBytesMax)
 	CheckpointInterval time.Duration // and at least this often when writes happen (60 s)
 	EntryBytesMax      int           // one Raft entry carries at most this many command bytes (8 MiB)
 	ReadyBytesMax      int           // entries proposed per loop turn (32 MiB)
@@ -57,6 +58,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.EntryBytesMax == 0 {
 		c.EntryBytesMax = 8 << 20
+	}
+	if c.WALSegmentBytes == 0 {
+		c.WALSegmentBytes = walSegmentBytesDefault
 	}
 	if c.ReadyBytesMax == 0 {
 		c.ReadyBytesMax = 32 << 20

@@ -156,10 +156,20 @@ func TestNodeConcurrentProduce(t *testing.T) {
 // onto the checkpointed state: same records, idempotency keys kept,
 // offsets continuing.
 func TestNodeRecoversFromWAL(t *testing.T) {
-	for _, ckptBytes := range []int64{1 << 40, 2000} {
-		t.Run(fmt.Sprintf("checkpoint every %d bytes", ckptBytes), func(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"no checkpoint", Config{CheckpointBytes: 1 << 40}},
+		{"checkpoint every 2000 bytes", Config{CheckpointBytes: 2000}},
+		// Small WAL segments: checkpoints drop (rename, shrink, unlink)
+		// sealed segments while writes go on.
+		{"small WAL segments", Config{CheckpointBytes: 2000, WALSegmentBytes: 8 << 10, EntryBytesMax: 4 << 10}},
+	} {
+		cfg := tc.cfg
+		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tn := openNode(t, dir, Config{CheckpointBytes: ckptBytes})
+			tn := openNode(t, dir, cfg)
 			var want []string
 			for i := 0; i < 200; i++ {
 				v := fmt.Sprintf("v%d", i)
@@ -167,10 +177,17 @@ func TestNodeRecoversFromWAL(t *testing.T) {
 				want = append(want, v)
 			}
 			tn.n.skipFinalCheckpoint = true
+			st := tn.n.Status()
 			tn.close(t)
-			t.Logf("checkpoints before the crash: %d", tn.n.Status().Checkpoints)
+			t.Logf("checkpoints before the crash: %d, WAL records %d..%d", st.Checkpoints, st.WALStart, st.WALNext)
+			if cfg.WALSegmentBytes != 0 && st.WALStart == 0 {
+				t.Fatalf("no WAL segment was dropped: WAL records %d..%d", st.WALStart, st.WALNext)
+			}
+			if leftovers, _ := filepath.Glob(filepath.Join(dir, "wal", "*.tmp")); len(leftovers) != 0 {
+				t.Fatalf("dropped segments left behind: %v", leftovers)
+			}
 
-			tn2 := openNode(t, dir, Config{CheckpointBytes: ckptBytes})
+			tn2 := openNode(t, dir, cfg)
 			defer tn2.close(t)
 			if got := readValues(t, tn2.store, "t"); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("after recovery: %d records, want %d", len(got), len(want))

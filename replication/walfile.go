@@ -16,9 +16,9 @@ import (
 // durable node has made the whole WAL vouched.
 const unorderedMarker = "unordered"
 
-// walSegmentBytes is the WAL's segment size (and so the granularity of
-// truncation after a checkpoint).
-const walSegmentBytes = 64 << 20
+// walSegmentBytesDefault is the WAL's segment size (and so the
+// granularity of truncation after a checkpoint).
+const walSegmentBytesDefault = 64 << 20
 
 func walMarkedUnordered(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, unorderedMarker))
@@ -39,7 +39,10 @@ func openWAL(cfg Config) (*engine.Log, error) {
 	// The WAL's own checkpoint is written at every segment roll, not every
 	// few MiB: each one is a rename and two fsyncs inside the Raft loop, and
 	// recovery scans the active segment whole anyway.
-	walCfg := engine.LogConfig{SegmentBytes: walSegmentBytes, BatchBytesMax: walSegmentBytes, CheckpointIntervalBytes: walSegmentBytes,
+	if cfg.WALSegmentBytes < 2*int64(cfg.EntryBytesMax) {
+		return nil, fmt.Errorf("replication: WAL segment of %d bytes cannot hold two entries of up to %d bytes", cfg.WALSegmentBytes, cfg.EntryBytesMax)
+	}
+	walCfg := engine.LogConfig{SegmentBytes: cfg.WALSegmentBytes, BatchBytesMax: int(cfg.WALSegmentBytes), CheckpointIntervalBytes: cfg.WALSegmentBytes,
 		TailUnordered: cfg.Rocket || marked}
 	wal, err := engine.OpenLog(cfg.WALDir, cfg.IO, walCfg)
 	if err != nil {
