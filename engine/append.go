@@ -54,8 +54,8 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 	if sync {
 		l.noteSynced(seg, seg.size)
 		l.writeBehindFrom = seg.size
-	} else if err := l.writeBehind(seg); err != nil {
-		return 0, 0, err
+	} else {
+		l.writeBehind(seg)
 	}
 	l.sinceCheckpoint += int64(size)
 	if sync && l.sinceCheckpoint >= l.cfg.CheckpointIntervalBytes {
@@ -67,20 +67,26 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 }
 
 // writeBehind starts the writeback of the active segment's unsynced bytes
-// once there are WriteBehindBytes of them (see LogConfig). An error is a
-// storage fault like a failed write: sync_file_range may have met a
-// writeback error, and it must never go unreported.
-func (l *Log) writeBehind(seg *segment) error {
+// once there are WriteBehindBytes of them (see LogConfig). It is a hint:
+// when the kernel refuses it (ENOMEM under memory pressure), the range is
+// tried again with the next append, and any writeback failure is still
+// reported by the fsync that vouches for these bytes (ring.StartWriteback
+// does not consume the file's error state). So a failure here is counted,
+// not a fault, and the append it follows has succeeded either way.
+func (l *Log) writeBehind(seg *segment) {
 	from := min(l.writeBehindFrom, seg.size) // a truncation may have cut below it
 	if l.cfg.WriteBehindBytes < 0 || seg.size-from < l.cfg.WriteBehindBytes {
-		return nil
+		return
 	}
 	if err := ring.StartWriteback(seg.fd(), from, seg.size-from); err != nil {
-		return l.setFault(fmt.Errorf("engine: start writeback of %s: %w", seg.path, err))
+		l.writeBehindFailures.Add(1)
+		return
 	}
 	l.writeBehindFrom = seg.size
-	return nil
 }
+
+// WriteBehindFailures counts write-behind hints the kernel refused.
+func (l *Log) WriteBehindFailures() uint64 { return l.writeBehindFailures.Load() }
 
 // encode frames recs into l.encoded and notes their index entries.
 func (l *Log) encode(recs []Record, first, batch uint64, seg *segment) {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"keel/ring"
 )
@@ -53,15 +54,16 @@ type Log struct {
 		size int64
 	}
 
-	appendMu        sync.Mutex    // serialises appends, rolls, checkpoints and Close
-	batch           uint64        // last group-commit sequence number used
-	sinceCheckpoint int64         // bytes appended since the last checkpoint
-	lastCkpt        logCheckpoint // the checkpoint on disk
-	writeBehindFrom int64         // active segment position from which writeback was not started
-	encoded         []byte        // reusable encode buffer
-	pendingIndex    []indexEntry
-	fault           error // first storage fault; sticky
-	closed          bool
+	appendMu            sync.Mutex    // serialises appends, rolls, checkpoints and Close
+	batch               uint64        // last group-commit sequence number used
+	sinceCheckpoint     int64         // bytes appended since the last checkpoint
+	lastCkpt            logCheckpoint // the checkpoint on disk
+	writeBehindFrom     int64         // active segment position from which writeback was not started
+	writeBehindFailures atomic.Uint64 // write-behind hints the kernel refused
+	encoded             []byte        // reusable encode buffer
+	pendingIndex        []indexEntry
+	fault               error // first storage fault; sticky
+	closed              bool
 }
 
 // OpenLog opens (creating if needed) the log in dir and recovers it. It

@@ -83,7 +83,8 @@ func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson b
 		return mapError(engine.ErrInvalidTopic)
 	}
 	args := ctx.QueryArgs()
-	*cmd = engine.Command{Kind: engine.CmdProduce, Topic: topic, Partition: -1}
+	msgs := cmd.Messages[:0] // the pooled list produce put there
+	*cmd = engine.Command{Kind: engine.CmdProduce, Topic: topic, Partition: -1, Messages: msgs}
 	if s.cfg.AutoCreateTopics {
 		cmd.AutoCreatePartitions = s.cfg.DefaultPartitions
 	}

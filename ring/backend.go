@@ -133,8 +133,11 @@ func (s *stickyFault) set(err error) error {
 // StartWriteback asks the kernel to start writing n bytes of fd at off to
 // the disk, without waiting (sync_file_range with SYNC_FILE_RANGE_WRITE).
 // It is a hint that keeps dirty pages from piling up; it makes nothing
-// durable (only fdatasync does). EINTR is retried; any other error is
-// returned as a *FaultError, since it may carry a writeback failure.
+// durable (only fdatasync does). EINTR is retried. Other errors (ENOMEM
+// under memory pressure, for one) are returned for the caller to count or
+// ignore: without SYNC_FILE_RANGE_WAIT_* the call does not consume the
+// file's writeback error state, so a failed writeback is still reported by
+// the next fdatasync, which is where the engine treats it as a fault.
 func StartWriteback(fd int, off, n int64) error {
 	for {
 		err := unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
@@ -142,7 +145,7 @@ func StartWriteback(fd int, off, n int64) error {
 			continue
 		}
 		if err != nil {
-			return &FaultError{Op: "sync_file_range", Err: err}
+			return fmt.Errorf("ring: sync_file_range: %w", err)
 		}
 		return nil
 	}

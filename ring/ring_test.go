@@ -294,7 +294,7 @@ func TestStartWriteback(t *testing.T) {
 		t.Fatalf("StartWriteback: %v", err)
 	}
 	var fault *FaultError
-	if err := StartWriteback(-1, 0, 1); !errors.As(err, &fault) || !errors.Is(err, unix.EBADF) {
-		t.Fatalf("StartWriteback on a bad fd: %v, want a FaultError with EBADF", err)
+	if err := StartWriteback(-1, 0, 1); errors.As(err, &fault) || !errors.Is(err, unix.EBADF) {
+		t.Fatalf("StartWriteback on a bad fd: %v, want EBADF and no FaultError (it is a hint)", err)
 	}
 }

@@ -94,15 +94,24 @@ func (b *uringBackend) submit(fd int, off int64, bufs [][]byte, sync bool) error
 		return ErrClosed
 	}
 	w := <-b.free
+	// Checked again with the ring in hand: an operation that failed on
+	// this ring recorded its fault before giving the ring back, and the
+	// ring may still hold its unsubmitted entries or unread completions.
+	// Nobody may submit on it after that.
+	if err := b.fault.get(); err != nil {
+		b.free <- w
+		b.mu.RUnlock()
+		return err
+	}
 	err := w.run(fd, off, skipEmpty(bufs), sync)
-	b.free <- w
-	b.mu.RUnlock()
 	if err != nil {
 		var fault *FaultError
 		if errors.As(err, &fault) {
-			return b.fault.set(err)
+			err = b.fault.set(err) // before the ring goes back
 		}
 	}
+	b.free <- w
+	b.mu.RUnlock()
 	return err
 }
 
