@@ -1,11 +1,10 @@
 // Package ring appends bytes to files and makes them durable, through
-// io_uring when the kernel allows it and through plain system calls when it
-// does not.
+// plain system calls (pwritev + fdatasync, the default) or io_uring.
 //
 // Contract:
 //   - Backend.WriteAt writes a list of buffers back to back at a file offset
-//     and, when asked, fdatasyncs the file strictly after the write: the two
-//     are linked on the ring (IOSQE_IO_LINK), so the sync never overtakes
+//     and, when asked, fdatasyncs the file strictly after the write (on a
+//     ring the two are linked, IOSQE_IO_LINK), so the sync never overtakes
 //     the data it vouches for. The call returns only when both are done.
 //   - Short writes are resumed from where they stopped; EINTR and EAGAIN are
 //     retried. Any other failure is a storage fault: it is sticky, the first
