@@ -3,6 +3,7 @@ package replication
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -39,6 +40,14 @@ func (n *Node) loop() {
 	for {
 		select {
 		case p := <-n.queueIfLeader():
+			// Let the handlers that are runnable now (parsed, about to
+			// queue their command) run before this group is cut: they join
+			// this fsync instead of waiting a whole one for the next. When
+			// nothing else is runnable, Gosched returns at once. Measured
+			// (keel bench produce-64, alternating runs): closed loop +6%,
+			// +6%, +15% req/s with less CPU per request; at 30,000/s server
+			// p99 0.84/0.56 ms against 1.78/0.89 ms without it.
+			runtime.Gosched()
 			n.proposeBatch(p)
 		case <-ticker.C:
 			n.rn.Tick()
