@@ -52,6 +52,30 @@ func waitReady(t *testing.T, n *Node) {
 	}
 }
 
+// openNodeIO opens and starts a node whose I/O backend wrap wraps (to
+// inject faults or delays); the caller closes the node and the store.
+func openNodeIO(t *testing.T, dir string, cfg Config, wrap func(ring.Backend) ring.Backend) (*Node, *engine.Store) {
+	t.Helper()
+	base, err := ring.OpenKind(ring.KindSyscall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { base.Close() })
+	io := wrap(base)
+	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: filepath.Join(dir, "state")}, io)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.WALDir, cfg.IO, cfg.Store, cfg.StoreBlob = filepath.Join(dir, "wal"), io, store, blob
+	n, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Start()
+	waitReady(t, n)
+	return n, store
+}
+
 func (tn testNode) close(t *testing.T) {
 	t.Helper()
 	if err := tn.n.Close(); err != nil {
@@ -265,23 +289,9 @@ func (f *failAfter) WriteAt(fd int, off int64, bufs [][]byte, sync bool) error {
 // checkpoint is written, however often the interval comes round.
 func TestNoCheckpointAfterFault(t *testing.T) {
 	dir := t.TempDir()
-	base, err := ring.OpenKind(ring.KindSyscall)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer base.Close()
-	fb := &failAfter{Backend: base}
-	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: filepath.Join(dir, "state")}, fb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := Open(Config{WALDir: filepath.Join(dir, "wal"), IO: fb, Store: store, StoreBlob: blob,
-		CheckpointInterval: 200 * time.Millisecond, TickInterval: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Start()
-	waitReady(t, n)
+	var fb *failAfter
+	n, store := openNodeIO(t, dir, Config{CheckpointInterval: 200 * time.Millisecond, TickInterval: 5 * time.Millisecond},
+		func(b ring.Backend) ring.Backend { fb = &failAfter{Backend: b}; return fb })
 	propose(t, n, produceCmd("t", "", "before"))
 	time.Sleep(300 * time.Millisecond) // let an interval checkpoint happen
 	ckpt := filepath.Join(dir, "state", "state.ckpt")
@@ -322,29 +332,14 @@ func (s *slowSync) WriteAt(fd int, off int64, bufs [][]byte, sync bool) error {
 // writes may still land, and a stalled loop never holds a proposer past
 // its deadline by more than scheduling slack.
 func TestProposeDeadlines(t *testing.T) {
-	dir := t.TempDir()
-	base, err := ring.OpenKind(ring.KindSyscall)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer base.Close()
-	slow := &slowSync{Backend: base}
-	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: filepath.Join(dir, "state")}, slow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := Open(Config{WALDir: filepath.Join(dir, "wal"), IO: slow, Store: store, StoreBlob: blob})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Start()
-	waitReady(t, n)
+	var slow *slowSync
+	n, store := openNodeIO(t, t.TempDir(), Config{}, func(b ring.Backend) ring.Backend { slow = &slowSync{Backend: b}; return slow })
 	defer func() { n.Close(); store.Close() }()
 
 	// A stalled disk: the proposer comes back at its deadline.
 	slow.delay.Store(int64(300 * time.Millisecond))
 	start := time.Now()
-	_, err = n.Propose(produceCmd("t", "", "stalled"), start.Add(20*time.Millisecond))
+	_, err := n.Propose(produceCmd("t", "", "stalled"), start.Add(20*time.Millisecond))
 	if waited := time.Since(start); !errors.Is(err, ErrTimeout) || waited > 200*time.Millisecond {
 		t.Fatalf("stalled propose: %v after %v, want ErrTimeout at about 20ms", err, waited)
 	}

@@ -216,37 +216,37 @@ func TestConcurrentWriters(t *testing.T) {
 }
 
 func TestOpenKindFromEnv(t *testing.T) {
-	t.Setenv(EnvBackend, "syscall")
-	b, err := Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	if b.Kind() != KindSyscall {
-		t.Fatalf("Kind() = %s with %s=syscall", b.Kind(), EnvBackend)
-	}
-	t.Setenv(EnvBackend, "bogus")
-	if _, err := Open(); err == nil {
-		t.Fatalf("%s=bogus: want an error", EnvBackend)
-	}
-	t.Setenv(EnvBackend, "")
-	d, err := Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if d.Kind() != DefaultKind {
-		t.Fatalf("Kind() = %s with %s unset, want the default %s", d.Kind(), EnvBackend, DefaultKind)
+	cases := []struct {
+		env  string
+		want Kind // "" = an error
+	}{
+		{"syscall", KindSyscall},
+		{"bogus", ""},
+		{"", DefaultKind},
 	}
 	if UringAvailable() == nil {
-		t.Setenv(EnvBackend, "uring")
-		u, err := Open()
-		if err != nil {
-			t.Fatal(err)
+		cases = append(cases, struct {
+			env  string
+			want Kind
+		}{"uring", KindUring})
+	}
+	for _, tc := range cases {
+		t.Setenv(EnvBackend, tc.env)
+		b, err := Open()
+		if tc.want == "" {
+			if err == nil {
+				b.Close()
+				t.Fatalf("%s=%q: want an error", EnvBackend, tc.env)
+			}
+			continue
 		}
-		defer u.Close()
-		if u.Kind() != KindUring {
-			t.Fatalf("Kind() = %s with %s=uring", u.Kind(), EnvBackend)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", EnvBackend, tc.env, err)
+		}
+		kind := b.Kind()
+		b.Close()
+		if kind != tc.want {
+			t.Fatalf("Kind() = %s with %s=%q, want %s", kind, EnvBackend, tc.env, tc.want)
 		}
 	}
 }
