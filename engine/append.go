@@ -78,12 +78,16 @@ func (l *Log) writeBehind(seg *segment) {
 	if l.cfg.WriteBehindBytes < 0 || seg.size-from < l.cfg.WriteBehindBytes {
 		return
 	}
-	if err := ring.StartWriteback(seg.fd(), from, seg.size-from); err != nil {
+	if err := startWriteback(seg.fd(), from, seg.size-from); err != nil {
 		l.writeBehindFailures.Add(1)
 		return
 	}
 	l.writeBehindFrom = seg.size
 }
+
+// startWriteback is ring.StartWriteback; tests replace it to make the
+// kernel refuse.
+var startWriteback = ring.StartWriteback
 
 // WriteBehindFailures counts write-behind hints the kernel refused.
 func (l *Log) WriteBehindFailures() uint64 { return l.writeBehindFailures.Load() }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"keel/ring"
@@ -293,5 +294,39 @@ func TestWriteBehind(t *testing.T) {
 				t.Fatalf("after a synced append writeback starts at %d, want %d", l.writeBehindFrom, l.active().size)
 			}
 		})
+	}
+}
+
+// TestWriteBehindRefused: a write-behind hint the kernel refuses is
+// counted and tried again with the next append; the append succeeds and
+// the log takes more writes (it is not a storage fault).
+func TestWriteBehindRefused(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), openBackend(t, ring.KindSyscall), LogConfig{WriteBehindBytes: 4 << 10})
+	defer l.Close()
+	rec := []Record{{Type: RecordMessage, Payload: make([]byte, 1000)}}
+	refuse := true
+	startWriteback = func(fd int, off, n int64) error {
+		if refuse {
+			return syscall.ENOMEM
+		}
+		return ring.StartWriteback(fd, off, n)
+	}
+	defer func() { startWriteback = ring.StartWriteback }()
+	for range 10 {
+		if _, _, err := l.AppendBatch(rec, false); err != nil {
+			t.Fatalf("append while the hint is refused: %v", err)
+		}
+	}
+	if l.WriteBehindFailures() == 0 || l.writeBehindFrom != 0 {
+		t.Fatalf("refused hints: %d counted, writeback started up to %d", l.WriteBehindFailures(), l.writeBehindFrom)
+	}
+	refuse = false
+	failures := l.WriteBehindFailures()
+	if _, _, err := l.AppendBatch(rec, false); err != nil {
+		t.Fatal(err)
+	}
+	if l.writeBehindFrom != l.active().size || l.WriteBehindFailures() != failures {
+		t.Fatalf("after the kernel accepts again: writeback started up to %d of %d, failures %d -> %d",
+			l.writeBehindFrom, l.active().size, failures, l.WriteBehindFailures())
 	}
 }

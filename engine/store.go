@@ -172,6 +172,18 @@ func (s *Store) Topics() []*Topic {
 	return out
 }
 
+// WriteBehindFailures counts the write-behind hints the kernel refused
+// over every partition (see LogConfig.WriteBehindBytes).
+func (s *Store) WriteBehindFailures() uint64 {
+	var n uint64
+	for _, t := range s.Topics() {
+		for _, p := range t.Partitions {
+			n += p.Log.WriteBehindFailures()
+		}
+	}
+	return n
+}
+
 // Committed returns the group's committed offset on a partition.
 func (s *Store) Committed(topic, group string, partition int32) (uint64, bool) {
 	s.mu.RLock()

@@ -331,6 +331,7 @@ func TestMetricsAndStatus(t *testing.T) {
 		`keel_server_us_count 1`,
 		`keel_fsync_us{quantile="0.5"} `,
 		`keel_group_commit_requests_count `,
+		`keel_write_behind_failures_total 0`,
 	} {
 		if !strings.Contains(string(r.body), want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -106,6 +106,8 @@ func (s *Server) writeNodeMetrics(w *promWriter) {
 	w.sample("keel_wal_last_synced_batch", nil, st.LastSyncedBatch)
 	w.help("keel_wal_records", "gauge", "WAL records kept (since the last truncation)")
 	w.sample("keel_wal_records", nil, st.WALNext-st.WALStart)
+	w.help("keel_write_behind_failures_total", "counter", "write-behind hints (sync_file_range) the kernel refused; the data is still made durable by fsync")
+	w.sample("keel_write_behind_failures_total", nil, st.WALWriteBehindFailures+s.store.WriteBehindFailures())
 	w.help("keel_checkpoints_total", "counter", "state checkpoints written since start")
 	w.sample("keel_checkpoints_total", nil, st.Checkpoints)
 	w.help("keel_ready", "gauge", "1 when the node serves reads and writes")

@@ -489,6 +489,8 @@ func (n *Node) publishStatus() {
 		Checkpoints:     n.checkpoints,
 		WALStart:        n.wal.StartOffset(),
 		WALNext:         n.wal.NextOffset(),
+
+		WALWriteBehindFailures: n.wal.WriteBehindFailures(),
 	}
 	caughtUp := bs.RaftState == raft.StateLeader && applied >= n.startupCommit
 	if caughtUp {

@@ -151,6 +151,7 @@ type Status struct {
 	Serving                     bool // has caught up once since start: data routes may answer
 	Checkpoints                 uint64
 	WALStart, WALNext           uint64
+	WALWriteBehindFailures      uint64 // write-behind hints the kernel refused (rocket mode writes unsynced)
 }
 
 // Open opens the WAL in cfg.WALDir, replays it after the store's
