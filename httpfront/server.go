@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
 
@@ -209,7 +210,16 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 // raw path and then URL-decoded one by one, so an encoded "/" inside a
 // group name stays inside it.
 func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiError) {
-	raw := string(ctx.URI().PathOriginal())
+	// raw and the segments cut from it alias fasthttp's request buffer
+	// (no copy, no allocation per request): they are valid until the
+	// handler returns. Nothing on the request path keeps one past that:
+	// commands copy their bytes in Propose, and store lookups only read.
+	// A handler that must keep a segment copies it (strings.Clone).
+	path := ctx.URI().PathOriginal()
+	raw := ""
+	if len(path) > 0 {
+		raw = unsafe.String(&path[0], len(path))
+	}
 	if len(raw) > 1 {
 		raw = strings.TrimSuffix(raw, "/")
 	}
