@@ -467,7 +467,7 @@ func (n *Node) drainAndStop() {
 	case n.ckptRunning:
 		n.finishCheckpoint(<-n.ckptDone) // the store closes after us: let it finish
 	}
-	n.waiters.failAll(ErrStopped)
+	n.waiters.close(ErrStopped)
 	n.publishStatus()
 }
 

@@ -105,9 +105,9 @@ type Node struct {
 	log     *slog.Logger
 
 	queue       chan *waiter
-	waiterPool  sync.Pool    // of *waiter; per node, as each timer expires into this node's waiters
+	waiterPool  sync.Pool    // of *waiter
 	queuedBytes atomic.Int64 // command bytes in queue, bounded by QueueBytesMax
-	waiters     waiters
+	waiters     *waiters
 	reqBase     uint64
 	reqSeq      atomic.Uint64
 
@@ -165,7 +165,7 @@ func Open(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, wal: wal, store: cfg.Store, log: cfg.Logger,
 		queue:    make(chan *waiter, cfg.QueueMax),
-		waiters:  waiters{m: map[uint64]*waiter{}},
+		waiters:  newWaiters(),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 		timings:  newLoopTimings(),
@@ -181,6 +181,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.walUnordered = cfg.Rocket || walMarkedUnordered(cfg.WALDir)
+	go n.waiters.reap(n.stop)
 	n.publishStatus()
 	return n, nil
 }
@@ -284,7 +285,7 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		return Outcome{}, ErrTooLarge
 	}
 	w := n.getWaiter()
-	w.id, w.enqueued = c.ReqID, time.Now()
+	w.id, w.enqueued, w.deadline = c.ReqID, time.Now(), deadline.UnixNano()
 	w.data = engine.AppendCommand(w.data[:0], c)
 	size := int64(len(w.data))
 	if n.queuedBytes.Add(size) > n.cfg.QueueBytesMax {
@@ -292,37 +293,33 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		n.putWaiter(w)
 		return Outcome{}, ErrOverloaded
 	}
-	n.waiters.add(w)
+	if !n.waiters.add(w) {
+		n.queuedBytes.Add(-size)
+		n.putWaiter(w)
+		return Outcome{}, ErrStopped
+	}
 	select {
 	case n.queue <- w:
 	default:
 		n.queuedBytes.Add(-size)
 		if _, ok := n.waiters.take(w.id); ok {
 			n.putWaiter(w) // nobody else saw it
-		} // else failAll answered it meanwhile: its done holds a token, leave it to the GC
+		} // else it was answered meanwhile: its done holds a token, leave it to the GC
 		return Outcome{}, ErrOverloaded
 	}
 	// From here the loop may hold w (in the queue, in an entry being
 	// built): w goes back to the pool only after the loop answered it.
-	wait := time.Until(deadline)
-	if wait <= 0 {
+	if w.enqueued.UnixNano() >= w.deadline {
 		// timeout_ms=0: accepted, not waited for. Same answer as a timeout.
 		n.waiters.take(w.id)
 		return Outcome{}, ErrTimeout
 	}
-	w.armedID.Store(w.id)
-	if w.timer == nil {
-		w.timer = time.AfterFunc(wait, func() { n.waiters.expire(w.armedID.Load()) })
-	} else {
-		w.timer.Reset(wait)
-	}
-	<-w.done
+	<-w.done // the loop, the reaper (ErrTimeout) or a stop answers
 	out, err := w.out, w.err
 	out.Enqueued = w.enqueued
-	if w.timer.Stop() {
+	if err != ErrTimeout {
 		n.putWaiter(w)
-	} // else the timer fired: its function may still run, and the loop may
-	// still hold w if the timer answered first. Leave w to the GC.
+	} // else the reaper answered while the loop may still hold w: leave it to the GC
 	return out, err
 }
 
@@ -345,5 +342,6 @@ func (n *Node) Close() error {
 	if n.started {
 		<-n.done
 	}
+	n.waiters.close(ErrStopped) // the loop did, unless it never ran
 	return n.wal.Close()
 }
