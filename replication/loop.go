@@ -474,7 +474,10 @@ func (n *Node) drainAndStop() {
 func (n *Node) setFault(err error) {
 	if n.fault.CompareAndSwap(nil, &err) {
 		n.log.Error("storage fault: this node stops taking writes; restart it once the disk is fixed", "err", err)
-		n.waiters.failAll(err)
+		// Closed, not just failed: the loop no longer takes proposals, so
+		// a Propose racing the fault must get the fault, not wait for its
+		// deadline and then a "may still become durable" timeout.
+		n.waiters.close(err)
 	}
 	n.publishStatus()
 }

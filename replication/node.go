@@ -181,7 +181,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.walUnordered = cfg.Rocket || walMarkedUnordered(cfg.WALDir)
-	go n.waiters.reap(n.stop)
+	go n.waiters.reap() // until the waiters are closed (stop or fault)
 	n.publishStatus()
 	return n, nil
 }
@@ -285,7 +285,8 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		return Outcome{}, ErrTooLarge
 	}
 	w := n.getWaiter()
-	w.id, w.enqueued, w.deadline = c.ReqID, time.Now(), deadline.UnixNano()
+	w.id, w.enqueued = c.ReqID, time.Now()
+	w.deadline = n.waiters.since(deadline)
 	w.data = engine.AppendCommand(w.data[:0], c)
 	size := int64(len(w.data))
 	if n.queuedBytes.Add(size) > n.cfg.QueueBytesMax {
@@ -293,10 +294,10 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		n.putWaiter(w)
 		return Outcome{}, ErrOverloaded
 	}
-	if !n.waiters.add(w) {
+	if err := n.waiters.add(w); err != nil {
 		n.queuedBytes.Add(-size)
 		n.putWaiter(w)
-		return Outcome{}, ErrStopped
+		return Outcome{}, err // the node stopped, or a fault stopped it
 	}
 	select {
 	case n.queue <- w:
@@ -309,7 +310,7 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 	}
 	// From here the loop may hold w (in the queue, in an entry being
 	// built): w goes back to the pool only after the loop answered it.
-	if w.enqueued.UnixNano() >= w.deadline {
+	if !deadline.After(w.enqueued) {
 		// timeout_ms=0: accepted, not waited for. Same answer as a timeout.
 		n.waiters.take(w.id)
 		return Outcome{}, ErrTimeout

@@ -304,6 +304,11 @@ func TestNoCheckpointAfterFault(t *testing.T) {
 	if _, err := n.Propose(produceCmd("t", "", "after"), time.Now().Add(2*time.Second)); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("write after the fault: %v, want EIO", err)
 	}
+	// A Propose that passed the fault check just before the fault must get
+	// the fault too, not wait for its deadline: the waiters are closed.
+	if err := n.waiters.add(&waiter{id: 1, done: make(chan struct{}, 1)}); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("registering a waiter after the fault: %v, want EIO", err)
+	}
 	time.Sleep(400 * time.Millisecond) // two intervals
 	st2, err := os.Stat(ckpt)
 	if err != nil || !st2.ModTime().Equal(st1.ModTime()) || n.Status().Ready {

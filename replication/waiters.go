@@ -32,7 +32,7 @@ type Outcome struct {
 type waiter struct {
 	id        uint64
 	done      chan struct{}
-	deadline  int64 // unix nanoseconds; the reaper answers ErrTimeout after it
+	deadline  int64 // nanoseconds after waiters.base (monotonic); the reaper answers ErrTimeout after it
 	heapIdx   int   // position in waiters.byDeadline while waiting
 	data      []byte
 	out       Outcome
@@ -75,19 +75,27 @@ type waiters struct {
 	m          map[uint64]*waiter
 	byDeadline []*waiter     // min-heap on deadline
 	kick       chan struct{} // capacity 1: look at the earliest deadline again
-	closedErr  error         // set by close: add refuses
+	closedErr  error         // set by close: add refuses with it
+	quit       chan struct{} // closed by close: the reaper returns
+	// base anchors deadlines on the monotonic clock: a stepped wall clock
+	// must not time requests out early or late.
+	base time.Time
 }
 
 func newWaiters() *waiters {
-	return &waiters{m: map[uint64]*waiter{}, kick: make(chan struct{}, 1)}
+	return &waiters{m: map[uint64]*waiter{}, kick: make(chan struct{}, 1), quit: make(chan struct{}), base: time.Now()}
 }
 
-// add registers w; false means the set was closed (the node stopped).
-func (ws *waiters) add(w *waiter) bool {
+// since returns t as a deadline value (nanoseconds after base).
+func (ws *waiters) since(t time.Time) int64 { return int64(t.Sub(ws.base)) }
+
+// add registers w; after close it refuses with close's error (the node
+// stopped, or a storage fault stopped it).
+func (ws *waiters) add(w *waiter) error {
 	ws.mu.Lock()
-	if ws.closedErr != nil {
+	if err := ws.closedErr; err != nil {
 		ws.mu.Unlock()
-		return false
+		return err
 	}
 	ws.m[w.id] = w
 	ws.push(w)
@@ -96,7 +104,7 @@ func (ws *waiters) add(w *waiter) bool {
 	if first {
 		ws.wake()
 	}
-	return true
+	return nil
 }
 
 // wake tells the reaper to look at the earliest deadline again.
@@ -122,14 +130,16 @@ func (ws *waiters) take(id uint64) (*waiter, bool) {
 // failAll completes every waiter with err.
 func (ws *waiters) failAll(err error) { ws.finish(err, false) }
 
-// close completes every waiter with err and refuses later adds: nobody
-// would ever answer them.
+// close completes every waiter with err, refuses later adds with it
+// (nobody would ever answer them) and stops the reaper. The first close's
+// error stays.
 func (ws *waiters) close(err error) { ws.finish(err, true) }
 
 func (ws *waiters) finish(err error, closing bool) {
 	ws.mu.Lock()
 	if closing && ws.closedErr == nil {
 		ws.closedErr = err
+		close(ws.quit)
 	}
 	all := ws.m
 	ws.m = map[uint64]*waiter{}
@@ -149,22 +159,23 @@ func (ws *waiters) len() int {
 }
 
 // reap answers ErrTimeout to every waiter whose deadline has passed,
-// sleeping until the earliest deadline in between, until stop is closed.
+// sleeping until the earliest deadline in between, until the set is
+// closed.
 // One timer serves every request. With equal timeouts a new waiter never
 // becomes the earliest while others wait, so the timer is re-armed about
 // once per oldest request, not once per request.
-func (ws *waiters) reap(stop <-chan struct{}) {
+func (ws *waiters) reap() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var due []*waiter
 	for {
-		now := time.Now().UnixNano()
-		next := int64(0)
+		now := ws.since(time.Now())
+		next, waiting := int64(0), false
 		ws.mu.Lock()
 		for len(ws.byDeadline) > 0 {
 			w := ws.byDeadline[0]
 			if w.deadline > now {
-				next = w.deadline
+				next, waiting = w.deadline, true
 				break
 			}
 			ws.remove(w)
@@ -179,14 +190,14 @@ func (ws *waiters) reap(stop <-chan struct{}) {
 		}
 		due = due[:0]
 		wait := time.Hour
-		if next != 0 {
+		if waiting {
 			wait = time.Duration(next - now)
 		}
 		timer.Reset(wait)
 		select {
 		case <-timer.C:
 		case <-ws.kick:
-		case <-stop:
+		case <-ws.quit:
 			return
 		}
 	}

@@ -33,8 +33,8 @@ func TestWaitersDeadlines(t *testing.T) {
 	all := make([]*waiter, 400)
 	for i := range all {
 		w := &waiter{id: uint64(i + 1), done: make(chan struct{}, 1)}
-		w.deadline = start.Add(time.Duration(1+rng.IntN(60)) * time.Millisecond).UnixNano()
-		if !ws.add(w) {
+		w.deadline = ws.since(start.Add(time.Duration(1+rng.IntN(60)) * time.Millisecond))
+		if ws.add(w) != nil {
 			t.Fatal("add refused on an open set")
 		}
 		all[i] = w
@@ -48,9 +48,8 @@ func TestWaitersDeadlines(t *testing.T) {
 		taken[all[i].id] = true
 		checkHeap(t, ws)
 	}
-	stop := make(chan struct{})
 	reaped := make(chan struct{})
-	go func() { ws.reap(stop); close(reaped) }()
+	go func() { ws.reap(); close(reaped) }()
 	for _, w := range all {
 		if taken[w.id] {
 			continue
@@ -63,7 +62,7 @@ func TestWaitersDeadlines(t *testing.T) {
 		if !errors.Is(w.err, ErrTimeout) {
 			t.Fatalf("waiter %d answered %v", w.id, w.err)
 		}
-		if now := time.Now().UnixNano(); now < w.deadline {
+		if now := ws.since(time.Now()); now < w.deadline {
 			t.Fatalf("waiter %d expired %v early", w.id, time.Duration(w.deadline-now))
 		}
 	}
@@ -74,17 +73,26 @@ func TestWaitersDeadlines(t *testing.T) {
 	}
 	checkHeap(t, ws)
 	// A new earliest deadline wakes the reaper from its long sleep.
-	w := &waiter{id: 1000, done: make(chan struct{}, 1), deadline: time.Now().Add(5 * time.Millisecond).UnixNano()}
-	ws.add(w)
+	w := &waiter{id: 1000, done: make(chan struct{}, 1), deadline: ws.since(time.Now().Add(5 * time.Millisecond))}
+	if err := ws.add(w); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-w.done:
 	case <-time.After(2 * time.Second):
 		t.Fatal("a new deadline did not wake the reaper")
 	}
-	close(stop)
-	<-reaped
+	pending := &waiter{id: 1001, done: make(chan struct{}, 1), deadline: ws.since(time.Now().Add(time.Hour))}
+	if err := ws.add(pending); err != nil {
+		t.Fatal(err)
+	}
 	ws.close(ErrStopped)
-	if ws.add(&waiter{id: 1001, done: make(chan struct{}, 1)}) {
-		t.Fatal("add accepted after close")
+	<-reaped // close stops the reaper
+	if <-pending.done; !errors.Is(pending.err, ErrStopped) {
+		t.Fatalf("a waiter pending at close got %v", pending.err)
+	}
+	ws.close(errors.New("later")) // the first error stays
+	if err := ws.add(&waiter{id: 1002, done: make(chan struct{}, 1)}); !errors.Is(err, ErrStopped) {
+		t.Fatalf("add after close: %v, want ErrStopped", err)
 	}
 }
