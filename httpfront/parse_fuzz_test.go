@@ -151,3 +151,23 @@ func FuzzJSONString(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeJSONObjectWhitespace(t *testing.T) {
+	for _, tc := range []struct {
+		body string
+		ok   bool
+	}{
+		{"{}", true},
+		{" \t\r\n{}\n", true},
+		{"{}\f", false},
+		{"\v{}", false},
+		{"{}\u00a0", false},
+		{"{} x", false},
+		{"[]", false},
+	} {
+		var v struct{}
+		if e := decodeJSONObject([]byte(tc.body), &v); (e == nil) != tc.ok {
+			t.Errorf("decodeJSONObject(%q): error %v, want ok=%v", tc.body, e, tc.ok)
+		}
+	}
+}
