@@ -323,19 +323,10 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 				return err
 			}
 			n.answer(e.Index)
-		case raftpb.EntryConfChange:
-			var cc raftpb.ConfChange
-			if err := cc.Unmarshal(e.Data); err != nil {
-				return fmt.Errorf("replication: conf change at %d: %w", e.Index, err)
-			}
-			n.confState = *n.rn.ApplyConfChange(cc)
-			if _, err := n.store.ApplyEntry(e.Index, e.Term, nil, nil); err != nil {
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			cc, err := decodeConfChange(e)
+			if err != nil {
 				return err
-			}
-		case raftpb.EntryConfChangeV2:
-			var cc raftpb.ConfChangeV2
-			if err := cc.Unmarshal(e.Data); err != nil {
-				return fmt.Errorf("replication: conf change at %d: %w", e.Index, err)
 			}
 			n.confState = *n.rn.ApplyConfChange(cc)
 			if _, err := n.store.ApplyEntry(e.Index, e.Term, nil, nil); err != nil {
@@ -344,6 +335,22 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 		}
 	}
 	return nil
+}
+
+// decodeConfChange reads a conf change entry of either version.
+func decodeConfChange(e *raftpb.Entry) (raftpb.ConfChangeI, error) {
+	if e.Type == raftpb.EntryConfChangeV2 {
+		var cc raftpb.ConfChangeV2
+		if err := cc.Unmarshal(e.Data); err != nil {
+			return nil, fmt.Errorf("replication: conf change at %d: %w", e.Index, err)
+		}
+		return cc, nil
+	}
+	var cc raftpb.ConfChange
+	if err := cc.Unmarshal(e.Data); err != nil {
+		return nil, fmt.Errorf("replication: conf change at %d: %w", e.Index, err)
+	}
+	return cc, nil
 }
 
 // answer completes the proposers of the commands just applied.

@@ -281,13 +281,16 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		return Outcome{}, ErrStopped
 	}
 	c.ReqID = n.reqBase | (n.reqSeq.Add(1) & (1<<32 - 1))
-	if engine.CommandBytes(c) > n.cfg.EntryBytesMax {
-		return Outcome{}, ErrTooLarge
-	}
 	w := n.getWaiter()
 	w.id, w.enqueued = c.ReqID, time.Now()
 	w.deadline = n.waiters.since(deadline)
+	// Encoded first, measured after: one pass over the messages, not two.
+	// The request body limits bound what an oversized command costs.
 	w.data = engine.AppendCommand(w.data[:0], c)
+	if len(w.data) > n.cfg.EntryBytesMax {
+		n.putWaiter(w)
+		return Outcome{}, ErrTooLarge
+	}
 	size := int64(len(w.data))
 	if n.queuedBytes.Add(size) > n.cfg.QueueBytesMax {
 		n.queuedBytes.Add(-size)

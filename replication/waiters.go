@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"container/heap"
 	"sync"
 	"time"
 
@@ -203,60 +204,30 @@ func (ws *waiters) reap() {
 	}
 }
 
-// The heap: byDeadline[i].heapIdx == i for every waiting waiter.
+// deadlineHeap is container/heap's view of byDeadline; heapIdx follows
+// each waiter so that take removes it in O(log n).
+type deadlineHeap []*waiter
 
-func (ws *waiters) push(w *waiter) {
-	w.heapIdx = len(ws.byDeadline)
-	ws.byDeadline = append(ws.byDeadline, w)
-	ws.up(w.heapIdx)
-}
-
-func (ws *waiters) remove(w *waiter) {
-	i, last := w.heapIdx, len(ws.byDeadline)-1
-	if i != last {
-		ws.swap(i, last)
-	}
-	ws.byDeadline[last] = nil
-	ws.byDeadline = ws.byDeadline[:last]
-	if i != last {
-		ws.down(i)
-		ws.up(i)
-	}
-	w.heapIdx = -1
-}
-
-func (ws *waiters) up(i int) {
-	h := ws.byDeadline
-	for i > 0 {
-		parent := (i - 1) / 2
-		if h[parent].deadline <= h[i].deadline {
-			return
-		}
-		ws.swap(i, parent)
-		i = parent
-	}
-}
-
-func (ws *waiters) down(i int) {
-	h := ws.byDeadline
-	for {
-		least, l, r := i, 2*i+1, 2*i+2
-		if l < len(h) && h[l].deadline < h[least].deadline {
-			least = l
-		}
-		if r < len(h) && h[r].deadline < h[least].deadline {
-			least = r
-		}
-		if least == i {
-			return
-		}
-		ws.swap(i, least)
-		i = least
-	}
-}
-
-func (ws *waiters) swap(i, j int) {
-	h := ws.byDeadline
+func (h deadlineHeap) Len() int           { return len(h) }
+func (h deadlineHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
+func (h deadlineHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].heapIdx, h[j].heapIdx = i, j
 }
+func (h *deadlineHeap) Push(x any) {
+	w := x.(*waiter)
+	w.heapIdx = len(*h)
+	*h = append(*h, w)
+}
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	w.heapIdx = -1
+	return w
+}
+
+func (ws *waiters) push(w *waiter) { heap.Push((*deadlineHeap)(&ws.byDeadline), w) }
+
+func (ws *waiters) remove(w *waiter) { heap.Remove((*deadlineHeap)(&ws.byDeadline), w.heapIdx) }
