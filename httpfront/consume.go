@@ -88,6 +88,12 @@ func (s *Server) consumeTarget(topic, group, pstr string) (*engine.Partition, *a
 	if err != nil {
 		return nil, errBadRequest("invalid_partition", "the partition in the path must be a non-negative integer")
 	}
+	return s.existingPartition(topic, p)
+}
+
+// existingPartition returns partition p of topic, or the API error for a
+// topic or partition that does not exist.
+func (s *Server) existingPartition(topic string, p uint64) (*engine.Partition, *apiError) {
 	t, ok := s.store.Topic(topic)
 	if !ok {
 		return nil, mapError(engine.ErrUnknownTopic)

@@ -15,10 +15,7 @@ import (
 
 // produce serves POST /broker/topics/{topic}/produce and .../produce-ndjson.
 func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
-	start := ctx.Time() // set by fasthttp just before it calls the handler
-	if start.IsZero() {
-		start = time.Now() // a RequestCtx not served by fasthttp.Server (tests)
-	}
+	start := requestStart(ctx)
 	var cmd engine.Command
 	msgs := messagesPool.Get().(*[]engine.MessageIn)
 	cmd.Messages = (*msgs)[:0]
@@ -35,7 +32,7 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 		writeError(ctx, e)
 		return
 	}
-	deadline, e := s.deadlineFrom(ctx, start)
+	deadline, e := s.deadlineFrom(ctx)
 	if e != nil {
 		writeError(ctx, e)
 		return

@@ -292,8 +292,20 @@ func routeFor(p *pathParams) *route {
 	return nil
 }
 
-// deadlineFrom reads timeout_ms (default cfg.DefaultTimeout).
-func (s *Server) deadlineFrom(ctx *fasthttp.RequestCtx, start time.Time) (time.Time, *apiError) {
+// requestStart is when fasthttp began this request (it sets ctx.Time just
+// before calling the handler); a RequestCtx that fasthttp.Server did not
+// serve (tests) has none, and gets now.
+func requestStart(ctx *fasthttp.RequestCtx) time.Time {
+	if t := ctx.Time(); !t.IsZero() {
+		return t
+	}
+	return time.Now()
+}
+
+// deadlineFrom reads timeout_ms (default cfg.DefaultTimeout), counted from
+// the request's start.
+func (s *Server) deadlineFrom(ctx *fasthttp.RequestCtx) (time.Time, *apiError) {
+	start := requestStart(ctx)
 	ms, ok, err := queryUint(ctx.QueryArgs(), "timeout_ms", uint64(s.cfg.MaxTimeout/time.Millisecond))
 	if err != nil {
 		return time.Time{}, err

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -60,7 +59,7 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 // proposeAndWait proposes cmd with the request's timeout_ms and maps every
 // failure (including a command error) to an API error.
 func (s *Server) proposeAndWait(ctx *fasthttp.RequestCtx, cmd *engine.Command) (engine.Result, *apiError) {
-	deadline, e := s.deadlineFrom(ctx, time.Now())
+	deadline, e := s.deadlineFrom(ctx)
 	if e != nil {
 		return engine.Result{}, e
 	}
@@ -182,12 +181,8 @@ func (s *Server) commitCommand(topic, group string, partition, offset json.RawMe
 	if !ok {
 		return nil, errBadRequest("invalid_offset", "offset must be a non-negative 64-bit integer")
 	}
-	t, exists := s.store.Topic(topic)
-	if !exists {
-		return nil, mapError(engine.ErrUnknownTopic)
-	}
-	if p >= uint64(len(t.Partitions)) {
-		return nil, mapError(engine.ErrUnknownPartition)
+	if _, e := s.existingPartition(topic, p); e != nil {
+		return nil, e
 	}
 	return &engine.Command{Kind: engine.CmdCommit, Topic: topic, Group: group, Partition: int32(p), Offset: off}, nil
 }
