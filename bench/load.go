@@ -201,14 +201,18 @@ func (w *worker) run(deadline time.Time, stop *atomic.Bool) {
 var serverUsKey = []byte(`"server_us":`)
 
 // serverMicros finds "server_us":N in a produce answer with timing=1.
-func serverMicros(body []byte) (int64, bool) {
-	i := bytes.LastIndex(body, serverUsKey)
+func serverMicros(body []byte) (int64, bool) { return intAfter(body, serverUsKey) }
+
+// intAfter reads the non-negative integer that follows the last key in
+// body (the answers' own fields come after any message content).
+func intAfter(body, key []byte) (int64, bool) {
+	i := bytes.LastIndex(body, key)
 	if i < 0 {
 		return 0, false
 	}
 	var n int64
 	digits := 0
-	for _, c := range body[i+len(serverUsKey):] {
+	for _, c := range body[i+len(key):] {
 		if c < '0' || c > '9' || digits == 18 {
 			break
 		}

@@ -131,17 +131,8 @@ func consumeCheck(status int, body []byte) (bool, int) {
 	if status != 200 {
 		return false, 0
 	}
-	i := bytes.LastIndex(body, countKey)
-	if i < 0 {
-		return false, 0
-	}
-	rest := body[i+len(countKey):]
-	j := bytes.IndexAny(rest, ",}")
-	if j < 0 {
-		return false, 0
-	}
-	n, err := strconv.Atoi(string(rest[:j]))
-	return err == nil && n > 0, n
+	n, ok := intAfter(body, countKey)
+	return ok && n > 0, int(n)
 }
 
 // noopCheck accepts any 200 (the no-op server answers every path).
