@@ -161,6 +161,10 @@ func (s *Store) applyProduce(c *Command, nowMs int64) Result {
 		if c.AutoCreatePartitions == 0 {
 			return Result{Err: ErrUnknownTopic}
 		}
+		if s.stage.lim.Version >= 2 && int(c.Partition) >= c.AutoCreatePartitions {
+			// Refused before anything changes: a 4xx leaves no topic behind.
+			return Result{Err: ErrInvalidPartition}
+		}
 		if r := s.applyCreate(c.Topic, c.AutoCreatePartitions, nowMs); r.Err != nil {
 			return r
 		}
@@ -210,7 +214,10 @@ func (s *Store) applyCommit(c *Command) Result {
 	if sp, ok := s.stage.byPart[p]; ok {
 		end = sp.next
 	}
-	if c.Offset >= end {
+	// The log end offset itself is a valid commit (scripts commit the
+	// next_offset a consume returned); only past it is out of range.
+	// Entries of version 1 kept the older, stricter rule.
+	if c.Offset > end || c.Offset == end && s.stage.lim.Version < 2 {
 		return Result{Err: ErrOffsetOutOfRange, Partition: c.Partition, Offset: end}
 	}
 	k := offsetKey{c.Topic, c.Group, c.Partition}

@@ -25,8 +25,18 @@ import (
 // into the entry, so that every replica, and a replay after a restart with
 // other flags, makes the same decisions (idempotency window and key limit,
 // partition limit, message timestamps).
+//
+// The version byte also names the apply rules the entry was proposed under,
+// so a replay of an older entry decides as it did when it was first
+// applied:
+//   - 1: a commit at the log end offset is out of range; a produce to a
+//     missing topic auto-creates it before its partition is checked.
+//   - 2: a commit at the log end offset is accepted; a produce whose
+//     partition an auto-created topic would not have is refused and
+//     creates nothing.
 const (
-	entryVersion      = 1
+	entryVersion      = 2 // written by this build
+	entryVersionMin   = 1 // oldest still applied
 	entryHeaderBytes  = 29
 	commandHeaderMin  = 10
 	commandsPerEntry  = 1 << 20 // sanity bound while decoding
@@ -69,6 +79,7 @@ var errCommand = errors.New("engine: malformed command")
 // EntryLimits are the settings that change what apply does. The leader
 // writes them into every entry.
 type EntryLimits struct {
+	Version             uint8 // apply rules of the entry (see entryVersion); set by DecodeEntryHeader, ignored by AppendEntryHeader
 	IdempotencyWindowMs int64 // how long an idempotency key is remembered
 	IdempotencyKeysMax  int   // at most this many keys, oldest dropped first
 	PartitionsMax       int   // partitions a topic may have
@@ -171,11 +182,12 @@ func commandBodyBytes(c *Command) int {
 // DecodeEntryHeader returns the leader time, the limits and the commands
 // that follow.
 func DecodeEntryHeader(b []byte) (nowMs int64, lim EntryLimits, commands []byte, err error) {
-	if len(b) < entryHeaderBytes || b[0] != entryVersion {
+	if len(b) < entryHeaderBytes || b[0] < entryVersionMin || b[0] > entryVersion {
 		return 0, lim, nil, fmt.Errorf("%w: bad entry header", errCommand)
 	}
 	nowMs = int64(binary.LittleEndian.Uint64(b[1:9]))
 	lim = EntryLimits{
+		Version:             b[0],
 		IdempotencyWindowMs: int64(binary.LittleEndian.Uint64(b[9:17])),
 		IdempotencyKeysMax:  int(binary.LittleEndian.Uint32(b[17:21])),
 		PartitionsMax:       int(binary.LittleEndian.Uint32(b[21:25])),

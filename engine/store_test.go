@@ -132,7 +132,7 @@ func TestStoreApply(t *testing.T) {
 	res = h.apply(1002,
 		Command{Kind: CmdCommit, Topic: "events", Group: "g", Partition: 0, Offset: 2},
 		Command{Kind: CmdCommit, Topic: "events", Group: "g", Partition: 0, Offset: 1},
-		Command{Kind: CmdCommit, Topic: "events", Group: "g", Partition: 0, Offset: 4},
+		Command{Kind: CmdCommit, Topic: "events", Group: "g", Partition: 0, Offset: 5},
 		Command{Kind: CmdCommit, Topic: "events", Group: "g", Partition: 9, Offset: 0},
 		Command{Kind: CmdCommit, Topic: "nope", Group: "g", Partition: 0, Offset: 0},
 	)
@@ -142,6 +142,58 @@ func TestStoreApply(t *testing.T) {
 	}
 	if off, ok := h.s.Committed("events", "g", 0); !ok || off != 2 {
 		t.Fatalf("committed %d %v, want 2", off, ok)
+	}
+}
+
+// TestEntryVersionRules: an entry applies under the rules of the version
+// it was proposed with, so a replay of an older WAL decides as before.
+func TestEntryVersionRules(t *testing.T) {
+	h := newStoreHarness(t, t.TempDir())
+	h.apply(1, produce("t", 0, "", "a", "b")) // log end offset 2
+	withVersion := func(v byte, cmds ...Command) []Result {
+		b := entry(2, cmds...)
+		b[0] = v
+		h.index++
+		res, err := h.s.ApplyEntry(h.index, 1, b, nil)
+		if err != nil {
+			t.Fatalf("ApplyEntry v%d: %v", v, err)
+		}
+		return res
+	}
+	cases := []struct {
+		version   byte
+		cmd       Command
+		err       error
+		topicMade string // a topic that must exist afterwards ("" = none checked)
+		noTopic   string // a topic that must not exist afterwards
+	}{
+		{1, Command{Kind: CmdCommit, Topic: "t", Group: "g", Partition: 0, Offset: 2}, ErrOffsetOutOfRange, "", ""},
+		{2, Command{Kind: CmdCommit, Topic: "t", Group: "g", Partition: 0, Offset: 2}, nil, "", ""},
+		{2, Command{Kind: CmdCommit, Topic: "t", Group: "g", Partition: 0, Offset: 3}, ErrOffsetOutOfRange, "", ""},
+		{1, produce("ghost1", 4, "", "x"), ErrInvalidPartition, "ghost1", ""},
+		{2, produce("ghost2", 4, "", "x"), ErrInvalidPartition, "", "ghost2"},
+		{2, produce("ghost3", 3, "", "x"), nil, "ghost3", ""},
+	}
+	for i, c := range cases {
+		c.cmd.ReqID = 1
+		res := withVersion(c.version, c.cmd)
+		if !errors.Is(res[0].Err, c.err) {
+			t.Errorf("case %d (v%d): err %v, want %v", i, c.version, res[0].Err, c.err)
+		}
+		if _, ok := h.s.Topic(c.topicMade); c.topicMade != "" && !ok {
+			t.Errorf("case %d: topic %s missing", i, c.topicMade)
+		}
+		if _, ok := h.s.Topic(c.noTopic); c.noTopic != "" && ok {
+			t.Errorf("case %d: a refused produce created topic %s", i, c.noTopic)
+		}
+	}
+	for _, v := range []byte{0, 3} {
+		h.index++
+		b := entry(3, produce("t", 0, "", "z"))
+		b[0] = v
+		if _, err := h.s.ApplyEntry(h.index, 1, b, nil); err == nil {
+			t.Errorf("entry version %d: want an error", v)
+		}
 	}
 }
 

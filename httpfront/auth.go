@@ -3,7 +3,9 @@ package httpfront
 import (
 	"bytes"
 	"crypto/subtle"
+	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,7 +71,7 @@ func ParseTokens(spec string) ([]Token, error) {
 				if err != nil {
 					return nil, fmt.Errorf("token entry %q: %w", entry, err)
 				}
-				t.Limit = lim
+				t.Limit = lim // nil when every field means "no limit"
 			case p == "read":
 				t.Scope = ScopeRead
 			case p == "write":
@@ -85,18 +87,54 @@ func ParseTokens(spec string) ([]Token, error) {
 	return out, nil
 }
 
+// parseRateLimit reads "rps:burst:daily". Each field is a non-negative
+// decimal integer (rps and burst may have a fraction); a field too large
+// for a 64-bit integer means "no limit" on that dimension, as in the
+// older server, whose launch scripts set
+// dev@55555555555555:11111111111111111:111111111111111111111. A limit
+// with no bound left on any dimension is no limit at all (nil).
 func parseRateLimit(s string) (*RateLimit, error) {
 	f := strings.Split(s, ":")
 	if len(f) != 3 {
 		return nil, fmt.Errorf("rate limit %q: want rps:burst:daily", s)
 	}
-	rps, err1 := strconv.ParseFloat(f[0], 64)
-	burst, err2 := strconv.ParseFloat(f[1], 64)
-	daily, err3 := strconv.ParseInt(f[2], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || rps <= 0 || burst < 1 || daily < 0 {
-		return nil, fmt.Errorf("rate limit %q: want rps > 0, burst >= 1, daily >= 0", s)
+	rps, rpsInf, err1 := parseLimitField(f[0])
+	burst, burstInf, err2 := parseLimitField(f[1])
+	daily, dailyInf, err3 := parseLimitField(f[2])
+	if err1 != nil || err2 != nil || err3 != nil || !rpsInf && rps <= 0 || !burstInf && burst < 1 || daily != math.Trunc(daily) {
+		return nil, fmt.Errorf("rate limit %q: want rps > 0, burst >= 1, daily >= 0 (a number too large for 64 bits means no limit)", s)
 	}
-	return &RateLimit{RPS: rps, Burst: burst, Daily: daily}, nil
+	lim := &RateLimit{RPS: rps, Burst: burst, Daily: int64(daily)}
+	if rpsInf || burstInf {
+		lim.RPS, lim.Burst = 0, 0 // no rate limit; a daily cap may remain
+	}
+	if dailyInf {
+		lim.Daily = 0
+	}
+	if lim.RPS == 0 && lim.Daily == 0 {
+		return nil, nil
+	}
+	return lim, nil
+}
+
+// int64Limit is the largest value a limit field may have; past it, the
+// field means "no limit".
+const int64Limit = float64(math.MaxInt64)
+
+// parseLimitField parses one field of a rate limit: a non-negative decimal
+// number; huge reports one too large for int64 (any number of digits).
+func parseLimitField(s string) (v float64, huge bool, err error) {
+	if s == "" || strings.ContainsAny(s, "eEnN+-xX_") { // plain decimals only: no exponents, signs, Inf or NaN
+		return 0, false, fmt.Errorf("%q is not a non-negative decimal number", s)
+	}
+	v, err = strconv.ParseFloat(s, 64)
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return 0, false, err
+	}
+	if errors.Is(err, strconv.ErrRange) || v >= int64Limit {
+		return 0, true, nil
+	}
+	return v, false, nil
 }
 
 // authenticator checks bearer tokens and their rate limits.
@@ -116,7 +154,8 @@ func newAuthenticator(tokens []Token) *authenticator {
 }
 
 // check returns nil when header carries a known token with at least need.
-func (a *authenticator) check(header []byte, need Scope, now time.Time) *apiError {
+// With charge, the request counts against the token's rate limit.
+func (a *authenticator) check(header []byte, need Scope, now time.Time, charge bool) *apiError {
 	secret, ok := bearer(header)
 	if !ok {
 		return &apiError{status: 401, code: "unauthorized", message: "send Authorization: Bearer <token>"}
@@ -129,7 +168,7 @@ func (a *authenticator) check(header []byte, need Scope, now time.Time) *apiErro
 		if t.Scope < need {
 			return &apiError{status: 403, code: "forbidden", message: fmt.Sprintf("this token has %s scope; the route needs %s", t.Scope, need)}
 		}
-		if b := a.buckets[i]; b != nil {
+		if b := a.buckets[i]; b != nil && charge {
 			if wait := b.take(now); wait > 0 {
 				return &apiError{status: 429, code: "rate_limited", message: "this token's rate limit is used up",
 					retryAfter: int((wait + time.Second - 1) / time.Second)}
@@ -175,10 +214,12 @@ func (b *bucket) take(now time.Time) time.Duration {
 		midnight := time.Unix((b.day+1)*86400, 0)
 		return midnight.Sub(now)
 	}
-	if b.tokens < 1 {
-		return time.Duration((1 - b.tokens) / b.limit.RPS * float64(time.Second))
+	if b.limit.RPS > 0 { // 0: a daily cap only
+		if b.tokens < 1 {
+			return time.Duration((1 - b.tokens) / b.limit.RPS * float64(time.Second))
+		}
+		b.tokens--
 	}
-	b.tokens--
 	b.used++
 	return 0
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -15,6 +16,7 @@ import (
 type consumeQuery struct {
 	offset    uint64
 	hasOffset bool
+	fromStart bool // a negative offset: the log start, ignoring the commit
 	limit     int
 	maxBytes  int
 	b64       bool
@@ -36,6 +38,7 @@ func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 	committed, hasCommitted := s.store.Committed(topic, group, part.ID)
 	from := part.Log.StartOffset()
 	switch {
+	case q.fromStart:
 	case q.hasOffset:
 		from = q.offset
 	case hasCommitted:
@@ -61,6 +64,8 @@ func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 		select {
 		case <-changed:
 		case <-timer.C:
+		case <-ctx.Done(): // the server is shutting down: answer what there is
+			deadline = time.Now()
 		}
 		timer.Stop()
 	}
@@ -105,26 +110,24 @@ func (s *Server) existingPartition(topic string, p uint64) (*engine.Partition, *
 }
 
 func (s *Server) parseConsumeQuery(args *fasthttp.Args) (consumeQuery, *apiError) {
-	q := consumeQuery{limit: s.cfg.ConsumeLimitDefault, maxBytes: s.cfg.MaxBytesDefault}
+	q := consumeQuery{}
 	var e *apiError
-	if q.offset, q.hasOffset, e = queryUint(args, "offset", math.MaxUint64); e != nil {
+	if q.offset, q.hasOffset, q.fromStart, e = queryOffset(args); e != nil {
 		return q, e
 	}
-	if v, ok, e := queryInt(args, "limit"); e != nil || ok && v <= 0 {
-		return q, errBadRequest("invalid_limit", "limit must be a positive integer (larger values are clamped to "+strconv.Itoa(s.cfg.ConsumeLimitMax)+")")
-	} else if ok {
-		q.limit = int(min(v, int64(s.cfg.ConsumeLimitMax)))
+	limit, e := queryClamped(args, "limit", int64(s.cfg.ConsumeLimitDefault), 1, int64(s.cfg.ConsumeLimitMax), "must be a positive integer")
+	if e != nil {
+		return q, e
 	}
-	if v, ok, e := queryInt(args, "max_bytes"); e != nil || ok && v <= 0 {
-		return q, errBadRequest("invalid_max_bytes", "max_bytes must be a positive integer (larger values are clamped to "+strconv.Itoa(s.cfg.MaxBytesMax)+")")
-	} else if ok {
-		q.maxBytes = int(min(v, int64(s.cfg.MaxBytesMax)))
+	maxBytes, e := queryClamped(args, "max_bytes", int64(s.cfg.MaxBytesDefault), 1, int64(s.cfg.MaxBytesMax), "must be a positive integer")
+	if e != nil {
+		return q, e
 	}
-	if v, ok, e := queryInt(args, "wait_ms"); e != nil || ok && v < 0 {
-		return q, errBadRequest("invalid_wait_ms", "wait_ms must be a non-negative integer")
-	} else if ok {
-		q.wait = min(time.Duration(v)*time.Millisecond, s.cfg.WaitMax)
+	waitMs, e := queryClamped(args, "wait_ms", 0, 0, s.cfg.WaitMax.Milliseconds(), "must be a non-negative integer of milliseconds")
+	if e != nil {
+		return q, e
 	}
+	q.limit, q.maxBytes, q.wait = int(limit), int(maxBytes), time.Duration(waitMs)*time.Millisecond
 	switch enc := string(args.Peek("encoding")); enc {
 	case "", "text", "utf8":
 	case "b64", "base64":
@@ -135,28 +138,69 @@ func (s *Server) parseConsumeQuery(args *fasthttp.Args) (consumeQuery, *apiError
 	return q, nil
 }
 
+// queryOffset reads consume's offset: absent; a non-negative offset (one
+// too large for 64 bits is past any log end); or a negative one, which
+// means the log start, whatever the group committed.
+func queryOffset(args *fasthttp.Args) (offset uint64, has, fromStart bool, e *apiError) {
+	raw := args.Peek("offset")
+	if raw == nil {
+		return 0, false, false, nil
+	}
+	v, k := classifyNumber(raw)
+	switch k {
+	case numberInvalid:
+		return 0, true, false, errBadRequest("invalid_offset", "offset must be an integer (a negative offset reads from the log start)")
+	case numberNegative:
+		return 0, true, true, nil
+	case numberHuge:
+		u, err := strconv.ParseUint(strings.TrimPrefix(string(raw), "+"), 10, 64)
+		if err != nil {
+			u = math.MaxUint64
+		}
+		return u, true, false, nil
+	}
+	return uint64(v), true, false, nil
+}
+
 // appendMessages appends up to q.limit messages from offset from as JSON
 // array elements and returns the count, the offset to read next, and
-// whether the byte budget cut the page short.
+// whether the byte budget cut the page short. The budget q.maxBytes counts
+// the bytes written (escapes and base64 included), not the bytes stored;
+// the first message is always returned, so a page is never empty while
+// data exists.
 func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) ([]byte, int, uint64, bool, error) {
 	end := p.Log.NextOffset()
 	count := 0
+	base := len(b)
 	var decodeErr error
+	var cut bool         // the last message read did not fit and was taken back
+	var cutOffset uint64 // its offset: where the next page starts
+	// The stored bytes read are at most the bytes written (every message
+	// gains at least its JSON field names), so the log's own budget never
+	// stops a page before the written budget does.
 	next, err := p.Log.Read(from, q.maxBytes, func(fr engine.Frame) bool {
 		m, err := engine.DecodeMessage(fr.Offset, fr.Payload)
 		if err != nil {
 			decodeErr = err
 			return false
 		}
+		before := len(b)
 		if count > 0 {
 			b = append(b, ',')
 		}
 		b = appendMessage(b, p.ID, m, q.b64)
+		if count > 0 && len(b)-base > q.maxBytes {
+			b, cut, cutOffset = b[:before], true, fr.Offset
+			return false
+		}
 		count++
-		return count < q.limit
+		return count < q.limit && len(b)-base < q.maxBytes
 	})
 	if err == nil {
 		err = decodeErr
+	}
+	if cut {
+		next = cutOffset
 	}
 	if count == 0 {
 		// Nothing returned: keep the caller's position (moved up to the log

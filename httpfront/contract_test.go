@@ -238,7 +238,15 @@ func TestConsumeContract(t *testing.T) {
 		{"/broker/consume/c/g/0?limit=0", "invalid_limit", 400},
 		{"/broker/consume/c/g/0?limit=-5", "invalid_limit", 400},
 		{"/broker/consume/c/g/0?max_bytes=0", "invalid_max_bytes", 400},
-		{"/broker/consume/c/g/0?offset=-1", "invalid_offset", 400},
+		{"/broker/consume/c/g/0?offset=abc", "invalid_offset", 400},
+		{"/broker/consume/c/g/0?offset=-", "invalid_offset", 400},
+		{"/broker/consume/c/g/0?offset=1.5", "invalid_offset", 400},
+		{"/broker/consume/c/g/0?limit=x", "invalid_limit", 400},
+		{"/broker/consume/c/g/0?limit=-99999999999999999999999", "invalid_limit", 400},
+		{"/broker/consume/c/g/0?max_bytes=-1", "invalid_max_bytes", 400},
+		{"/broker/consume/c/g/0?wait_ms=-1", "invalid_wait_ms", 400},
+		{"/broker/consume/c/g/0?wait_ms=soon", "invalid_wait_ms", 400},
+		{"/broker/consume/c/g/0?timeout_ms=1&wait_ms=1e3", "invalid_wait_ms", 400},
 		{"/broker/consume/c/g/0?encoding=hex", "invalid_encoding", 400},
 		{"/broker/consume/c/g%01/0", "invalid_group", 400},
 	}
@@ -247,6 +255,84 @@ func TestConsumeContract(t *testing.T) {
 	}
 	if r := ts.do("GET", "/broker/consume/c/g/0?offset=0&limit=5000", ""); r.num("count") != float64(len(values)) {
 		t.Fatalf("large limit is clamped, not refused: %s", r.body)
+	}
+	// Clamped parameters clamp for any size of number.
+	for _, q := range []string{"limit=99999999999999999999999", "max_bytes=99999999999999999999999", "limit=9223372036854775808"} {
+		if r := ts.do("GET", "/broker/consume/c/g/0?offset=0&"+q, ""); r.status != 200 || r.num("count") != float64(len(values)) {
+			t.Fatalf("%s is clamped, not refused: %s", q, r.body)
+		}
+	}
+	// A negative offset reads from the log start, whatever was committed.
+	for _, q := range []string{"offset=-1", "offset=-99999999999999999999999"} {
+		r := ts.do("GET", "/broker/consume/c/g/0?"+q, "")
+		if r.status != 200 || r.num("count") != float64(len(values)) || r.num("committed_offset") != 2 {
+			t.Fatalf("%s: want the whole partition from the log start: %s", q, r.body)
+		}
+	}
+	// An offset past 64 bits is past any log end: an empty page.
+	if r := ts.do("GET", "/broker/consume/c/g/0?offset=99999999999999999999999", ""); r.status != 200 || r.num("count") != 0 {
+		t.Fatalf("huge offset: %s", r.body)
+	}
+}
+
+// TestConsumeWaitClamped: wait_ms of any size waits the 30 s maximum
+// (here WaitMax, shortened), not zero (a 64-bit overflow once made it
+// return at once).
+func TestConsumeWaitClamped(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.WaitMax = 300 * time.Millisecond })
+	ts.do("POST", "/broker/topics", `{"name":"w","partitions":1}`)
+	for _, v := range []string{"10000000000000", "99999999999999999999999999"} {
+		start := time.Now()
+		r := ts.do("GET", "/broker/consume/w/g/0?wait_ms="+v, "")
+		if took := time.Since(start); r.status != 200 || took < 250*time.Millisecond || took > 5*time.Second {
+			t.Fatalf("wait_ms=%s: status %d after %v, want 200 after about 300ms", v, r.status, took)
+		}
+	}
+}
+
+// TestConsumeMaxBytesCountsWritten: max_bytes bounds the response as
+// written; 0x01 bytes are written as 6-byte escapes.
+func TestConsumeMaxBytesCountsWritten(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.do("POST", "/broker/topics", `{"name":"esc","partitions":1}`)
+	value := strings.Repeat("\x01", 1000)
+	value = strings.ReplaceAll(value, "\\x01", "\x01")
+	raw := strings.Repeat("\x01", 1000) // 6,000 bytes as written: \u0001 each
+	_ = value
+	for i := 0; i < 20; i++ {
+		ts.expect(ts.do("POST", "/broker/topics/esc/produce?partition=0", raw), 200, "")
+	}
+	for _, tc := range []struct {
+		query        string
+		budget, want int // want: messages in the page
+	}{
+		{"max_bytes=3000", 3000, 0},
+		{"max_bytes=3000&encoding=b64", 3000, 0},
+		{"max_bytes=1", 1, 1},
+		{"max_bytes=20000", 20000, 0},
+	} {
+		r := ts.do("GET", "/broker/consume/esc/g/0?offset=0&limit=20&"+tc.query, "")
+		msgs := r.json["messages"].([]any)
+		if len(msgs) == 0 {
+			t.Fatalf("%s: an empty page while data exists: %s", tc.query, r.body)
+		}
+		// The messages array as written must fit the budget (the first
+		// message always comes, even alone over it).
+		arr := r.body[strings.Index(string(r.body), "[") : strings.LastIndex(string(r.body), "]")+1]
+		if len(msgs) > 1 && len(arr) > tc.budget {
+			t.Fatalf("%s: %d messages written in %d bytes, over the budget", tc.query, len(msgs), len(arr))
+		}
+		if tc.want > 0 && len(msgs) != tc.want {
+			t.Fatalf("%s: %d messages, want %d", tc.query, len(msgs), tc.want)
+		}
+		// Paging by next_offset neither skips nor repeats.
+		last := msgs[len(msgs)-1].(map[string]any)["offset"].(float64)
+		if r.num("next_offset") != last+1 {
+			t.Fatalf("%s: next_offset %v after last offset %v", tc.query, r.num("next_offset"), last)
+		}
+		if len(msgs) < 20 && r.json["truncated"] != true {
+			t.Fatalf("%s: a page cut by the budget must say truncated: %s", tc.query, r.body)
+		}
 	}
 }
 
@@ -283,8 +369,11 @@ func TestCommitContract(t *testing.T) {
 		{`{"topic":"k","group":"g","partition":0,"offset":1}`, "", 200, true},
 		{`{"topic":"k","group":"g","partition":0,"offset":3}`, "", 200, false},
 		{`{"topic":"k","group":"g","partition":0,"offset":4}`, "", 200, false},
-		{`{"topic":"k","group":"g","partition":0,"offset":5}`, "offset_out_of_range", 400, false},
-		{`{"topic":"k","group":"g","partition":1,"offset":0}`, "offset_out_of_range", 400, false},
+		// The log end offset (the next_offset a consume returns) commits.
+		{`{"topic":"k","group":"g","partition":0,"offset":5}`, "", 200, false},
+		{`{"topic":"k","group":"g","partition":0,"offset":6}`, "offset_out_of_range", 400, false},
+		{`{"topic":"k","group":"g","partition":1,"offset":0}`, "", 200, false},
+		{`{"topic":"k","group":"g","partition":1,"offset":1}`, "offset_out_of_range", 400, false},
 		{`{"topic":"k","group":"g","partition":2,"offset":0}`, "unknown_partition", 404, false},
 		{`{"topic":"nope","group":"g","partition":0,"offset":0}`, "unknown_topic", 404, false},
 		{`{"topic":"k","group":"g","partition":0}`, "missing_fields", 400, false},
@@ -302,7 +391,9 @@ func TestCommitContract(t *testing.T) {
 			t.Fatalf("%s: %s", tc.body, r.body)
 		}
 	}
-	if r := ts.do("GET", "/broker/consume/k/g/0", ""); r.num("committed_offset") != 4 {
+	// Resuming after a commit at the log end starts at committed + 1: an
+	// empty page now, the next message once it is produced.
+	if r := ts.do("GET", "/broker/consume/k/g/0", ""); r.num("committed_offset") != 5 || r.num("count") != 0 || r.num("next_offset") != 6 {
 		t.Fatalf("committed offset went back or was lost: %s", r.body)
 	}
 	// Group names are URL-decoded path segments; a slash stays in the name.

@@ -21,6 +21,9 @@ type metrics struct {
 	consumed atomic.Uint64
 	commits  atomic.Uint64
 
+	bodyBudgetRefused atomic.Uint64 // requests refused: BodyBytesInFlightMax was held
+	acceptRetries     atomic.Uint64 // accepts retried after EMFILE and the like
+
 	// Produce stages (see timing=1), in microseconds.
 	produceUs *shardedHists // recv_parse, queue, server (produceStage*)
 }
@@ -66,6 +69,12 @@ func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
 	w.sample("keel_consumed_messages_total", nil, s.metrics.consumed.Load())
 	w.help("keel_commits_total", "counter", "consumer offset commits acknowledged")
 	w.sample("keel_commits_total", nil, s.metrics.commits.Load())
+	w.help("keel_body_bytes_in_flight", "gauge", "request body bytes held in memory now (limit: body bytes in flight max)")
+	w.sample("keel_body_bytes_in_flight", nil, uint64(max(0, s.inFlight.Load())))
+	w.help("keel_accept_retries_total", "counter", "accepts that failed for lack of descriptors or memory and were retried after a pause")
+	w.sample("keel_accept_retries_total", nil, s.metrics.acceptRetries.Load())
+	w.help("keel_body_budget_refused_total", "counter", "requests answered 503 overloaded because request bodies held the in-flight budget")
+	w.sample("keel_body_budget_refused_total", nil, s.metrics.bodyBudgetRefused.Load())
 	s.writeNodeMetrics(&w)
 	s.writeTimingMetrics(&w)
 	s.writeDataMetrics(&w)

@@ -7,24 +7,71 @@ import (
 )
 
 // Query parameters are parsed strictly: a present but malformed number is
-// a 400 naming the parameter, never silently replaced by a default.
+// a 400 naming the parameter, never silently replaced by a default. A
+// parameter documented as clamped clamps for any size of number, however
+// many digits it has: a value too large for 64 bits is simply large.
 
-// queryUint returns the parameter as a uint64, whether it was present, or
-// an error with code invalid_<name>.
-func queryUint(args *fasthttp.Args, name string, maxValue uint64) (uint64, bool, *apiError) {
-	raw := args.Peek(name)
-	if raw == nil {
-		return 0, false, nil
+// numberKind classifies a decimal parameter without limiting its size.
+type numberKind int
+
+const (
+	numberInvalid  numberKind = iota // empty, not decimal digits, a lone sign
+	numberNegative                   // "-" followed by digits (any size)
+	numberFits                       // non-negative, fits in int64
+	numberHuge                       // non-negative, past int64
+)
+
+// classifyNumber reads raw as an optionally signed decimal integer of any
+// length. For numberFits, v is its value.
+func classifyNumber(raw []byte) (v int64, k numberKind) {
+	digits := raw
+	if len(digits) > 0 && (digits[0] == '-' || digits[0] == '+') {
+		digits = digits[1:]
 	}
-	v, err := strconv.ParseUint(string(raw), 10, 64)
-	if err != nil || v > maxValue {
-		return 0, true, errBadRequest("invalid_"+name, name+" must be an integer from 0 to "+strconv.FormatUint(maxValue, 10))
+	if len(digits) == 0 {
+		return 0, numberInvalid
 	}
-	return v, true, nil
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, numberInvalid
+		}
+	}
+	if raw[0] == '-' {
+		for _, c := range digits {
+			if c != '0' {
+				return 0, numberNegative
+			}
+		}
+		return 0, numberFits // "-0"
+	}
+	n, err := strconv.ParseInt(string(digits), 10, 64)
+	if err != nil {
+		return 0, numberHuge // only ErrRange is possible: the digits are valid
+	}
+	return n, numberFits
 }
 
-// queryInt is queryUint for parameters that may be written negative, so
-// that the error can say "must be positive" rather than "not a number".
+// queryClamped reads a parameter documented as clamped: absent → def;
+// below minValue (negative, or 0 when minValue is 1) or not a number → a
+// 400 invalid_<name> with hint; above maxValue (any size) → maxValue.
+func queryClamped(args *fasthttp.Args, name string, def, minValue, maxValue int64, hint string) (int64, *apiError) {
+	raw := args.Peek(name)
+	if raw == nil {
+		return def, nil
+	}
+	v, k := classifyNumber(raw)
+	switch {
+	case k == numberInvalid || k == numberNegative || k == numberFits && v < minValue:
+		return 0, errBadRequest("invalid_"+name, name+" "+hint+" (larger values are clamped to "+strconv.FormatInt(maxValue, 10)+")")
+	case k == numberHuge:
+		return maxValue, nil
+	}
+	return min(v, maxValue), nil
+}
+
+// queryInt returns the parameter as an int64 and whether it was present;
+// a value that is not a 64-bit integer is an error with code
+// invalid_<name>. For parameters that are not clamped (a partition).
 func queryInt(args *fasthttp.Args, name string) (int64, bool, *apiError) {
 	raw := args.Peek(name)
 	if raw == nil {
@@ -35,13 +82,4 @@ func queryInt(args *fasthttp.Args, name string) (int64, bool, *apiError) {
 		return 0, true, errBadRequest("invalid_"+name, name+" must be an integer")
 	}
 	return v, true, nil
-}
-
-// queryBytes returns a copy of the (already URL-decoded) parameter.
-func queryBytes(args *fasthttp.Args, name string) ([]byte, bool) {
-	raw := args.Peek(name)
-	if raw == nil {
-		return nil, false
-	}
-	return append([]byte(nil), raw...), true
 }

@@ -93,10 +93,20 @@ func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson b
 	if e != nil || ok && (p < 0 || p > math.MaxInt32) {
 		return errBadRequest("invalid_partition", "partition must be a non-negative integer")
 	}
+	// Everything is validated before the command is proposed: a refused
+	// produce leaves no trace, not even an auto-created topic. (Apply
+	// checks the same again, for a topic created meanwhile.)
+	t, exists := s.store.Topic(topic)
+	if !exists && !s.cfg.AutoCreateTopics {
+		return mapError(engine.ErrUnknownTopic)
+	}
 	if ok {
 		cmd.Partition = int32(p)
-		if t, exists := s.store.Topic(topic); exists && int(p) >= len(t.Partitions) {
+		switch {
+		case exists && int(p) >= len(t.Partitions):
 			return errBadRequest("invalid_partition", fmt.Sprintf("partition %d is out of range: topic %s has %d", p, topic, len(t.Partitions)))
+		case !exists && int(p) >= s.cfg.DefaultPartitions:
+			return errBadRequest("invalid_partition", fmt.Sprintf("partition %d is out of range: topic %s does not exist, and would be created with %d partitions; nothing was created", p, topic, s.cfg.DefaultPartitions))
 		}
 	}
 	cmd.IdempotencyKey = args.Peek("idempotency_key")

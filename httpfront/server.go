@@ -2,11 +2,13 @@ package httpfront
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -41,6 +43,13 @@ type Config struct {
 	MaxBytesMax         int
 	WaitMax             time.Duration // largest wait_ms honoured
 
+	JSONBodyMax          int           // a JSON request body (topic create, commit)
+	BodyTinyMax          int           // a body sent to a route that takes none (GET, HEAD, public routes)
+	BodyBytesInFlightMax int64         // request bodies held in memory at once, all requests together
+	BodyDrainMax         int64         // unread body discarded after a refusal, so the client reads the answer
+	BodyDrainUnauthMax   int64         // the same for a request whose token was not accepted
+	BodyDrainTime        time.Duration // and at most this long
+
 	HeaderBytesMax int // request line + headers (so also the URL)
 	IdleTimeout    time.Duration
 	ReadTimeout    time.Duration
@@ -67,6 +76,12 @@ func Defaults() Config {
 		MaxBytesDefault:     1 << 20,
 		MaxBytesMax:         16 << 20,
 		WaitMax:             30 * time.Second,
+		JSONBodyMax:          64 << 10,
+		BodyTinyMax:          4 << 10,
+		BodyBytesInFlightMax: 256 << 20,
+		BodyDrainMax:         16 << 20,
+		BodyDrainUnauthMax:   64 << 10,
+		BodyDrainTime:        5 * time.Second,
 		HeaderBytesMax:      16 << 10,
 		IdleTimeout:         120 * time.Second,
 		ReadTimeout:         60 * time.Second,
@@ -82,6 +97,8 @@ type Server struct {
 	metrics *metrics
 	srv     *fasthttp.Server
 	log     *slog.Logger
+
+	inFlight atomic.Int64 // request body bytes held now (BodyBytesInFlightMax)
 }
 
 // New returns a server over node and store.
@@ -95,11 +112,18 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 	}
 	s := &Server{cfg: cfg, node: node, store: store, auth: newAuthenticator(tokens), metrics: newMetrics(), log: cfg.Logger}
 	s.srv = &fasthttp.Server{
-		Handler:               s.handle,
-		ErrorHandler:          s.handleTransportError,
-		Name:                  "keel",
-		ReadBufferSize:        cfg.HeaderBytesMax,
-		MaxRequestBodySize:    max(cfg.MaxMessageBytes, cfg.MaxBatchBytes) + 64<<10,
+		Handler:      s.handle,
+		ErrorHandler: s.handleTransportError,
+		// Bodies are streamed: fasthttp reads at most 8 KiB of a body
+		// before the handler, which checks the token and the route's limit
+		// before it reads more (intake.go). Without streaming, fasthttp
+		// allocates a buffer of the claimed Content-Length as soon as the
+		// headers arrive.
+		StreamRequestBody:  true,
+		ExpectHandler:      s.expect,
+		Name:               "keel",
+		ReadBufferSize:     cfg.HeaderBytesMax,
+		MaxRequestBodySize: max(cfg.MaxMessageBytes, cfg.MaxBatchBytes, cfg.JSONBodyMax),
 		ReadTimeout:           cfg.ReadTimeout,
 		WriteTimeout:          cfg.ReadTimeout,
 		IdleTimeout:           cfg.IdleTimeout,
@@ -110,40 +134,46 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 	return s
 }
 
-// Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Serve accepts connections on ln until Shutdown. Running out of file
+// descriptors (or memory for sockets) pauses accepting; it never ends
+// Serve.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(&patientListener{Listener: ln, log: s.log, failures: &s.metrics.acceptRetries})
+}
 
 // Shutdown stops accepting and waits (bounded by ctx) for requests in
 // flight.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
 
 // handleTransportError answers what fasthttp rejects before the handler:
-// oversized headers or bodies, malformed requests.
+// oversized headers, malformed requests. The answer is a fixed text per
+// kind: fasthttp's error text can quote the raw request buffer (tokens
+// and the next pipelined request among it), so it goes to the debug log
+// only.
 func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
 	var e *apiError
 	switch {
-	case strings.Contains(err.Error(), "body size exceeds") && strings.HasSuffix(string(ctx.URI().Path()), "/produce"):
-		e = &apiError{status: 413, code: "message_too_large", message: fmt.Sprintf("the message is larger than max_message_bytes (%d)", s.cfg.MaxMessageBytes)}
-	case strings.Contains(err.Error(), "body size exceeds") && strings.HasSuffix(string(ctx.URI().Path()), "/produce-ndjson"):
-		e = &apiError{status: 413, code: "batch_too_large", message: fmt.Sprintf("the body is larger than max_batch_bytes (%d); nothing was written", s.cfg.MaxBatchBytes)}
-	case strings.Contains(err.Error(), "body size exceeds"):
-		e = &apiError{status: 413, code: "body_too_large", message: fmt.Sprintf("the body is larger than the server reads (%d bytes)", s.srv.MaxRequestBodySize)}
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		e = &apiError{status: 413, code: "body_too_large", message: "the request body is larger than this route takes"}
 	case strings.Contains(err.Error(), "small read buffer"), strings.Contains(err.Error(), "too big"):
 		e = &apiError{status: 431, code: "uri_too_long", message: fmt.Sprintf("the request line and headers exceed %d bytes", s.cfg.HeaderBytesMax)}
 	default:
-		e = errBadRequest("bad_request", "malformed HTTP request: "+err.Error())
+		e = errBadRequest("bad_request", "malformed HTTP request")
 	}
+	s.log.Debug("malformed request", "err", err, "remote", ctx.RemoteAddr().String())
 	s.metrics.countRequest("transport", e.status)
 	writeError(ctx, e)
 }
 
 // route is one route: its label for metrics, the scope it needs, the
-// methods it takes and its handler. Routes are static values, so matching
-// a request allocates nothing but the path string.
+// methods it takes (GET routes take HEAD too), the body it takes and its
+// handler. Routes are static values, so matching a request allocates
+// nothing but the path string.
 type route struct {
 	label   string
 	scope   Scope // 0 = public
 	methods string
+	body    bodyKind
 	serve   func(s *Server, ctx *fasthttp.RequestCtx, p pathParams)
 }
 
@@ -156,53 +186,49 @@ type pathParams struct {
 const maxPathSegments = 5
 
 var (
-	routeHealth       = route{"health", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.health(c) }}
-	routeReady        = route{"ready", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.ready(c) }}
-	routeLivez        = route{"livez", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.livez(c) }}
-	routeMetrics      = route{"metrics", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.serveMetrics(c) }}
-	routeMetricsHA    = route{"metrics_ha", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.metricsHA(c) }}
-	routeDocs         = route{"docs", 0, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.docs(c) }}
-	routeTopics       = route{"topics", ScopeRead, "GET POST", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.topics(c) }}
-	routeTopic        = route{"topic", ScopeRead, "GET", func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.describeTopic(c, p.seg[2]) }}
-	routeProduce      = route{"produce", ScopeWrite, "POST", func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], false) }}
-	routeProduceBatch = route{"produce_ndjson", ScopeWrite, "POST", func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], true) }}
-	routeConsume      = route{"consume", ScopeRead, "GET", func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.consume(c, p.seg[2], p.seg[3], p.seg[4]) }}
-	routeCommit       = route{"commit", ScopeWrite, "POST", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
-	routeSealedStatus = route{"sealed_status", ScopeRead, "GET", func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
+	routeHealth       = route{"health", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.health(c) }}
+	routeReady        = route{"ready", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.ready(c) }}
+	routeLivez        = route{"livez", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.livez(c) }}
+	routeMetrics      = route{"metrics", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.serveMetrics(c) }}
+	routeMetricsHA    = route{"metrics_ha", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.metricsHA(c) }}
+	routeDocs         = route{"docs", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.docs(c) }}
+	routeTopics       = route{"topics", ScopeRead, "GET POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.topics(c) }}
+	routeTopic        = route{"topic", ScopeRead, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.describeTopic(c, p.seg[2]) }}
+	routeProduce      = route{"produce", ScopeWrite, "POST", bodyMessage, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], false) }}
+	routeProduceBatch = route{"produce_ndjson", ScopeWrite, "POST", bodyBatch, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], true) }}
+	routeConsume      = route{"consume", ScopeRead, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.consume(c, p.seg[2], p.seg[3], p.seg[4]) }}
+	routeCommit       = route{"commit", ScopeWrite, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
+	routeSealedStatus = route{"sealed_status", ScopeRead, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
 )
 
-// handle authenticates, routes and counts every request.
+// handle authenticates, reads the body of, routes and counts every
+// request (see intake.go for the order of the checks).
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	var params pathParams
-	r, err := s.match(ctx, &params)
+	var in intake
+	r, e := s.match(ctx, &params)
 	label := "unmatched"
-	switch {
-	case err != nil:
-		writeError(ctx, err)
-	case r != nil:
+	if r != nil {
 		label = r.label
-		if r.scope > 0 {
-			scope := r.scope
-			if ctx.IsPost() && scope < ScopeWrite {
-				scope = ScopeWrite // every mutation needs write scope
-			}
-			if e := s.auth.check(ctx.Request.Header.Peek("Authorization"), scope, time.Now()); e != nil {
-				if e.status == 401 {
-					ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="keel"`)
-				}
-				writeError(ctx, e)
-				break
-			}
-			// Until recovery has caught up nothing is served. After a storage
-			// fault reads still are, and writes fail with the fault (507 for
-			// a full disk); /ready reports the node as not ready.
-			if !s.node.Status().Serving {
-				writeError(ctx, &apiError{status: 503, code: "not_ready", message: "recovery has not finished", retryAfter: 1})
-				break
-			}
-		}
+	}
+	if e == nil {
+		e = s.admit(ctx, r, &in, true)
+	}
+	if e == nil && r.scope > 0 {
+		// Data routes wait (bounded) while the node starts; after a storage
+		// fault reads are still served, and writes fail with the fault (507
+		// for a full disk); /ready reports the node as not ready.
+		e = s.waitServing(ctx)
+	}
+	if e == nil {
+		e = s.readBody(ctx, r, &in)
+	}
+	if e != nil {
+		writeError(ctx, e)
+	} else {
 		r.serve(s, ctx, params)
 	}
+	s.finish(ctx, &in)
 	s.metrics.countRequest(label, ctx.Response.StatusCode())
 }
 
@@ -247,11 +273,18 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 	if r == nil {
 		return nil, &apiError{status: 404, code: "not_found", message: "no such route: " + raw}
 	}
-	allowed := ctx.IsGet() && strings.Contains(r.methods, "GET") || ctx.IsPost() && strings.Contains(r.methods, "POST")
+	// HEAD is a GET without the body (RFC 9110 section 9.3.2); fasthttp
+	// sends a HEAD answer's headers (Content-Length included) and drops
+	// its body.
+	getLike := ctx.IsGet() || ctx.IsHead()
+	allowed := getLike && strings.Contains(r.methods, "GET") || ctx.IsPost() && strings.Contains(r.methods, "POST")
 	if !allowed {
-		method := string(ctx.Method())
-		ctx.Response.Header.Set("Allow", strings.ReplaceAll(r.methods, " ", ", "))
-		return nil, &apiError{status: 405, code: "method_not_allowed", message: method + " is not allowed here; use " + r.methods}
+		methods := r.methods
+		if strings.Contains(methods, "GET") {
+			methods = strings.Replace(methods, "GET", "GET HEAD", 1)
+		}
+		ctx.Response.Header.Set("Allow", strings.ReplaceAll(methods, " ", ", "))
+		return r, &apiError{status: 405, code: "method_not_allowed", message: string(ctx.Method()) + " is not allowed here; use " + methods}
 	}
 	return r, nil
 }
@@ -302,16 +335,14 @@ func requestStart(ctx *fasthttp.RequestCtx) time.Time {
 	return time.Now()
 }
 
-// deadlineFrom reads timeout_ms (default cfg.DefaultTimeout), counted from
-// the request's start.
+// deadlineFrom reads timeout_ms (default cfg.DefaultTimeout; clamped to
+// cfg.MaxTimeout for any size of number), counted from the request's start.
 func (s *Server) deadlineFrom(ctx *fasthttp.RequestCtx) (time.Time, *apiError) {
 	start := requestStart(ctx)
-	ms, ok, err := queryUint(ctx.QueryArgs(), "timeout_ms", uint64(s.cfg.MaxTimeout/time.Millisecond))
+	ms, err := queryClamped(ctx.QueryArgs(), "timeout_ms", s.cfg.DefaultTimeout.Milliseconds(), 0,
+		s.cfg.MaxTimeout.Milliseconds(), "must be a non-negative integer of milliseconds")
 	if err != nil {
 		return time.Time{}, err
-	}
-	if !ok {
-		return start.Add(s.cfg.DefaultTimeout), nil
 	}
 	return start.Add(time.Duration(ms) * time.Millisecond), nil
 }

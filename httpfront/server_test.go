@@ -126,7 +126,7 @@ func (ts *testServer) do(method, path, body string, headers ...string) response 
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	r := response{status: resp.StatusCode, header: resp.Header, body: b}
-	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+	if method != "HEAD" && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		if err := json.Unmarshal(b, &r.json); err != nil {
 			ts.t.Fatalf("%s %s: response is not JSON: %v\n%s", method, path, err, b)
 		}
@@ -223,6 +223,16 @@ func TestParseTokens(t *testing.T) {
 		{"a@root", "", true},
 		{"a@1:2", "", true},
 		{"a@0:1:0", "", true},
+		// Ayder's launch scripts: every field past int64 means no limit.
+		{"dev@55555555555555:11111111111111111:111111111111111111111", "[dev:admin:5.5555555555555e+13/1.1111111111111112e+16/0]", false},
+		{"dev@99999999999999999999:1:0", "[dev:admin:-]", false},
+		{"dev@1:99999999999999999999:0", "[dev:admin:-]", false},
+		{"dev@10:20:99999999999999999999999999999", "[dev:admin:10/20/0]", false},
+		{"dev@9999999999999999999999:5:7", "[dev:admin:0/0/7]", false},
+		{"a@1e3:1:0", "", true},
+		{"a@-1:1:0", "", true},
+		{"a@1:1:1.5", "", true},
+		{"a@Inf:1:0", "", true},
 	}
 	for _, tc := range cases {
 		toks, err := ParseTokens(tc.spec)

@@ -13,7 +13,7 @@ import (
 
 // topics serves GET (list) and POST (create) /broker/topics.
 func (s *Server) topics(ctx *fasthttp.RequestCtx) {
-	if ctx.IsGet() {
+	if !ctx.IsPost() { // GET or HEAD
 		s.listTopics(ctx)
 		return
 	}

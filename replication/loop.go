@@ -58,7 +58,7 @@ func (n *Node) loop() {
 			if err := n.wal.Sync(); err != nil {
 				n.setFault(err)
 			}
-			n.lastSynced = n.wal.LastBatch()
+			n.setLastSynced(n.wal.LastBatch())
 		case <-n.stop:
 			n.drainAndStop()
 			return
@@ -224,7 +224,7 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 		}
 		n.addMarks(pending)
 		if !n.cfg.Rocket {
-			n.lastSynced = batch
+			n.setLastSynced(batch)
 		}
 		n.walSinceCkpt += int64(size)
 		recs, pending, size = recs[:0], pending[:0], 0
@@ -503,12 +503,20 @@ func (n *Node) publishStatus() {
 		WALWriteBehindFailures: n.wal.WriteBehindFailures(),
 	}
 	caughtUp := bs.RaftState == raft.StateLeader && applied >= n.startupCommit
-	if caughtUp {
+	if caughtUp && !n.serving {
 		n.serving = true
+		close(n.servingC)
 	}
 	st.Ready = n.Fault() == nil && caughtUp
 	st.Serving = n.serving
 	n.status.Store(st)
+}
+
+// setLastSynced records the last durable WAL batch, visible at once to
+// Status (before the requests of that batch are answered).
+func (n *Node) setLastSynced(batch uint64) {
+	n.lastSynced = batch
+	n.synced.Store(batch)
 }
 
 func roleName(s raft.StateType) string {

@@ -134,6 +134,8 @@ type Node struct {
 	serving             bool       // caught up once since start
 
 	timings  *loopTimings
+	synced   atomic.Uint64 // lastSynced, published as soon as the WAL batch is durable
+	servingC chan struct{} // closed once the node has caught up after start
 	status   atomic.Pointer[Status]
 	fault    atomic.Pointer[error]
 	closing  atomic.Bool
@@ -170,6 +172,7 @@ func Open(cfg Config) (*Node, error) {
 		done:     make(chan struct{}),
 		timings:  newLoopTimings(),
 		ckptDone: make(chan error, 1),
+		servingC: make(chan struct{}),
 	}
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])
@@ -236,7 +239,7 @@ func (n *Node) restore() error {
 		}
 	}
 	n.prevHS, n.marks, n.startupCommit = hs, r.marks, hs.Commit
-	n.lastSynced = n.wal.LastBatch()
+	n.setLastSynced(n.wal.LastBatch())
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        nodeID,
 		ElectionTick:              10,
@@ -335,8 +338,42 @@ func (n *Node) Fault() error {
 	return nil
 }
 
-// Status returns the latest snapshot of the node.
-func (n *Node) Status() Status { return *n.status.Load() }
+// Status returns the latest snapshot of the node. LastSyncedBatch is read
+// live: it moves as soon as a WAL batch is durable, before the requests it
+// carried are answered, so a client that got an answer and then reads
+// /admin/sealed/status sees a batch id at least as new as its own.
+func (n *Node) Status() Status {
+	st := *n.status.Load()
+	st.LastSyncedBatch = n.synced.Load()
+	return st
+}
+
+// WaitServing waits until the node has caught up after its start (the
+// state in which data routes answer), the deadline passes or the node
+// stops. It reports whether the node serves. Startup, the election of a
+// single voter and the end of recovery take milliseconds; a request that
+// arrives meanwhile waits for them instead of failing.
+func (n *Node) WaitServing(deadline time.Time) bool {
+	select {
+	case <-n.servingC:
+		return true
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-n.servingC:
+		return true
+	case <-t.C:
+	case <-n.done:
+	}
+	select {
+	case <-n.servingC:
+		return true
+	default:
+		return false
+	}
+}
 
 // Close stops taking proposals, finishes what is in flight, writes a
 // checkpoint and closes the WAL. The Store stays open for the caller.

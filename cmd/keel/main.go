@@ -61,9 +61,25 @@ func usage() {
 `)
 }
 
-// shutdownMax bounds a clean shutdown: stop accepting, finish in-flight
-// requests, checkpoint, fsync.
-const shutdownMax = 20 * time.Second
+// Shutdown on SIGTERM/SIGINT, every wait bounded:
+//   - httpGraceMax: stop accepting; requests in flight finish, long polls
+//     answer at once with what they have, idle keep-alive connections are
+//     closed; a connection still busy after it (a client stalled in the
+//     middle of its headers or body) is dropped;
+//   - then the node finishes the writes it took (at most 10 s, see
+//     replication's closeDrainMax), checkpoints and fsyncs;
+//   - shutdownMax: if all that has not returned (a disk that stalls every
+//     fsync), the process exits 1 anyway; a restart recovers from the WAL,
+//     as after kill -9. A second signal exits at once.
+const (
+	httpGraceMax = 3 * time.Second
+	shutdownMax  = 30 * time.Second
+)
+
+// startupServeMax bounds how long serve waits, before it listens, for the
+// node to catch up and (a single voter) elect itself, so that a node whose
+// /health answers takes writes at once.
+const startupServeMax = 10 * time.Second
 
 func serve(args []string) int {
 	var o options
@@ -136,6 +152,9 @@ func serveWith(o options, log *slog.Logger) error {
 		return fmt.Errorf("open WAL: %w", err)
 	}
 	node.Start()
+	if !node.WaitServing(time.Now().Add(startupServeMax)) {
+		log.Warn("the node has not caught up yet; listening anyway (writes wait for it, bounded by their timeout)", "waited", startupServeMax.String())
+	}
 	cfg := httpfront.Defaults()
 	cfg.Tokens, cfg.DevToken, cfg.Rocket = tokens, devToken, o.rocket
 	cfg.AutoCreateTopics, cfg.DefaultPartitions, cfg.MaxPartitions = o.autoCreateTopics, o.defaultPartitions, o.maxPartitions
@@ -174,10 +193,10 @@ func listenHost(o options, haveTokens bool, log *slog.Logger) (string, bool, err
 	return host, true, nil
 }
 
-// serveUntilSignal serves until SIGTERM/SIGINT, then stops accepting,
-// lets in-flight requests finish, checkpoints and returns.
+// serveUntilSignal serves until SIGTERM/SIGINT, then shuts down within
+// the bounds above and returns.
 func serveUntilSignal(srv *httpfront.Server, ln net.Listener, node *replication.Node, log *slog.Logger) error {
-	sigs := make(chan os.Signal, 1)
+	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -187,15 +206,26 @@ func serveUntilSignal(srv *httpfront.Server, ln net.Listener, node *replication.
 		log.Info("shutting down", "signal", sig.String())
 	case serveErr = <-served:
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownMax)
+	watchdog := time.AfterFunc(shutdownMax, func() {
+		log.Error("shutdown did not finish in time; exiting (a restart recovers from the WAL)", "limit", shutdownMax.String())
+		os.Exit(1)
+	})
+	defer watchdog.Stop()
+	go func() {
+		sig := <-sigs
+		log.Warn("second signal: exiting now (a restart recovers from the WAL)", "signal", sig.String())
+		os.Exit(1)
+	}()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), httpGraceMax)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
-		log.Warn("shutdown: requests still running", "err", err)
+		log.Warn("shutdown: connections still busy after the grace period are dropped", "grace", httpGraceMax.String())
 	}
 	if err := node.Close(); err != nil {
 		return fmt.Errorf("close WAL: %w", err)
 	}
-	log.Info("stopped cleanly")
+	log.Info("stopped cleanly", "took", time.Since(start).Round(time.Millisecond).String())
 	return serveErr
 }
 
