@@ -260,4 +260,3 @@ func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
 	}
 	return fasthttp.StatusContinue
 }
-
