@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -253,5 +255,34 @@ func TestParseTokens(t *testing.T) {
 		if got := "[" + strings.Join(parts, " ") + "]"; err != nil || got != tc.want {
 			t.Errorf("ParseTokens(%q) = %s, %v; want %s", tc.spec, got, err, tc.want)
 		}
+	}
+}
+
+// TestEveryErrorCodeDocumented: every stable error code the package can
+// answer has its entry in errors.md (served at /docs/errors).
+func TestEveryErrorCodeDocumented(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	codeRe := regexp.MustCompile(`(?:code:\s*|errBadRequest\()"([a-z_]+)"[,)]`)
+	seen := 0
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range codeRe.FindAllSubmatch(src, -1) {
+			seen++
+			if !bytes.Contains(errorsDoc, []byte(`id="`+string(m[1])+`"`)) {
+				t.Errorf("%s: error code %q is not in errors.md", f, m[1])
+			}
+		}
+	}
+	if seen < 20 {
+		t.Fatalf("found only %d error codes in the sources", seen)
 	}
 }
