@@ -50,21 +50,34 @@ type intake struct {
 	reserved int64   // bytes taken from the in-flight budget
 }
 
-// bodyLimitFor returns the largest body r takes and the error for a
-// larger one.
-func (s *Server) bodyLimitFor(r *route) (int, *apiError) {
+// bodyLimit returns the largest body r takes.
+func (s *Server) bodyLimit(r *route) int {
 	switch r.body {
 	case bodyMessage:
-		return s.cfg.MaxMessageBytes, &apiError{status: 413, code: "message_too_large",
+		return s.cfg.MaxMessageBytes
+	case bodyBatch:
+		return s.cfg.MaxBatchBytes
+	case bodyJSON:
+		return s.cfg.JSONBodyMax
+	}
+	return s.cfg.BodyTinyMax
+}
+
+// bodyTooLarge is the error for a body over r's limit (built only when
+// needed: a formatted message allocates).
+func (s *Server) bodyTooLarge(r *route) *apiError {
+	switch r.body {
+	case bodyMessage:
+		return &apiError{status: 413, code: "message_too_large",
 			message: fmt.Sprintf("the message is larger than max_message_bytes (%d)", s.cfg.MaxMessageBytes)}
 	case bodyBatch:
-		return s.cfg.MaxBatchBytes, &apiError{status: 413, code: "batch_too_large",
+		return &apiError{status: 413, code: "batch_too_large",
 			message: fmt.Sprintf("the body is larger than max_batch_bytes (%d); nothing was written", s.cfg.MaxBatchBytes)}
 	case bodyJSON:
-		return s.cfg.JSONBodyMax, &apiError{status: 413, code: "body_too_large",
+		return &apiError{status: 413, code: "body_too_large",
 			message: fmt.Sprintf("the JSON body is larger than %d bytes", s.cfg.JSONBodyMax)}
 	}
-	return s.cfg.BodyTinyMax, &apiError{status: 413, code: "body_too_large",
+	return &apiError{status: 413, code: "body_too_large",
 		message: fmt.Sprintf("this route takes no body (at most %d bytes)", s.cfg.BodyTinyMax)}
 }
 
@@ -85,12 +98,12 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, in *intake, charge bo
 		}
 		in.authed = true
 	}
-	limit, tooLarge := s.bodyLimitFor(r)
+	limit := s.bodyLimit(r)
 	if ctx.IsGet() || ctx.IsHead() {
 		limit = min(limit, s.cfg.BodyTinyMax)
 	}
 	if cl := ctx.Request.Header.ContentLength(); cl > limit {
-		return tooLarge
+		return s.bodyTooLarge(r)
 	}
 	return nil
 }
@@ -124,7 +137,7 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, r *route, in *intake) *apiEr
 		in.consumed = true
 		return nil
 	}
-	limit, tooLarge := s.bodyLimitFor(r)
+	limit := s.bodyLimit(r)
 	cl := ctx.Request.Header.ContentLength()
 	want := int64(limit) + 1 // chunked: read one byte past the limit to see it exceeded
 	if cl >= 0 {
@@ -148,7 +161,7 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, r *route, in *intake) *apiEr
 		ctx.SetConnectionClose()
 		return errBadRequest("bad_request", "the request body ended early or could not be read")
 	case len(b) > limit:
-		return tooLarge // finish drains the rest
+		return s.bodyTooLarge(r) // finish drains the rest
 	}
 	in.consumed = true
 	ctx.Request.SetBodyRaw(b)
