@@ -137,9 +137,16 @@ func (s *Store) applyCreate(name string, partitions int, nowMs int64) Result {
 	}
 	s.mu.RLock()
 	full := len(s.topics) >= s.stage.lim.TopicsMax
+	noRoom := s.stage.lim.PartitionsTotalMax > 0 && s.partitionsTotal+partitions > s.stage.lim.PartitionsTotalMax
 	s.mu.RUnlock()
-	if full {
+	switch {
+	case full:
 		return Result{Err: ErrTooManyTopics}
+	case noRoom:
+		// Checked here, from the limit in the entry, so that a create the
+		// node cannot hold never reaches openTopic: a replay decides the
+		// same, and no accepted entry meets a descriptor fault.
+		return Result{Err: ErrTooManyPartitions}
 	}
 	t, err := s.openTopic(name, partitions, nowMs)
 	if err != nil {
@@ -151,6 +158,7 @@ func (s *Store) applyCreate(name string, partitions int, nowMs int64) Result {
 	}
 	s.mu.Lock()
 	s.topics[name] = t
+	s.partitionsTotal += partitions
 	s.mu.Unlock()
 	return Result{Created: true, Count: partitions}
 }
@@ -223,8 +231,12 @@ func (s *Store) applyCommit(c *Command) Result {
 	k := offsetKey{c.Topic, c.Group, c.Partition}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if cur, ok := s.offsets[k]; ok && c.Offset < cur {
+	cur, ok := s.offsets[k]
+	if ok && c.Offset < cur {
 		return Result{Partition: c.Partition, Offset: cur, Ignored: true}
+	}
+	if !ok && s.stage.lim.OffsetsMax > 0 && len(s.offsets) >= s.stage.lim.OffsetsMax {
+		return Result{Err: ErrTooManyOffsets}
 	}
 	s.offsets[k] = c.Offset
 	return Result{Partition: c.Partition, Offset: c.Offset}

@@ -33,14 +33,16 @@ import (
 //     missing topic auto-creates it before its partition is checked.
 //   - 2: a commit at the log end offset is accepted; a produce whose
 //     partition an auto-created topic would not have is refused and
-//     creates nothing.
+//     creates nothing; the header also carries the node-wide partition
+//     and consumer-offset limits (8 more bytes).
 const (
-	entryVersion      = 2 // written by this build
-	entryVersionMin   = 1 // oldest still applied
-	entryHeaderBytes  = 29
-	commandHeaderMin  = 10
-	commandsPerEntry  = 1 << 20 // sanity bound while decoding
-	messagesPerCmdMax = 1 << 20
+	entryVersion       = 2 // written by this build
+	entryVersionMin    = 1 // oldest still applied
+	entryHeaderBytesV1 = 29
+	entryHeaderBytes   = 37
+	commandHeaderMin   = 10
+	commandsPerEntry   = 1 << 20 // sanity bound while decoding
+	messagesPerCmdMax  = 1 << 20
 )
 
 // Command kinds; the values are in the Raft log: never renumber.
@@ -84,6 +86,8 @@ type EntryLimits struct {
 	IdempotencyKeysMax  int   // at most this many keys, oldest dropped first
 	PartitionsMax       int   // partitions a topic may have
 	TopicsMax           int   // topics a node may hold (each partition holds open files)
+	PartitionsTotalMax  int   // partitions of all topics together (each holds a file descriptor); 0 = no limit (version 1)
+	OffsetsMax          int   // committed consumer offsets (topic, group, partition) stored; 0 = no limit (version 1)
 }
 
 // Defaults for EntryLimits.
@@ -92,6 +96,8 @@ const (
 	TopicsMaxDefault           = 10_000
 	IdempotencyWindowMsDefault = 24 * 60 * 60 * 1000
 	IdempotencyKeysMaxDefault  = 1_000_000
+	PartitionsTotalMaxDefault  = 10_000
+	OffsetsMaxDefault          = 1_000_000
 	partitionsLimit            = 1 << 16 // sanity bound when decoding
 )
 
@@ -109,6 +115,12 @@ func (e EntryLimits) WithDefaults() EntryLimits {
 	if e.TopicsMax == 0 {
 		e.TopicsMax = TopicsMaxDefault
 	}
+	if e.PartitionsTotalMax == 0 {
+		e.PartitionsTotalMax = PartitionsTotalMaxDefault
+	}
+	if e.OffsetsMax == 0 {
+		e.OffsetsMax = OffsetsMaxDefault
+	}
 	return e
 }
 
@@ -120,7 +132,9 @@ func AppendEntryHeader(dst []byte, nowMs int64, lim EntryLimits) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(lim.IdempotencyWindowMs))
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(lim.IdempotencyKeysMax))
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(lim.PartitionsMax))
-	return binary.LittleEndian.AppendUint32(dst, uint32(lim.TopicsMax))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(lim.TopicsMax))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(lim.PartitionsTotalMax))
+	return binary.LittleEndian.AppendUint32(dst, uint32(lim.OffsetsMax))
 }
 
 // AppendCommand appends the encoding of c to dst.
@@ -182,7 +196,7 @@ func commandBodyBytes(c *Command) int {
 // DecodeEntryHeader returns the leader time, the limits and the commands
 // that follow.
 func DecodeEntryHeader(b []byte) (nowMs int64, lim EntryLimits, commands []byte, err error) {
-	if len(b) < entryHeaderBytes || b[0] < entryVersionMin || b[0] > entryVersion {
+	if len(b) < entryHeaderBytesV1 || b[0] < entryVersionMin || b[0] > entryVersion || b[0] >= 2 && len(b) < entryHeaderBytes {
 		return 0, lim, nil, fmt.Errorf("%w: bad entry header", errCommand)
 	}
 	nowMs = int64(binary.LittleEndian.Uint64(b[1:9]))
@@ -193,6 +207,11 @@ func DecodeEntryHeader(b []byte) (nowMs int64, lim EntryLimits, commands []byte,
 		PartitionsMax:       int(binary.LittleEndian.Uint32(b[21:25])),
 		TopicsMax:           int(binary.LittleEndian.Uint32(b[25:29])),
 	}
+	if b[0] == 1 {
+		return nowMs, lim, b[entryHeaderBytesV1:], nil
+	}
+	lim.PartitionsTotalMax = int(binary.LittleEndian.Uint32(b[29:33]))
+	lim.OffsetsMax = int(binary.LittleEndian.Uint32(b[33:37]))
 	return nowMs, lim, b[entryHeaderBytes:], nil
 }
 

@@ -24,15 +24,20 @@ import (
 //	offsets: count, (topic, group, partition, offset)* |
 //	idempotency: count, (key, partition, offset, count, time ms)*
 //
+// Version 2 stores each idempotency key as its 16-byte digest (see
+// idemKey); version 1 stored the composite key in full, and is digested
+// when loaded.
+//
 // Recovery loads it, cuts each partition back to its checkpointed end and
 // replays the Raft log after the applied index: restart time is bounded by
 // the checkpoint interval, not by the data stored.
 const (
 	stateFileName     = "state.ckpt"
 	stateMagic        = "KEELSTAT"
-	stateVersion      = 1
+	stateVersion      = 2
+	stateVersionMin   = 1
 	stateHeaderBytes  = len(stateMagic) + 12
-	statePayloadLimit = 1 << 34 // sanity bound: the idempotency table may hold ~1.3 GB at its limits
+	statePayloadLimit = 1 << 34 // sanity bound (a version-1 idempotency table could hold ~1.3 GB at its limits)
 )
 
 // OpenStore opens the state machine in cfg.Dir and recovers it to its last
@@ -173,8 +178,9 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 		return nil, corrupt("checksum mismatch")
 	}
 	d := decoder{b: p}
-	if v := d.uvarint(); v != stateVersion {
-		return nil, corrupt(fmt.Sprintf("version %d, this build reads %d", v, stateVersion))
+	version := d.uvarint()
+	if version < stateVersionMin || version > stateVersion {
+		return nil, corrupt(fmt.Sprintf("version %d, this build reads %d to %d", version, stateVersionMin, stateVersion))
 	}
 	s.applied, s.appliedTerm = d.uvarint(), d.uvarint()
 	blob := append([]byte(nil), d.bytes()...)
@@ -186,7 +192,11 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 		s.offsets[k] = d.uvarint()
 	}
 	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
-		e := &idemEntry{key: string(d.bytes()), partition: int32(d.varint()), offset: d.uvarint()}
+		key := d.bytes()
+		if version == 1 {
+			key = []byte(digestIdemKey(key))
+		}
+		e := &idemEntry{key: string(key), partition: int32(d.varint()), offset: d.uvarint()}
 		e.count, e.tsMs = uint32(d.uvarint()), d.varint()
 		s.idem.byKey[e.key] = e
 		s.idem.fifo = append(s.idem.fifo, e)
@@ -210,6 +220,7 @@ func (s *Store) decodeTopics(d *decoder, corrupt func(string) error) error {
 		}
 		t.rr = rr
 		s.topics[name] = t
+		s.partitionsTotal += parts
 		for _, p := range t.Partitions {
 			next, start := d.uvarint(), d.uvarint()
 			if err := restorePartition(p, next, start); err != nil {

@@ -37,6 +37,8 @@ var (
 	ErrInvalidGroup      = errors.New("invalid group name")
 	ErrInvalidPartitions = errors.New("invalid partition count")
 	ErrTooManyTopics     = errors.New("topic limit reached")
+	ErrTooManyPartitions = errors.New("node-wide partition limit reached")
+	ErrTooManyOffsets    = errors.New("consumer offset limit reached")
 )
 
 // topicNameByte marks the bytes a topic name may hold: [A-Za-z0-9._-].
@@ -87,14 +89,24 @@ type Store struct {
 	cfg StoreConfig
 	io  ring.Backend
 
-	mu          sync.RWMutex
-	topics      map[string]*Topic
-	offsets     map[offsetKey]uint64
-	applied     uint64
-	appliedTerm uint64
+	mu              sync.RWMutex
+	topics          map[string]*Topic
+	partitionsTotal int // partitions of all topics
+	offsets         map[offsetKey]uint64
+	applied         uint64
+	appliedTerm     uint64
 
 	idem  *idempotencyTable // apply goroutine only
 	stage entryStage        // apply goroutine only
+}
+
+// Counts returns how many topics, partitions (all topics together) and
+// committed consumer offsets the store holds: what the node-wide limits
+// (EntryLimits) are checked against.
+func (s *Store) Counts() (topics, partitions, offsets int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.topics), s.partitionsTotal, len(s.offsets)
 }
 
 type offsetKey struct {

@@ -2,13 +2,18 @@ package engine
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
 // testLimits: a 1 s idempotency window and 3 keys, to test eviction.
-var testLimits = EntryLimits{IdempotencyWindowMs: 1000, IdempotencyKeysMax: 3, PartitionsMax: PartitionsMaxDefault, TopicsMax: 5}
+var testLimits = EntryLimits{IdempotencyWindowMs: 1000, IdempotencyKeysMax: 3, PartitionsMax: PartitionsMaxDefault, TopicsMax: 5,
+	PartitionsTotalMax: 12, OffsetsMax: 4}
 
 func entry(nowMs int64, cmds ...Command) []byte {
 	b := AppendEntryHeader(nil, nowMs, testLimits)
@@ -56,6 +61,22 @@ func (h *storeHarness) apply(nowMs int64, cmds ...Command) []Result {
 		h.t.Fatalf("%d results for %d commands", len(res), len(cmds))
 	}
 	return res
+}
+
+// checkpointAndReopen writes a state checkpoint, closes the store and
+// opens it again from that checkpoint.
+func (h *storeHarness) checkpointAndReopen() {
+	h.t.Helper()
+	if err := h.s.Checkpoint(nil); err != nil {
+		h.t.Fatal(err)
+	}
+	h.s.Close()
+	s, _, err := OpenStore(StoreConfig{Dir: h.dir}, openBackend(h.t, "syscall"))
+	if err != nil {
+		h.t.Fatalf("reopen: %v", err)
+	}
+	h.s = s
+	h.index, _ = s.Applied()
 }
 
 func (h *storeHarness) values(topic string, p int32) []string {
@@ -152,6 +173,9 @@ func TestEntryVersionRules(t *testing.T) {
 	h.apply(1, produce("t", 0, "", "a", "b")) // log end offset 2
 	withVersion := func(v byte, cmds ...Command) []Result {
 		b := entry(2, cmds...)
+		if v == 1 { // a version-1 header has no node-wide limits
+			b = append(b[:entryHeaderBytesV1:entryHeaderBytesV1], b[entryHeaderBytes:]...)
+		}
 		b[0] = v
 		h.index++
 		res, err := h.s.ApplyEntry(h.index, 1, b, nil)
@@ -194,6 +218,45 @@ func TestEntryVersionRules(t *testing.T) {
 		if _, err := h.s.ApplyEntry(h.index, 1, b, nil); err == nil {
 			t.Errorf("entry version %d: want an error", v)
 		}
+	}
+}
+
+// TestNodeWideLimits: creates past PartitionsTotalMax and new consumer
+// offsets past OffsetsMax are refused in apply, from the limits in the
+// entry, and change nothing; existing offsets still move.
+func TestNodeWideLimits(t *testing.T) {
+	h := newStoreHarness(t, t.TempDir()) // 12 partitions, 4 offsets
+	create := func(name string, n int) Command { return Command{Kind: CmdCreateTopic, Topic: name, Partitions: n} }
+	commit := func(group string, off uint64) Command {
+		return Command{Kind: CmdCommit, Topic: "a", Group: group, Partition: 0, Offset: off}
+	}
+	res := h.apply(1, create("a", 8), create("b", 5), create("c", 4), produce("auto", 0, "", "x"), produce("a", 0, "", "m1", "m2"))
+	want := []error{nil, ErrTooManyPartitions, nil, ErrTooManyPartitions, nil}
+	for i, w := range want {
+		if !errors.Is(res[i].Err, w) {
+			t.Errorf("command %d: %v, want %v", i, res[i].Err, w)
+		}
+	}
+	if _, ok := h.s.Topic("b"); ok {
+		t.Fatal("a refused create made the topic")
+	}
+	if topics, parts, _ := h.s.Counts(); topics != 2 || parts != 12 {
+		t.Fatalf("counts: %d topics, %d partitions; want 2, 12", topics, parts)
+	}
+	res = h.apply(2, commit("g1", 0), commit("g2", 0), commit("g3", 0), commit("g4", 0), commit("g5", 0), commit("g1", 1))
+	want = []error{nil, nil, nil, nil, ErrTooManyOffsets, nil}
+	for i, w := range want {
+		if !errors.Is(res[i].Err, w) {
+			t.Errorf("commit %d: %v, want %v", i, res[i].Err, w)
+		}
+	}
+	if _, ok := h.s.Committed("a", "g5", 0); ok {
+		t.Fatal("a refused commit was stored")
+	}
+	// The counts survive a checkpoint and restart.
+	h.checkpointAndReopen()
+	if topics, parts, offsets := h.s.Counts(); topics != 2 || parts != 12 || offsets != 4 {
+		t.Fatalf("after restart: %d topics, %d partitions, %d offsets", topics, parts, offsets)
 	}
 }
 
@@ -346,5 +409,41 @@ func TestStoreTopicLimit(t *testing.T) {
 	}
 	if r := h.apply(3, produce("t0", 0, "", "x")); r[0].Err != nil {
 		t.Fatalf("produce to an existing topic at the limit: %v", r[0].Err)
+	}
+}
+
+// TestStateVersion1IdempotencyKeys: a state checkpoint of version 1 (full
+// composite idempotency keys) loads into the digest-keyed table, and a
+// retry of a key it holds is still a duplicate.
+func TestStateVersion1IdempotencyKeys(t *testing.T) {
+	dir := t.TempDir()
+	composite := append([]byte("t\x00"), 0, 0, 0, 0, 0) // topic t, partition 0 scope
+	composite = append(composite, "order-7"...)
+	p := binary.AppendUvarint(nil, 1) // version 1
+	p = binary.AppendUvarint(p, 0)    // applied index
+	p = binary.AppendUvarint(p, 0)    // applied term
+	p = appendBytes(p, nil)           // replication blob
+	p = binary.AppendUvarint(p, 0)    // topics
+	p = binary.AppendUvarint(p, 0)    // offsets
+	p = binary.AppendUvarint(p, 1)    // idempotency entries
+	p = appendBytes(p, composite)     // the composite key in full
+	p = binary.AppendVarint(p, 0)     // partition
+	p = binary.AppendUvarint(p, 41)   // offset
+	p = binary.AppendUvarint(p, 1)    // count
+	p = binary.AppendVarint(p, 1_000) // time ms
+	file := append([]byte(stateMagic), make([]byte, 12)...)
+	binary.LittleEndian.PutUint64(file[8:16], uint64(len(p)))
+	binary.LittleEndian.PutUint32(file[16:20], crc32.Checksum(p, castagnoli))
+	if err := os.WriteFile(filepath.Join(dir, stateFileName), append(file, p...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := newStoreHarness(t, dir)
+	h.apply(1_500, Command{Kind: CmdCreateTopic, Topic: "t", Partitions: 1})
+	r := h.apply(1_500, produce("t", 0, "order-7", "retry"))
+	if !r[0].Duplicate || r[0].Offset != 41 {
+		t.Fatalf("retry of a key from a version-1 checkpoint: %+v", r[0])
+	}
+	if len(idemKey("t", 0, []byte("order-7"))) != idemDigestBytes || len(idemKey("t", 0, make([]byte, 1024))) != idemDigestBytes {
+		t.Fatal("stored keys must have a fixed size")
 	}
 }

@@ -1,10 +1,12 @@
 package httpfront
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,6 +108,36 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, in *intake, charge bo
 		return s.bodyTooLarge(r)
 	}
 	return nil
+}
+
+// framingError refuses a request whose body framing is ambiguous: both
+// Content-Length and Transfer-Encoding (RFC 9112 section 6.1). A proxy in
+// front that went by Content-Length would see another request boundary
+// than this server (request smuggling), so the connection is closed too.
+func framingError(ctx *fasthttp.RequestCtx) *apiError {
+	if ctx.Request.Header.ContentLength() == -1 && hasHeaderLine(ctx.Request.Header.RawHeaders(), "content-length") {
+		ctx.SetConnectionClose()
+		return errBadRequest("bad_request", "the request has both Content-Length and Transfer-Encoding")
+	}
+	return nil
+}
+
+// hasHeaderLine reports whether raw (request headers as received, the
+// request line excluded) has a header named name (lower case).
+func hasHeaderLine(raw []byte, name string) bool {
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		k, _, ok := bytes.Cut(line, []byte(":"))
+		if ok && strings.EqualFold(string(bytes.TrimSpace(k)), name) {
+			return true
+		}
+	}
+	return false
 }
 
 // waitServing holds a data request while the node cannot serve yet
@@ -258,6 +290,9 @@ var drainBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return
 func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
 	var params pathParams
 	r, e := s.match(ctx, &params)
+	if fe := framingError(ctx); fe != nil {
+		e = fe
+	}
 	if e == nil {
 		var in intake
 		e = s.admit(ctx, r, &in, false)

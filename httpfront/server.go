@@ -211,6 +211,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if r != nil {
 		label = r.label
 	}
+	if fe := framingError(ctx); fe != nil {
+		e = fe
+		in.consumed = true // nothing is drained: the connection closes
+	}
 	if e == nil {
 		e = s.admit(ctx, r, &in, true)
 	}
