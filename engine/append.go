@@ -194,6 +194,7 @@ func (l *Log) roll() error {
 	old.sealed = true
 	l.segs = append(l.segs, seg)
 	l.mu.Unlock()
+	sealedFiles.adopt(old)
 	l.writeBehindFrom = 0
 	if err := l.writeCheckpoint(); err != nil {
 		return l.setFault(err)

@@ -204,7 +204,7 @@ func (l *Log) appendRecovered(seg *segment) error {
 	if n := len(l.segs); n > 0 {
 		prev := l.segs[n-1]
 		if want := prev.base + prev.count; seg.base != want {
-			seg.file.Close()
+			sealedFiles.close(seg)
 			return &CorruptionError{Path: seg.path, Reason: fmt.Sprintf(
 				"segment starts at offset %d but the previous one ends at %d", seg.base, want)}
 		}
@@ -338,7 +338,7 @@ func (l *Log) active() *segment { return l.segs[len(l.segs)-1] }
 
 func (l *Log) closeFiles() {
 	for _, s := range l.segs {
-		s.file.Close()
+		sealedFiles.close(s)
 	}
 }
 

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"container/list"
 	"errors"
 	"fmt"
 	"os"
@@ -20,8 +21,11 @@ const (
 func segmentName(base uint64) string { return fmt.Sprintf("%020d%s", base, segmentSuffix) }
 func indexName(base uint64) string   { return fmt.Sprintf("%020d%s", base, indexSuffix) }
 
-// segment is one file of a log. Fields other than file and base are
-// guarded by Log.mu.
+// segment is one file of a log. Fields other than base, path and the
+// file cache's are guarded by Log.mu. The active segment holds its file
+// open; a sealed one is in the file cache (filecache.go), which guards
+// file, cached, refs, elem and gone, and may close its file while no
+// reader uses it.
 type segment struct {
 	base      uint64
 	path      string
@@ -31,6 +35,11 @@ type segment struct {
 	lastBatch uint32
 	index     sparseIndex
 	sealed    bool
+
+	cached bool          // in the file cache (sealed)
+	refs   int           // readers using file now
+	elem   *list.Element // in the cache's LRU list while open and unused
+	gone   bool          // closed for good: the segment left its log
 }
 
 func (s *segment) fd() int { return int(s.file.Fd()) }
@@ -92,6 +101,7 @@ func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, 
 	info, err := readIndexFile(filepath.Join(dir, indexName(base)), base, intervalBytes)
 	if err == nil && info.size == st.Size() {
 		seg.size, seg.count, seg.lastBatch, seg.index = info.size, info.count, info.lastBatch, info.index
+		sealedFiles.adopt(seg)
 		return seg, nil
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errIndexFile) {
@@ -108,6 +118,7 @@ func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, 
 		f.Close()
 		return nil, err
 	}
+	sealedFiles.adopt(seg)
 	return seg, nil
 }
 

@@ -83,12 +83,15 @@ func (l *Log) dropSegmentsFrom(keep int) error {
 		return nil
 	}
 	dropped := l.segs[keep:]
+	if err := sealedFiles.pin(l.segs[keep-1]); err != nil { // active again: it holds its file
+		return err
+	}
 	l.mu.Lock()
 	l.segs = l.segs[:keep]
 	l.segs[keep-1].sealed = false
 	l.mu.Unlock()
 	for _, s := range dropped {
-		s.file.Close()
+		sealedFiles.close(s)
 		if err := os.Remove(s.path); err != nil {
 			return fmt.Errorf("engine: remove segment %s: %w", s.path, err)
 		}
@@ -185,7 +188,7 @@ func (l *Log) DeleteBefore(offset uint64) (deleted uint64, freedBytes int64, err
 	}
 	for _, s := range gone {
 		freedBytes += s.size
-		s.file.Close()
+		sealedFiles.close(s)
 		if err := os.Remove(s.path); err != nil {
 			return deleted, freedBytes, l.setFault(fmt.Errorf("engine: remove segment %s: %w", s.path, err))
 		}
@@ -266,7 +269,7 @@ func (l *Log) DropSegmentsBefore(offset uint64) error {
 	// leaves the log by a rename to a .tmp name (OpenLog removes leftover
 	// .tmp files), and is then freed gently (see removeGently).
 	for _, s := range gone {
-		s.file.Close()
+		sealedFiles.close(s)
 		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
 			return err
 		}

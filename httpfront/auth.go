@@ -137,14 +137,16 @@ func parseLimitField(s string) (v float64, huge bool, err error) {
 	return v, false, nil
 }
 
-// authenticator checks bearer tokens and their rate limits.
+// authenticator checks bearer tokens and their rate limits, and limits
+// failed attempts per client address.
 type authenticator struct {
-	tokens  []Token
-	buckets []*bucket // per token, nil when unlimited
+	tokens   []Token
+	buckets  []*bucket // per token, nil when unlimited
+	failures *failureLimiter
 }
 
 func newAuthenticator(tokens []Token) *authenticator {
-	a := &authenticator{tokens: tokens, buckets: make([]*bucket, len(tokens))}
+	a := &authenticator{tokens: tokens, buckets: make([]*bucket, len(tokens)), failures: newFailureLimiter()}
 	for i, t := range tokens {
 		if t.Limit != nil {
 			a.buckets[i] = &bucket{limit: *t.Limit, tokens: t.Limit.Burst}
@@ -154,8 +156,26 @@ func newAuthenticator(tokens []Token) *authenticator {
 }
 
 // check returns nil when header carries a known token with at least need.
-// With charge, the request counts against the token's rate limit.
-func (a *authenticator) check(header []byte, need Scope, now time.Time, charge bool) *apiError {
+// With charge, the request counts against the token's rate limit. A
+// client address whose attempts failed too often gets 429 for every
+// attempt, good token or not, until its allowance refills: guessing tokens
+// is slowed to authFailureRate per second.
+func (a *authenticator) check(header []byte, need Scope, ip uint32, now time.Time, charge bool) *apiError {
+	if wait := a.failures.blocked(ip, now); wait > 0 {
+		return &apiError{status: 429, code: "rate_limited", message: "too many failed authentications from this address",
+			retryAfter: int((wait + time.Second - 1) / time.Second)}
+	}
+	e := a.checkToken(header, need, now, charge)
+	if e != nil && e.status == 401 && charge && len(header) > 0 {
+		// Only a token that was tried counts: a request without one guesses
+		// nothing, and counting it would let any client on a shared address
+		// (a NAT, a proxy) lock the others out for free.
+		a.failures.fail(ip, now)
+	}
+	return e
+}
+
+func (a *authenticator) checkToken(header []byte, need Scope, now time.Time, charge bool) *apiError {
 	secret, ok := bearer(header)
 	if !ok {
 		return &apiError{status: 401, code: "unauthorized", message: "send Authorization: Bearer <token>"}
@@ -187,6 +207,70 @@ func bearer(h []byte) ([]byte, bool) {
 		return nil, false
 	}
 	return bytes.TrimSpace(h[len(prefix):]), true
+}
+
+// Failed authentication is limited per client address (IPv4, or 0 for
+// others, which then share one allowance): a burst of authFailureBurst,
+// refilled at authFailureRate per second. The table holds at most
+// authFailureAddrsMax addresses; when full it is cleared (an attacker with
+// that many addresses gains a fresh allowance, no more).
+const (
+	authFailureBurst    = 20
+	authFailureRate     = 2.0
+	authFailureAddrsMax = 10_000
+)
+
+type failureLimiter struct {
+	mu    sync.Mutex
+	addrs map[uint32]*failureBucket
+}
+
+type failureBucket struct {
+	allowance float64
+	last      time.Time
+}
+
+func newFailureLimiter() *failureLimiter {
+	return &failureLimiter{addrs: map[uint32]*failureBucket{}}
+}
+
+// blocked returns how long ip must wait before trying again, 0 if not.
+func (f *failureLimiter) blocked(ip uint32, now time.Time) time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.addrs[ip]
+	if !ok {
+		return 0
+	}
+	b.refill(now)
+	if b.allowance >= 1 {
+		if b.allowance >= authFailureBurst {
+			delete(f.addrs, ip) // fully refilled: forget the address
+		}
+		return 0
+	}
+	return time.Duration((1 - b.allowance) / authFailureRate * float64(time.Second))
+}
+
+// fail spends one failed attempt of ip's allowance.
+func (f *failureLimiter) fail(ip uint32, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.addrs[ip]
+	if !ok {
+		if len(f.addrs) >= authFailureAddrsMax {
+			clear(f.addrs)
+		}
+		b = &failureBucket{allowance: authFailureBurst, last: now}
+		f.addrs[ip] = b
+	}
+	b.refill(now)
+	b.allowance = max(0, b.allowance-1)
+}
+
+func (b *failureBucket) refill(now time.Time) {
+	b.allowance = min(authFailureBurst, b.allowance+now.Sub(b.last).Seconds()*authFailureRate)
+	b.last = now
 }
 
 // bucket is a token bucket plus a daily counter.

@@ -1,6 +1,7 @@
 package httpfront
 
 import (
+	"bytes"
 	"encoding/base64"
 	"math"
 	"strconv"
@@ -79,7 +80,42 @@ func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 		b = appendNullField(b, "committed_offset")
 	}
 	b = appendBoolField(b, "truncated", truncated)
-	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+	s.writeBudgeted(ctx, append(b, '}'))
+}
+
+// writeBudgeted answers 200 with body b, counted against the in-flight
+// memory budget until fasthttp has written it (or dropped it): a client
+// that does not read its answers holds that memory, so pages held for
+// slow readers are bounded like request bodies.
+func (s *Server) writeBudgeted(ctx *fasthttp.RequestCtx, b []byte) {
+	n := int64(len(b))
+	if s.inFlight.Add(n) > s.cfg.BodyBytesInFlightMax {
+		s.inFlight.Add(-n)
+		s.metrics.bodyBudgetRefused.Add(1)
+		writeError(ctx, &apiError{status: 503, code: "overloaded", message: "the server holds its limit of answers in memory; retry shortly", retryAfter: 1})
+		return
+	}
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType("application/json")
+	ctx.SetBodyStream(&budgetedBody{Reader: bytes.NewReader(b), s: s, n: n}, len(b))
+}
+
+// budgetedBody is an answer body that gives its bytes back to the budget
+// when fasthttp closes it (after writing it, or when the response is
+// reset unwritten).
+type budgetedBody struct {
+	*bytes.Reader
+	s    *Server
+	n    int64
+	done bool
+}
+
+func (b *budgetedBody) Close() error {
+	if !b.done {
+		b.done = true
+		b.s.inFlight.Add(-b.n)
+	}
+	return nil
 }
 
 func (s *Server) consumeTarget(topic, group, pstr string) (*engine.Partition, *apiError) {

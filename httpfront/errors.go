@@ -87,6 +87,10 @@ func mapError(err error) *apiError {
 		return errBadRequest("invalid_group", "group names are 1-249 printable characters")
 	case errors.Is(err, engine.ErrTooManyTopics):
 		return &apiError{status: 409, code: "too_many_topics", message: "the node holds max_topics topics; delete one or raise --max-topics"}
+	case errors.Is(err, engine.ErrTooManyPartitions):
+		return &apiError{status: 409, code: "too_many_partitions", message: "the node holds its limit of partitions (each holds a file descriptor); raise --max-total-partitions (and ulimit -n)"}
+	case errors.Is(err, engine.ErrTooManyOffsets):
+		return &apiError{status: 409, code: "too_many_offsets", message: "the node holds its limit of committed consumer offsets; raise --max-consumer-offsets"}
 	case errors.Is(err, engine.ErrInvalidPartitions):
 		return errBadRequest("invalid_partitions", "partitions must be between 1 and max_partitions")
 	case errors.Is(err, replication.ErrOverloaded):

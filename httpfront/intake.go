@@ -87,12 +87,12 @@ func (s *Server) bodyTooLarge(r *route) *apiError {
 // the same request will be admitted again (Expect: 100-continue), so a
 // rate-limited token pays once.
 func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, in *intake, charge bool) *apiError {
-	if r.scope > 0 {
-		scope := r.scope
-		if ctx.IsPost() && scope < ScopeWrite {
-			scope = ScopeWrite // every mutation needs write scope
-		}
-		if e := s.auth.check(ctx.Request.Header.Peek("Authorization"), scope, time.Now(), charge); e != nil {
+	scope := r.scope
+	if ctx.IsPost() {
+		scope = r.post
+	}
+	if scope > 0 {
+		if e := s.auth.check(ctx.Request.Header.Peek("Authorization"), scope, clientIP(ctx), time.Now(), charge); e != nil {
 			if e.status == 401 {
 				ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="keel"`)
 			}
@@ -120,6 +120,15 @@ func framingError(ctx *fasthttp.RequestCtx) *apiError {
 		return errBadRequest("bad_request", "the request has both Content-Length and Transfer-Encoding")
 	}
 	return nil
+}
+
+// clientIP is the request's IPv4 address as a number (0 for others).
+func clientIP(ctx *fasthttp.RequestCtx) uint32 {
+	ip := ctx.RemoteIP().To4()
+	if ip == nil {
+		return 0
+	}
+	return uint32(ip[0])<<24 | uint32(ip[1])<<16 | uint32(ip[2])<<8 | uint32(ip[3])
 }
 
 // hasHeaderLine reports whether raw (request headers as received, the

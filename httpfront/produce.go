@@ -100,6 +100,11 @@ func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson b
 	if !exists && !s.cfg.AutoCreateTopics {
 		return mapError(engine.ErrUnknownTopic)
 	}
+	if !exists {
+		if e := s.roomForTopic(s.cfg.DefaultPartitions); e != nil {
+			return e
+		}
+	}
 	if ok {
 		cmd.Partition = int32(p)
 		switch {

@@ -29,6 +29,15 @@ type Config struct {
 	DefaultPartitions int
 	MaxPartitions     int
 
+	// Node-wide limits, checked before a command is proposed (apply checks
+	// them again from the entry): a create or commit the node cannot hold
+	// is refused with a 4xx and never enters the log. Zero: engine's
+	// defaults.
+	Limits engine.EntryLimits
+
+	MaxConns      int // connections served at once (fasthttp's Concurrency); over it, 503 and close
+	MaxConnsPerIP int // per client address; 0 = no limit
+
 	MaxMessageBytes  int // one message (produce body, NDJSON line)
 	MaxBatchMessages int // lines in one NDJSON request
 	MaxBatchBytes    int // bytes of one NDJSON request
@@ -110,6 +119,7 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 	if cfg.DevToken {
 		tokens = append(tokens, Token{Secret: "dev", Scope: ScopeAdmin})
 	}
+	cfg.Limits = cfg.Limits.WithDefaults()
 	s := &Server{cfg: cfg, node: node, store: store, auth: newAuthenticator(tokens), metrics: newMetrics(), log: cfg.Logger}
 	s.srv = &fasthttp.Server{
 		Handler:      s.handle,
@@ -120,6 +130,8 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 		// allocates a buffer of the claimed Content-Length as soon as the
 		// headers arrive.
 		StreamRequestBody:     true,
+		Concurrency:           cfg.MaxConns,
+		MaxConnsPerIP:         cfg.MaxConnsPerIP,
 		ExpectHandler:         s.expect,
 		Name:                  "keel",
 		ReadBufferSize:        cfg.HeaderBytesMax,
@@ -171,7 +183,8 @@ func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
 // nothing but the path string.
 type route struct {
 	label   string
-	scope   Scope // 0 = public
+	scope   Scope // needed to read (GET, HEAD); 0 = public
+	post    Scope // needed to POST
 	methods string
 	body    bodyKind
 	serve   func(s *Server, ctx *fasthttp.RequestCtx, p pathParams)
@@ -186,19 +199,19 @@ type pathParams struct {
 const maxPathSegments = 5
 
 var (
-	routeHealth       = route{"health", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.health(c) }}
-	routeReady        = route{"ready", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.ready(c) }}
-	routeLivez        = route{"livez", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.livez(c) }}
-	routeMetrics      = route{"metrics", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.serveMetrics(c) }}
-	routeMetricsHA    = route{"metrics_ha", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.metricsHA(c) }}
-	routeDocs         = route{"docs", 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.docs(c) }}
-	routeTopics       = route{"topics", ScopeRead, "GET POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.topics(c) }}
-	routeTopic        = route{"topic", ScopeRead, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.describeTopic(c, p.seg[2]) }}
-	routeProduce      = route{"produce", ScopeWrite, "POST", bodyMessage, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], false) }}
-	routeProduceBatch = route{"produce_ndjson", ScopeWrite, "POST", bodyBatch, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], true) }}
-	routeConsume      = route{"consume", ScopeRead, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.consume(c, p.seg[2], p.seg[3], p.seg[4]) }}
-	routeCommit       = route{"commit", ScopeWrite, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
-	routeSealedStatus = route{"sealed_status", ScopeRead, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
+	routeHealth       = route{"health", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.health(c) }}
+	routeReady        = route{"ready", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.ready(c) }}
+	routeLivez        = route{"livez", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.livez(c) }}
+	routeMetrics      = route{"metrics", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.serveMetrics(c) }}
+	routeMetricsHA    = route{"metrics_ha", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.metricsHA(c) }}
+	routeDocs         = route{"docs", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.docs(c) }}
+	routeTopics       = route{"topics", ScopeRead, ScopeAdmin, "GET POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.topics(c) }}
+	routeTopic        = route{"topic", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.describeTopic(c, p.seg[2]) }}
+	routeProduce      = route{"produce", ScopeWrite, ScopeWrite, "POST", bodyMessage, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], false) }}
+	routeProduceBatch = route{"produce_ndjson", ScopeWrite, ScopeWrite, "POST", bodyBatch, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], true) }}
+	routeConsume      = route{"consume", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.consume(c, p.seg[2], p.seg[3], p.seg[4]) }}
+	routeCommit       = route{"commit", ScopeWrite, ScopeWrite, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
+	routeSealedStatus = route{"sealed_status", ScopeAdmin, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
 )
 
 // handle authenticates, reads the body of, routes and counts every

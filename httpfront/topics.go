@@ -42,6 +42,12 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 		}
 		partitions = v
 	}
+	if _, exists := s.store.Topic(*req.Name); !exists {
+		if e := s.roomForTopic(int(partitions)); e != nil {
+			writeError(ctx, e)
+			return
+		}
+	}
 	cmd := &engine.Command{Kind: engine.CmdCreateTopic, Topic: *req.Name, Partitions: int(partitions)}
 	res, e := s.proposeAndWait(ctx, cmd)
 	if e != nil {
@@ -54,6 +60,20 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 	b = appendIntField(b, "partitions", int64(res.Count))
 	b = appendBoolField(b, "created", res.Created)
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+// roomForTopic refuses, before anything is proposed, a new topic of n
+// partitions that the node-wide limits do not leave room for. Apply checks
+// the same from the limits in the entry (a create racing this one).
+func (s *Server) roomForTopic(n int) *apiError {
+	topics, partitions, _ := s.store.Counts()
+	switch {
+	case topics >= s.cfg.Limits.TopicsMax:
+		return mapError(engine.ErrTooManyTopics)
+	case partitions+n > s.cfg.Limits.PartitionsTotalMax:
+		return mapError(engine.ErrTooManyPartitions)
+	}
+	return nil
 }
 
 // proposeAndWait proposes cmd with the request's timeout_ms and maps every
@@ -183,6 +203,11 @@ func (s *Server) commitCommand(topic, group string, partition, offset json.RawMe
 	}
 	if _, e := s.existingPartition(topic, p); e != nil {
 		return nil, e
+	}
+	if _, ok := s.store.Committed(topic, group, int32(p)); !ok {
+		if _, _, offsets := s.store.Counts(); offsets >= s.cfg.Limits.OffsetsMax {
+			return nil, mapError(engine.ErrTooManyOffsets)
+		}
 	}
 	return &engine.Command{Kind: engine.CmdCommit, Topic: topic, Group: group, Partition: int32(p), Offset: off}, nil
 }

@@ -330,6 +330,10 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 	return out, err
 }
 
+// Limits returns the limits this node writes into the entries it
+// proposes (defaults filled in).
+func (n *Node) Limits() engine.EntryLimits { return n.cfg.Limits }
+
 // Fault returns the storage fault that stopped the node, if any.
 func (n *Node) Fault() error {
 	if p := n.fault.Load(); p != nil {

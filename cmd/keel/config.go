@@ -31,12 +31,19 @@ type options struct {
 	host                 string
 	data                 string
 	tokens               string
+	tokensFile           string
+	pprofAllowRemote     bool
 	insecureDevToken     bool
 	rocket               bool
 	autoCreateTopics     bool
 	defaultPartitions    int
 	maxPartitions        int
 	maxTopics            int
+	maxTotalPartitions   int
+	maxConsumerOffsets   int
+	maxConns             int
+	maxConnsPerIP        int
+	sealedFilesMax       int
 	maxMessageBytes      int
 	maxBatchMessages     int
 	maxBatchBytes        int
@@ -120,12 +127,18 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	strVar(&o.host, "host", "", "listen address (default 127.0.0.1 without tokens, 0.0.0.0 with)", "RF_HOST")
 	strVar(&o.data, "data", "./data", "data directory, relative to the working directory", "RF_DATA_DIR")
 	strVar(&o.tokens, "tokens", "", "bearer tokens: token, token@read|write|admin, token@rps:burst:daily; comma-separated", "RF_BEARER_TOKENS")
+	strVar(&o.tokensFile, "tokens-file", "", "file of bearer tokens (one entry per line or comma-separated, # comments), added to --tokens; keeps them out of argv")
 	boolVar(&o.insecureDevToken, "insecure-dev-token", false, "accept the 'dev' token on a non-loopback address")
 	boolVar(&o.rocket, "rocket", false, "acknowledge writes before fsync (not durable)", "RF_ROCKET")
 	boolVar(&o.autoCreateTopics, "auto-create-topics", true, "create a missing topic on first produce")
 	intVar(&o.defaultPartitions, "default-partitions", 8, "partitions of an auto-created topic or a create without a count")
 	intVar(&o.maxPartitions, "max-partitions", 1024, "most partitions a topic may have")
 	intVar(&o.maxTopics, "max-topics", 10000, "most topics the node holds (every partition keeps files open)")
+	intVar(&o.maxTotalPartitions, "max-total-partitions", 0, "most partitions of all topics together; each holds a file descriptor (0 = derived from ulimit -n)")
+	intVar(&o.maxConsumerOffsets, "max-consumer-offsets", 1_000_000, "most committed consumer offsets (topic, group, partition) stored; about 200 bytes of memory each")
+	intVar(&o.maxConns, "max-conns", 0, "most client connections served at once; more are answered 503 and closed (0 = a quarter of ulimit -n, 64 to 10000)")
+	intVar(&o.maxConnsPerIP, "max-conns-per-ip", 0, "most connections from one client address (0 = no limit)")
+	intVar(&o.sealedFilesMax, "sealed-files-max", 0, "most sealed segment files kept open; others are reopened on read (0 = an eighth of ulimit -n, 16 to 1024)")
 	intVar(&o.maxMessageBytes, "max-message-bytes", 1<<20, "largest message (produce body or NDJSON line)", "RF_MAX_MESSAGE_BYTES")
 	intVar(&o.maxBatchMessages, "max-batch-messages", 10000, "most lines in one NDJSON request")
 	intVar(&o.maxBatchBytes, "max-batch-bytes", 4<<20, "largest NDJSON request body")
@@ -140,6 +153,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.gcPercent, "gc-percent", 400, "Go GC target percentage (GOGC, when set, wins); higher means fewer collections on the request path")
 	intVar(&o.memoryLimitMiB, "memory-limit-mib", 192, "soft memory limit for the Go heap in MiB (GOMEMLIMIT, when set, wins); the GC works harder near it; 0 = none")
 	strVar(&o.pprofAddr, "pprof-addr", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060); off when empty")
+	boolVar(&o.pprofAllowRemote, "pprof-allow-remote", false, "serve --pprof-addr on a non-loopback address (the profiles have no auth)")
 	boolVar(&o.haEnabled, "ha", false, "cluster mode (not built yet: see the HA issue)", "RF_HA_ENABLED")
 	validate := func() error {
 		if len(envErrs) > 0 {
@@ -170,6 +184,10 @@ func (o *options) check() error {
 		return fmt.Errorf("--max-batch-messages %d: want 1..100000", o.maxBatchMessages)
 	case o.maxTopics < 1 || o.maxTopics > 1_000_000:
 		return fmt.Errorf("--max-topics %d: want 1..1000000", o.maxTopics)
+	case o.maxTotalPartitions < 0 || o.maxConns < 0 || o.maxConnsPerIP < 0 || o.sealedFilesMax < 0:
+		return fmt.Errorf("--max-total-partitions, --max-conns, --max-conns-per-ip and --sealed-files-max must be 0 (derived) or more")
+	case o.maxConsumerOffsets < 1:
+		return fmt.Errorf("--max-consumer-offsets must be positive")
 	case o.maxPartitions < 1 || o.maxPartitions > 65536:
 		return fmt.Errorf("--max-partitions %d: want 1..65536", o.maxPartitions)
 	case o.defaultPartitions < 1 || o.defaultPartitions > o.maxPartitions:

@@ -8,12 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	_ "net/http/pprof" // profiles on --pprof-addr only
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -111,9 +112,16 @@ func newLogger(level string) *slog.Logger {
 }
 
 func serveWith(o options, log *slog.Logger) error {
-	tokens, err := httpfront.ParseTokens(o.tokens)
+	spec, err := tokenSpec(o)
+	if err != nil {
+		return err
+	}
+	tokens, err := httpfront.ParseTokens(spec)
 	if err != nil {
 		return fmt.Errorf("--tokens: %w", err)
+	}
+	if err := checkPprofAddr(o.pprofAddr, o.pprofAllowRemote); err != nil {
+		return err
 	}
 	host, devToken, err := listenHost(o, len(tokens) > 0, log)
 	if err != nil {
@@ -122,6 +130,15 @@ func serveWith(o options, log *slog.Logger) error {
 	if o.workers != 0 || o.aof != "" {
 		log.Info("--workers and --aof are accepted for compatibility and ignored")
 	}
+	nofile, err := nofileLimit()
+	if err != nil {
+		return err
+	}
+	if err := o.applyBudget(nofile); err != nil {
+		return err
+	}
+	engine.SetSealedFilesMax(o.sealedFilesMax)
+	log.Info("descriptor budget", "ulimit_n", nofile, "max_conns", o.maxConns, "sealed_files_max", o.sealedFilesMax, "max_total_partitions", o.maxTotalPartitions)
 	tuneGC(o, log)
 	if o.pprofAddr != "" {
 		go servePprof(o.pprofAddr, log)
@@ -145,6 +162,8 @@ func serveWith(o options, log *slog.Logger) error {
 			IdempotencyKeysMax:  o.idempotencyKeysMax,
 			PartitionsMax:       o.maxPartitions,
 			TopicsMax:           o.maxTopics,
+			PartitionsTotalMax:  o.maxTotalPartitions,
+			OffsetsMax:          o.maxConsumerOffsets,
 		},
 		Logger: log,
 	})
@@ -159,6 +178,8 @@ func serveWith(o options, log *slog.Logger) error {
 	cfg.Tokens, cfg.DevToken, cfg.Rocket = tokens, devToken, o.rocket
 	cfg.AutoCreateTopics, cfg.DefaultPartitions, cfg.MaxPartitions = o.autoCreateTopics, o.defaultPartitions, o.maxPartitions
 	cfg.MaxMessageBytes, cfg.MaxBatchMessages, cfg.MaxBatchBytes = o.maxMessageBytes, o.maxBatchMessages, o.maxBatchBytes
+	cfg.Limits = node.Limits()
+	cfg.MaxConns, cfg.MaxConnsPerIP = o.maxConns, o.maxConnsPerIP
 	cfg.DefaultTimeout, cfg.DataDir, cfg.IOBackend, cfg.Logger = o.defaultTimeout, o.data, string(io.Kind()), log
 	srv := httpfront.New(cfg, node, store)
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(o.port)))
@@ -229,12 +250,65 @@ func serveUntilSignal(srv *httpfront.Server, ln net.Listener, node *replication.
 	return serveErr
 }
 
-// servePprof serves net/http/pprof for profiling a running node.
+// servePprof serves Go's profiles for profiling a running node, on its
+// own mux: /debug/pprof/cmdline is left out (it prints argv, which may
+// hold secrets), and nothing else registered on http.DefaultServeMux
+// leaks onto this port.
 func servePprof(addr string, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // also serves the named profiles (heap, goroutine, ...)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "not served: the command line may hold secrets", http.StatusNotFound)
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	log.Info("pprof listening", "addr", "http://"+addr+"/debug/pprof/")
-	if err := http.ListenAndServe(addr, nil); err != nil {
+	if err := srv.ListenAndServe(); err != nil {
 		log.Error("pprof server stopped", "err", err)
 	}
+}
+
+// checkPprofAddr refuses a profiling address reachable from other hosts
+// unless allowed: the profiles are served without authentication and show
+// the process's memory.
+func checkPprofAddr(addr string, allowRemote bool) error {
+	if addr == "" || allowRemote {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--pprof-addr %q: %w", addr, err)
+	}
+	ip := net.ParseIP(host)
+	if host == "localhost" || ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("--pprof-addr %s is not a loopback address: the profiles are served without a token; give --pprof-allow-remote to serve them there anyway", addr)
+}
+
+// tokenSpec returns the token list: --tokens (KEEL_TOKENS,
+// RF_BEARER_TOKENS), and the contents of --tokens-file, which keeps them
+// out of argv and the environment (lines or commas; # starts a comment).
+func tokenSpec(o options) (string, error) {
+	spec := o.tokens
+	if o.tokensFile == "" {
+		return spec, nil
+	}
+	b, err := os.ReadFile(o.tokensFile)
+	if err != nil {
+		return "", fmt.Errorf("--tokens-file: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		if line = strings.TrimSpace(line); line != "" {
+			spec += "," + line
+		}
+	}
+	return spec, nil
 }
 
 // tuneGC sets the GC target and soft memory limit unless GOGC/GOMEMLIMIT
