@@ -62,7 +62,8 @@ type Log struct {
 	writeBehindFailures atomic.Uint64 // write-behind hints the kernel refused
 	encoded             []byte        // reusable encode buffer
 	pendingIndex        []indexEntry
-	fault               error // first storage fault; sticky
+	fault               error    // first storage fault; sticky
+	unsyncedDirs        []string // DeferDirSync: directories whose new names are not durable yet (guarded by mu)
 	closed              bool
 }
 
@@ -73,13 +74,19 @@ func OpenLog(dir string, io ring.Backend, cfg LogConfig) (*Log, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if err := ensureDir(dir); err != nil {
+	created, err := makeDirs(dir, !cfg.DeferDirSync)
+	if err != nil {
 		return nil, err
 	}
 	if err := removeTempFiles(dir); err != nil {
 		return nil, err
 	}
 	l := &Log{dir: dir, cfg: cfg, io: io}
+	if cfg.DeferDirSync && len(created) > 0 {
+		// Innermost first: the log's own directory holds the segment file,
+		// each parent holds the directory below it.
+		l.unsyncedDirs = append([]string{dir}, parentsOf(created)...)
+	}
 	if err := l.recover(); err != nil {
 		l.closeFiles()
 		return nil, err
@@ -91,6 +98,9 @@ func OpenLog(dir string, io ring.Backend, cfg LogConfig) (*Log, error) {
 // directory and the tail are fsynced before they are read, so nothing that
 // recovery builds on can vanish in a later power loss.
 func (l *Log) recover() error {
+	if len(l.unsyncedDirs) > 0 {
+		return l.recoverEmpty(logCheckpoint{}, false) // just created: nothing to read
+	}
 	if err := syncDir(l.dir); err != nil {
 		return err
 	}
@@ -143,11 +153,15 @@ func (l *Log) recoverEmpty(ckpt logCheckpoint, haveCkpt bool) error {
 		return &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
 			"checkpoint vouches for %d records but no segment files exist", ckpt.NextOffset)}
 	}
-	seg, err := createSegment(l.dir, 0, l.cfg.IndexIntervalBytes)
+	seg, err := createSegmentSync(l.dir, 0, l.cfg.IndexIntervalBytes, len(l.unsyncedDirs) == 0)
 	if err != nil {
 		return err
 	}
 	l.segs = []*segment{seg}
+	if len(l.unsyncedDirs) > 0 {
+		l.report.Segments = 1
+		return nil // no log checkpoint: recovery treats it all as tail
+	}
 	l.report.Segments = 1
 	return l.writeCheckpoint()
 }
@@ -266,6 +280,13 @@ func cutTail(f *os.File, at, end int64) error {
 // ensureDir creates dir and any missing parents, and fsyncs the parent of
 // every directory it created, so the whole path survives a power loss.
 func ensureDir(dir string) error {
+	_, err := makeDirs(dir, true)
+	return err
+}
+
+// makeDirs creates dir and its missing parents and returns the ones it
+// created (innermost first); with sync, each one's name is made durable.
+func makeDirs(dir string, sync bool) ([]string, error) {
 	dir = filepath.Clean(dir)
 	var created []string
 	for d := dir; ; d = filepath.Dir(d) {
@@ -278,16 +299,48 @@ func ensureDir(dir string) error {
 		}
 	}
 	if len(created) == 0 {
-		return nil
+		return nil, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("engine: create %s: %w", dir, err)
+		return nil, fmt.Errorf("engine: create %s: %w", dir, err)
 	}
 	for _, d := range created {
+		if !sync {
+			break
+		}
 		if err := syncDir(filepath.Dir(d)); err != nil {
-			return err
+			return nil, err
 		}
 	}
+	return created, nil
+}
+
+// parentsOf returns the directories holding the created ones (innermost
+// first): fsyncing them makes the created names durable.
+func parentsOf(created []string) []string {
+	out := make([]string, len(created))
+	for i, d := range created {
+		out[i] = filepath.Dir(d)
+	}
+	return out
+}
+
+// SyncDirs makes the names of a log created with DeferDirSync durable
+// (its directories and first segment file). A no-op once done.
+func (l *Log) SyncDirs() error {
+	l.mu.Lock()
+	dirs := l.unsyncedDirs
+	l.mu.Unlock()
+	for _, d := range dirs {
+		if err := syncDir(d); err != nil {
+			return l.setFault(err)
+		}
+	}
+	l.mu.Lock()
+	if len(l.unsyncedDirs) == len(dirs) {
+		l.unsyncedDirs = nil
+	}
+	l.mu.Unlock()
 	return nil
 }
 

@@ -69,10 +69,19 @@ func listSegments(dir string) ([]uint64, error) {
 // createSegment creates an empty segment file and makes its name durable
 // before anything is written into it.
 func createSegment(dir string, base uint64, intervalBytes int64) (*segment, error) {
+	return createSegmentSync(dir, base, intervalBytes, true)
+}
+
+// createSegmentSync is createSegment; without sync the name is not made
+// durable (DeferDirSync: the log's owner syncs the directory later).
+func createSegmentSync(dir string, base uint64, intervalBytes int64, sync bool) (*segment, error) {
 	path := filepath.Join(dir, segmentName(base))
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("engine: create segment %s: %w", path, err)
+	}
+	if !sync {
+		return &segment{base: base, path: path, file: f, index: newSparseIndex(intervalBytes)}, nil
 	}
 	if err := syncDir(dir); err != nil {
 		f.Close()

@@ -154,6 +154,7 @@ func (p *Partition) notify() {
 
 func (c StoreConfig) withDefaults() StoreConfig {
 	c.Partition.TailUnordered = true
+	c.Partition.DeferDirSync = true // the Raft WAL rebuilds a partition a crash left half-created
 	c.Partition = c.Partition.withDefaults()
 	return c
 }

@@ -220,11 +220,17 @@ func (l *Log) activeSyncer() func() error {
 	l.mu.RLock()
 	seg, size := l.active(), l.active().size
 	idle := l.synced.seg == seg && l.synced.size == size
+	dirs := len(l.unsyncedDirs) > 0
 	l.mu.RUnlock()
-	if idle {
+	if idle && !dirs {
 		return func() error { return nil } // nothing written since the last sync
 	}
 	return func() error {
+		// A log created with DeferDirSync: its names become durable before
+		// the state checkpoint that names it.
+		if err := l.SyncDirs(); err != nil {
+			return err
+		}
 		if err := l.io.Sync(seg.fd()); err != nil {
 			return fmt.Errorf("engine: sync %s for a checkpoint: %w", seg.path, err)
 		}

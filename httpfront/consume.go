@@ -45,6 +45,13 @@ func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 	case hasCommitted:
 		from = committed + 1
 	}
+	// A page's budget is reserved before it is built, so a page that the
+	// budget refuses costs no encoding: a crowd of large reads is turned
+	// away before it takes the CPU from everyone else. A long poll gives
+	// its reservation back while it waits.
+	pageMax := int64(q.maxBytes) + answerOverheadBytes
+	var reserved int64
+	defer func() { s.inFlight.Add(-reserved) }()
 	b := append(make([]byte, 0, 4096), `{"messages":[`...)
 	deadline := time.Now().Add(q.wait)
 	var count int
@@ -52,6 +59,13 @@ func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 	var truncated bool
 	for {
 		changed := part.Changed() // taken before reading, so no append is missed
+		if s.inFlight.Add(pageMax) > s.cfg.BodyBytesInFlightMax {
+			s.inFlight.Add(-pageMax)
+			s.metrics.bodyBudgetRefused.Add(1)
+			writeError(ctx, &apiError{status: 503, code: "overloaded", message: "the server holds its limit of answers in memory; retry shortly", retryAfter: 1})
+			return
+		}
+		reserved = pageMax
 		var err error
 		b, count, next, truncated, err = appendMessages(b, part, from, q)
 		if err != nil {
@@ -61,6 +75,8 @@ func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 		if count > 0 || q.wait <= 0 || !time.Now().Before(deadline) {
 			break
 		}
+		s.inFlight.Add(-reserved)
+		reserved = 0
 		timer := time.NewTimer(time.Until(deadline))
 		select {
 		case <-changed:
@@ -80,21 +96,24 @@ func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 		b = appendNullField(b, "committed_offset")
 	}
 	b = appendBoolField(b, "truncated", truncated)
-	s.writeBudgeted(ctx, append(b, '}'))
+	b = append(b, '}')
+	// Keep what the page holds reserved until fasthttp has written it.
+	s.inFlight.Add(int64(len(b)) - reserved)
+	reserved = 0
+	s.writeBudgeted(ctx, b)
 }
 
-// writeBudgeted answers 200 with body b, counted against the in-flight
-// memory budget until fasthttp has written it (or dropped it): a client
-// that does not read its answers holds that memory, so pages held for
-// slow readers are bounded like request bodies.
+// answerOverheadBytes is what a page adds to max_bytes (its fields
+// around the messages).
+const answerOverheadBytes = 256
+
+// writeBudgeted answers 200 with body b, whose bytes the caller has taken
+// from the in-flight memory budget; they go back when fasthttp has written
+// the answer (or dropped it): a client that does not read its answers
+// holds that memory, so pages held for slow readers are bounded like
+// request bodies.
 func (s *Server) writeBudgeted(ctx *fasthttp.RequestCtx, b []byte) {
 	n := int64(len(b))
-	if s.inFlight.Add(n) > s.cfg.BodyBytesInFlightMax {
-		s.inFlight.Add(-n)
-		s.metrics.bodyBudgetRefused.Add(1)
-		writeError(ctx, &apiError{status: 503, code: "overloaded", message: "the server holds its limit of answers in memory; retry shortly", retryAfter: 1})
-		return
-	}
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetContentType("application/json")
 	ctx.SetBodyStream(&budgetedBody{Reader: bytes.NewReader(b), s: s, n: n}, len(b))

@@ -23,6 +23,7 @@ type metrics struct {
 
 	bodyBudgetRefused atomic.Uint64 // requests refused: BodyBytesInFlightMax was held
 	acceptRetries     atomic.Uint64 // accepts retried after EMFILE and the like
+	createsLimited    atomic.Uint64 // new topics refused by TopicCreateRate
 
 	// Produce stages (see timing=1), in microseconds.
 	produceUs *shardedHists // recv_parse, queue, server (produceStage*)
@@ -73,6 +74,8 @@ func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
 	w.sample("keel_body_bytes_in_flight", nil, uint64(max(0, s.inFlight.Load())))
 	w.help("keel_accept_retries_total", "counter", "accepts that failed for lack of descriptors or memory and were retried after a pause")
 	w.sample("keel_accept_retries_total", nil, s.metrics.acceptRetries.Load())
+	w.help("keel_topic_creates_limited_total", "counter", "new topics refused with 429 by the node-wide creation rate")
+	w.sample("keel_topic_creates_limited_total", nil, s.metrics.createsLimited.Load())
 	w.help("keel_body_budget_refused_total", "counter", "requests answered 503 overloaded because bodies and answers held the in-memory budget")
 	w.sample("keel_body_budget_refused_total", nil, s.metrics.bodyBudgetRefused.Load())
 	s.writeNodeMetrics(&w)

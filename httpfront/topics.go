@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -72,6 +73,13 @@ func (s *Server) roomForTopic(n int) *apiError {
 		return mapError(engine.ErrTooManyTopics)
 	case partitions+n > s.cfg.Limits.PartitionsTotalMax:
 		return mapError(engine.ErrTooManyPartitions)
+	}
+	if s.creates != nil {
+		if wait := s.creates.take(time.Now()); wait > 0 {
+			s.metrics.createsLimited.Add(1)
+			return &apiError{status: 429, code: "rate_limited", message: fmt.Sprintf("new topics are limited to %g per second on this node (--topic-create-rate)", s.cfg.TopicCreateRate),
+				retryAfter: int((wait + time.Second - 1) / time.Second)}
+		}
 	}
 	return nil
 }

@@ -41,6 +41,8 @@ type options struct {
 	maxTopics            int
 	maxTotalPartitions   int
 	maxConsumerOffsets   int
+	topicCreateRate      float64
+	topicCreateBurst     int
 	maxConns             int
 	maxConnsPerIP        int
 	sealedFilesMax       int
@@ -111,6 +113,18 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 		}
 		fs.BoolVar(p, name, *p, fmt.Sprintf("%s (env %s)", usage, strings.Join(names, ", ")))
 	}
+	floatVar := func(p *float64, name string, def float64, usage string) {
+		names := envNames(name)
+		*p = def
+		if n, v, ok := lookupEnv(names); ok {
+			x, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not a number", n, v))
+			}
+			*p = x
+		}
+		fs.Float64Var(p, name, *p, fmt.Sprintf("%s (env %s)", usage, strings.Join(names, ", ")))
+	}
 	durVar := func(p *time.Duration, name string, def time.Duration, usage string) {
 		names := envNames(name)
 		*p = def
@@ -136,6 +150,8 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.maxTopics, "max-topics", 10000, "most topics the node holds (every partition keeps files open)")
 	intVar(&o.maxTotalPartitions, "max-total-partitions", 0, "most partitions of all topics together; each holds a file descriptor (0 = derived from ulimit -n)")
 	intVar(&o.maxConsumerOffsets, "max-consumer-offsets", 1_000_000, "most committed consumer offsets (topic, group, partition) stored; about 200 bytes of memory each")
+	floatVar(&o.topicCreateRate, "topic-create-rate", 50, "new topics (explicit or auto-created) per second, node-wide; over it 429 (0 = no limit)")
+	intVar(&o.topicCreateBurst, "topic-create-burst", 10, "new topics allowed at once above --topic-create-rate")
 	intVar(&o.maxConns, "max-conns", 0, "most client connections served at once; more are answered 503 and closed (0 = a quarter of ulimit -n, 64 to 10000)")
 	intVar(&o.maxConnsPerIP, "max-conns-per-ip", 0, "most connections from one client address (0 = no limit)")
 	intVar(&o.sealedFilesMax, "sealed-files-max", 0, "most sealed segment files kept open; others are reopened on read (0 = an eighth of ulimit -n, 16 to 1024)")
@@ -186,6 +202,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--max-topics %d: want 1..1000000", o.maxTopics)
 	case o.maxTotalPartitions < 0 || o.maxConns < 0 || o.maxConnsPerIP < 0 || o.sealedFilesMax < 0:
 		return fmt.Errorf("--max-total-partitions, --max-conns, --max-conns-per-ip and --sealed-files-max must be 0 (derived) or more")
+	case o.topicCreateRate < 0 || o.topicCreateBurst < 1:
+		return fmt.Errorf("--topic-create-rate must be 0 (no limit) or more, --topic-create-burst at least 1")
 	case o.maxConsumerOffsets < 1:
 		return fmt.Errorf("--max-consumer-offsets must be positive")
 	case o.maxPartitions < 1 || o.maxPartitions > 65536:

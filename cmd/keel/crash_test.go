@@ -97,9 +97,26 @@ func startKeel(t *testing.T, bin, data string, port int) *keelProcess {
 // default backend when empty).
 func startKeelWith(t *testing.T, bin, data string, port int, backend ring.Kind) *keelProcess {
 	t.Helper()
+	return startKeelOpts(t, bin, data, port, keelOpts{backend: backend})
+}
+
+// keelOpts are how a test starts a server beyond its data and port.
+type keelOpts struct {
+	backend ring.Kind // KEEL_IO_BACKEND; "" = the default
+	nofile  int       // ulimit -n for the process; 0 = inherited
+	args    []string  // more flags
+}
+
+func startKeelOpts(t *testing.T, bin, data string, port int, o keelOpts) *keelProcess {
+	t.Helper()
 	p := &keelProcess{url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: &strings.Builder{}}
-	p.cmd = exec.Command(bin, "serve", "--port", fmt.Sprint(port), "--data", data, "--checkpoint-bytes", "1048576")
-	p.cmd.Env = append(os.Environ(), ring.EnvBackend+"="+string(backend))
+	args := append([]string{"serve", "--port", fmt.Sprint(port), "--data", data, "--checkpoint-bytes", "1048576"}, o.args...)
+	if o.nofile > 0 {
+		p.cmd = exec.Command("sh", append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, o.nofile), bin}, args...)...)
+	} else {
+		p.cmd = exec.Command(bin, args...)
+	}
+	p.cmd.Env = append(os.Environ(), ring.EnvBackend+"="+string(o.backend))
 	p.cmd.Stdout, p.cmd.Stderr = io.Discard, &lockedWriter{p}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
