@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -445,5 +446,44 @@ func TestStateVersion1IdempotencyKeys(t *testing.T) {
 	}
 	if len(idemKey("t", 0, []byte("order-7"))) != idemDigestBytes || len(idemKey("t", 0, make([]byte, 1024))) != idemDigestBytes {
 		t.Fatal("stored keys must have a fixed size")
+	}
+}
+
+// TestIdempotencyMemoryFixed: the table's memory per key does not depend
+// on the key's length (1 KiB keys once cost ~3 KB each in memory and
+// 1.2 KB each in every checkpoint).
+func TestIdempotencyMemoryFixed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("applies 50,000 produces")
+	}
+	h := newStoreHarness(t, t.TempDir())
+	const keys = 50_000
+	lim := testLimits
+	lim.IdempotencyKeysMax, lim.IdempotencyWindowMs = keys, 1<<40
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	key := bytes.Repeat([]byte("k"), 1024)
+	for i := 0; i < keys; i += 500 {
+		b := AppendEntryHeader(nil, 1, lim)
+		for j := i; j < i+500; j++ {
+			copy(key, fmt.Sprintf("%08d", j))
+			c := produce("t", 0, string(key), "v")
+			c.ReqID = uint64(j)
+			b = AppendCommand(b, &c)
+		}
+		h.index++
+		if _, err := h.s.ApplyEntry(h.index, 1, b, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	perKey := (int64(after.HeapInuse) - int64(before.HeapInuse)) / keys
+	ckpt := len(h.s.encodeState(nil)) / keys
+	t.Logf("idempotency table: %d bytes of heap and %d bytes of checkpoint per 1 KiB key", perKey, ckpt)
+	if perKey > 300 || ckpt > 64 {
+		t.Fatalf("%d bytes of heap, %d of checkpoint per key: the table is sized by what clients send", perKey, ckpt)
 	}
 }

@@ -149,7 +149,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.maxPartitions, "max-partitions", 1024, "most partitions a topic may have")
 	intVar(&o.maxTopics, "max-topics", 10000, "most topics the node holds (every partition keeps files open)")
 	intVar(&o.maxTotalPartitions, "max-total-partitions", 0, "most partitions of all topics together; each holds a file descriptor (0 = derived from ulimit -n)")
-	intVar(&o.maxConsumerOffsets, "max-consumer-offsets", 1_000_000, "most committed consumer offsets (topic, group, partition) stored; about 200 bytes of memory each")
+	intVar(&o.maxConsumerOffsets, "max-consumer-offsets", 1_000_000, "most committed consumer offsets (topic, group, partition) stored; about 100 bytes of memory each plus the group name")
 	floatVar(&o.topicCreateRate, "topic-create-rate", 50, "new topics (explicit or auto-created) per second, node-wide; over it 429 (0 = no limit)")
 	intVar(&o.topicCreateBurst, "topic-create-burst", 10, "new topics allowed at once above --topic-create-rate")
 	intVar(&o.maxConns, "max-conns", 0, "most client connections served at once; more are answered 503 and closed (0 = a quarter of ulimit -n, 64 to 10000)")
