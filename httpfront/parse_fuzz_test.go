@@ -3,6 +3,7 @@ package httpfront
 import (
 	"bytes"
 	"encoding/json"
+	"math/big"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -170,4 +171,60 @@ func TestDecodeJSONObjectWhitespace(t *testing.T) {
 			t.Errorf("decodeJSONObject(%q): error %v, want ok=%v", tc.body, e, tc.ok)
 		}
 	}
+}
+
+// FuzzClassifyNumber: a parameter's number is classified exactly as an
+// arbitrary-precision parse does: invalid, negative, fits int64 (with its
+// value), or huge.
+func FuzzClassifyNumber(f *testing.F) {
+	for _, s := range []string{"0", "-0", "+5", "-1", "9223372036854775807", "9223372036854775808", "-99999999999999999999", "", "-", "1e3", "0x10", " 1", "007"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, k := classifyNumber([]byte(s))
+		n, ok := new(big.Int).SetString(s, 10)
+		if ok && (strings.HasPrefix(s, "0x") || strings.HasPrefix(s, "0b") || strings.HasPrefix(s, "0o") || strings.Contains(s, "_")) {
+			ok = false // big accepts prefixes and underscores with base 0 only, but be safe
+		}
+		switch {
+		case !ok:
+			if k != numberInvalid {
+				t.Fatalf("%q: kind %d, want invalid", s, k)
+			}
+		case n.Sign() < 0:
+			if k != numberNegative {
+				t.Fatalf("%q: kind %d, want negative", s, k)
+			}
+		case n.IsInt64():
+			if k != numberFits || v != n.Int64() {
+				t.Fatalf("%q: kind %d value %d, want fits %d", s, k, v, n.Int64())
+			}
+		default:
+			if k != numberHuge {
+				t.Fatalf("%q: kind %d, want huge", s, k)
+			}
+		}
+	})
+}
+
+// FuzzParseTokens: the token list parser never panics, and what it
+// accepts has a secret, a known scope and sane limits.
+func FuzzParseTokens(f *testing.F) {
+	for _, s := range []string{"a", "a@read,b@write", "dev@55555555555555:11111111111111111:111111111111111111111", "a@1:2:3", "a@write@1:1:0", "@", "a@", "a@1:2", "a@-1:1:1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		toks, err := ParseTokens(s)
+		if err != nil {
+			return
+		}
+		for _, tk := range toks {
+			if tk.Secret == "" || tk.Scope < ScopeRead || tk.Scope > ScopeAdmin {
+				t.Fatalf("%q: bad token %+v", s, tk)
+			}
+			if l := tk.Limit; l != nil && (l.RPS < 0 || l.Burst < 0 || l.Daily < 0 || l.RPS == 0 && l.Daily == 0 || l.RPS > 0 && l.Burst < 1) {
+				t.Fatalf("%q: bad limit %+v", s, *l)
+			}
+		}
+	})
 }
