@@ -160,6 +160,9 @@ func (l *Log) recoverEmpty(ckpt logCheckpoint, haveCkpt bool) error {
 	l.segs = []*segment{seg}
 	if len(l.unsyncedDirs) > 0 {
 		l.report.Segments = 1
+		// An empty file has nothing to fsync: only its name, which the
+		// directory syncs make durable.
+		l.synced.seg, l.synced.size = seg, 0
 		return nil // no log checkpoint: recovery treats it all as tail
 	}
 	l.report.Segments = 1
@@ -323,6 +326,22 @@ func parentsOf(created []string) []string {
 		out[i] = filepath.Dir(d)
 	}
 	return out
+}
+
+// pendingDirs returns the directories SyncDirs would sync.
+func (l *Log) pendingDirs() []string {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.unsyncedDirs
+}
+
+// dirsSynced records that dirs (as pendingDirs returned them) are durable.
+func (l *Log) dirsSynced(dirs []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.unsyncedDirs) == len(dirs) {
+		l.unsyncedDirs = nil
+	}
 }
 
 // SyncDirs makes the names of a log created with DeferDirSync durable

@@ -91,9 +91,11 @@ func (s *Store) Checkpoint(blob []byte) error {
 // goroutine and written later (possibly on another goroutine, while
 // applying goes on).
 type StateCapture struct {
-	dir   string
-	state []byte
-	syncs []func() error // fsync each partition's active segment as of the capture
+	dir     string
+	state   []byte
+	syncs   []func() error // fsync each partition's active segment as of the capture
+	dirs    []string       // directories holding names of partitions created since the last capture
+	newLogs []newLogDirs   // those partitions
 }
 
 // Capture encodes the state with blob and notes which segment of each
@@ -101,18 +103,45 @@ type StateCapture struct {
 // apply goroutine, between entries.
 func (s *Store) Capture(blob []byte) *StateCapture {
 	c := &StateCapture{dir: s.cfg.Dir, state: s.encodeState(blob)}
+	seen := map[string]bool{}
 	for _, t := range s.Topics() {
 		for _, p := range t.Partitions {
+			// New partitions' directory names, each directory once (a
+			// topic's partitions share its directory and the topics one).
+			if dirs := p.Log.pendingDirs(); len(dirs) > 0 {
+				c.newLogs = append(c.newLogs, newLogDirs{p.Log, dirs})
+				for _, d := range dirs {
+					if !seen[d] {
+						seen[d] = true
+						c.dirs = append(c.dirs, d)
+					}
+				}
+			}
 			c.syncs = append(c.syncs, p.Log.activeSyncer())
 		}
 	}
 	return c
 }
 
+// newLogDirs is a log created with DeferDirSync and the directories whose
+// syncs make its names durable.
+type newLogDirs struct {
+	log  *Log
+	dirs []string
+}
+
 // Write makes the captured state durable: it fsyncs every partition up to
 // the capture, then replaces the state checkpoint atomically. Until Write
 // returns, the previous checkpoint stays the one recovery uses.
 func (c *StateCapture) Write() error {
+	for _, d := range c.dirs {
+		if err := syncDir(d); err != nil {
+			return err
+		}
+	}
+	for _, n := range c.newLogs {
+		n.log.dirsSynced(n.dirs)
+	}
 	for _, sync := range c.syncs {
 		if err := sync(); err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,9 @@ type Config struct {
 	// is refused with a 4xx and never enters the log. Zero: engine's
 	// defaults.
 	Limits engine.EntryLimits
+
+	ConsumeBuildersMax int           // consume pages encoded at once (0: one per CPU, GOMAXPROCS)
+	PageSlotWaitMax    time.Duration // how long a read waits for one of them before 503
 
 	// New topics (explicit or auto-created) per second, node-wide, and the
 	// burst allowed: creating a topic's directories and files runs on the
@@ -98,8 +102,9 @@ func Defaults() Config {
 		BodyDrainMax:         16 << 20,
 		BodyDrainUnauthMax:   64 << 10,
 		BodyDrainTime:        5 * time.Second,
-		TopicCreateRate:      50,
-		TopicCreateBurst:     10,
+		PageSlotWaitMax:      5 * time.Second,
+		TopicCreateRate:      20,
+		TopicCreateBurst:     4,
 		HeaderBytesMax:       16 << 10,
 		IdleTimeout:          120 * time.Second,
 		ReadTimeout:          60 * time.Second,
@@ -116,8 +121,9 @@ type Server struct {
 	srv     *fasthttp.Server
 	log     *slog.Logger
 
-	inFlight atomic.Int64 // request body bytes held now (BodyBytesInFlightMax)
-	creates  *bucket      // TopicCreateRate
+	inFlight  atomic.Int64  // request body bytes held now (BodyBytesInFlightMax)
+	creates   *bucket       // TopicCreateRate
+	pageSlots chan struct{} // ConsumeBuildersMax
 }
 
 // New returns a server over node and store.
@@ -131,6 +137,11 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
 	s := &Server{cfg: cfg, node: node, store: store, auth: newAuthenticator(tokens), metrics: newMetrics(), log: cfg.Logger}
+	if cfg.ConsumeBuildersMax <= 0 {
+		cfg.ConsumeBuildersMax = runtime.GOMAXPROCS(0)
+	}
+	s.cfg.ConsumeBuildersMax = cfg.ConsumeBuildersMax
+	s.pageSlots = make(chan struct{}, cfg.ConsumeBuildersMax)
 	if cfg.TopicCreateRate > 0 {
 		s.creates = &bucket{limit: RateLimit{RPS: cfg.TopicCreateRate, Burst: max(1, cfg.TopicCreateBurst)}, tokens: max(1, cfg.TopicCreateBurst)}
 	}

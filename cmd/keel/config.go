@@ -42,6 +42,7 @@ type options struct {
 	maxTotalPartitions   int
 	maxConsumerOffsets   int
 	topicCreateRate      float64
+	readBuilders         int
 	topicCreateBurst     int
 	maxConns             int
 	maxConnsPerIP        int
@@ -150,8 +151,9 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.maxTopics, "max-topics", 10000, "most topics the node holds (every partition keeps files open)")
 	intVar(&o.maxTotalPartitions, "max-total-partitions", 0, "most partitions of all topics together; each holds a file descriptor (0 = derived from ulimit -n)")
 	intVar(&o.maxConsumerOffsets, "max-consumer-offsets", 1_000_000, "most committed consumer offsets (topic, group, partition) stored; about 100 bytes of memory each plus the group name")
-	floatVar(&o.topicCreateRate, "topic-create-rate", 50, "new topics (explicit or auto-created) per second, node-wide; over it 429 (0 = no limit)")
-	intVar(&o.topicCreateBurst, "topic-create-burst", 10, "new topics allowed at once above --topic-create-rate")
+	floatVar(&o.topicCreateRate, "topic-create-rate", 20, "new topics (explicit or auto-created) per second, node-wide; over it 429 (0 = no limit)")
+	intVar(&o.topicCreateBurst, "topic-create-burst", 4, "new topics allowed at once above --topic-create-rate")
+	intVar(&o.readBuilders, "read-builders", 0, "consume pages encoded at once; more reads wait for a slot (at most 5 s, then 503) (0 = one per CPU)")
 	intVar(&o.maxConns, "max-conns", 0, "most client connections served at once; more are answered 503 and closed (0 = a quarter of ulimit -n, 64 to 10000)")
 	intVar(&o.maxConnsPerIP, "max-conns-per-ip", 0, "most connections from one client address (0 = no limit)")
 	intVar(&o.sealedFilesMax, "sealed-files-max", 0, "most sealed segment files kept open; others are reopened on read (0 = an eighth of ulimit -n, 16 to 1024)")
@@ -202,6 +204,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--max-topics %d: want 1..1000000", o.maxTopics)
 	case o.maxTotalPartitions < 0 || o.maxConns < 0 || o.maxConnsPerIP < 0 || o.sealedFilesMax < 0:
 		return fmt.Errorf("--max-total-partitions, --max-conns, --max-conns-per-ip and --sealed-files-max must be 0 (derived) or more")
+	case o.readBuilders < 0:
+		return fmt.Errorf("--read-builders must be 0 (one per CPU) or more")
 	case o.topicCreateRate < 0 || o.topicCreateBurst < 1:
 		return fmt.Errorf("--topic-create-rate must be 0 (no limit) or more, --topic-create-burst at least 1")
 	case o.maxConsumerOffsets < 1:

@@ -181,6 +181,7 @@ func serveWith(o options, log *slog.Logger) error {
 	cfg.Limits = node.Limits()
 	cfg.MaxConns, cfg.MaxConnsPerIP = o.maxConns, o.maxConnsPerIP
 	cfg.TopicCreateRate, cfg.TopicCreateBurst = o.topicCreateRate, float64(o.topicCreateBurst)
+	cfg.ConsumeBuildersMax = o.readBuilders
 	cfg.DefaultTimeout, cfg.DataDir, cfg.IOBackend, cfg.Logger = o.defaultTimeout, o.data, string(io.Kind()), log
 	srv := httpfront.New(cfg, node, store)
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(o.port)))
