@@ -300,6 +300,25 @@ func TestNodeWideLimitsRefusedBeforeProposing(t *testing.T) {
 	}
 }
 
+// TestTopicCreateRate: new topics beyond the node-wide rate are refused
+// with 429 and Retry-After before anything is proposed; existing topics
+// are not limited.
+func TestTopicCreateRate(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.TopicCreateRate, c.TopicCreateBurst = 0.5, 3 })
+	for i := 0; i < 3; i++ {
+		ts.expect(ts.do("POST", fmt.Sprintf("/broker/topics/r%d/produce", i), "x"), 200, "")
+	}
+	r := ts.do("POST", "/broker/topics", `{"name":"r3"}`)
+	ts.expect(r, 429, "rate_limited")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatal("429 without Retry-After")
+	}
+	ts.expect(ts.do("POST", "/broker/topics/r4/produce", "x"), 429, "rate_limited")
+	ts.expect(ts.do("GET", "/broker/topics/r4", ""), 404, "unknown_topic")
+	ts.expect(ts.do("POST", "/broker/topics/r0/produce", "x"), 200, "")                 // existing: not limited
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"r1","partitions":8}`), 200, "") // existing: not limited
+}
+
 // TestConnectionCap: connections past MaxConns are answered 503 and
 // closed at once, and the server serves again when they leave.
 func TestConnectionCap(t *testing.T) {

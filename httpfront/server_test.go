@@ -64,6 +64,7 @@ func startServerIO(t testing.TB, nodeCfg replication.Config, mutate func(*Config
 	cfg.Tokens = []Token{{Secret: "admintok", Scope: ScopeAdmin}, {Secret: "readtok", Scope: ScopeRead},
 		{Secret: "writetok", Scope: ScopeWrite}, {Secret: "slowtok", Scope: ScopeAdmin, Limit: &RateLimit{RPS: 0.001, Burst: 2}}}
 	cfg.DataDir, cfg.IOBackend, cfg.Rocket = dir, "syscall", nodeCfg.Rocket
+	cfg.TopicCreateRate = 0 // tests create topics quickly; TestTopicCreateRate sets it
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -32,8 +32,14 @@ func (n *Node) loop() {
 		rocketSync = t.C
 	}
 	n.lastCkpt = time.Now()
+	// Apply what is committed first (on a fresh node, the bootstrap
+	// configuration: raft refuses to campaign with it pending), then
+	// campaign at once: a single voter needs no election timeout, which
+	// cost 100 ms to 2 s at startup.
+	n.handleReadies()
 	n.campaign()
 	n.handleReadies()
+	n.publishStatus() // serving now, not at the first tick
 	if n.checkpointFirst {
 		n.startCheckpoint(true)
 	}

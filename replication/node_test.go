@@ -396,3 +396,20 @@ func TestProposeDeadlines(t *testing.T) {
 		t.Fatalf("want both answers and timeouts: %d acked, %d timed out", len(acked), timeouts.Load())
 	}
 }
+
+// TestSingleVoterLeadsWithoutATick: a single voter campaigns as soon as
+// its loop starts, fresh or restarted: with a tick interval of an hour no
+// election timeout can ever pass, and the node must still serve.
+func TestSingleVoterLeadsWithoutATick(t *testing.T) {
+	dir := t.TempDir()
+	for round := 0; round < 2; round++ { // fresh, then restarted
+		tn := openNode(t, dir, Config{TickInterval: time.Hour})
+		if !tn.n.WaitServing(time.Now().Add(5 * time.Second)) {
+			t.Fatalf("round %d: not serving without an election timeout: %+v", round, tn.n.Status())
+		}
+		if err := tn.n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		tn.store.Close()
+	}
+}

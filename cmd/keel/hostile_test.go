@@ -73,7 +73,8 @@ func TestDescriptorExhaustion(t *testing.T) {
 	bin := buildBinary(t)
 	data := t.TempDir()
 	port := freePort(t)
-	p := startKeelOpts(t, bin, data, port, keelOpts{nofile: 256})
+	noRate := []string{"--topic-create-rate", "0"} // the flood must reach the partition budget
+	p := startKeelOpts(t, bin, data, port, keelOpts{nofile: 256, args: noRate})
 	defer func() { p.cmd.Process.Kill(); p.cmd.Wait() }()
 	if !strings.Contains(p.log(), "ulimit_n=256") {
 		t.Fatalf("the budget was not derived from ulimit -n 256:\n%s", p.log())
@@ -126,7 +127,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 	// Restart under the same limit: replay opens what was accepted.
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.cmd.Wait()
-	p = startKeelOpts(t, bin, data, port, keelOpts{nofile: 256})
+	p = startKeelOpts(t, bin, data, port, keelOpts{nofile: 256, args: noRate})
 	_, _ = legitProduce(t, p.url, "base")
 	_, _ = legitProduce(t, p.url, "flood0")
 }
