@@ -80,17 +80,21 @@ func (c *fileCache) adopt(s *segment) {
 	c.evictLocked()
 }
 
-// acquire returns s's file, opening it if the cache had closed it. counted
-// reports whether the caller must release it.
+// acquire returns s's file, opening it if the cache had closed it, and
+// holds it open until release. Every segment is counted, the active one
+// too: it may be rolled, adopted and evicted while a reader uses it.
+// counted reports whether the caller must release it (always, on success).
 func (c *fileCache) acquire(s *segment) (f *os.File, counted bool, err error) {
 	c.mu.Lock()
 	if !s.cached {
 		f = s.file
-		c.mu.Unlock()
 		if f == nil {
+			c.mu.Unlock()
 			return nil, false, fmt.Errorf("%w: %s", errSegmentClosed, s.path)
 		}
-		return f, false, nil
+		s.refs++
+		c.mu.Unlock()
+		return f, true, nil
 	}
 	if s.gone {
 		c.mu.Unlock()

@@ -91,3 +91,29 @@ func TestSealedFilesBounded(t *testing.T) {
 	}
 	l.Close()
 }
+
+// TestCheckpointSyncerAfterEviction: a checkpoint's fsync of the segment
+// that was active at capture still works after that segment was sealed
+// and the cache closed its file (it once failed with EBADF: a storage
+// fault from a healthy disk).
+func TestCheckpointSyncerAfterEviction(t *testing.T) {
+	SetSealedFilesMax(1)
+	defer SetSealedFilesMax(SealedFilesMaxDefault)
+	l := mustOpen(t, t.TempDir(), openBackend(t, "syscall"),
+		LogConfig{SegmentBytes: 4 << 10, IndexIntervalBytes: 512, BatchBytesMax: 4 << 10, CheckpointIntervalBytes: 8 << 10})
+	defer l.Close()
+	appendN := func(from, n uint64) {
+		for off := from; off < from+n; off++ {
+			if _, _, err := l.AppendBatch([]Record{messageRecord(off)}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	appendN(0, 5)
+	syncer := l.activeSyncer() // the checkpoint captured now; its fsync runs later
+	appendN(5, 300)            // rolls past that segment, many times
+	readAll(t, l, 0)           // reads every sealed segment: the cache evicts the first
+	if err := syncer(); err != nil {
+		t.Fatalf("the checkpoint's fsync after the segment was sealed and evicted: %v", err)
+	}
+}

@@ -352,7 +352,7 @@ func (l *Log) SyncDirs() error {
 	l.mu.Unlock()
 	for _, d := range dirs {
 		if err := syncDir(d); err != nil {
-			return l.setFault(err)
+			return err // the caller (a checkpoint) turns it into the node's fault
 		}
 	}
 	l.mu.Lock()

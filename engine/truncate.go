@@ -231,7 +231,18 @@ func (l *Log) activeSyncer() func() error {
 		if err := l.SyncDirs(); err != nil {
 			return err
 		}
-		if err := l.io.Sync(seg.fd()); err != nil {
+		// Through the file cache: the segment may have been sealed (and its
+		// file closed by the cache) since the capture.
+		f, counted, err := sealedFiles.acquire(seg)
+		if errors.Is(err, errSegmentClosed) {
+			return nil // deleted meanwhile: nothing left to make durable
+		}
+		if err != nil {
+			return err
+		}
+		err = l.io.Sync(int(f.Fd()))
+		sealedFiles.release(seg, counted)
+		if err != nil {
 			return fmt.Errorf("engine: sync %s for a checkpoint: %w", seg.path, err)
 		}
 		l.noteSynced(seg, size)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -160,13 +161,13 @@ func newAuthenticator(tokens []Token) *authenticator {
 // client address whose attempts failed too often gets 429 for every
 // attempt, good token or not, until its allowance refills: guessing tokens
 // is slowed to authFailureRate per second.
-func (a *authenticator) check(header []byte, need Scope, ip uint32, now time.Time, charge bool) *apiError {
+func (a *authenticator) check(header []byte, need Scope, ip uint64, now time.Time, charge bool) *apiError {
 	if wait := a.failures.blocked(ip, now); wait > 0 {
 		return &apiError{status: 429, code: "rate_limited", message: "too many failed authentications from this address",
 			retryAfter: int((wait + time.Second - 1) / time.Second)}
 	}
 	e := a.checkToken(header, need, now, charge)
-	if e != nil && e.status == 401 && charge && len(header) > 0 {
+	if e != nil && e.status == 401 && len(header) > 0 {
 		// Only a token that was tried counts: a request without one guesses
 		// nothing, and counting it would let any client on a shared address
 		// (a NAT, a proxy) lock the others out for free.
@@ -222,7 +223,8 @@ const (
 
 type failureLimiter struct {
 	mu    sync.Mutex
-	addrs map[uint32]*failureBucket
+	addrs map[uint64]*failureBucket // by ipKey
+	size  atomic.Int64              // len(addrs): no lock while nobody failed
 }
 
 type failureBucket struct {
@@ -231,11 +233,14 @@ type failureBucket struct {
 }
 
 func newFailureLimiter() *failureLimiter {
-	return &failureLimiter{addrs: map[uint32]*failureBucket{}}
+	return &failureLimiter{addrs: map[uint64]*failureBucket{}}
 }
 
 // blocked returns how long ip must wait before trying again, 0 if not.
-func (f *failureLimiter) blocked(ip uint32, now time.Time) time.Duration {
+func (f *failureLimiter) blocked(ip uint64, now time.Time) time.Duration {
+	if f.size.Load() == 0 {
+		return 0
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.addrs[ip]
@@ -246,6 +251,7 @@ func (f *failureLimiter) blocked(ip uint32, now time.Time) time.Duration {
 	if b.allowance >= 1 {
 		if b.allowance >= authFailureBurst {
 			delete(f.addrs, ip) // fully refilled: forget the address
+			f.size.Store(int64(len(f.addrs)))
 		}
 		return 0
 	}
@@ -253,7 +259,7 @@ func (f *failureLimiter) blocked(ip uint32, now time.Time) time.Duration {
 }
 
 // fail spends one failed attempt of ip's allowance.
-func (f *failureLimiter) fail(ip uint32, now time.Time) {
+func (f *failureLimiter) fail(ip uint64, now time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.addrs[ip]
@@ -263,6 +269,7 @@ func (f *failureLimiter) fail(ip uint32, now time.Time) {
 		}
 		b = &failureBucket{allowance: authFailureBurst, last: now}
 		f.addrs[ip] = b
+		f.size.Store(int64(len(f.addrs)))
 	}
 	b.refill(now)
 	b.allowance = max(0, b.allowance-1)

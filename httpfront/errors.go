@@ -106,9 +106,16 @@ func mapError(err error) *apiError {
 	case errors.Is(err, syscall.ENOSPC):
 		return &apiError{status: 507, code: "disk_full", message: "the disk is full: this node takes no more writes until space is freed and it is restarted (a write in flight may have been stored; retry with an idempotency key)"}
 	}
+	// Fixed texts: the error itself (paths, OS errors) is in the server's
+	// log, where replication and the handlers report it.
 	var fault *ring.FaultError
 	if errors.As(err, &fault) {
-		return &apiError{status: 503, code: "storage_fault", message: "the node stopped taking writes after a storage fault: " + err.Error(), retryAfter: 5}
+		return &apiError{status: 503, code: "storage_fault", message: "the node stopped taking writes after a storage fault (see its log); restart it once the disk is fixed", retryAfter: 5}
 	}
-	return &apiError{status: 500, code: "internal", message: err.Error()}
+	internalErrorLog(err)
+	return &apiError{status: 500, code: "internal", message: "an internal error; the server logged it"}
 }
+
+// internalErrorLog records the cause of a 500 (set by New to the server's
+// logger): the answer carries a fixed text only.
+var internalErrorLog = func(err error) {}

@@ -333,7 +333,7 @@ func TestConnectionCap(t *testing.T) {
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	b, _ := io.ReadAll(c)
 	c.Close()
-	if !bytes.Contains(b, []byte("503")) {
+	if !bytes.Contains(b, []byte("503")) || !bytes.Contains(b, []byte(`"error":"overloaded"`)) {
 		t.Fatalf("a connection past the cap got %q", b)
 	}
 	var wg sync.WaitGroup
@@ -355,5 +355,183 @@ func TestConnectionCap(t *testing.T) {
 			t.Fatal("not serving after the connections left")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestMultipartHoldsNoMemory: a multipart body is not parsed (into memory
+// and temp files) before the token is checked: no route takes one.
+func TestMultipartHoldsNoMemory(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.BodyDrainTime = 500 * time.Millisecond })
+	addr := strings.TrimPrefix(ts.url, "http://")
+	part := "--xx\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n" + strings.Repeat("m", 1<<20)
+	before := heapInUse()
+	var wg sync.WaitGroup
+	answers := make(chan int, 40)
+	for i := 0; i < 40; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		wg.Add(1)
+		go func() { // the server may stop reading: writes can fail
+			defer wg.Done()
+			io.WriteString(c, "POST /broker/topics/t/produce HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xx\r\nContent-Length: 4259840\r\n\r\n"+part)
+		}()
+		go func() {
+			if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+				answers <- resp.StatusCode
+			} else {
+				answers <- 0
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	stillServing(t, ts, "t")
+	// 40 MB were sent; parsed before the handler, they would be held.
+	if grown := int64(heapInUse()) - int64(before); grown > 24<<20 {
+		t.Fatalf("heap grew %d MiB for 40 multipart uploads of 1 MiB with no token", grown>>20)
+	}
+	for i := 0; i < 40; i++ {
+		if code := <-answers; code != 401 {
+			t.Fatalf("multipart with no token: status %d, want 401", code)
+		}
+	}
+	wg.Wait()
+}
+
+// TestOverLimitBodyNeverParsedAsARequest: what a refused body leaves
+// unread is never read as the next request on the connection (request
+// smuggling): it is drained, or the connection ends after the answer.
+func TestOverLimitBodyNeverParsedAsARequest(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxMessageBytes, c.BodyDrainMax = 1000, 2000 })
+	addr := strings.TrimPrefix(ts.url, "http://")
+	smuggled := "POST /broker/topics/smuggled/produce HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admintok\r\nContent-Length: 1\r\n\r\nx"
+	for _, head := range []string{
+		"POST /broker/topics/t/produce HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admintok\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			string(chunked(bytes.Repeat([]byte("a"), 5000), 500)) + smuggled,
+		"POST /broker/topics/t/produce HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admintok\r\nContent-Length: 5000\r\n\r\n" +
+			strings.Repeat("b", 5000) + smuggled,
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, head)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 413 {
+			t.Fatalf("over the limit: %v %v", resp, err)
+		}
+		io.ReadAll(resp.Body)
+		if resp, err := http.ReadResponse(br, nil); err == nil {
+			t.Fatalf("the rest of a refused body was served as a request: %d", resp.StatusCode)
+		}
+		c.Close()
+	}
+	ts.expect(ts.do("GET", "/broker/topics/smuggled", ""), 404, "unknown_topic")
+}
+
+// TestShortBodyRefused: a body that ends before its Content-Length (the
+// client half-closed) is not stored.
+func TestShortBodyRefused(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.do("POST", "/broker/topics", `{"name":"short","partitions":1}`)
+	c, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST /broker/topics/short/produce?partition=0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admintok\r\nContent-Length: 20000\r\n\r\n"+strings.Repeat("s", 15000))
+	c.(*net.TCPConn).CloseWrite()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 400 || !bytes.Contains(b, []byte(`"bad_request"`)) {
+		t.Fatalf("short body: %d %s", resp.StatusCode, b)
+	}
+	if r := ts.do("GET", "/broker/consume/short/g/0", ""); r.num("count") != 0 {
+		t.Fatalf("a short body was stored: %s", r.body)
+	}
+}
+
+// TestExpectGuessesCounted: token guesses sent with Expect: 100-continue
+// count against the address like any other.
+func TestExpectGuessesCounted(t *testing.T) {
+	ts := startServer(t, nil)
+	addr := strings.TrimPrefix(ts.url, "http://")
+	limited := false
+	for i := 0; i < authFailureBurst+5 && !limited; i++ {
+		resp, _ := rawExchange(t, addr, fmt.Sprintf("POST /broker/topics/t/produce HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer guess%d\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", i), nil)
+		limited = resp.StatusCode == 429
+	}
+	if !limited {
+		t.Fatal("token guesses with Expect: 100-continue were never limited")
+	}
+}
+
+// TestTrustedProxyKeys: behind a trusted proxy the failed-token limit
+// applies per forwarded client, so one guessing client does not lock
+// the others out.
+func TestTrustedProxyKeys(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.TrustedProxies = []net.IP{net.ParseIP("127.0.0.1")} })
+	for i := 0; i < authFailureBurst+3; i++ {
+		ts.do("GET", "/broker/topics", "", "Authorization", "Bearer wrong", "X-Forwarded-For", "198.51.100.7")
+	}
+	ts.expect(ts.do("GET", "/broker/topics", "", "X-Forwarded-For", "198.51.100.7"), 429, "rate_limited")
+	if r := ts.do("GET", "/broker/topics", "", "X-Forwarded-For", "10.0.0.1, 198.51.100.8"); r.status != 200 {
+		t.Fatalf("another client behind the proxy: %d %s", r.status, r.body)
+	}
+}
+
+// fakeConn is a connection from a given address, for the listener's caps.
+type fakeConn struct {
+	net.Conn
+	addr   *net.TCPAddr
+	wrote  bytes.Buffer
+	closed bool
+}
+
+func (c *fakeConn) RemoteAddr() net.Addr              { return c.addr }
+func (c *fakeConn) Write(b []byte) (int, error)       { return c.wrote.Write(b) }
+func (c *fakeConn) Close() error                      { c.closed = true; return nil }
+func (c *fakeConn) SetWriteDeadline(time.Time) error  { return nil }
+func (c *fakeConn) SetReadDeadline(t time.Time) error { return nil }
+
+// TestConnectionCapsPerAddress: the per-address cap refuses the next
+// connection from a full address with a JSON 429, exempts loopback, and
+// gives places back on close; the total cap answers a JSON 503.
+func TestConnectionCapsPerAddress(t *testing.T) {
+	l := newLimitedListener(nil, 5, 2, nil, newMetrics())
+	from := func(ip string) *fakeConn { return &fakeConn{addr: &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}} }
+	var kept []net.Conn
+	for i, c := range []struct {
+		ip   string
+		want string // "" = admitted
+	}{{"10.0.0.1", ""}, {"10.0.0.1", ""}, {"10.0.0.1", "429"}, {"127.0.0.1", ""}, {"127.0.0.1", ""}, {"127.0.0.1", ""}, {"10.0.0.2", "503"}} {
+		fc := from(c.ip)
+		got := l.admit(fc)
+		switch {
+		case c.want == "" && got == nil:
+			t.Fatalf("connection %d from %s refused: %s", i, c.ip, fc.wrote.String())
+		case c.want != "" && (got != nil || !fc.closed || !strings.Contains(fc.wrote.String(), "HTTP/1.1 "+c.want) || !strings.Contains(fc.wrote.String(), `"ok":false`)):
+			t.Fatalf("connection %d from %s: admitted %v, answer %q", i, c.ip, got != nil, fc.wrote.String())
+		}
+		if got != nil {
+			kept = append(kept, got)
+		}
+	}
+	kept[0].Close()
+	kept[0].Close() // a second close gives back nothing more
+	if l.admit(from("10.0.0.1")) == nil {
+		t.Fatal("a place given back by close was not reused")
+	}
+	if l.admit(from("10.0.0.3")) != nil {
+		t.Fatal("the total cap let a sixth connection in")
 	}
 }

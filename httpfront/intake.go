@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +21,9 @@ import (
 //
 //  1. the route is matched and the token checked on the headers alone;
 //  2. the declared Content-Length is checked against the route's limit
-//     (413 at once, before any body byte is read);
+//     (413 before the body is read; fasthttp has read at most its first
+//     8 KiB before calling the handler, and waits for them up to the read
+//     timeout);
 //  3. the body is read into a pooled buffer, bounded by the route's limit
 //     and by BodyBytesInFlightMax across all requests (503 overloaded
 //     past it);
@@ -92,7 +94,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, in *intake, charge bo
 		scope = r.post
 	}
 	if scope > 0 {
-		if e := s.auth.check(ctx.Request.Header.Peek("Authorization"), scope, clientIP(ctx), time.Now(), charge); e != nil {
+		if e := s.auth.check(ctx.Request.Header.Peek("Authorization"), scope, s.clientKey(ctx), time.Now(), charge); e != nil {
 			if e.status == 401 {
 				ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="keel"`)
 			}
@@ -115,20 +117,36 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, in *intake, charge bo
 // front that went by Content-Length would see another request boundary
 // than this server (request smuggling), so the connection is closed too.
 func framingError(ctx *fasthttp.RequestCtx) *apiError {
-	if ctx.Request.Header.ContentLength() == -1 && hasHeaderLine(ctx.Request.Header.RawHeaders(), "content-length") {
+	raw := ctx.Request.Header.RawHeaders()
+	if !bytes.Contains(raw, []byte("ransfer-")) && !bytes.Contains(raw, []byte("RANSFER-")) {
+		return nil // the common case: no Transfer-Encoding at all
+	}
+	if hasHeaderLine(raw, "transfer-encoding") && hasHeaderLine(raw, "content-length") {
 		ctx.SetConnectionClose()
 		return errBadRequest("bad_request", "the request has both Content-Length and Transfer-Encoding")
 	}
 	return nil
 }
 
-// clientIP is the request's IPv4 address as a number (0 for others).
-func clientIP(ctx *fasthttp.RequestCtx) uint32 {
-	ip := ctx.RemoteIP().To4()
-	if ip == nil {
-		return 0
+// clientKey identifies the request's client for per-client limits (see
+// ipKey): its address, or behind a trusted proxy the last address the
+// proxy put in X-Forwarded-For.
+func (s *Server) clientKey(ctx *fasthttp.RequestCtx) uint64 {
+	ip := ctx.RemoteIP()
+	for _, p := range s.cfg.TrustedProxies {
+		if !p.Equal(ip) {
+			continue
+		}
+		xff := ctx.Request.Header.Peek("X-Forwarded-For")
+		if i := bytes.LastIndexByte(xff, ','); i >= 0 {
+			xff = xff[i+1:]
+		}
+		if fwd := net.ParseIP(string(bytes.TrimSpace(xff))); fwd != nil {
+			return ipKey(fwd)
+		}
+		break
 	}
-	return uint32(ip[0])<<24 | uint32(ip[1])<<16 | uint32(ip[2])<<8 | uint32(ip[3])
+	return ipKey(ip)
 }
 
 // hasHeaderLine reports whether raw (request headers as received, the
@@ -198,9 +216,12 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, r *route, in *intake) *apiEr
 	b, err := readAtMost(stream, b, int(want))
 	*in.buf = b
 	switch {
-	case err != nil:
+	case err != nil || cl >= 0 && len(b) != cl:
+		// A body shorter than its Content-Length (the client closed or
+		// half-closed mid-upload) is not a message: nothing is written.
 		ctx.SetConnectionClose()
-		return errBadRequest("bad_request", "the request body ended early or could not be read")
+		in.consumed = true // nothing more can be read
+		return errBadRequest("bad_request", "the request body ended before its Content-Length, or could not be read")
 	case len(b) > limit:
 		return s.bodyTooLarge(r) // finish drains the rest
 	}
@@ -213,8 +234,10 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, r *route, in *intake) *apiEr
 func readAtMost(r io.Reader, b []byte, n int) ([]byte, error) {
 	end := len(b) + n
 	for len(b) < end {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)] // grow (chunked bodies only)
+		if len(b) == cap(b) { // grow (chunked bodies only), never past what was reserved
+			nb := make([]byte, len(b), min(max(2*cap(b), 16<<10), end))
+			copy(nb, b)
+			b = nb
 		}
 		m, err := r.Read(b[len(b):min(cap(b), end)])
 		b = b[:len(b)+m]
@@ -235,11 +258,27 @@ var bodyBufPool = sync.Pool{New: func() any { return new([]byte) }}
 const bodyBufKeepMax = 1 << 20
 
 // finish drains what the request left of its body (so the client can read
-// the answer), or marks the connection to be closed after the answer, and
-// gives back the body buffer and its share of the in-flight budget.
+// the answer), or arranges a lingering close after the answer, and gives
+// back the body buffer and its share of the in-flight budget. The drain
+// comes first: releasing the body closes fasthttp's stream.
 func (s *Server) finish(ctx *fasthttp.RequestCtx, in *intake) {
+	if !in.consumed {
+		if stream := ctx.Request.BodyStream(); stream != nil {
+			drainMax := s.cfg.BodyDrainUnauthMax
+			if in.authed {
+				drainMax = s.cfg.BodyDrainMax
+			}
+			if !drain(ctx, stream, drainMax, s.cfg.BodyDrainTime) && !ctx.Response.ConnectionClose() {
+				// The rest of the body must never be read as the next request:
+				// the connection ends after this answer, gently.
+				ctx.Hijack(lingerClose)
+			}
+		}
+	}
 	if in.buf != nil {
-		ctx.Request.ResetBody() // no reference to the buffer stays behind
+		if in.consumed {
+			ctx.Request.ResetBody() // the body aliased the buffer: no reference stays behind
+		}
 		if cap(*in.buf) <= bodyBufKeepMax {
 			*in.buf = (*in.buf)[:0]
 			bodyBufPool.Put(in.buf)
@@ -249,20 +288,6 @@ func (s *Server) finish(ctx *fasthttp.RequestCtx, in *intake) {
 	if in.reserved > 0 {
 		s.inFlight.Add(-in.reserved)
 		in.reserved = 0
-	}
-	if in.consumed {
-		return
-	}
-	stream := ctx.Request.BodyStream()
-	if stream == nil {
-		return
-	}
-	drainMax := s.cfg.BodyDrainUnauthMax
-	if in.authed {
-		drainMax = s.cfg.BodyDrainMax
-	}
-	if !drain(ctx, stream, drainMax, s.cfg.BodyDrainTime) {
-		ctx.SetConnectionClose()
 	}
 }
 
@@ -282,9 +307,7 @@ func drain(ctx *fasthttp.RequestCtx, stream io.Reader, max int64, d time.Duratio
 			return n <= max
 		}
 		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				ctx.SetConnectionClose()
-			}
+			ctx.SetConnectionClose() // the connection failed or stalled: close, no lingering
 			return false
 		}
 	}

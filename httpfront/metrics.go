@@ -23,6 +23,7 @@ type metrics struct {
 
 	bodyBudgetRefused atomic.Uint64 // requests refused: BodyBytesInFlightMax was held
 	acceptRetries     atomic.Uint64 // accepts retried after EMFILE and the like
+	connsRefused      atomic.Uint64 // connections refused over MaxConns or MaxConnsPerIP
 	createsLimited    atomic.Uint64 // new topics refused by TopicCreateRate
 
 	// Produce stages (see timing=1), in microseconds.
@@ -74,6 +75,8 @@ func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
 	w.sample("keel_body_bytes_in_flight", nil, uint64(max(0, s.inFlight.Load())))
 	w.help("keel_accept_retries_total", "counter", "accepts that failed for lack of descriptors or memory and were retried after a pause")
 	w.sample("keel_accept_retries_total", nil, s.metrics.acceptRetries.Load())
+	w.help("keel_connections_refused_total", "counter", "connections answered 503/429 and closed over --max-conns or --max-conns-per-ip")
+	w.sample("keel_connections_refused_total", nil, s.metrics.connsRefused.Load())
 	w.help("keel_topic_creates_limited_total", "counter", "new topics refused with 429 by the node-wide creation rate")
 	w.sample("keel_topic_creates_limited_total", nil, s.metrics.createsLimited.Load())
 	w.help("keel_body_budget_refused_total", "counter", "requests answered 503 overloaded because bodies and answers held the in-memory budget")

@@ -28,7 +28,8 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 			messagesPool.Put(msgs)
 		}
 	}()
-	if e := s.produceCommand(ctx, topic, ndjson, &cmd); e != nil {
+	newTopic := false
+	if e := s.produceCommand(ctx, topic, ndjson, &cmd, &newTopic); e != nil {
 		writeError(ctx, e)
 		return
 	}
@@ -36,6 +37,14 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 	if e != nil {
 		writeError(ctx, e)
 		return
+	}
+	if newTopic {
+		// Last, once the request is known valid: a refused produce spends
+		// none of the node's topic-creation allowance.
+		if e := s.roomForTopic(s.cfg.DefaultPartitions); e != nil {
+			writeError(ctx, e)
+			return
+		}
 	}
 	out, err := s.node.Propose(&cmd, deadline)
 	if errors.Is(err, replication.ErrTimeout) {
@@ -79,7 +88,7 @@ const messagesKeepMax = 2048
 // produceCommand validates the request and builds its command into cmd.
 // Slices in the command alias the request; Propose copies them before it
 // returns.
-func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson bool, cmd *engine.Command) *apiError {
+func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson bool, cmd *engine.Command, newTopic *bool) *apiError {
 	if !engine.ValidTopicName(topic) {
 		return mapError(engine.ErrInvalidTopic)
 	}
@@ -100,11 +109,7 @@ func (s *Server) produceCommand(ctx *fasthttp.RequestCtx, topic string, ndjson b
 	if !exists && !s.cfg.AutoCreateTopics {
 		return mapError(engine.ErrUnknownTopic)
 	}
-	if !exists {
-		if e := s.roomForTopic(s.cfg.DefaultPartitions); e != nil {
-			return e
-		}
-	}
+	*newTopic = !exists
 	if ok {
 		cmd.Partition = int32(p)
 		switch {

@@ -46,8 +46,15 @@ type Config struct {
 	TopicCreateRate  float64
 	TopicCreateBurst float64
 
-	MaxConns      int // connections served at once (fasthttp's Concurrency); over it, 503 and close
-	MaxConnsPerIP int // per client address; 0 = no limit
+	MaxConns      int // connections served at once; over it, 503 overloaded and close (0 = no limit)
+	MaxConnsPerIP int // per client address (IPv4, or IPv6 /64), loopback exempt; over it, 429 and close (0 = no limit)
+
+	// TrustedProxies are the addresses of proxies in front of the node
+	// (a TLS terminator): for a request from one of them, the client is
+	// the last address of X-Forwarded-For, for the failed-authentication
+	// limit. Without it, every client behind the proxy shares one
+	// allowance (so one client guessing tokens locks all of them out).
+	TrustedProxies []net.IP
 
 	MaxMessageBytes  int // one message (produce body, NDJSON line)
 	MaxBatchMessages int // lines in one NDJSON request
@@ -136,6 +143,8 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 		tokens = append(tokens, Token{Secret: "dev", Scope: ScopeAdmin})
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
+	log := cfg.Logger
+	internalErrorLog = func(err error) { log.Error("internal error (answered 500)", "err", err) }
 	s := &Server{cfg: cfg, node: node, store: store, auth: newAuthenticator(tokens), metrics: newMetrics(), log: cfg.Logger}
 	if cfg.ConsumeBuildersMax <= 0 {
 		cfg.ConsumeBuildersMax = runtime.GOMAXPROCS(0)
@@ -153,28 +162,43 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 		// before it reads more (intake.go). Without streaming, fasthttp
 		// allocates a buffer of the claimed Content-Length as soon as the
 		// headers arrive.
-		StreamRequestBody:     true,
-		Concurrency:           cfg.MaxConns,
-		MaxConnsPerIP:         cfg.MaxConnsPerIP,
-		ExpectHandler:         s.expect,
-		Name:                  "keel",
-		ReadBufferSize:        cfg.HeaderBytesMax,
-		MaxRequestBodySize:    max(cfg.MaxMessageBytes, cfg.MaxBatchBytes, cfg.JSONBodyMax),
-		ReadTimeout:           cfg.ReadTimeout,
-		WriteTimeout:          cfg.ReadTimeout,
-		IdleTimeout:           cfg.IdleTimeout,
-		NoDefaultServerHeader: true,
-		CloseOnShutdown:       true,
-		Logger:                fasthttpLogger{s.log},
+		StreamRequestBody: true,
+		// The caps are enforced by limitedListener (with JSON answers and
+		// loopback exempt from the per-address one); fasthttp's own bound
+		// sits above them.
+		Concurrency:   concurrencyFor(cfg.MaxConns),
+		ExpectHandler: s.expect,
+		// Multipart bodies would be parsed (into memory and temp files,
+		// bounded only by Content-Length) before the handler checks the
+		// token: no route takes one.
+		DisablePreParseMultipartForm: true,
+		Name:                         "keel",
+		ReadBufferSize:               cfg.HeaderBytesMax,
+		MaxRequestBodySize:           max(cfg.MaxMessageBytes, cfg.MaxBatchBytes, cfg.JSONBodyMax),
+		ReadTimeout:                  cfg.ReadTimeout,
+		WriteTimeout:                 cfg.ReadTimeout,
+		IdleTimeout:                  cfg.IdleTimeout,
+		NoDefaultServerHeader:        true,
+		CloseOnShutdown:              true,
+		Logger:                       fasthttpLogger{s.log},
 	}
 	return s
+}
+
+// concurrencyFor is fasthttp's connection bound for a MaxConns cap
+// (0: fasthttp's default, 256K).
+func concurrencyFor(maxConns int) int {
+	if maxConns <= 0 {
+		return 0
+	}
+	return maxConns + 16
 }
 
 // Serve accepts connections on ln until Shutdown. Running out of file
 // descriptors (or memory for sockets) pauses accepting; it never ends
 // Serve.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(&patientListener{Listener: ln, log: s.log, failures: &s.metrics.acceptRetries})
+	return s.srv.Serve(newLimitedListener(ln, s.cfg.MaxConns, s.cfg.MaxConnsPerIP, s.log, s.metrics))
 }
 
 // Shutdown stops accepting and waits (bounded by ctx) for requests in
@@ -293,7 +317,7 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 	rest := strings.TrimPrefix(raw, "/")
 	for {
 		if p.n == maxPathSegments {
-			return nil, &apiError{status: 404, code: "not_found", message: "no such route: " + raw}
+			return nil, &apiError{status: 404, code: "not_found", message: "no such route"}
 		}
 		seg, tail, more := strings.Cut(rest, "/")
 		if strings.IndexByte(seg, '%') >= 0 {
@@ -312,7 +336,7 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 	}
 	r := routeFor(p)
 	if r == nil {
-		return nil, &apiError{status: 404, code: "not_found", message: "no such route: " + raw}
+		return nil, &apiError{status: 404, code: "not_found", message: "no such route"}
 	}
 	// HEAD is a GET without the body (RFC 9110 section 9.3.2); fasthttp
 	// sends a HEAD answer's headers (Content-Length included) and drops

@@ -50,6 +50,9 @@ func (o *options) applyBudget(nofile int) error {
 	if o.maxConns == 0 {
 		o.maxConns = def.conns
 	}
+	if o.maxConnsPerIP == 0 {
+		o.maxConnsPerIP = max(o.maxConns/4, 16)
+	}
 	if o.sealedFilesMax == 0 {
 		o.sealedFilesMax = def.sealedFiles
 	}

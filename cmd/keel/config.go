@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -43,6 +44,7 @@ type options struct {
 	maxConsumerOffsets   int
 	topicCreateRate      float64
 	readBuilders         int
+	trustedProxies       string
 	topicCreateBurst     int
 	maxConns             int
 	maxConnsPerIP        int
@@ -155,7 +157,8 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.topicCreateBurst, "topic-create-burst", 4, "new topics allowed at once above --topic-create-rate")
 	intVar(&o.readBuilders, "read-builders", 0, "consume pages encoded at once; more reads wait for a slot (at most 5 s, then 503) (0 = one per CPU)")
 	intVar(&o.maxConns, "max-conns", 0, "most client connections served at once; more are answered 503 and closed (0 = a quarter of ulimit -n, 64 to 10000)")
-	intVar(&o.maxConnsPerIP, "max-conns-per-ip", 0, "most connections from one client address (0 = no limit)")
+	intVar(&o.maxConnsPerIP, "max-conns-per-ip", 0, "most connections from one client address (IPv4, or IPv6 /64); loopback is exempt (0 = a quarter of --max-conns, at least 16)")
+	strVar(&o.trustedProxies, "trusted-proxies", "", "comma-separated addresses of proxies in front of the node; for their requests the client is the last X-Forwarded-For address (failed-token limit)")
 	intVar(&o.sealedFilesMax, "sealed-files-max", 0, "most sealed segment files kept open; others are reopened on read (0 = an eighth of ulimit -n, 16 to 1024)")
 	intVar(&o.maxMessageBytes, "max-message-bytes", 1<<20, "largest message (produce body or NDJSON line)", "RF_MAX_MESSAGE_BYTES")
 	intVar(&o.maxBatchMessages, "max-batch-messages", 10000, "most lines in one NDJSON request")
@@ -208,8 +211,10 @@ func (o *options) check() error {
 		return fmt.Errorf("--read-builders must be 0 (one per CPU) or more")
 	case o.topicCreateRate < 0 || o.topicCreateBurst < 1:
 		return fmt.Errorf("--topic-create-rate must be 0 (no limit) or more, --topic-create-burst at least 1")
-	case o.maxConsumerOffsets < 1:
-		return fmt.Errorf("--max-consumer-offsets must be positive")
+	case o.maxConsumerOffsets < 1 || o.maxConsumerOffsets > math.MaxInt32 || o.maxTotalPartitions > math.MaxInt32 ||
+		o.idempotencyKeysMax > math.MaxInt32 || o.maxTopics > math.MaxInt32:
+		// They travel in every Raft entry as 32-bit numbers.
+		return fmt.Errorf("--max-consumer-offsets must be 1 to %d; --max-total-partitions, --idempotency-keys-max and --max-topics at most that", math.MaxInt32)
 	case o.maxPartitions < 1 || o.maxPartitions > 65536:
 		return fmt.Errorf("--max-partitions %d: want 1..65536", o.maxPartitions)
 	case o.defaultPartitions < 1 || o.defaultPartitions > o.maxPartitions:

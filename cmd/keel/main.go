@@ -180,6 +180,16 @@ func serveWith(o options, log *slog.Logger) error {
 	cfg.MaxMessageBytes, cfg.MaxBatchMessages, cfg.MaxBatchBytes = o.maxMessageBytes, o.maxBatchMessages, o.maxBatchBytes
 	cfg.Limits = node.Limits()
 	cfg.MaxConns, cfg.MaxConnsPerIP = o.maxConns, o.maxConnsPerIP
+	for _, a := range strings.Split(o.trustedProxies, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		ip := net.ParseIP(a)
+		if ip == nil {
+			return fmt.Errorf("--trusted-proxies: %q is not an IP address", a)
+		}
+		cfg.TrustedProxies = append(cfg.TrustedProxies, ip)
+	}
 	cfg.TopicCreateRate, cfg.TopicCreateBurst = o.topicCreateRate, float64(o.topicCreateBurst)
 	cfg.ConsumeBuildersMax = o.readBuilders
 	cfg.DefaultTimeout, cfg.DataDir, cfg.IOBackend, cfg.Logger = o.defaultTimeout, o.data, string(io.Kind()), log
