@@ -78,8 +78,10 @@ func OpenLog(dir string, io ring.Backend, cfg LogConfig) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := removeTempFiles(dir); err != nil {
-		return nil, err
+	if len(created) == 0 { // a directory just made holds no leftovers
+		if err := removeTempFiles(dir); err != nil {
+			return nil, err
+		}
 	}
 	l := &Log{dir: dir, cfg: cfg, io: io}
 	if cfg.DeferDirSync && len(created) > 0 {

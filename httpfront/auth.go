@@ -290,6 +290,29 @@ type bucket struct {
 	used   int64
 }
 
+// reserve books one request at the bucket's pace: it returns 0 when one
+// is available now, else how long the caller must wait for its turn
+// (spending it already), or, when that is longer than waitMax, minus the
+// wait and books nothing.
+func (b *bucket) reserve(now time.Time, waitMax time.Duration) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() {
+		b.tokens = min(b.limit.Burst, b.tokens+now.Sub(b.last).Seconds()*b.limit.RPS)
+	}
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return 0
+	}
+	wait := time.Duration((1 - b.tokens) / b.limit.RPS * float64(time.Second))
+	if wait > waitMax {
+		return -max(wait, 1)
+	}
+	b.tokens-- // negative: later callers queue behind this one
+	return wait
+}
+
 // take spends one request and returns 0, or how long to wait.
 func (b *bucket) take(now time.Time) time.Duration {
 	b.mu.Lock()

@@ -300,23 +300,31 @@ func TestNodeWideLimitsRefusedBeforeProposing(t *testing.T) {
 	}
 }
 
-// TestTopicCreateRate: new topics beyond the node-wide rate are refused
-// with 429 and Retry-After before anything is proposed; existing topics
-// are not limited.
+// TestTopicCreateRate: new topics are paced to the node-wide rate: one
+// over the burst waits for its turn (a script creating many topics runs
+// unchanged, only slower), and is refused with 429 and Retry-After, having
+// changed nothing, only when its turn comes after its timeout. Existing
+// topics are not paced.
 func TestTopicCreateRate(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.TopicCreateRate, c.TopicCreateBurst = 0.5, 3 })
+	ts := startServer(t, func(c *Config) { c.TopicCreateRate, c.TopicCreateBurst = 4, 3 })
 	for i := 0; i < 3; i++ {
 		ts.expect(ts.do("POST", fmt.Sprintf("/broker/topics/r%d/produce", i), "x"), 200, "")
 	}
-	r := ts.do("POST", "/broker/topics", `{"name":"r3"}`)
+	// The burst is spent: the next create waits its turn (1/4 s) and succeeds.
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"r3"}`), 200, "")
+	if r := ts.do("GET", "/metrics", ""); !strings.Contains(string(r.body), "keel_topic_creates_paced_total 1") {
+		t.Fatal("the paced create is not counted")
+	}
+	// With a timeout shorter than its turn, a create is refused untouched.
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"r4"}`), 200, "") // spends the next turn
+	r := ts.do("POST", "/broker/topics/r5/produce?timeout_ms=1", "x")
 	ts.expect(r, 429, "rate_limited")
 	if r.header.Get("Retry-After") == "" {
 		t.Fatal("429 without Retry-After")
 	}
-	ts.expect(ts.do("POST", "/broker/topics/r4/produce", "x"), 429, "rate_limited")
-	ts.expect(ts.do("GET", "/broker/topics/r4", ""), 404, "unknown_topic")
-	ts.expect(ts.do("POST", "/broker/topics/r0/produce", "x"), 200, "")                 // existing: not limited
-	ts.expect(ts.do("POST", "/broker/topics", `{"name":"r1","partitions":8}`), 200, "") // existing: not limited
+	ts.expect(ts.do("GET", "/broker/topics/r5", ""), 404, "unknown_topic")
+	ts.expect(ts.do("POST", "/broker/topics/r0/produce?timeout_ms=1", "x"), 200, "")                 // existing: not paced
+	ts.expect(ts.do("POST", "/broker/topics?timeout_ms=1", `{"name":"r1","partitions":8}`), 200, "") // existing: not paced
 }
 
 // TestConnectionCap: connections past MaxConns are answered 503 and

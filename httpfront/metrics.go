@@ -24,7 +24,8 @@ type metrics struct {
 	bodyBudgetRefused atomic.Uint64 // requests refused: BodyBytesInFlightMax was held
 	acceptRetries     atomic.Uint64 // accepts retried after EMFILE and the like
 	connsRefused      atomic.Uint64 // connections refused over MaxConns or MaxConnsPerIP
-	createsLimited    atomic.Uint64 // new topics refused by TopicCreateRate
+	createsLimited    atomic.Uint64 // new topics refused by TopicCreateRate (their turn came after their timeout)
+	createsPaced      atomic.Uint64 // new topics that waited for their turn
 
 	// Produce stages (see timing=1), in microseconds.
 	produceUs *shardedHists // recv_parse, queue, server (produceStage*)
@@ -77,8 +78,10 @@ func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
 	w.sample("keel_accept_retries_total", nil, s.metrics.acceptRetries.Load())
 	w.help("keel_connections_refused_total", "counter", "connections answered 503/429 and closed over --max-conns or --max-conns-per-ip")
 	w.sample("keel_connections_refused_total", nil, s.metrics.connsRefused.Load())
-	w.help("keel_topic_creates_limited_total", "counter", "new topics refused with 429 by the node-wide creation rate")
+	w.help("keel_topic_creates_limited_total", "counter", "new topics refused with 429: their turn under --topic-create-rate came after their timeout")
 	w.sample("keel_topic_creates_limited_total", nil, s.metrics.createsLimited.Load())
+	w.help("keel_topic_creates_paced_total", "counter", "new topics that waited for their turn under --topic-create-rate")
+	w.sample("keel_topic_creates_paced_total", nil, s.metrics.createsPaced.Load())
 	w.help("keel_body_budget_refused_total", "counter", "requests answered 503 overloaded because bodies and answers held the in-memory budget")
 	w.sample("keel_body_budget_refused_total", nil, s.metrics.bodyBudgetRefused.Load())
 	s.writeNodeMetrics(&w)

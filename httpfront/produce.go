@@ -41,7 +41,7 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 	if newTopic {
 		// Last, once the request is known valid: a refused produce spends
 		// none of the node's topic-creation allowance.
-		if e := s.roomForTopic(s.cfg.DefaultPartitions); e != nil {
+		if e := s.roomForTopic(s.cfg.DefaultPartitions, deadline); e != nil {
 			writeError(ctx, e)
 			return
 		}

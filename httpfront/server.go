@@ -111,7 +111,7 @@ func Defaults() Config {
 		BodyDrainTime:        5 * time.Second,
 		PageSlotWaitMax:      5 * time.Second,
 		TopicCreateRate:      20,
-		TopicCreateBurst:     4,
+		TopicCreateBurst:     2,
 		HeaderBytesMax:       16 << 10,
 		IdleTimeout:          120 * time.Second,
 		ReadTimeout:          60 * time.Second,

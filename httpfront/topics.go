@@ -44,7 +44,11 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 		partitions = v
 	}
 	if _, exists := s.store.Topic(*req.Name); !exists {
-		if e := s.roomForTopic(int(partitions)); e != nil {
+		deadline, e := s.deadlineFrom(ctx)
+		if e == nil {
+			e = s.roomForTopic(int(partitions), deadline)
+		}
+		if e != nil {
 			writeError(ctx, e)
 			return
 		}
@@ -64,9 +68,12 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 }
 
 // roomForTopic refuses, before anything is proposed, a new topic of n
-// partitions that the node-wide limits do not leave room for. Apply checks
-// the same from the limits in the entry (a create racing this one).
-func (s *Server) roomForTopic(n int) *apiError {
+// partitions that the node-wide limits do not leave room for (apply checks
+// the same from the limits in the entry, for a create racing this one),
+// and paces new topics to TopicCreateRate: a create over the rate waits
+// for its turn, and is refused with 429 only when that turn comes after
+// deadline. Scripts that create many topics run unchanged, only slower.
+func (s *Server) roomForTopic(n int, deadline time.Time) *apiError {
 	topics, partitions, _ := s.store.Counts()
 	switch {
 	case topics >= s.cfg.Limits.TopicsMax:
@@ -74,12 +81,19 @@ func (s *Server) roomForTopic(n int) *apiError {
 	case partitions+n > s.cfg.Limits.PartitionsTotalMax:
 		return mapError(engine.ErrTooManyPartitions)
 	}
-	if s.creates != nil {
-		if wait := s.creates.take(time.Now()); wait > 0 {
-			s.metrics.createsLimited.Add(1)
-			return &apiError{status: 429, code: "rate_limited", message: fmt.Sprintf("new topics are limited to %g per second on this node (--topic-create-rate)", s.cfg.TopicCreateRate),
-				retryAfter: int((wait + time.Second - 1) / time.Second)}
-		}
+	if s.creates == nil {
+		return nil
+	}
+	now := time.Now()
+	wait := s.creates.reserve(now, deadline.Sub(now))
+	if wait < 0 {
+		s.metrics.createsLimited.Add(1)
+		return &apiError{status: 429, code: "rate_limited", message: fmt.Sprintf("new topics are paced to %g per second on this node (--topic-create-rate), and this one's turn comes after its timeout", s.cfg.TopicCreateRate),
+			retryAfter: int((-wait + time.Second - 1) / time.Second)}
+	}
+	if wait > 0 {
+		s.metrics.createsPaced.Add(1)
+		time.Sleep(wait)
 	}
 	return nil
 }

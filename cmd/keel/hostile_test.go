@@ -193,7 +193,7 @@ func TestHostileTarget(t *testing.T) {
 					return
 				default:
 				}
-				_, code, err := call("POST", fmt.Sprintf("%s/broker/topics/flood-%d-%d/produce", p.url, g, i), "x")
+				_, code, err := call("POST", fmt.Sprintf("%s/broker/topics/flood-%d-%d/produce?timeout_ms=1000", p.url, g, i), "x")
 				switch {
 				case err != nil:
 					return
