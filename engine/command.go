@@ -169,12 +169,6 @@ func AppendCommand(dst []byte, c *Command) []byte {
 	return dst
 }
 
-// CommandBytes is the encoded size of c, for sizing buffers and batches.
-func CommandBytes(c *Command) int {
-	body := commandBodyBytes(c)
-	return 1 + 8 + uvarintLen(uint64(body)) + body
-}
-
 func commandBodyBytes(c *Command) int {
 	n := bytesLen(len(c.Topic))
 	switch c.Kind {

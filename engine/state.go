@@ -77,8 +77,48 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		s.Close()
 		return nil, nil, err
 	}
+	s.recovery = s.summarizeRecovery()
 	return s, blob, nil
 }
+
+// RecoverySummary is what opening the store found and did over every
+// partition log (each log's RecoveryReport, added up).
+type RecoverySummary struct {
+	Logs           int    // partition logs opened
+	Segments       int    // their segment files
+	ScannedBytes   int64  // bytes of active segments read and checked
+	ScannedRecords uint64 // valid records in them
+	CutLogs        int    // logs whose torn tail was cut
+	CutBytes       int64  // bytes cut (written after the last fsync: never acknowledged)
+	CutPaths       []string
+}
+
+// cutPathsMax bounds the log directories a summary names.
+const cutPathsMax = 10
+
+func (s *Store) summarizeRecovery() RecoverySummary {
+	var sum RecoverySummary
+	for _, t := range s.topics {
+		for _, p := range t.Partitions {
+			r := p.Log.Recovery()
+			sum.Logs++
+			sum.Segments += r.Segments
+			sum.ScannedBytes += r.ScannedBytes
+			sum.ScannedRecords += r.ScannedRecords
+			if r.CutBytes > 0 {
+				sum.CutLogs++
+				sum.CutBytes += r.CutBytes
+				if len(sum.CutPaths) < cutPathsMax {
+					sum.CutPaths = append(sum.CutPaths, p.Log.Dir())
+				}
+			}
+		}
+	}
+	return sum
+}
+
+// Recovery returns what opening the store found and did.
+func (s *Store) Recovery() RecoverySummary { return s.recovery }
 
 // Checkpoint fsyncs every partition, then atomically writes the state with
 // blob (replication's own state at this applied index). Call it from the

@@ -96,6 +96,8 @@ type Store struct {
 	applied         uint64
 	appliedTerm     uint64
 
+	recovery RecoverySummary // what OpenStore found and did
+
 	idem  *idempotencyTable // apply goroutine only
 	stage entryStage        // apply goroutine only
 }

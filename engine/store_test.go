@@ -338,8 +338,8 @@ func TestCommandRoundTrip(t *testing.T) {
 	}
 	for _, c := range cmds {
 		b := AppendCommand(nil, &c)
-		if len(b) != CommandBytes(&c) {
-			t.Fatalf("CommandBytes %d, encoded %d", CommandBytes(&c), len(b))
+		if body := commandBodyBytes(&c); len(b) != 1+8+uvarintLen(uint64(body))+body {
+			t.Fatalf("commandBodyBytes %d, encoded %d", body, len(b))
 		}
 		var got Command
 		rest, err := DecodeCommand(append(b, 0xEE), &got, nil)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"github.com/valyala/fasthttp"
+
+	"keel/engine"
 )
 
 // metrics holds the counters the HTTP front keeps itself; gauges are read
@@ -110,7 +112,32 @@ func (s *Server) writeRequestMetrics(w *promWriter) {
 	}
 }
 
+// writeRecoveryMetrics exports what the node's startup recovery found and
+// did, and the sealed-segment file cache.
+func (s *Server) writeRecoveryMetrics(w *promWriter) {
+	sum := s.store.Recovery()
+	wal, replayed := s.node.Recovery()
+	w.help("keel_recovery_cut_bytes", "gauge", "bytes of torn tails cut at startup (written after the last fsync, never acknowledged), by log kind")
+	w.sample("keel_recovery_cut_bytes", []string{"log", "partition"}, uint64(sum.CutBytes))
+	w.sample("keel_recovery_cut_bytes", []string{"log", "wal"}, uint64(wal.CutBytes))
+	w.help("keel_recovery_cut_logs", "gauge", "partition logs whose torn tail was cut at startup")
+	w.sample("keel_recovery_cut_logs", nil, uint64(sum.CutLogs))
+	w.help("keel_recovery_scanned_bytes", "gauge", "bytes of active segments read and checked at startup, by log kind")
+	w.sample("keel_recovery_scanned_bytes", []string{"log", "partition"}, uint64(sum.ScannedBytes))
+	w.sample("keel_recovery_scanned_bytes", []string{"log", "wal"}, uint64(wal.ScannedBytes))
+	w.help("keel_recovery_replayed_entries", "gauge", "Raft entries after the state checkpoint replayed at startup")
+	w.sample("keel_recovery_replayed_entries", nil, uint64(replayed))
+	open, opens, evictions := engine.SealedFilesStats()
+	w.help("keel_sealed_files_open", "gauge", "sealed segment files open now (bounded by --sealed-files-max)")
+	w.sample("keel_sealed_files_open", nil, uint64(open))
+	w.help("keel_sealed_file_opens_total", "counter", "sealed segment files reopened on read")
+	w.sample("keel_sealed_file_opens_total", nil, opens)
+	w.help("keel_sealed_file_evictions_total", "counter", "sealed segment files closed to stay within --sealed-files-max")
+	w.sample("keel_sealed_file_evictions_total", nil, evictions)
+}
+
 func (s *Server) writeNodeMetrics(w *promWriter) {
+	s.writeRecoveryMetrics(w)
 	st := s.node.Status()
 	w.help("keel_raft_term", "gauge", "current Raft term")
 	w.sample("keel_raft_term", nil, st.Term)

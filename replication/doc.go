@@ -1,8 +1,16 @@
-// Package replication will run the etcd/raft node: the Ready loop, the Raft
-// log stored through engine's group-commit writer (HardState and entries in
-// one batch, one fdatasync, before any message that depends on them is
-// sent), the peer transport, snapshots, membership and write concern.
+// Package replication runs the etcd/raft node of a Keel server: the Ready
+// loop and group commit (every command waiting while the previous fsync
+// ran goes into one Raft entry; HardState and entries are written to the
+// WAL as one batch with one fdatasync before anything depends on them),
+// applying committed entries to the engine's state machine and answering
+// the proposers, state checkpoints and WAL truncation, and the deadline
+// reaper for waiting proposals. The WAL is an engine.Log of its own
+// (record types RecordRaftEntry and RecordRaftState), written by the loop
+// directly, not through a group-commit writer.
 //
-// Contract: a single node is a one-voter Raft group on the same code path
-// as a cluster. It imports engine and netio, never httpfront or cmd.
+// Today a node is a one-voter Raft group: the path a cluster will use, with
+// no peers. The peer transport, snapshots, membership and write concern
+// come with the cluster issue.
+//
+// Contract: it imports engine and netio (and ring), never httpfront or cmd.
 package replication

@@ -133,6 +133,7 @@ type Node struct {
 	walUnordered        bool       // the WAL was written in rocket mode since its last checkpoint
 	serving             bool       // caught up once since start
 
+	replayed int // Raft entries after the state checkpoint, replayed at open
 	timings  *loopTimings
 	synced   atomic.Uint64 // lastSynced, published as soon as the WAL batch is durable
 	servingC chan struct{} // closed once the node has caught up after start
@@ -263,6 +264,7 @@ func (n *Node) restore() error {
 			return fmt.Errorf("replication: bootstrap: %w", err)
 		}
 	}
+	n.replayed = len(r.entries)
 	n.log.Info("raft restored", "applied", applied, "replayed_entries", len(r.entries), "commit", hs.Commit, "fresh", fresh)
 	return nil
 }
@@ -328,6 +330,13 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		n.putWaiter(w)
 	} // else the reaper answered while the loop may still hold w: leave it to the GC
 	return out, err
+}
+
+// Recovery reports what opening the node found: the WAL's own recovery
+// (a torn tail cut) and how many Raft entries after the state checkpoint
+// it replays.
+func (n *Node) Recovery() (wal engine.RecoveryReport, replayedEntries int) {
+	return n.wal.Recovery(), n.replayed
 }
 
 // Limits returns the limits this node writes into the entries it

@@ -128,17 +128,12 @@ func (ws *waiters) take(id uint64) (*waiter, bool) {
 	return w, ok
 }
 
-// failAll completes every waiter with err.
-func (ws *waiters) failAll(err error) { ws.finish(err, false) }
-
 // close completes every waiter with err, refuses later adds with it
 // (nobody would ever answer them) and stops the reaper. The first close's
 // error stays.
-func (ws *waiters) close(err error) { ws.finish(err, true) }
-
-func (ws *waiters) finish(err error, closing bool) {
+func (ws *waiters) close(err error) {
 	ws.mu.Lock()
-	if closing && ws.closedErr == nil {
+	if ws.closedErr == nil {
 		ws.closedErr = err
 		close(ws.quit)
 	}

@@ -199,9 +199,26 @@ func serveWith(o options, log *slog.Logger) error {
 		node.Close()
 		return err
 	}
+	logRecovery(log, store, node, time.Since(start))
 	log.Info("keel listening", "addr", "http://"+ln.Addr().String(), "data", o.data, "io_backend", io.Kind(),
 		"rocket", o.rocket, "recovered_in", time.Since(start).Round(time.Millisecond).String(), "version", version)
 	return serveUntilSignal(srv, ln, node, log)
+}
+
+// logRecovery says what the node found and did at startup: what recovery
+// cut (torn tails: bytes written after the last fsync, never acknowledged)
+// and what it replays.
+func logRecovery(log *slog.Logger, store *engine.Store, node *replication.Node, took time.Duration) {
+	sum := store.Recovery()
+	wal, replayed := node.Recovery()
+	attrs := []any{"took", took.Round(time.Millisecond).String(), "partition_logs", sum.Logs, "segments", sum.Segments,
+		"scanned_bytes", sum.ScannedBytes, "scanned_records", sum.ScannedRecords, "wal_scanned_bytes", wal.ScannedBytes,
+		"replayed_entries", replayed, "cut_logs", sum.CutLogs, "cut_bytes", sum.CutBytes, "wal_cut_bytes", wal.CutBytes}
+	if sum.CutLogs > 0 || wal.CutBytes > 0 {
+		log.Warn("recovery cut torn tails (written after the last fsync, never acknowledged)", append(attrs, "cut_paths", sum.CutPaths)...)
+		return
+	}
+	log.Info("recovery", attrs...)
 }
 
 // listenHost applies the token rules: with no tokens the server accepts

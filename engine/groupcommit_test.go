@@ -6,9 +6,15 @@ import (
 	"sync/atomic"
 )
 
-// Writer is a group-commit front for a Log: concurrent Append calls that
-// wait at the same time are written by one flush loop as one batch, with one
-// write and one fdatasync, and each returns once its records are durable.
+// Writer is a group-commit front for a Log, for the engine's own tests:
+// the crash test (many goroutines appending to one log while it is killed)
+// and BenchmarkWriterAppend (make bench-engine: how the log store scales
+// with group commit). The product's group commit is replication's loop,
+// which takes every waiting command into one Raft entry and one WAL batch.
+//
+// Concurrent Append calls that wait at the same time are written by one
+// flush loop as one batch, with one write and one fdatasync, and each
+// returns once its records are durable.
 //
 // The flush loop takes everything queued while the previous fsync ran, so
 // batches grow with load and latency stays near one fsync (the model of
