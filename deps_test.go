@@ -12,15 +12,17 @@ import (
 
 // allowedImports is the dependency direction of design.md:
 // cmd → httpfront → replication → engine → ring, with netio a leaf used by
-// httpfront and replication, and bench speaking only HTTP.
+// httpfront and replication, invariant a leaf every layer may assert with,
+// and bench speaking only HTTP.
 var allowedImports = map[string][]string{
-	"cmd/keel":    {"httpfront", "replication", "engine", "ring", "netio", "bench"},
-	"httpfront":   {"replication", "engine", "netio", "ring"},
-	"replication": {"engine", "netio", "ring"},
-	"engine":      {"ring"},
-	"ring":        {},
+	"cmd/keel":    {"httpfront", "replication", "engine", "ring", "netio", "bench", "invariant"},
+	"httpfront":   {"replication", "engine", "netio", "ring", "invariant"},
+	"replication": {"engine", "netio", "ring", "invariant"},
+	"engine":      {"ring", "invariant"},
+	"ring":        {"invariant"},
 	"netio":       {},
 	"bench":       {},
+	"invariant":   {},
 }
 
 const module = "keel"

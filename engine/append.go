@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 
+	"keel/invariant"
 	"keel/ring"
 )
 
@@ -51,6 +52,9 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 	}
 	l.batch = batch
 	l.publish(seg, len(recs), size, batch)
+	if invariant.Enabled {
+		l.checkDense()
+	}
 	if sync {
 		l.noteSynced(seg, seg.size)
 		l.writeBehindFrom = seg.size

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"fmt"
+
+	"keel/invariant"
 )
 
 // Result is the outcome of one applied command, for the request that
@@ -73,6 +75,7 @@ func (s *Store) internTopic(b []byte) string {
 // command to results. An error return is a storage fault (not a command
 // error): the node must stop, since replicas would diverge.
 func (s *Store) ApplyEntry(index, term uint64, data []byte, results []Result) ([]Result, error) {
+	invariant.Check(index == s.applied+1, "applying entry %d after entry %d: the applied index moves by one", index, s.applied)
 	if len(data) > 0 {
 		var err error
 		if results, err = s.applyCommands(data, results); err != nil {
@@ -235,6 +238,7 @@ func (s *Store) applyCommit(c *Command) Result {
 	if ok && c.Offset < cur {
 		return Result{Partition: c.Partition, Offset: cur, Ignored: true}
 	}
+	invariant.Check(!ok || c.Offset >= cur, "consumer offset of %s/%s/%d moving back from %d to %d", c.Topic, c.Group, c.Partition, cur, c.Offset)
 	if !ok && s.stage.lim.OffsetsMax > 0 && len(s.offsets) >= s.stage.lim.OffsetsMax {
 		return Result{Err: ErrTooManyOffsets}
 	}
@@ -254,6 +258,8 @@ func (s *Store) flushStage() error {
 			}
 			recs = recs[n:]
 		}
+		invariant.Check(sp.p.Log.NextOffset() == sp.next, "partition %s/%d ends at %d after applying up to %d: offsets must stay dense",
+			sp.p.Topic, sp.p.ID, sp.p.Log.NextOffset(), sp.next)
 		sp.p.notify()
 		clear(sp.recs)
 		sp.recs = sp.recs[:0]

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"keel/invariant"
 	"keel/ring"
 )
 
@@ -389,6 +390,20 @@ func (l *Log) LastBatch() uint64 {
 
 // Recovery reports what OpenLog found.
 func (l *Log) Recovery() RecoveryReport { return l.report }
+
+// checkDense asserts (build tag invariants) that the segments cover the
+// offsets from the log start to its end with no gap or overlap.
+func (l *Log) checkDense() {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for i := 1; i < len(l.segs); i++ {
+		prev := l.segs[i-1]
+		invariant.Check(prev.base+prev.count == l.segs[i].base, "%s: segment %d ends at %d, the next starts at %d",
+			l.dir, prev.base, prev.base+prev.count, l.segs[i].base)
+	}
+	last := l.segs[len(l.segs)-1]
+	invariant.Check(last.base+last.count == l.next, "%s: the last segment ends at %d, the log at %d", l.dir, last.base+last.count, l.next)
+}
 
 // Dir is the log's directory.
 func (l *Log) Dir() string { return l.dir }

@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 
 	"keel/engine"
+	"keel/invariant"
 )
 
 // closeDrainMax bounds how long Close waits for in-flight writes.
@@ -299,6 +300,14 @@ func (n *Node) addMarks(ms []walMark) {
 		n.marks = n.marks[:len(n.marks)-1]
 	}
 	n.marks = append(n.marks, ms...)
+	if invariant.Enabled {
+		for i := 1; i < len(n.marks); i++ {
+			a, b := n.marks[i-1], n.marks[i]
+			invariant.Check(b.index > a.index && b.walOffset > a.walOffset && b.batch >= a.batch,
+				"WAL marks go back: entry %d at record %d (batch %d) after entry %d at record %d (batch %d)",
+				b.index, b.walOffset, b.batch, a.index, a.walOffset, a.batch)
+		}
+	}
 }
 
 // batchOf returns the WAL batch that persisted entry index.
@@ -521,6 +530,7 @@ func (n *Node) publishStatus() {
 // setLastSynced records the last durable WAL batch, visible at once to
 // Status (before the requests of that batch are answered).
 func (n *Node) setLastSynced(batch uint64) {
+	invariant.Check(batch >= n.lastSynced, "the last synced WAL batch goes back from %d to %d", n.lastSynced, batch)
 	n.lastSynced = batch
 	n.synced.Store(batch)
 }
