@@ -22,8 +22,8 @@ import (
 type Config struct {
 	WALDir    string
 	IO        ring.Backend
-	Store     *engine.Store
-	StoreBlob []byte // what engine.OpenStore returned
+	Store     StateMachine // what the group replicates into (an *engine.Store)
+	StoreBlob []byte       // the blob of its last checkpoint (what engine.OpenStore returned); nil when fresh
 
 	// Limits are written into every entry this node proposes (see
 	// engine.EntryLimits); zero fields take engine's defaults.
@@ -99,7 +99,7 @@ const nodeID = 1 // the single voter; cluster membership comes with the HA issue
 type Node struct {
 	cfg     Config
 	wal     *engine.Log
-	store   *engine.Store
+	store   StateMachine
 	storage *raft.MemoryStorage
 	rn      *raft.RawNode
 	log     *slog.Logger
@@ -111,27 +111,11 @@ type Node struct {
 	reqBase     uint64
 	reqSeq      atomic.Uint64
 
-	// loop-owned
-	prevHS         raftpb.HardState
-	confState      raftpb.ConfState
-	marks          []walMark
-	unpersisted    []*waiter // proposed, waiting for the next persist
-	walSinceCkpt   int64
-	lastCkpt       time.Time
-	startupCommit  uint64
-	campaignedTerm uint64
-	results        []engine.Result
-	marshalBuf     []byte // persist's reusable entry-marshalling buffer
-	lastSynced     uint64 // last WAL batch made durable
-	checkpoints    uint64
-	started        bool
+	loopState // the loop goroutine's alone (Open sets it up before Start)
 
+	started             bool       // Start was called
 	skipFinalCheckpoint bool       // tests: stop as a crash would, without a checkpoint
-	ckptRunning         bool       // a checkpoint is being written in the background
-	ckptDone            chan error // its result
-	checkpointFirst     bool       // write a checkpoint before taking proposals
-	walUnordered        bool       // the WAL was written in rocket mode since its last checkpoint
-	serving             bool       // caught up once since start
+	ckptDone            chan error // a background checkpoint's result, for the loop
 
 	replayed int // Raft entries after the state checkpoint, replayed at open
 	timings  *loopTimings
@@ -143,6 +127,30 @@ type Node struct {
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
+}
+
+// loopState is what only the loop goroutine reads and writes once it
+// runs: Raft's persisted state as last written, where entries went in the
+// WAL, the proposals between propose and persist, checkpoint bookkeeping.
+// Everything other goroutines read is published through Status and the
+// atomics of Node.
+type loopState struct {
+	prevHS          raftpb.HardState
+	confState       raftpb.ConfState
+	marks           []walMark // where each unapplied entry went in the WAL, by index
+	unpersisted     []*waiter // proposed, waiting for the next persist
+	walSinceCkpt    int64     // WAL bytes written since the last state checkpoint
+	lastCkpt        time.Time
+	startupCommit   uint64 // the commit index found at open: serving once applied
+	campaignedTerm  uint64
+	results         []engine.Result // reused per entry
+	marshalBuf      []byte          // persist's reusable entry-marshalling buffer
+	lastSynced      uint64          // last WAL batch made durable
+	checkpoints     uint64          // state checkpoints written
+	ckptRunning     bool            // a checkpoint is being written in the background
+	checkpointFirst bool            // write a checkpoint before taking proposals
+	walUnordered    bool            // the WAL was written in rocket mode since its last checkpoint
+	serving         bool            // caught up once since start
 }
 
 // Status is a snapshot of the node for /ready and /metrics.

@@ -1,0 +1,180 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"keel/engine"
+	"keel/invariant"
+)
+
+func (n *Node) handleReadies() {
+	for n.Fault() == nil && n.rn.HasReady() {
+		if err := n.handleReady(); err != nil {
+			n.setFault(err)
+			return
+		}
+	}
+}
+
+// handleReady follows raft's contract: persist, (send), apply, Advance.
+func (n *Node) handleReady() error {
+	rd := n.rn.Ready()
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		return errors.New("replication: received a snapshot; single-voter groups never do")
+	}
+	// A commit-only HardState is not written: the commit index is
+	// re-learned after a restart, and an unsynced write between synced
+	// batches would break the WAL's "only the last batch can be torn" rule.
+	if raft.MustSync(rd.HardState, n.prevHS, len(rd.Entries)) {
+		if err := n.persist(rd.HardState, rd.Entries); err != nil {
+			return err
+		}
+	}
+	if !raft.IsEmptyHardState(rd.HardState) {
+		n.prevHS = rd.HardState
+		if err := n.storage.SetHardState(rd.HardState); err != nil {
+			return err
+		}
+	}
+	if err := n.storage.Append(rd.Entries); err != nil {
+		return err
+	}
+	if len(rd.Entries) > 0 {
+		now := time.Now()
+		for _, w := range n.unpersisted {
+			w.persisted = now
+		}
+		clear(n.unpersisted)
+		n.unpersisted = n.unpersisted[:0]
+	}
+	// rd.Messages: a single voter sends nothing; the transport comes with
+	// the HA issue.
+	if err := n.apply(rd.CommittedEntries); err != nil {
+		return err
+	}
+	n.rn.Advance(rd)
+	return nil
+}
+
+// persist writes one Ready's HardState and entries as WAL batches, each
+// made durable before the next is written.
+func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
+	var recs []engine.Record
+	var pending []walMark
+	size := 0
+	flush := func() error {
+		if len(recs) == 0 {
+			return nil
+		}
+		t0 := time.Now()
+		first, batch, err := n.wal.AppendBatch(recs, !n.cfg.Rocket)
+		if err != nil {
+			return fmt.Errorf("replication: persist: %w", err)
+		}
+		n.timings.recordFsync(time.Since(t0).Microseconds(), len(n.unpersisted))
+		for i := range pending {
+			pending[i].batch = batch
+			pending[i].walOffset += first
+		}
+		n.addMarks(pending)
+		if !n.cfg.Rocket {
+			n.setLastSynced(batch)
+		}
+		n.walSinceCkpt += int64(size)
+		recs, pending, size = recs[:0], pending[:0], 0
+		return nil
+	}
+	n.marshalBuf = n.marshalBuf[:0]
+	for i := range ents {
+		// Marshalled into one reused buffer: recs point into it until the
+		// batch is written, and appends never move what is already there
+		// (a full buffer is replaced, not grown).
+		sz := ents[i].Size()
+		if cap(n.marshalBuf)-len(n.marshalBuf) < sz {
+			n.marshalBuf = make([]byte, 0, max(sz, min(2*cap(n.marshalBuf), marshalBufKeepBytes)))
+		}
+		start := len(n.marshalBuf)
+		n.marshalBuf = n.marshalBuf[:start+sz]
+		b := n.marshalBuf[start : start+sz : start+sz]
+		if _, err := ents[i].MarshalToSizedBuffer(b); err != nil {
+			return err
+		}
+		if size+len(b) > n.walBatchBytes() && len(recs) > 0 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		pending = append(pending, walMark{index: ents[i].Index, walOffset: uint64(len(recs))})
+		recs = append(recs, engine.Record{Type: engine.RecordRaftEntry, Payload: b})
+		size += len(b)
+	}
+	// The HardState goes last, in the same batch as the last entries: if a
+	// Ready is split over several batches and a crash cuts it short, the
+	// commit index never points past the entries that reached the disk.
+	if !raft.IsEmptyHardState(hs) {
+		b, err := hs.Marshal()
+		if err != nil {
+			return err
+		}
+		recs = append(recs, engine.Record{Type: engine.RecordRaftState, Payload: b})
+		size += len(b)
+	}
+	err := flush()
+	if cap(n.marshalBuf) > marshalBufKeepBytes {
+		n.marshalBuf = nil // an occasional huge Ready does not stay resident
+	}
+	return err
+}
+
+// marshalBufKeepBytes is the largest entry-marshalling buffer the loop
+// keeps between Readies.
+const marshalBufKeepBytes = 8 << 20
+
+// walBatchBytes keeps one WAL batch well under the WAL's BatchBytesMax
+// (the segment size; frame headers included): 48 MiB, or half a smaller
+// segment.
+func (n *Node) walBatchBytes() int {
+	return int(min(48<<20, n.cfg.WALSegmentBytes/2))
+}
+
+// addMarks records where entries went; a rewritten index drops the old
+// suffix first.
+func (n *Node) addMarks(ms []walMark) {
+	if len(ms) == 0 {
+		return
+	}
+	for len(n.marks) > 0 && n.marks[len(n.marks)-1].index >= ms[0].index {
+		n.marks = n.marks[:len(n.marks)-1]
+	}
+	n.marks = append(n.marks, ms...)
+	if invariant.Enabled {
+		for i := 1; i < len(n.marks); i++ {
+			a, b := n.marks[i-1], n.marks[i]
+			invariant.Check(b.index > a.index && b.walOffset > a.walOffset && b.batch >= a.batch,
+				"WAL marks go back: entry %d at record %d (batch %d) after entry %d at record %d (batch %d)",
+				b.index, b.walOffset, b.batch, a.index, a.walOffset, a.batch)
+		}
+	}
+}
+
+// batchOf returns the WAL batch that persisted entry index.
+func (n *Node) batchOf(index uint64) uint64 {
+	lo, hi := 0, len(n.marks)
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if n.marks[mid].index < index {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if lo < len(n.marks) && n.marks[lo].index == index {
+		return n.marks[lo].batch
+	}
+	return 0
+}

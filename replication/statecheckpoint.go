@@ -1,0 +1,81 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/raft/v3"
+)
+
+// checkpoint starts a state checkpoint unless one is running: the state is
+// captured now, on the loop, and a background goroutine fsyncs the
+// partitions, writes the checkpoint file and then drops what it makes
+// unnecessary (raft's in-memory entries up to the applied index, WAL
+// segments before the first unapplied entry), while the loop goes on
+// taking and applying writes.
+func (n *Node) checkpoint() { n.startCheckpoint(false) }
+
+// startCheckpoint captures and writes a checkpoint; with wait it first
+// waits for a running one and then writes this one on the loop.
+func (n *Node) startCheckpoint(wait bool) {
+	if n.ckptRunning {
+		if !wait {
+			return
+		}
+		n.finishCheckpoint(<-n.ckptDone)
+	}
+	if n.Fault() != nil {
+		// After a fault the state may hold half an entry (apply stopped
+		// part-way): never checkpoint it.
+		return
+	}
+	start := time.Now()
+	applied, _ := n.store.Applied()
+	replayFrom := n.wal.NextOffset()
+	keep := len(n.marks)
+	for i, m := range n.marks {
+		if m.index > applied {
+			replayFrom, keep = m.walOffset, i
+			break
+		}
+	}
+	st := replicationState{replayFrom: replayFrom, hardState: n.rn.BasicStatus().HardState, confState: n.confState}
+	capture := n.store.Capture(st.encode())
+	n.marks = append(n.marks[:0], n.marks[keep:]...)
+	n.walSinceCkpt = 0
+	n.lastCkpt = time.Now()
+	n.ckptRunning = true
+	write := func() error {
+		if err := capture.Write(); err != nil {
+			return fmt.Errorf("replication: checkpoint: %w", err)
+		}
+		if err := n.storage.Compact(applied); err != nil && !errors.Is(err, raft.ErrCompacted) {
+			return fmt.Errorf("replication: compact raft log: %w", err)
+		}
+		// keel_checkpoint_us is capture to checkpoint durable; freeing the
+		// WAL segments it made unnecessary is slow on purpose (see
+		// engine's removeGently) and not counted.
+		n.timings.recordCheckpoint(time.Since(start).Microseconds())
+		if err := n.wal.DropSegmentsBefore(replayFrom); err != nil {
+			return fmt.Errorf("replication: truncate WAL: %w", err)
+		}
+		n.log.Debug("checkpoint", "applied", applied, "wal_replay_from", replayFrom)
+		return nil
+	}
+	if wait {
+		n.finishCheckpoint(write())
+		return
+	}
+	go func() { n.ckptDone <- write() }()
+}
+
+// finishCheckpoint takes the result of a checkpoint, on the loop.
+func (n *Node) finishCheckpoint(err error) {
+	n.ckptRunning = false
+	if err != nil {
+		n.setFault(err)
+		return
+	}
+	n.checkpoints++
+}
