@@ -5,6 +5,8 @@ export GOFLAGS := -ldflags=-checklinkname=0 -buildvcs=false
 
 GO       ?= go
 BIN      := bin/keel
+# The version printed by `keel version` and logged at start.
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PORT     ?= 1109
 DATA     ?= ./data
 # An execution count, not a duration: with a duration, go1.26's fuzz
@@ -19,7 +21,7 @@ RACE_PKGS := ./ring/... ./engine/... ./replication/... ./httpfront/... ./netio/.
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-checklinkname=0 -s -w' -o $(BIN) ./cmd/keel
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-checklinkname=0 -s -w -X main.version=$(VERSION)' -o $(BIN) ./cmd/keel
 
 run: build
 	./$(BIN) --port $(PORT) --data $(DATA)

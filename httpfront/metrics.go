@@ -125,6 +125,8 @@ func (s *Server) writeRecoveryMetrics(w *promWriter) {
 	w.help("keel_recovery_scanned_bytes", "gauge", "bytes of active segments read and checked at startup, by log kind")
 	w.sample("keel_recovery_scanned_bytes", []string{"log", "partition"}, uint64(sum.ScannedBytes))
 	w.sample("keel_recovery_scanned_bytes", []string{"log", "wal"}, uint64(wal.ScannedBytes))
+	w.help("keel_recovery_seconds", "gauge", "startup: opening the data, replaying the WAL and electing, until the node served")
+	w.sampleFloat("keel_recovery_seconds", s.cfg.RecoveryDuration.Seconds())
 	w.help("keel_recovery_replayed_entries", "gauge", "Raft entries after the state checkpoint replayed at startup")
 	w.sample("keel_recovery_replayed_entries", nil, uint64(replayed))
 	open, opens, evictions := engine.SealedFilesStats()
@@ -236,6 +238,14 @@ func (w *promWriter) sample(name string, labels []string, v uint64) {
 	}
 	w.b = append(w.b, ' ')
 	w.b = strconv.AppendUint(w.b, v, 10)
+	w.b = append(w.b, '\n')
+}
+
+// sampleFloat writes an unlabelled sample with a fractional value.
+func (w *promWriter) sampleFloat(name string, v float64) {
+	w.b = append(w.b, name...)
+	w.b = append(w.b, ' ')
+	w.b = strconv.AppendFloat(w.b, v, 'g', -1, 64)
 	w.b = append(w.b, '\n')
 }
 

@@ -81,9 +81,10 @@ type Config struct {
 	IdleTimeout    time.Duration
 	ReadTimeout    time.Duration
 
-	DataDir   string // for the disk-free gauge
-	IOBackend string // for /metrics
-	Logger    *slog.Logger
+	DataDir          string        // for the disk-free gauge
+	RecoveryDuration time.Duration // open to serving at start, for /metrics
+	IOBackend        string        // for /metrics
+	Logger           *slog.Logger
 }
 
 // Defaults returns the documented defaults.

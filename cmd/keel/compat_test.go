@@ -295,7 +295,8 @@ func TestRecoveryReported(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(b), `keel_recovery_cut_bytes{log="partition"} 7`) || !strings.Contains(string(b), "keel_recovery_cut_logs 1") {
+	if !strings.Contains(string(b), `keel_recovery_cut_bytes{log="partition"} 7`) || !strings.Contains(string(b), "keel_recovery_cut_logs 1") ||
+		!strings.Contains(string(b), "keel_recovery_seconds ") {
 		t.Fatalf("the cut is not on /metrics:\n%s", b)
 	}
 	if m, _, _ := call("GET", p.url+"/broker/consume/torn/g/0", ""); m["count"] != 3.0 {

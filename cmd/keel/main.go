@@ -193,6 +193,7 @@ func serveWith(o options, log *slog.Logger) error {
 	cfg.TopicCreateRate, cfg.TopicCreateBurst = o.topicCreateRate, float64(o.topicCreateBurst)
 	cfg.ConsumeBuildersMax = o.readBuilders
 	cfg.DefaultTimeout, cfg.DataDir, cfg.IOBackend, cfg.Logger = o.defaultTimeout, o.data, string(io.Kind()), log
+	cfg.RecoveryDuration = time.Since(start)
 	srv := httpfront.New(cfg, node, store)
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(o.port)))
 	if err != nil {
