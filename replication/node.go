@@ -43,6 +43,11 @@ type Config struct {
 	QueueBytesMax      int64         // and their command bytes (256 MiB)
 	TickInterval       time.Duration // raft tick (100 ms)
 	Logger             *slog.Logger
+
+	// Clock is the loop's time: the leader timestamp written into each
+	// entry, and when the checkpoint interval has passed (time.Now; tests
+	// give a fake one).
+	Clock func() time.Time
 }
 
 func (c Config) withDefaults() Config {
@@ -76,6 +81,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
 	}
 	return c
 }
@@ -287,42 +295,9 @@ func (n *Node) Start() {
 // applied or the deadline passes. The command bytes are copied before
 // Propose returns, so c may alias request buffers.
 func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
-	if err := n.Fault(); err != nil {
+	w, err := n.enqueue(c, deadline)
+	if err != nil {
 		return Outcome{}, err
-	}
-	if n.closing.Load() {
-		return Outcome{}, ErrStopped
-	}
-	c.ReqID = n.reqBase | (n.reqSeq.Add(1) & (1<<32 - 1))
-	w := n.getWaiter()
-	w.id, w.enqueued = c.ReqID, time.Now()
-	w.deadline = n.waiters.since(deadline)
-	// Encoded first, measured after: one pass over the messages, not two.
-	// The request body limits bound what an oversized command costs.
-	w.data = engine.AppendCommand(w.data[:0], c)
-	if len(w.data) > n.cfg.EntryBytesMax {
-		n.putWaiter(w)
-		return Outcome{}, ErrTooLarge
-	}
-	size := int64(len(w.data))
-	if n.queuedBytes.Add(size) > n.cfg.QueueBytesMax {
-		n.queuedBytes.Add(-size)
-		n.putWaiter(w)
-		return Outcome{}, ErrOverloaded
-	}
-	if err := n.waiters.add(w); err != nil {
-		n.queuedBytes.Add(-size)
-		n.putWaiter(w)
-		return Outcome{}, err // the node stopped, or a fault stopped it
-	}
-	select {
-	case n.queue <- w:
-	default:
-		n.queuedBytes.Add(-size)
-		if _, ok := n.waiters.take(w.id); ok {
-			n.putWaiter(w) // nobody else saw it
-		} // else it was answered meanwhile: its done holds a token, leave it to the GC
-		return Outcome{}, ErrOverloaded
 	}
 	// From here the loop may hold w (in the queue, in an entry being
 	// built): w goes back to the pool only after the loop answered it.
@@ -338,6 +313,49 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 		n.putWaiter(w)
 	} // else the reaper answered while the loop may still hold w: leave it to the GC
 	return out, err
+}
+
+// enqueue encodes c into a waiter, registers it and queues it for the
+// loop, without waiting.
+func (n *Node) enqueue(c *engine.Command, deadline time.Time) (*waiter, error) {
+	if err := n.Fault(); err != nil {
+		return nil, err
+	}
+	if n.closing.Load() {
+		return nil, ErrStopped
+	}
+	c.ReqID = n.reqBase | (n.reqSeq.Add(1) & (1<<32 - 1))
+	w := n.getWaiter()
+	w.id, w.enqueued = c.ReqID, time.Now()
+	w.deadline = n.waiters.since(deadline)
+	// Encoded first, measured after: one pass over the messages, not two.
+	// The request body limits bound what an oversized command costs.
+	w.data = engine.AppendCommand(w.data[:0], c)
+	if len(w.data) > n.cfg.EntryBytesMax {
+		n.putWaiter(w)
+		return nil, ErrTooLarge
+	}
+	size := int64(len(w.data))
+	if n.queuedBytes.Add(size) > n.cfg.QueueBytesMax {
+		n.queuedBytes.Add(-size)
+		n.putWaiter(w)
+		return nil, ErrOverloaded
+	}
+	if err := n.waiters.add(w); err != nil {
+		n.queuedBytes.Add(-size)
+		n.putWaiter(w)
+		return nil, err // the node stopped, or a fault stopped it
+	}
+	select {
+	case n.queue <- w:
+	default:
+		n.queuedBytes.Add(-size)
+		if _, ok := n.waiters.take(w.id); ok {
+			n.putWaiter(w) // nobody else saw it
+		} // else it was answered meanwhile: its done holds a token, leave it to the GC
+		return nil, ErrOverloaded
+	}
+	return w, nil
 }
 
 // Recovery reports what opening the node found: the WAL's own recovery

@@ -3,7 +3,6 @@ package replication
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -43,12 +42,8 @@ func openNode(t *testing.T, dir string, cfg Config) testNode {
 
 func waitReady(t *testing.T, n *Node) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !n.Status().Ready {
-		if time.Now().After(deadline) {
-			t.Fatalf("node not ready: %+v", n.Status())
-		}
-		time.Sleep(time.Millisecond)
+	if !n.WaitServing(time.Now().Add(5*time.Second)) || !n.Status().Ready {
+		t.Fatalf("node not ready: %+v", n.Status())
 	}
 }
 
@@ -283,39 +278,6 @@ func (f *failAfter) WriteAt(fd int, off int64, bufs [][]byte, sync bool) error {
 		return &ring.FaultError{Op: "write", Err: syscall.EIO}
 	}
 	return f.Backend.WriteAt(fd, off, bufs, sync)
-}
-
-// TestNoCheckpointAfterFault: once a storage fault stopped the node, no
-// checkpoint is written, however often the interval comes round.
-func TestNoCheckpointAfterFault(t *testing.T) {
-	dir := t.TempDir()
-	var fb *failAfter
-	n, store := openNodeIO(t, dir, Config{CheckpointInterval: 200 * time.Millisecond, TickInterval: 5 * time.Millisecond},
-		func(b ring.Backend) ring.Backend { fb = &failAfter{Backend: b}; return fb })
-	propose(t, n, produceCmd("t", "", "before"))
-	time.Sleep(300 * time.Millisecond) // let an interval checkpoint happen
-	ckpt := filepath.Join(dir, "state", "state.ckpt")
-	st1, err := os.Stat(ckpt)
-	if err != nil {
-		t.Fatalf("no checkpoint before the fault: %v", err)
-	}
-	propose(t, n, produceCmd("t", "", "not yet checkpointed")) // the next interval has work to do
-	fb.fail.Store(true)
-	if _, err := n.Propose(produceCmd("t", "", "after"), time.Now().Add(2*time.Second)); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("write after the fault: %v, want EIO", err)
-	}
-	// A Propose that passed the fault check just before the fault must get
-	// the fault too, not wait for its deadline: the waiters are closed.
-	if err := n.waiters.add(&waiter{id: 1, done: make(chan struct{}, 1)}); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("registering a waiter after the fault: %v, want EIO", err)
-	}
-	time.Sleep(400 * time.Millisecond) // two intervals
-	st2, err := os.Stat(ckpt)
-	if err != nil || !st2.ModTime().Equal(st1.ModTime()) || n.Status().Ready {
-		t.Fatalf("checkpoint changed after a fault (%v -> %v, %v) or node still ready", st1.ModTime(), st2.ModTime(), err)
-	}
-	n.Close()
-	store.Close()
 }
 
 // slowSync delays every synced write by delay, as a slow disk would.

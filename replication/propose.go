@@ -10,8 +10,8 @@ import (
 // proposeBatch packs first and every other waiting proposal into entries
 // of at most EntryBytesMax command bytes, up to ReadyBytesMax per turn.
 func (n *Node) proposeBatch(first *waiter) {
-	now := time.Now()
-	nowMs := now.UnixMilli()
+	now := time.Now()            // for the stage timings (timing=1)
+	nowMs := n.now().UnixMilli() // the leader's time, written into the entry
 	var entry []byte
 	var members []*waiter
 	total := 0

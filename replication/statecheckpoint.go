@@ -44,7 +44,7 @@ func (n *Node) startCheckpoint(wait bool) {
 	capture := n.store.Capture(st.encode())
 	n.marks = append(n.marks[:0], n.marks[keep:]...)
 	n.walSinceCkpt = 0
-	n.lastCkpt = time.Now()
+	n.lastCkpt = n.now()
 	n.ckptRunning = true
 	write := func() error {
 		if err := capture.Write(); err != nil {

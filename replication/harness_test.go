@@ -1,0 +1,244 @@
+package replication
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"keel/engine"
+	"keel/ring"
+)
+
+// harness drives one node's loop by hand, on a fake clock: no loop
+// goroutine runs and nothing sleeps. A test enqueues proposals, then runs
+// turns (run, tick) and reads the answers; what happens between two calls
+// is fixed by the calls alone. (The waiters' deadline reaper still runs on
+// the real clock; harness deadlines are far away.)
+type harness struct {
+	t     *testing.T
+	dir   string
+	n     *Node
+	store *engine.Store
+	clock time.Time
+}
+
+// harnessDeadline is far enough that no reaper ever answers a proposal.
+const harnessDeadline = time.Hour
+
+// newHarness opens a node on dir (fresh or not) without starting its
+// goroutine, and runs its first turn (begin: apply, campaign, publish).
+func newHarness(t *testing.T, dir string, cfg Config, wrap func(ring.Backend) ring.Backend) *harness {
+	t.Helper()
+	io, err := ring.OpenKind(ring.KindSyscall)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { io.Close() })
+	if wrap != nil {
+		io = wrap(io)
+	}
+	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: filepath.Join(dir, "state")}, io)
+	if err != nil {
+		t.Fatalf("OpenStore: %v", err)
+	}
+	h := &harness{t: t, dir: dir, store: store, clock: time.Unix(1_800_000_000, 0)}
+	cfg.WALDir, cfg.IO, cfg.Store, cfg.StoreBlob = filepath.Join(dir, "wal"), io, store, blob
+	cfg.Clock = func() time.Time { return h.clock }
+	if h.n, err = Open(cfg); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	h.n.begin()
+	return h
+}
+
+// propose enqueues c as a client would, without waiting.
+func (h *harness) propose(c *engine.Command) *waiter {
+	h.t.Helper()
+	w, err := h.n.enqueue(c, time.Now().Add(harnessDeadline))
+	if err != nil {
+		h.t.Fatalf("enqueue: %v", err)
+	}
+	return w
+}
+
+// run takes everything queued, as the loop would, until the queue is
+// empty, and finishes a background checkpoint the turns started.
+func (h *harness) run() {
+	for {
+		select {
+		case w := <-h.n.queueIfLeader():
+			h.n.turn(loopEvent{kind: eventPropose, proposal: w})
+			continue
+		default:
+		}
+		break
+	}
+	h.settleCheckpoint()
+}
+
+// advance moves the fake clock by d and ticks once.
+func (h *harness) advance(d time.Duration) {
+	h.clock = h.clock.Add(d)
+	h.n.turn(loopEvent{kind: eventTick})
+	h.settleCheckpoint()
+}
+
+// settleCheckpoint waits for a background checkpoint the last turn
+// started (its write runs on its own goroutine) and hands its result to
+// the loop, as the loop's select would.
+func (h *harness) settleCheckpoint() {
+	if h.n.ckptRunning {
+		h.n.turn(loopEvent{kind: eventCheckpointDone, err: <-h.n.ckptDone})
+	}
+}
+
+// answer returns w's outcome, failing when the loop has not answered it.
+func (h *harness) answer(w *waiter) (Outcome, error) {
+	h.t.Helper()
+	select {
+	case <-w.done:
+		return w.out, w.err
+	default:
+		h.t.Fatalf("proposal %d not answered", w.id)
+		return Outcome{}, nil
+	}
+}
+
+// stop stops the node as Close does and closes the store.
+func (h *harness) stop() {
+	h.n.closing.Store(true)
+	h.n.drainAndStop()
+	h.n.waiters.close(ErrStopped)
+	if err := h.n.wal.Close(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.store.Close()
+}
+
+// TestHarnessServesAtBegin: a single voter serves after its first turn,
+// fresh and restarted, with no tick at all.
+func TestHarnessServesAtBegin(t *testing.T) {
+	dir := t.TempDir()
+	for round := range 2 {
+		h := newHarness(t, dir, Config{}, nil)
+		if st := h.n.Status(); !st.Serving || !st.Ready || st.Role != "leader" {
+			t.Fatalf("round %d: after begin: %+v", round, st)
+		}
+		w := h.propose(produceCmd("t", "", "v"))
+		h.run()
+		if out, err := h.answer(w); err != nil || out.Err != nil || out.Offset != uint64(round) || !out.Durable {
+			t.Fatalf("round %d: produce: %+v %v", round, out, err)
+		}
+		h.stop()
+	}
+}
+
+// TestHarnessGroupCommit: proposals queued before a turn share one entry
+// and one WAL batch; the entry carries the fake clock's time.
+func TestHarnessGroupCommit(t *testing.T) {
+	h := newHarness(t, t.TempDir(), Config{}, nil)
+	defer h.stop()
+	var ws []*waiter
+	for _, v := range []string{"a", "b", "c"} {
+		ws = append(ws, h.propose(produceCmd("t", "", v)))
+	}
+	h.run()
+	var batch uint64
+	for i, w := range ws {
+		out, err := h.answer(w)
+		if err != nil || out.Err != nil || out.Offset != uint64(i) {
+			t.Fatalf("proposal %d: %+v %v", i, out, err)
+		}
+		if i > 0 && out.Batch != batch {
+			t.Fatalf("proposal %d in batch %d, the first in %d: want one group commit", i, out.Batch, batch)
+		}
+		batch = out.Batch
+		if out.TimeMs != h.clock.UnixMilli() {
+			t.Fatalf("entry time %d, want the leader clock's %d", out.TimeMs, h.clock.UnixMilli())
+		}
+	}
+}
+
+// TestNoCheckpointAfterFault: once a storage fault stopped the node, no
+// checkpoint is written, however often the interval comes round.
+func TestNoCheckpointAfterFault(t *testing.T) {
+	dir := t.TempDir()
+	var fb *failAfter
+	const interval = time.Minute
+	h := newHarness(t, dir, Config{CheckpointInterval: interval},
+		func(b ring.Backend) ring.Backend { fb = &failAfter{Backend: b}; return fb })
+	h.propose(produceCmd("t", "", "before"))
+	h.run()
+	h.advance(interval) // the interval passed with work to do: a checkpoint
+	ckpt := filepath.Join(dir, "state", "state.ckpt")
+	st1, err := os.Stat(ckpt)
+	if err != nil || h.n.Status().Checkpoints != 1 {
+		t.Fatalf("no checkpoint before the fault: %v, %d written", err, h.n.Status().Checkpoints)
+	}
+	h.propose(produceCmd("t", "", "not yet checkpointed")) // the next interval has work to do
+	h.run()
+	fb.fail.Store(true)
+	w := h.propose(produceCmd("t", "", "after"))
+	h.run()
+	if _, err := h.answer(w); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write after the fault: %v, want EIO", err)
+	}
+	// A proposal registered after the fault gets the fault too, not a
+	// deadline: the waiters are closed.
+	if err := h.n.waiters.add(&waiter{id: 1, done: make(chan struct{}, 1)}); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("registering a waiter after the fault: %v, want EIO", err)
+	}
+	h.advance(interval)
+	h.advance(interval)
+	st2, err := os.Stat(ckpt)
+	if err != nil || !st2.ModTime().Equal(st1.ModTime()) || h.n.Status().Checkpoints != 1 || h.n.Status().Ready {
+		t.Fatalf("checkpoint changed after a fault (%v -> %v, %v, %d written) or node still ready",
+			st1.ModTime(), st2.ModTime(), err, h.n.Status().Checkpoints)
+	}
+	h.n.skipFinalCheckpoint = true
+	h.stop()
+}
+
+// TestCheckpointInterval: a checkpoint is taken when the interval has
+// passed on the leader's clock with WAL written since the last one, and not
+// before; a restart replays only what followed it.
+func TestCheckpointInterval(t *testing.T) {
+	dir := t.TempDir()
+	const interval = 30 * time.Second
+	h := newHarness(t, dir, Config{CheckpointInterval: interval}, nil)
+	h.propose(produceCmd("t", "", "one"))
+	h.run()
+	h.advance(interval - time.Second)
+	if c := h.n.Status().Checkpoints; c != 0 {
+		t.Fatalf("%d checkpoints before the interval passed", c)
+	}
+	h.advance(time.Second)
+	if c := h.n.Status().Checkpoints; c != 1 {
+		t.Fatalf("%d checkpoints once the interval passed, want 1", c)
+	}
+	h.advance(interval) // nothing written since: no checkpoint
+	if c := h.n.Status().Checkpoints; c != 1 {
+		t.Fatalf("%d checkpoints with nothing written, want 1", c)
+	}
+	// The interval has long passed: the next write is checkpointed at once.
+	h.propose(produceCmd("t", "", "two"))
+	h.run()
+	if c := h.n.Status().Checkpoints; c != 2 {
+		t.Fatalf("%d checkpoints after a write past the interval, want 2", c)
+	}
+	h.propose(produceCmd("t", "", "three"))
+	h.run()
+	h.n.skipFinalCheckpoint = true // stop as a crash would
+	h.stop()
+	h = newHarness(t, dir, Config{CheckpointInterval: interval}, nil)
+	defer h.stop()
+	if _, replayed := h.n.Recovery(); replayed == 0 || replayed > 2 {
+		t.Fatalf("replayed %d entries: want only those after the last checkpoint", replayed)
+	}
+	if vals := readValues(t, h.store, "t"); len(vals) != 3 || vals[2] != "three" {
+		t.Fatalf("after restart: %v", vals)
+	}
+}
