@@ -23,13 +23,17 @@ func (n *Node) publishStatus() {
 		WALWriteBehindFailures: n.wal.WriteBehindFailures(),
 	}
 	caughtUp := bs.RaftState == raft.StateLeader && applied >= n.startupCommit
-	if caughtUp && !n.serving {
+	first := caughtUp && !n.serving
+	if first {
 		n.serving = true
-		close(n.servingC)
 	}
 	st.Ready = n.Fault() == nil && caughtUp
 	st.Serving = n.serving
 	n.status.Store(st)
+	if first {
+		// After the store: whoever WaitServing wakes reads this status.
+		close(n.servingC)
+	}
 }
 
 // setLastSynced records the last durable WAL batch, visible at once to
