@@ -22,25 +22,23 @@ import (
 // Tests of what scripts written for the older server send (issue 8): each
 // case is an input that once failed, with the answer it must get.
 
-// TestWritesWaitForStartup: a write that arrives before the node has
-// elected itself waits for it instead of failing with not_ready.
-func TestWritesWaitForStartup(t *testing.T) {
+// unstartedServer serves HTTP over a node whose loop has not started (so
+// it cannot serve yet), with the dev token; the test starts the node.
+func unstartedServer(t *testing.T) (url string, node *replication.Node) {
+	t.Helper()
 	dir := t.TempDir()
 	backend, err := ring.OpenKind(ring.KindSyscall)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer backend.Close()
 	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: dir}, backend)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
-	node, err := replication.Open(replication.Config{WALDir: filepath.Join(dir, "wal"), IO: backend, Store: store, StoreBlob: blob})
+	node, err = replication.Open(replication.Config{WALDir: filepath.Join(dir, "wal"), IO: backend, Store: store, StoreBlob: blob})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer node.Close()
 	cfg := Defaults()
 	cfg.DevToken = true
 	srv := New(cfg, node, store)
@@ -49,12 +47,21 @@ func TestWritesWaitForStartup(t *testing.T) {
 		t.Fatal(err)
 	}
 	go srv.Serve(ln)
-	defer func() {
+	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-	}()
-	url := "http://" + ln.Addr().String()
+		node.Close()
+		store.Close()
+		backend.Close()
+	})
+	return "http://" + ln.Addr().String(), node
+}
+
+// TestWritesWaitForStartup: a write that arrives before the node has
+// elected itself waits for it instead of failing with not_ready.
+func TestWritesWaitForStartup(t *testing.T) {
+	url, node := unstartedServer(t)
 	type result struct {
 		status int
 		body   string
@@ -103,26 +110,8 @@ func TestWritesWaitForStartup(t *testing.T) {
 // TestWriteWaitIsBounded: while the node cannot serve, a write waits at
 // most its timeout_ms, then answers 503 not_ready.
 func TestWriteWaitIsBounded(t *testing.T) {
-	dir := t.TempDir()
-	backend, _ := ring.OpenKind(ring.KindSyscall)
-	defer backend.Close()
-	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: dir}, backend)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	node, err := replication.Open(replication.Config{WALDir: filepath.Join(dir, "wal"), IO: backend, Store: store, StoreBlob: blob})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close() // never started
-	cfg := Defaults()
-	cfg.DevToken = true
-	srv := New(cfg, node, store)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	go srv.Serve(ln)
-	defer srv.Shutdown(context.Background())
-	req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/broker/topics/t/produce?timeout_ms=200", strings.NewReader("x"))
+	url, _ := unstartedServer(t) // the node is never started
+	req, _ := http.NewRequest("POST", url+"/broker/topics/t/produce?timeout_ms=200", strings.NewReader("x"))
 	req.Header.Set("Authorization", "Bearer dev")
 	start := time.Now()
 	resp, err := http.DefaultClient.Do(req)

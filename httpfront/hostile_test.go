@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -541,5 +543,24 @@ func TestConnectionCapsPerAddress(t *testing.T) {
 	}
 	if l.admit(from("10.0.0.3")) != nil {
 		t.Fatal("the total cap let a sixth connection in")
+	}
+}
+
+// TestMetadataFaultIsAStorageFault: a failure to create a topic's files
+// while applying its entry (here a file stands where its directory must
+// go) stops writes as a storage fault, 503 storage_fault, never a 500.
+func TestMetadataFaultIsAStorageFault(t *testing.T) {
+	ts := startServer(t, nil)
+	dir := ts.srv.cfg.DataDir
+	if err := os.WriteFile(filepath.Join(dir, "topics", "blocked"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"blocked"}`), 503, "storage_fault")
+	ts.expect(ts.do("POST", "/broker/topics/other/produce", "x"), 503, "storage_fault")
+	if r := ts.do("GET", "/ready", ""); r.status != 503 {
+		t.Fatalf("/ready after a storage fault: %d", r.status)
+	}
+	if r := ts.do("GET", "/health", ""); r.status != 200 {
+		t.Fatalf("/health after a storage fault: %d", r.status)
 	}
 }

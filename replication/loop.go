@@ -1,10 +1,13 @@
 package replication
 
 import (
+	"errors"
 	"runtime"
 	"time"
 
 	"go.etcd.io/raft/v3"
+
+	"keel/ring"
 )
 
 // closeDrainMax bounds how long Close waits for in-flight writes.
@@ -171,6 +174,13 @@ func (n *Node) drainAndStop() {
 }
 
 func (n *Node) setFault(err error) {
+	// Whatever stopped the node (a WAL write, a state file, a directory the
+	// apply of an entry could not create), it is a storage fault to every
+	// proposer: 503 storage_fault, or 507 for a full disk; never a 500.
+	var fault *ring.FaultError
+	if !errors.As(err, &fault) {
+		err = &ring.FaultError{Op: "state", Err: err}
+	}
 	if n.fault.CompareAndSwap(nil, &err) {
 		n.log.Error("storage fault: this node stops taking writes; restart it once the disk is fixed", "err", err)
 		// Closed, not just failed: the loop no longer takes proposals, so

@@ -44,7 +44,7 @@ var ErrClosed = errors.New("ring: backend closed")
 // FaultError is a storage fault: a write or sync that failed for a reason
 // other than EINTR/EAGAIN. It is sticky in the Backend that returned it.
 type FaultError struct {
-	Op  string // "write" or "fdatasync"
+	Op  string // "write" or "fdatasync"; "state" for a fault met elsewhere (a state file, a directory)
 	Err error
 }
 
