@@ -23,6 +23,8 @@ type harness struct {
 	n     *Node
 	store *engine.Store
 	clock time.Time
+
+	stopped bool
 }
 
 // harnessDeadline is far enough that no reaper ever answers a proposal.
@@ -32,11 +34,11 @@ const harnessDeadline = time.Hour
 // goroutine, and runs its first turn (begin: apply, campaign, publish).
 func newHarness(t *testing.T, dir string, cfg Config, wrap func(ring.Backend) ring.Backend) *harness {
 	t.Helper()
-	io, err := ring.OpenKind(ring.KindSyscall)
+	base, err := ring.OpenKind(ring.KindSyscall)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { io.Close() })
+	io := base
 	if wrap != nil {
 		io = wrap(io)
 	}
@@ -45,6 +47,12 @@ func newHarness(t *testing.T, dir string, cfg Config, wrap func(ring.Backend) ri
 		t.Fatalf("OpenStore: %v", err)
 	}
 	h := &harness{t: t, dir: dir, store: store, clock: time.Unix(1_800_000_000, 0)}
+	t.Cleanup(func() { // stop (unless the test did), then close the backend
+		if !h.stopped {
+			h.stop()
+		}
+		base.Close()
+	})
 	cfg.WALDir, cfg.IO, cfg.Store, cfg.StoreBlob = filepath.Join(dir, "wal"), io, store, blob
 	cfg.Clock = func() time.Time { return h.clock }
 	if h.n, err = Open(cfg); err != nil {
@@ -109,6 +117,7 @@ func (h *harness) answer(w *waiter) (Outcome, error) {
 
 // stop stops the node as Close does and closes the store.
 func (h *harness) stop() {
+	h.stopped = true
 	h.n.closing.Store(true)
 	h.n.drainAndStop()
 	h.n.waiters.close(ErrStopped)

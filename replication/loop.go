@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
 
 	"keel/ring"
 )
@@ -50,6 +51,8 @@ func (n *Node) loop() {
 			n.turn(loopEvent{kind: eventTick})
 		case err := <-n.ckptDone:
 			n.turn(loopEvent{kind: eventCheckpointDone, err: err})
+		case m := <-n.steps:
+			n.turn(loopEvent{kind: eventStep, msg: m})
 		case <-rocketSync:
 			n.turn(loopEvent{kind: eventRocketSync})
 		case <-n.stop:
@@ -62,8 +65,9 @@ func (n *Node) loop() {
 // loopEvent is one thing the loop reacts to.
 type loopEvent struct {
 	kind     eventKind
-	proposal *waiter // eventPropose: the first waiting proposal
-	err      error   // eventCheckpointDone: the background write's result
+	proposal *waiter        // eventPropose: the first waiting proposal
+	err      error          // eventCheckpointDone: the background write's result
+	msg      raftpb.Message // eventStep: from a peer
 }
 
 type eventKind uint8
@@ -73,6 +77,8 @@ const (
 	eventTick                                // a Raft tick passed
 	eventCheckpointDone                      // a background state checkpoint finished
 	eventRocketSync                          // rocket mode: time to fsync the WAL
+	eventStep                                // a Raft message from a peer
+	eventCampaign                            // tests: start an election here now
 )
 
 // begin runs once before the first turn.
@@ -107,6 +113,12 @@ func (n *Node) turn(ev loopEvent) {
 			n.setFault(err)
 		}
 		n.setLastSynced(n.wal.LastBatch())
+	case eventStep:
+		// A message for another member, or from a removed one, is an error
+		// raft reports and drops: nothing to do with it.
+		_ = n.rn.Step(ev.msg)
+	case eventCampaign:
+		_ = n.rn.Campaign()
 	}
 	n.handleReadies()
 	// Checkpoints are captured only here, after every Ready is handled,
@@ -138,7 +150,7 @@ func (n *Node) campaign() {
 	if st.Lead != raft.None || st.RaftState == raft.StateLeader || n.campaignedTerm == st.Term+1 {
 		return
 	}
-	if len(n.confState.Voters) == 1 && n.confState.Voters[0] == nodeID {
+	if len(n.confState.Voters) == 1 && n.confState.Voters[0] == n.cfg.ID {
 		n.campaignedTerm = st.Term + 1
 		_ = n.rn.Campaign()
 	}
@@ -152,10 +164,14 @@ func (n *Node) drainAndStop() {
 		select {
 		case p := <-n.queueIfLeader():
 			n.proposeBatch(p)
+		case m := <-n.steps: // peers' acknowledgements commit what is in flight
+			_ = n.rn.Step(m)
 		default:
 		}
 		n.handleReadies()
-		if len(n.queue) == 0 && n.waiters.len() == 0 {
+		// Done when nothing waits, or when this node no longer leads: what
+		// it proposed is answered by its deadline (it may still commit).
+		if len(n.queue) == 0 && n.waiters.len() == 0 || n.rn.BasicStatus().RaftState != raft.StateLeader {
 			break
 		}
 		if !n.rn.HasReady() {

@@ -44,6 +44,16 @@ type Config struct {
 	TickInterval       time.Duration // raft tick (100 ms)
 	Logger             *slog.Logger
 
+	// ID is this member's Raft id (1 when 0); Peers are the voters a new
+	// group is bootstrapped with (this node alone when empty). Send carries
+	// Raft messages to peers, after the state they depend on is durable;
+	// nil for a single node, which sends none. Peers deliver messages with
+	// Step. The cluster issue builds its transport and membership on these;
+	// today only the deterministic tests run more than one member.
+	ID    uint64
+	Peers []uint64
+	Send  func(msgs []raftpb.Message)
+
 	// Clock is the loop's time: the leader timestamp written into each
 	// entry, and when the checkpoint interval has passed (time.Now; tests
 	// give a fake one).
@@ -85,6 +95,12 @@ func (c Config) withDefaults() Config {
 	if c.Clock == nil {
 		c.Clock = time.Now
 	}
+	if c.ID == 0 {
+		c.ID = singleNodeID
+	}
+	if len(c.Peers) == 0 {
+		c.Peers = []uint64{c.ID}
+	}
 	return c
 }
 
@@ -97,7 +113,12 @@ var (
 	ErrTooLarge   = errors.New("replication: command larger than one entry")
 )
 
-const nodeID = 1 // the single voter; cluster membership comes with the HA issue
+// singleNodeID is the Raft id of a node given none (Config.ID).
+const singleNodeID = 1
+
+// stepQueueMax bounds the Raft messages from peers waiting for the loop;
+// past it they are dropped, which Raft tolerates (it resends).
+const stepQueueMax = 4096
 
 // Node runs one Raft group member: it turns proposals into Raft entries,
 // persists them through the WAL (HardState and entries in one batch, one
@@ -113,8 +134,9 @@ type Node struct {
 	log     *slog.Logger
 
 	queue       chan *waiter
-	waiterPool  sync.Pool    // of *waiter
-	queuedBytes atomic.Int64 // command bytes in queue, bounded by QueueBytesMax
+	steps       chan raftpb.Message // from peers (Step), for the loop
+	waiterPool  sync.Pool           // of *waiter
+	queuedBytes atomic.Int64        // command bytes in queue, bounded by QueueBytesMax
 	waiters     *waiters
 	reqBase     uint64
 	reqSeq      atomic.Uint64
@@ -184,6 +206,7 @@ func Open(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, wal: wal, store: cfg.Store, log: cfg.Logger,
 		queue:    make(chan *waiter, cfg.QueueMax),
+		steps:    make(chan raftpb.Message, stepQueueMax),
 		waiters:  newWaiters(),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -258,7 +281,7 @@ func (n *Node) restore() error {
 	n.prevHS, n.marks, n.startupCommit = hs, r.marks, hs.Commit
 	n.setLastSynced(n.wal.LastBatch())
 	rn, err := raft.NewRawNode(&raft.Config{
-		ID:                        nodeID,
+		ID:                        n.cfg.ID,
 		ElectionTick:              10,
 		HeartbeatTick:             1,
 		Storage:                   n.storage,
@@ -276,7 +299,11 @@ func (n *Node) restore() error {
 	}
 	n.rn = rn
 	if fresh {
-		if err := rn.Bootstrap([]raft.Peer{{ID: nodeID}}); err != nil {
+		peers := make([]raft.Peer, len(n.cfg.Peers))
+		for i, id := range n.cfg.Peers {
+			peers[i] = raft.Peer{ID: id}
+		}
+		if err := rn.Bootstrap(peers); err != nil {
 			return fmt.Errorf("replication: bootstrap: %w", err)
 		}
 	}
@@ -368,6 +395,15 @@ func (n *Node) Recovery() (wal engine.RecoveryReport, replayedEntries int) {
 // Limits returns the limits this node writes into the entries it
 // proposes (defaults filled in).
 func (n *Node) Limits() engine.EntryLimits { return n.cfg.Limits }
+
+// Step hands a Raft message from a peer to the loop. It never blocks: a
+// message that finds the queue full is dropped (Raft resends).
+func (n *Node) Step(m raftpb.Message) {
+	select {
+	case n.steps <- m:
+	default:
+	}
+}
 
 // Fault returns the storage fault that stopped the node, if any.
 func (n *Node) Fault() error {

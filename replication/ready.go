@@ -52,8 +52,12 @@ func (n *Node) handleReady() error {
 		clear(n.unpersisted)
 		n.unpersisted = n.unpersisted[:0]
 	}
-	// rd.Messages: a single voter sends nothing; the transport comes with
-	// the HA issue.
+	// Messages go out only now, after the HardState and entries they vouch
+	// for are durable (raft's Ready contract: a vote or an append
+	// acknowledged before its fsync could be lost by a crash).
+	if len(rd.Messages) > 0 && n.cfg.Send != nil {
+		n.cfg.Send(rd.Messages)
+	}
 	if err := n.apply(rd.CommittedEntries); err != nil {
 		return err
 	}

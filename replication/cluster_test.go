@@ -1,0 +1,260 @@
+package replication
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// testCluster runs several members on the deterministic harness, joined by
+// an in-memory network that the test controls: messages wait in a queue
+// until deliver hands them over, and links can be cut (partition) and
+// healed. Nothing runs on its own: no goroutine, no tick, no sleep. An
+// election happens when the test campaigns a member.
+type testCluster struct {
+	t       *testing.T
+	members map[uint64]*harness
+	ids     []uint64
+	inbox   []raftpb.Message   // sent, not yet delivered
+	cut     map[[2]uint64]bool // directed links that drop what they carry
+	down    map[uint64]bool    // members stopped (their messages are dropped)
+	dirs    map[uint64]string
+}
+
+// newTestCluster bootstraps a group of n members.
+func newTestCluster(t *testing.T, n int) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, members: map[uint64]*harness{}, cut: map[[2]uint64]bool{}, down: map[uint64]bool{}, dirs: map[uint64]string{}}
+	for i := 1; i <= n; i++ {
+		c.ids = append(c.ids, uint64(i))
+	}
+	root := t.TempDir()
+	for _, id := range c.ids {
+		c.dirs[id] = filepath.Join(root, fmt.Sprint(id))
+		c.start(id)
+	}
+	return c
+}
+
+// start opens member id on its directory (fresh, or as it was left).
+func (c *testCluster) start(id uint64) {
+	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Send: c.send}, nil)
+	c.down[id] = false
+}
+
+// crash stops member id as kill -9 would (no final checkpoint).
+func (c *testCluster) crash(id uint64) {
+	h := c.members[id]
+	h.n.skipFinalCheckpoint = true
+	h.stop()
+	c.down[id] = true
+}
+
+func (c *testCluster) send(msgs []raftpb.Message) { c.inbox = append(c.inbox, msgs...) }
+
+// partition cuts every link between the two sides (both directions).
+func (c *testCluster) partition(a, b []uint64) {
+	for _, x := range a {
+		for _, y := range b {
+			c.cut[[2]uint64{x, y}], c.cut[[2]uint64{y, x}] = true, true
+		}
+	}
+}
+
+func (c *testCluster) heal() { clear(c.cut) }
+
+// stabilize delivers messages and runs every member's queued proposals
+// until nothing is left in flight (bounded: a test that never settles
+// fails).
+func (c *testCluster) stabilize() {
+	c.t.Helper()
+	for round := 0; round < 1000; round++ {
+		for _, id := range c.ids {
+			if !c.down[id] {
+				c.members[id].run()
+			}
+		}
+		if len(c.inbox) == 0 {
+			return
+		}
+		msgs := c.inbox
+		c.inbox = nil
+		for _, m := range msgs {
+			if c.down[m.To] || c.down[m.From] || c.cut[[2]uint64{m.From, m.To}] {
+				continue
+			}
+			c.members[m.To].n.turn(loopEvent{kind: eventStep, msg: m})
+		}
+	}
+	c.t.Fatal("the cluster did not settle in 1000 rounds")
+}
+
+// campaign makes member id start an election now.
+func (c *testCluster) campaign(id uint64) {
+	c.members[id].n.turn(loopEvent{kind: eventCampaign})
+	c.stabilize()
+}
+
+// leader returns the member that leads in the highest term, failing
+// unless exactly one member thinks it leads in that term.
+func (c *testCluster) leader() uint64 {
+	c.t.Helper()
+	var lead, term uint64
+	for _, id := range c.ids {
+		if c.down[id] {
+			continue
+		}
+		st := c.members[id].n.rn.BasicStatus()
+		if st.RaftState.String() == "StateLeader" && st.Term >= term {
+			if st.Term == term && lead != 0 {
+				c.t.Fatalf("members %d and %d both lead term %d", lead, id, term)
+			}
+			lead, term = id, st.Term
+		}
+	}
+	if lead == 0 {
+		c.t.Fatal("no leader")
+	}
+	return lead
+}
+
+// values returns what member id's partition t/0 holds.
+func (c *testCluster) values(id uint64) []string {
+	return readValues(c.t, c.members[id].store, "t")
+}
+
+// TestClusterReplicates: a three-member group elects the member that
+// campaigns, and an entry acknowledged by the leader is on every member.
+func TestClusterReplicates(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.campaign(1)
+	if l := c.leader(); l != 1 {
+		t.Fatalf("leader %d, want 1", l)
+	}
+	w := c.members[1].propose(produceCmd("t", "", "a"))
+	c.stabilize()
+	if out, err := c.members[1].answer(w); err != nil || out.Err != nil || out.Offset != 0 {
+		t.Fatalf("produce: %+v %v", out, err)
+	}
+	for _, id := range c.ids {
+		if got := c.values(id); !slices.Equal(got, []string{"a"}) {
+			t.Fatalf("member %d holds %v", id, got)
+		}
+	}
+}
+
+// TestClusterPartitionedLeader: a leader cut off from the majority
+// commits nothing; the majority elects a new leader in a higher term and
+// goes on; after healing, the old leader follows and holds exactly what the
+// new one committed (its uncommitted entry is gone, never applied).
+func TestClusterPartitionedLeader(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.campaign(1)
+	w := c.members[1].propose(produceCmd("t", "", "before"))
+	c.stabilize()
+	if _, err := c.members[1].answer(w); err != nil {
+		t.Fatal(err)
+	}
+	oldTerm := c.members[1].n.rn.BasicStatus().Term
+	c.partition([]uint64{1}, []uint64{2, 3})
+	lost := c.members[1].propose(produceCmd("t", "", "lost"))
+	c.stabilize()
+	select {
+	case <-lost.done:
+		t.Fatalf("an isolated leader answered a write: %+v %v", lost.out, lost.err)
+	default:
+	}
+	// Time passes for everyone: the majority's election timeout runs out
+	// (PreVote and CheckQuorum: they ignore elections while they hear from
+	// a leader), and the isolated leader, hearing from no quorum, steps down.
+	newLead := uint64(0)
+	for tick := 0; tick < 40 && newLead == 0; tick++ {
+		for _, id := range c.ids {
+			c.members[id].n.turn(loopEvent{kind: eventTick})
+		}
+		c.stabilize()
+		for _, id := range []uint64{2, 3} {
+			if st := c.members[id].n.rn.BasicStatus(); st.RaftState.String() == "StateLeader" {
+				newLead = id
+			}
+		}
+	}
+	if newLead == 0 || c.members[newLead].n.rn.BasicStatus().Term <= oldTerm {
+		t.Fatalf("no new leader in a higher term on the majority side (leader %d)", newLead)
+	}
+	for tick := 0; tick < 20; tick++ { // the isolated leader's own election timeout
+		c.members[1].n.turn(loopEvent{kind: eventTick})
+	}
+	c.stabilize()
+	if st := c.members[1].n.rn.BasicStatus(); st.RaftState.String() == "StateLeader" {
+		t.Fatal("the isolated leader still leads after an election timeout without a quorum")
+	}
+	w = c.members[newLead].propose(produceCmd("t", "", "after"))
+	c.stabilize()
+	if out, err := c.members[newLead].answer(w); err != nil || out.Err != nil {
+		t.Fatalf("produce on the new leader: %+v %v", out, err)
+	}
+	c.heal()
+	// A heartbeat (one tick) reaches the old leader, which follows and
+	// replaces its uncommitted tail with the new leader's log.
+	c.members[newLead].n.turn(loopEvent{kind: eventTick})
+	c.stabilize()
+	w = c.members[newLead].propose(produceCmd("t", "", "healed"))
+	c.stabilize()
+	if _, err := c.members[newLead].answer(w); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"before", "after", "healed"}
+	for _, id := range c.ids {
+		if got := c.values(id); !slices.Equal(got, want) {
+			t.Fatalf("member %d holds %v, want %v", id, got, want)
+		}
+	}
+	if st := c.members[1].n.rn.BasicStatus(); st.Lead != newLead {
+		t.Fatalf("the old leader follows %d, want %d", st.Lead, newLead)
+	}
+	// The isolated leader's proposal was never answered ok: it was not
+	// committed, and the loop dropped it with its replaced entry.
+	select {
+	case <-lost.done:
+		if lost.err == nil && lost.out.Err == nil {
+			t.Fatalf("the write proposed to the isolated leader was answered ok: %+v", lost.out)
+		}
+	default:
+	}
+}
+
+// TestClusterFollowerCatchesUp: a follower that crashed while the others
+// went on catches up from the leader's log after a restart, and its WAL
+// replay brought back what it had before the crash.
+func TestClusterFollowerCatchesUp(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.campaign(1)
+	for i := range 3 {
+		c.members[1].propose(produceCmd("t", "", fmt.Sprint("v", i)))
+		c.stabilize()
+	}
+	c.crash(3)
+	for i := 3; i < 6; i++ {
+		w := c.members[1].propose(produceCmd("t", "", fmt.Sprint("v", i)))
+		c.stabilize()
+		if _, err := c.members[1].answer(w); err != nil {
+			t.Fatalf("write %d with one member down: %v", i, err)
+		}
+	}
+	c.start(3) // it learns the commit index from the leader, then applies
+	w := c.members[1].propose(produceCmd("t", "", "v6"))
+	c.stabilize()
+	if _, err := c.members[1].answer(w); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"v0", "v1", "v2", "v3", "v4", "v5", "v6"}
+	for _, id := range c.ids {
+		if got := c.values(id); !slices.Equal(got, want) {
+			t.Fatalf("member %d holds %v, want %v", id, got, want)
+		}
+	}
+}
