@@ -61,9 +61,9 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 	} else {
 		l.writeBehind(seg)
 	}
-	l.sinceCheckpoint += int64(size)
-	if sync && l.sinceCheckpoint >= l.cfg.CheckpointIntervalBytes {
-		if err := l.writeCheckpoint(); err != nil {
+	l.sinceMark += int64(size)
+	if sync && l.sinceMark >= l.cfg.MarkIntervalBytes {
+		if err := l.writeDurableMark(); err != nil {
 			return first, batch, l.setFault(err)
 		}
 	}
@@ -200,32 +200,32 @@ func (l *Log) roll() error {
 	l.mu.Unlock()
 	sealedFiles.adopt(old)
 	l.writeBehindFrom = 0
-	if err := l.writeCheckpoint(); err != nil {
+	if err := l.writeDurableMark(); err != nil {
 		return l.setFault(err)
 	}
 	return nil
 }
 
-// writeCheckpoint records what is durable now. Callers hold appendMu and
+// writeDurableMark records what is durable now. Callers hold appendMu and
 // have synced the active segment (every synced batch has).
-func (l *Log) writeCheckpoint() error {
-	return l.writeCheckpointOf(l.currentCheckpoint())
+func (l *Log) writeDurableMark() error {
+	return l.writeDurableMarkOf(l.currentDurableMark())
 }
 
-// currentCheckpoint is what a checkpoint written now would say.
-func (l *Log) currentCheckpoint() logCheckpoint {
+// currentDurableMark is what a durable mark written now would say.
+func (l *Log) currentDurableMark() durableMark {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return logCheckpoint{ActiveBase: l.active().base, VouchedBytes: l.active().size, NextOffset: l.next, Batch: l.batch, StartOffset: l.start}
+	return durableMark{ActiveBase: l.active().base, VouchedBytes: l.active().size, NextOffset: l.next, Batch: l.batch, StartOffset: l.start}
 }
 
-// writeCheckpointOf writes c as the log's checkpoint.
-func (l *Log) writeCheckpointOf(c logCheckpoint) error {
-	if err := writeFileAtomic(l.dir, checkpointFileName, c.encode()); err != nil {
-		return fmt.Errorf("engine: checkpoint: %w", err)
+// writeDurableMarkOf writes c as the log's durable mark.
+func (l *Log) writeDurableMarkOf(c durableMark) error {
+	if err := writeFileAtomic(l.dir, durableMarkFileName, c.encode()); err != nil {
+		return fmt.Errorf("engine: durable mark: %w", err)
 	}
-	l.sinceCheckpoint = 0
-	l.lastCkpt = c
+	l.sinceMark = 0
+	l.lastMark = c
 	return nil
 }
 
@@ -245,7 +245,7 @@ func (l *Log) setFault(err error) error {
 	return l.fault
 }
 
-// Close makes everything durable, writes a checkpoint and closes the files.
+// Close makes everything durable, writes a durable mark and closes the files.
 func (l *Log) Close() error {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
@@ -256,7 +256,7 @@ func (l *Log) Close() error {
 	var err error
 	if l.fault == nil {
 		if err = l.io.Sync(l.active().fd()); err == nil {
-			err = l.writeCheckpoint()
+			err = l.writeDurableMark()
 		}
 	}
 	l.mu.Lock()

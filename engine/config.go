@@ -10,10 +10,10 @@ type LogConfig struct {
 	SegmentBytes int64
 	// IndexIntervalBytes is the spacing of sparse index entries.
 	IndexIntervalBytes int64
-	// CheckpointIntervalBytes is how many bytes may be appended after the
-	// last checkpoint before the next one; it bounds what recovery must
-	// re-validate as unvouched tail.
-	CheckpointIntervalBytes int64
+	// MarkIntervalBytes is how many bytes may be appended (with fsync)
+	// after the last durable mark before the next one is written; it bounds
+	// what recovery must re-validate as unvouched tail.
+	MarkIntervalBytes int64
 	// BatchBytesMax bounds one group commit (and so one write + fdatasync).
 	BatchBytesMax int
 	// TailUnordered says batches after the last checkpoint were written
@@ -59,8 +59,8 @@ func (c LogConfig) withDefaults() LogConfig {
 	if c.IndexIntervalBytes == 0 {
 		c.IndexIntervalBytes = indexIntervalBytesDefault
 	}
-	if c.CheckpointIntervalBytes == 0 {
-		c.CheckpointIntervalBytes = checkpointIntervalBytesDefault
+	if c.MarkIntervalBytes == 0 {
+		c.MarkIntervalBytes = checkpointIntervalBytesDefault
 	}
 	if c.BatchBytesMax == 0 {
 		c.BatchBytesMax = batchBytesMaxDefault
@@ -77,8 +77,8 @@ func (c LogConfig) validate() error {
 		return fmt.Errorf("engine: SegmentBytes %d outside [%d, %d]", c.SegmentBytes, segmentBytesMin, segmentBytesLimit)
 	case c.IndexIntervalBytes < frameAlign:
 		return fmt.Errorf("engine: IndexIntervalBytes %d below %d", c.IndexIntervalBytes, frameAlign)
-	case c.CheckpointIntervalBytes < 1:
-		return fmt.Errorf("engine: CheckpointIntervalBytes %d must be positive", c.CheckpointIntervalBytes)
+	case c.MarkIntervalBytes < 1:
+		return fmt.Errorf("engine: MarkIntervalBytes %d must be positive", c.MarkIntervalBytes)
 	case c.BatchBytesMax < frameHeaderBytes || int64(c.BatchBytesMax) > c.SegmentBytes:
 		return fmt.Errorf("engine: BatchBytesMax %d outside [%d, SegmentBytes=%d]", c.BatchBytesMax, frameHeaderBytes, c.SegmentBytes)
 	}

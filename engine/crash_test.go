@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 }
 
 func crashConfig() LogConfig {
-	return LogConfig{SegmentBytes: 256 << 10, IndexIntervalBytes: 1024, CheckpointIntervalBytes: 64 << 10, BatchBytesMax: 64 << 10}
+	return LogConfig{SegmentBytes: 256 << 10, IndexIntervalBytes: 1024, MarkIntervalBytes: 64 << 10, BatchBytesMax: 64 << 10}
 }
 
 func crashChild(dir string) int {

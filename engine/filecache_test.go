@@ -27,7 +27,7 @@ func TestSealedFilesBounded(t *testing.T) {
 	defer SetSealedFilesMax(SealedFilesMaxDefault)
 	io := openBackend(t, "syscall")
 	dir := t.TempDir()
-	cfg := LogConfig{SegmentBytes: 4 << 10, IndexIntervalBytes: 512, BatchBytesMax: 4 << 10, CheckpointIntervalBytes: 8 << 10}
+	cfg := LogConfig{SegmentBytes: 4 << 10, IndexIntervalBytes: 512, BatchBytesMax: 4 << 10, MarkIntervalBytes: 8 << 10}
 	before := openFDs(t)
 	l := mustOpen(t, dir, io, cfg)
 	const n = 2000
@@ -100,7 +100,7 @@ func TestCheckpointSyncerAfterEviction(t *testing.T) {
 	SetSealedFilesMax(1)
 	defer SetSealedFilesMax(SealedFilesMaxDefault)
 	l := mustOpen(t, t.TempDir(), openBackend(t, "syscall"),
-		LogConfig{SegmentBytes: 4 << 10, IndexIntervalBytes: 512, BatchBytesMax: 4 << 10, CheckpointIntervalBytes: 8 << 10})
+		LogConfig{SegmentBytes: 4 << 10, IndexIntervalBytes: 512, BatchBytesMax: 4 << 10, MarkIntervalBytes: 8 << 10})
 	defer l.Close()
 	appendN := func(from, n uint64) {
 		for off := from; off < from+n; off++ {

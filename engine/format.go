@@ -41,12 +41,12 @@ const (
 
 // Record types. The values are on disk: never renumber.
 const (
-	RecordMessage    uint8 = 1 // a partition message (see message.go)
-	RecordRaftEntry  uint8 = 2 // a Raft log entry (replication's WAL)
-	RecordRaftState  uint8 = 3 // a Raft HardState (replication's WAL)
-	recordCheckpoint uint8 = 4 // the checkpoint file's one frame
-	recordIndex      uint8 = 5 // a sealed segment's sparse index file
-	recordTypeMax          = recordIndex
+	RecordMessage     uint8 = 1 // a partition message (see message.go)
+	RecordRaftEntry   uint8 = 2 // a Raft log entry (replication's WAL)
+	RecordRaftState   uint8 = 3 // a Raft HardState (replication's WAL)
+	recordDurableMark uint8 = 4 // the checkpoint file's one frame
+	recordIndex       uint8 = 5 // a sealed segment's sparse index file
+	recordTypeMax           = recordIndex
 )
 
 // Frame flags.

@@ -11,7 +11,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		{Type: RecordMessage, Offset: 0, Batch: 1},
 		{Type: RecordMessage, Flags: flagBatchEnd, Offset: 7, Batch: 9, Payload: []byte("x")},
 		{Type: RecordRaftEntry, Offset: 1 << 40, Batch: 1<<32 - 1, Payload: bytes.Repeat([]byte{0xab}, 8)},
-		{Type: recordCheckpoint, Payload: bytes.Repeat([]byte("abcdefg"), 1000)},
+		{Type: recordDurableMark, Payload: bytes.Repeat([]byte("abcdefg"), 1000)},
 	}
 	for _, want := range cases {
 		enc := AppendFrame([]byte("prefix"), want)[len("prefix"):]

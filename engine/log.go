@@ -30,12 +30,12 @@ var (
 
 // RecoveryReport says what OpenLog found and did.
 type RecoveryReport struct {
-	CheckpointFound bool
-	Segments        int    // segment files in the log
-	ScannedBytes    int64  // bytes of the active segment read and checked
-	ScannedRecords  uint64 // valid records in the active segment
-	CutBytes        int64  // torn tail bytes zeroed and cut (never acknowledged)
-	CutAt           int64  // position of the cut in the active segment
+	MarkFound      bool
+	Segments       int    // segment files in the log
+	ScannedBytes   int64  // bytes of the active segment read and checked
+	ScannedRecords uint64 // valid records in the active segment
+	CutBytes       int64  // torn tail bytes zeroed and cut (never acknowledged)
+	CutAt          int64  // position of the cut in the active segment
 }
 
 // Log is a sequence of records with dense offsets on segment files. Appends
@@ -50,15 +50,15 @@ type Log struct {
 	next   uint64       // offset the next record gets
 	start  uint64       // first offset stored
 	report RecoveryReport
-	synced struct { // how far a segment is known fsynced, so idle logs skip checkpoint fsyncs
+	synced struct { // how far a segment is known fsynced, so idle logs skip the state checkpoint's fsyncs
 		seg  *segment
 		size int64
 	}
 
-	appendMu            sync.Mutex    // serialises appends, rolls, checkpoints and Close
+	appendMu            sync.Mutex    // serialises appends, rolls, durable marks and Close
 	batch               uint64        // last group-commit sequence number used
-	sinceCheckpoint     int64         // bytes appended since the last checkpoint
-	lastCkpt            logCheckpoint // the checkpoint on disk
+	sinceMark           int64         // bytes appended since the last durable mark
+	lastMark            durableMark   // the durable mark on disk
 	writeBehindFrom     int64         // active segment position from which writeback was not started
 	writeBehindFailures atomic.Uint64 // write-behind hints the kernel refused
 	encoded             []byte        // reusable encode buffer
@@ -102,17 +102,17 @@ func OpenLog(dir string, io ring.Backend, cfg LogConfig) (*Log, error) {
 // recovery builds on can vanish in a later power loss.
 func (l *Log) recover() error {
 	if len(l.unsyncedDirs) > 0 {
-		return l.recoverEmpty(logCheckpoint{}, false) // just created: nothing to read
+		return l.recoverEmpty(durableMark{}, false) // just created: nothing to read
 	}
 	if err := syncDir(l.dir); err != nil {
 		return err
 	}
-	ckpt, haveCkpt, err := loadCheckpoint(l.dir)
+	ckpt, haveCkpt, err := loadDurableMark(l.dir)
 	if err != nil {
 		return err
 	}
-	l.report.CheckpointFound = haveCkpt
-	l.lastCkpt = ckpt
+	l.report.MarkFound = haveCkpt
+	l.lastMark = ckpt
 	bases, err := listSegments(l.dir)
 	if err != nil {
 		return err
@@ -139,22 +139,22 @@ func (l *Log) recover() error {
 	l.report.Segments = len(l.segs)
 	if haveCkpt && ckpt.NextOffset > l.next {
 		return &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
-			"checkpoint vouches for offsets below %d but the log ends at %d", ckpt.NextOffset, l.next)}
+			"the durable mark vouches for offsets below %d but the log ends at %d", ckpt.NextOffset, l.next)}
 	}
 	if haveCkpt && ckpt.StartOffset > l.start {
 		l.start = ckpt.StartOffset
 	}
 	l.batch = l.recoveredBatch(ckpt)
 	if !haveCkpt || l.report.CutBytes > 0 {
-		return l.writeCheckpoint()
+		return l.writeDurableMark()
 	}
 	return nil
 }
 
-func (l *Log) recoverEmpty(ckpt logCheckpoint, haveCkpt bool) error {
+func (l *Log) recoverEmpty(ckpt durableMark, haveCkpt bool) error {
 	if haveCkpt && ckpt.NextOffset > 0 {
 		return &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
-			"checkpoint vouches for %d records but no segment files exist", ckpt.NextOffset)}
+			"the durable mark vouches for %d records but no segment files exist", ckpt.NextOffset)}
 	}
 	seg, err := createSegmentSync(l.dir, 0, l.cfg.IndexIntervalBytes, len(l.unsyncedDirs) == 0)
 	if err != nil {
@@ -166,15 +166,15 @@ func (l *Log) recoverEmpty(ckpt logCheckpoint, haveCkpt bool) error {
 		// An empty file has nothing to fsync: only its name, which the
 		// directory syncs make durable.
 		l.synced.seg, l.synced.size = seg, 0
-		return nil // no log checkpoint: recovery treats it all as tail
+		return nil // no durable mark: recovery treats it all as tail
 	}
 	l.report.Segments = 1
-	return l.writeCheckpoint()
+	return l.writeDurableMark()
 }
 
 // recoverActive opens the last segment, fsyncs it, scans it against the
-// checkpoint and cuts a torn tail.
-func (l *Log) recoverActive(base uint64, ckpt logCheckpoint, haveCkpt bool) (*segment, error) {
+// durable mark and cuts a torn tail.
+func (l *Log) recoverActive(base uint64, ckpt durableMark, haveCkpt bool) (*segment, error) {
 	path := filepath.Join(l.dir, segmentName(base))
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -197,7 +197,7 @@ func (l *Log) recoverActive(base uint64, ckpt logCheckpoint, haveCkpt bool) (*se
 		case ckpt.ActiveBase > base:
 			f.Close()
 			return nil, &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
-				"checkpoint names active segment %s, which is missing", segmentName(ckpt.ActiveBase))}
+				"the durable mark names active segment %s, which is missing", segmentName(ckpt.ActiveBase))}
 		case ckpt.ActiveBase == base:
 			vouched = ckpt.VouchedBytes
 		}
@@ -237,8 +237,8 @@ func (l *Log) appendRecovered(seg *segment) error {
 }
 
 // recoveredBatch returns the highest group-commit number in use: the last
-// frame's 32-bit batch, widened with the checkpoint's full number.
-func (l *Log) recoveredBatch(ckpt logCheckpoint) uint64 {
+// frame's 32-bit batch, widened with the durable mark's full number.
+func (l *Log) recoveredBatch(ckpt durableMark) uint64 {
 	for i := len(l.segs) - 1; i >= 0; i-- {
 		if l.segs[i].count > 0 {
 			return widenBatch(ckpt.Batch, l.segs[i].lastBatch)
@@ -355,7 +355,7 @@ func (l *Log) SyncDirs() error {
 	l.mu.Unlock()
 	for _, d := range dirs {
 		if err := syncDir(d); err != nil {
-			return err // the caller (a checkpoint) turns it into the node's fault
+			return err // the caller (a state checkpoint) turns it into the node's fault
 		}
 	}
 	l.mu.Lock()

@@ -20,7 +20,7 @@ func TestLogAppendReadReopen(t *testing.T) {
 	}{
 		{"one segment", LogConfig{}, 20, 5},
 		{"many small segments", LogConfig{SegmentBytes: 4096, IndexIntervalBytes: 256, BatchBytesMax: 4096}, 200, 7},
-		{"frequent checkpoints", LogConfig{SegmentBytes: 8192, CheckpointIntervalBytes: 100, BatchBytesMax: 8192}, 100, 3},
+		{"frequent checkpoints", LogConfig{SegmentBytes: 8192, MarkIntervalBytes: 100, BatchBytesMax: 8192}, 100, 3},
 	}
 	for _, kind := range backendKinds(t) {
 		for _, tc := range cases {
@@ -66,7 +66,7 @@ func TestLogAppendReadReopen(t *testing.T) {
 				}
 				l2 := mustOpen(t, dir, io, tc.cfg)
 				defer l2.Close()
-				if r := l2.Recovery(); r.CutBytes != 0 || !r.CheckpointFound {
+				if r := l2.Recovery(); r.CutBytes != 0 || !r.MarkFound {
 					t.Fatalf("clean reopen: %+v", r)
 				}
 				check(l2)
@@ -144,7 +144,7 @@ func TestLogRejects(t *testing.T) {
 		want error
 	}{
 		{"empty batch", nil, ErrEmptyBatch},
-		{"internal type", []Record{{Type: recordCheckpoint}}, ErrRecordType},
+		{"internal type", []Record{{Type: recordDurableMark}}, ErrRecordType},
 		{"zero type", []Record{{Type: 0}}, ErrRecordType},
 		{"too large", []Record{{Type: RecordMessage, Payload: make([]byte, 5000)}}, ErrBatchTooLarge},
 	}
@@ -166,7 +166,7 @@ func TestLogConfigValidate(t *testing.T) {
 		{SegmentBytes: 100},
 		{SegmentBytes: 2 << 30},
 		{IndexIntervalBytes: 1},
-		{CheckpointIntervalBytes: -1},
+		{MarkIntervalBytes: -1},
 		{SegmentBytes: 1 << 20, BatchBytesMax: 2 << 20},
 	}
 	for _, cfg := range bad {

@@ -6,7 +6,7 @@ import "fmt"
 // with one table. Inputs:
 //
 //   - region: whether the position lies in bytes an fsync vouched for
-//     (a sealed segment, or the active segment before the checkpoint's
+//     (a sealed segment, or the active segment before the durable mark's
 //     vouched length) or in the tail written after the last checkpoint.
 //   - state: what is at the position: a valid frame with the expected
 //     offset, the end of the file, a frame cut short by the end of the file,

@@ -222,7 +222,7 @@ func TestRecoveryRefusesDamagedMetadata(t *testing.T) {
 		mutate func(t *testing.T, dir string)
 	}{
 		{"checkpoint garbage", func(t *testing.T, dir string) {
-			mutateFile(t, filepath.Join(dir, checkpointFileName), func(b []byte) []byte { b[30] ^= 1; return b })
+			mutateFile(t, filepath.Join(dir, durableMarkFileName), func(b []byte) []byte { b[30] ^= 1; return b })
 		}},
 		{"active segment named by checkpoint missing", func(t *testing.T, dir string) {
 			segs, _ := filepath.Glob(filepath.Join(dir, "*"+segmentSuffix))

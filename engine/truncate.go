@@ -9,17 +9,17 @@ import (
 )
 
 // Checkpoint makes every appended record durable and records that in the
-// log's checkpoint, so recovery treats all of it as vouched.
+// log's durable mark, so recovery treats all of it as vouched.
 func (l *Log) Checkpoint() error {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
-	if l.fault == nil && !l.closed && l.lastCkpt == l.currentCheckpoint() {
-		return nil // nothing new since the last checkpoint: skip the fsyncs
+	if l.fault == nil && !l.closed && l.lastMark == l.currentDurableMark() {
+		return nil // nothing new since the last durable mark: skip the fsyncs
 	}
 	if err := l.syncLocked(); err != nil {
 		return err
 	}
-	if err := l.writeCheckpoint(); err != nil {
+	if err := l.writeDurableMark(); err != nil {
 		return l.setFault(err)
 	}
 	return nil
@@ -27,7 +27,7 @@ func (l *Log) Checkpoint() error {
 
 // TruncateTo removes every record at or above next, so that NextOffset
 // becomes next. Recovery uses it to cut a partition back to the state a
-// checkpoint describes before the WAL is replayed onto it. Truncating below
+// state checkpoint describes before the WAL is replayed onto it. Truncating below
 // StartOffset is an error.
 func (l *Log) TruncateTo(next uint64) error {
 	l.appendMu.Lock()
@@ -41,8 +41,8 @@ func (l *Log) TruncateTo(next uint64) error {
 	if next < l.start {
 		return fmt.Errorf("engine: truncate %s to %d: below the log start %d", l.dir, next, l.start)
 	}
-	// Lower the checkpoint before touching any file: a crash part-way then
-	// leaves a checkpoint that vouches only for what survives the cut, and
+	// Lower the durable mark before touching any file: a crash part-way then
+	// leaves a mark that vouches only for what survives the cut, and
 	// recovery followed by the same TruncateTo finishes the job.
 	keep := l.segmentsBelow(next)
 	target := l.segs[keep-1]
@@ -53,7 +53,7 @@ func (l *Log) TruncateTo(next uint64) error {
 	if err := l.syncLocked(); err != nil {
 		return err
 	}
-	if err := l.writeCheckpointOf(logCheckpoint{ActiveBase: target.base, VouchedBytes: pos,
+	if err := l.writeDurableMarkOf(durableMark{ActiveBase: target.base, VouchedBytes: pos,
 		NextOffset: next, Batch: l.batch, StartOffset: l.start}); err != nil {
 		return l.setFault(err)
 	}
@@ -176,14 +176,14 @@ func (l *Log) DeleteBefore(offset uint64) (deleted uint64, freedBytes int64, err
 		l.segs = l.segs[1:]
 	}
 	l.mu.Unlock()
-	// The checkpoint records the new start before files go, so a crash in
+	// The durable mark records the new start before files go, so a crash in
 	// between only leaves files below the start, which recovery accepts. It
 	// vouches for the active segment, so that is synced first (appends
 	// without sync may be pending).
 	if err := l.syncLocked(); err != nil {
 		return 0, 0, err
 	}
-	if err := l.writeCheckpoint(); err != nil {
+	if err := l.writeDurableMark(); err != nil {
 		return 0, 0, l.setFault(err)
 	}
 	for _, s := range gone {
@@ -213,7 +213,7 @@ func (l *Log) activeSyncer() func() error {
 	fault := l.appendable()
 	l.appendMu.Unlock()
 	if fault != nil {
-		// A log with a storage fault may hold a partial batch: no checkpoint
+		// A log with a storage fault may hold a partial batch: no state checkpoint
 		// may vouch for it.
 		return func() error { return fault }
 	}
@@ -243,7 +243,7 @@ func (l *Log) activeSyncer() func() error {
 		err = l.io.Sync(int(f.Fd()))
 		sealedFiles.release(seg, counted)
 		if err != nil {
-			return fmt.Errorf("engine: sync %s for a checkpoint: %w", seg.path, err)
+			return fmt.Errorf("engine: sync %s for a state checkpoint: %w", seg.path, err)
 		}
 		l.noteSynced(seg, size)
 		return nil
@@ -261,7 +261,7 @@ func (l *Log) noteSynced(seg *segment, size int64) {
 
 // DropSegmentsBefore deletes the sealed segments whose records all lie
 // below offset; the log start becomes the first remaining segment's base.
-// Unlike DeleteBefore it writes no checkpoint (recovery derives the start
+// Unlike DeleteBefore it writes no durable mark (recovery derives the start
 // from the files), so it is cheap enough for WAL truncation while appends
 // go on; only the list update holds the append lock.
 func (l *Log) DropSegmentsBefore(offset uint64) error {

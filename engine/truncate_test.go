@@ -151,7 +151,7 @@ func TestTruncateCrashAfterCheckpoint(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := l.writeCheckpointOf(logCheckpoint{ActiveBase: target.base, VouchedBytes: pos, NextOffset: next, Batch: l.batch}); err != nil {
+		if err := l.writeDurableMarkOf(durableMark{ActiveBase: target.base, VouchedBytes: pos, NextOffset: next, Batch: l.batch}); err != nil {
 			t.Fatal(err)
 		}
 		l.abandon()

@@ -93,7 +93,7 @@ func (n *Node) begin() {
 	n.handleReadies()
 	n.publishStatus() // serving now, not at the first tick
 	if n.checkpointFirst {
-		n.startCheckpoint(true)
+		n.startStateCheckpoint(true)
 	}
 }
 
@@ -107,7 +107,7 @@ func (n *Node) turn(ev loopEvent) {
 		n.rn.Tick()
 		n.campaign()
 	case eventCheckpointDone:
-		n.finishCheckpoint(ev.err)
+		n.finishStateCheckpoint(ev.err)
 	case eventRocketSync:
 		if err := n.wal.Sync(); err != nil {
 			n.setFault(err)
@@ -125,7 +125,7 @@ func (n *Node) turn(ev loopEvent) {
 	// so the HardState they save is the persisted one.
 	if n.walSinceCkpt >= n.cfg.CheckpointBytes ||
 		n.walSinceCkpt > 0 && n.now().Sub(n.lastCkpt) >= n.cfg.CheckpointInterval {
-		n.checkpoint()
+		n.takeStateCheckpoint()
 	}
 	n.publishStatus()
 }
@@ -181,9 +181,9 @@ func (n *Node) drainAndStop() {
 	}
 	switch {
 	case n.Fault() == nil && !n.skipFinalCheckpoint:
-		n.startCheckpoint(true)
+		n.startStateCheckpoint(true)
 	case n.ckptRunning:
-		n.finishCheckpoint(<-n.ckptDone) // the store closes after us: let it finish
+		n.finishStateCheckpoint(<-n.ckptDone) // the store closes after us: let it finish
 	}
 	n.waiters.close(ErrStopped)
 	n.publishStatus()

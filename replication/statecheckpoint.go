@@ -14,16 +14,16 @@ import (
 // unnecessary (raft's in-memory entries up to the applied index, WAL
 // segments before the first unapplied entry), while the loop goes on
 // taking and applying writes.
-func (n *Node) checkpoint() { n.startCheckpoint(false) }
+func (n *Node) takeStateCheckpoint() { n.startStateCheckpoint(false) }
 
-// startCheckpoint captures and writes a checkpoint; with wait it first
+// startStateCheckpoint captures and writes a checkpoint; with wait it first
 // waits for a running one and then writes this one on the loop.
-func (n *Node) startCheckpoint(wait bool) {
+func (n *Node) startStateCheckpoint(wait bool) {
 	if n.ckptRunning {
 		if !wait {
 			return
 		}
-		n.finishCheckpoint(<-n.ckptDone)
+		n.finishStateCheckpoint(<-n.ckptDone)
 	}
 	if n.Fault() != nil {
 		// After a fault the state may hold half an entry (apply stopped
@@ -64,14 +64,14 @@ func (n *Node) startCheckpoint(wait bool) {
 		return nil
 	}
 	if wait {
-		n.finishCheckpoint(write())
+		n.finishStateCheckpoint(write())
 		return
 	}
 	go func() { n.ckptDone <- write() }()
 }
 
-// finishCheckpoint takes the result of a checkpoint, on the loop.
-func (n *Node) finishCheckpoint(err error) {
+// finishStateCheckpoint takes the result of a checkpoint, on the loop.
+func (n *Node) finishStateCheckpoint(err error) {
 	n.ckptRunning = false
 	if err != nil {
 		n.setFault(err)

@@ -42,7 +42,7 @@ func openWAL(cfg Config) (*engine.Log, error) {
 	if cfg.WALSegmentBytes < 2*int64(cfg.EntryBytesMax) {
 		return nil, fmt.Errorf("replication: WAL segment of %d bytes cannot hold two entries of up to %d bytes", cfg.WALSegmentBytes, cfg.EntryBytesMax)
 	}
-	walCfg := engine.LogConfig{SegmentBytes: cfg.WALSegmentBytes, BatchBytesMax: int(cfg.WALSegmentBytes), CheckpointIntervalBytes: cfg.WALSegmentBytes,
+	walCfg := engine.LogConfig{SegmentBytes: cfg.WALSegmentBytes, BatchBytesMax: int(cfg.WALSegmentBytes), MarkIntervalBytes: cfg.WALSegmentBytes,
 		TailUnordered: cfg.Rocket || marked}
 	wal, err := engine.OpenLog(cfg.WALDir, cfg.IO, walCfg)
 	if err != nil {
