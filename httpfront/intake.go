@@ -182,6 +182,9 @@ func (s *Server) waitServing(ctx *fasthttp.RequestCtx) *apiError {
 	if s.node.WaitServing(deadline) {
 		return nil
 	}
+	if err := s.node.Fault(); err != nil {
+		return mapError(err) // a storage fault stopped it: say so, not "retry shortly"
+	}
 	return &apiError{status: 503, code: "not_ready", message: "the node has not finished starting (recovery or election); retry shortly", retryAfter: 1}
 }
 

@@ -217,7 +217,8 @@ func TestClusterPartitionedLeader(t *testing.T) {
 		t.Fatalf("the old leader follows %d, want %d", st.Lead, newLead)
 	}
 	// The isolated leader's proposal was never answered ok: it was not
-	// committed, and the loop dropped it with its replaced entry.
+	// committed (its entry was replaced). Its waiter is answered by its
+	// deadline, or not yet: either way, never a success.
 	select {
 	case <-lost.done:
 		if lost.err == nil && lost.out.Err == nil {
@@ -255,6 +256,29 @@ func TestClusterFollowerCatchesUp(t *testing.T) {
 	for _, id := range c.ids {
 		if got := c.values(id); !slices.Equal(got, want) {
 			t.Fatalf("member %d holds %v, want %v", id, got, want)
+		}
+	}
+}
+
+// TestGroupConfigRefused: what a group of several members cannot do safely
+// yet, or could never do, is refused at Open.
+func TestGroupConfigRefused(t *testing.T) {
+	send := func([]raftpb.Message) {}
+	cases := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"single", Config{}, true},
+		{"group without snapshots", Config{ID: 1, Peers: []uint64{1, 2, 3}, Send: send}, false},
+		{"group in tests", Config{ID: 1, Peers: []uint64{1, 2, 3}, Send: send, groupWithoutSnapshots: true}, true},
+		{"not a member", Config{ID: 4, Peers: []uint64{1, 2, 3}, Send: send, groupWithoutSnapshots: true}, false},
+		{"rocket group", Config{ID: 1, Peers: []uint64{1, 2}, Send: send, Rocket: true, groupWithoutSnapshots: true}, false},
+		{"no transport", Config{ID: 1, Peers: []uint64{1, 2}, groupWithoutSnapshots: true}, false},
+	}
+	for _, c := range cases {
+		if err := c.cfg.withDefaults().validateGroup(); (err == nil) != c.ok {
+			t.Errorf("%s: %v", c.name, err)
 		}
 	}
 }

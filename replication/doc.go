@@ -8,9 +8,11 @@
 // (record types RecordRaftEntry and RecordRaftState), written by the loop
 // directly, not through a group-commit writer.
 //
-// Today a node is a one-voter Raft group: the path a cluster will use, with
-// no peers. The peer transport, snapshots, membership and write concern
-// come with the cluster issue.
+// In production a node is a one-voter Raft group: the path a cluster will
+// use, with no peers. Config.ID, Peers, Send and Node.Step make a group of
+// several members, which only the deterministic tests run until snapshots
+// exist (a member behind a compacted log needs one). The peer transport,
+// snapshots, membership and write concern come with the cluster issue.
 //
 // Contract: it imports engine and netio (and ring), never httpfront or cmd.
 package replication

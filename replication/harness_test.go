@@ -55,6 +55,7 @@ func newHarness(t *testing.T, dir string, cfg Config, wrap func(ring.Backend) ri
 	})
 	cfg.WALDir, cfg.IO, cfg.Store, cfg.StoreBlob = filepath.Join(dir, "wal"), io, store, blob
 	cfg.Clock = func() time.Time { return h.clock }
+	cfg.groupWithoutSnapshots = true // the cluster tests never compact the log
 	if h.n, err = Open(cfg); err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -250,4 +251,29 @@ func TestCheckpointInterval(t *testing.T) {
 	if vals := readValues(t, h.store, "t"); len(vals) != 3 || vals[2] != "three" {
 		t.Fatalf("after restart: %v", vals)
 	}
+}
+
+// TestWaitServingEndsOnFault: a storage fault before the node ever served
+// ends WaitServing (false) instead of holding every request to its
+// timeout.
+func TestWaitServingEndsOnFault(t *testing.T) {
+	h := newHarness(t, t.TempDir(), Config{}, nil)
+	h.n.serving = false // as before the first serve
+	h.n.servingC = make(chan struct{})
+	ret := make(chan bool, 1)
+	go func() { ret <- h.n.WaitServing(time.Now().Add(time.Hour)) }()
+	h.n.setFault(errors.New("disk gone"))
+	select {
+	case ok := <-ret:
+		if ok {
+			t.Fatal("WaitServing reported serving after a fault")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitServing still waiting 10 s after a fault")
+	}
+	var fault *ring.FaultError
+	if err := h.n.Fault(); !errors.As(err, &fault) {
+		t.Fatalf("the fault is not a storage fault: %v", err)
+	}
+	h.n.skipFinalCheckpoint = true
 }

@@ -104,16 +104,22 @@ func (n *Node) turn(ev loopEvent) {
 	case eventPropose:
 		n.proposeBatch(ev.proposal)
 	case eventTick:
-		n.rn.Tick()
-		n.campaign()
+		if n.Fault() == nil {
+			n.rn.Tick()
+			n.campaign()
+		}
 	case eventCheckpointDone:
 		n.finishStateCheckpoint(ev.err)
 	case eventRocketSync:
 		if err := n.wal.Sync(); err != nil {
 			n.setFault(err)
+		} else {
+			n.setLastSynced(n.wal.LastBatch())
 		}
-		n.setLastSynced(n.wal.LastBatch())
 	case eventStep:
+		if n.Fault() != nil {
+			break // stopped: no Ready is taken any more, so nothing is stepped
+		}
 		// A message for another member, or from a removed one, is an error
 		// raft reports and drops: nothing to do with it.
 		_ = n.rn.Step(ev.msg)
@@ -198,6 +204,7 @@ func (n *Node) setFault(err error) {
 		err = &ring.FaultError{Op: "state", Err: err}
 	}
 	if n.fault.CompareAndSwap(nil, &err) {
+		close(n.faultC)
 		n.log.Error("storage fault: this node stops taking writes; restart it once the disk is fixed", "err", err)
 		// Closed, not just failed: the loop no longer takes proposals, so
 		// a Propose racing the fault must get the fault, not wait for its

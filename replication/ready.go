@@ -25,7 +25,7 @@ func (n *Node) handleReadies() {
 func (n *Node) handleReady() error {
 	rd := n.rn.Ready()
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		return errors.New("replication: received a snapshot; single-voter groups never do")
+		return errors.New("replication: received a snapshot, which this version cannot install (snapshots come with the cluster issue)")
 	}
 	// A commit-only HardState is not written: the commit index is
 	// re-learned after a restart, and an unsynced write between synced
