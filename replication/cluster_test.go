@@ -171,7 +171,9 @@ func TestClusterPartitionedLeader(t *testing.T) {
 	// (PreVote and CheckQuorum: they ignore elections while they hear from
 	// a leader), and the isolated leader, hearing from no quorum, steps down.
 	newLead := uint64(0)
-	for tick := 0; tick < 40 && newLead == 0; tick++ {
+	// Election timeouts are randomized (10 to 19 ticks): allow for a few
+	// split votes.
+	for tick := 0; tick < 300 && newLead == 0; tick++ {
 		for _, id := range c.ids {
 			c.members[id].n.turn(loopEvent{kind: eventTick})
 		}

@@ -23,7 +23,7 @@ func (n *Node) publishStatus() {
 		WALWriteBehindFailures: n.wal.WriteBehindFailures(),
 	}
 	caughtUp := bs.RaftState == raft.StateLeader && applied >= n.startupCommit
-	first := caughtUp && !n.serving
+	first := caughtUp && !n.serving && n.Fault() == nil // a faulted node never starts serving
 	if first {
 		n.serving = true
 	}
