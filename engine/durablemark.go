@@ -79,7 +79,7 @@ func decodeCheckpoint(b []byte) (durableMark, error) {
 // it was written atomically, so it is never half-written.
 func loadDurableMark(dir string) (c durableMark, ok bool, err error) {
 	path := filepath.Join(dir, durableMarkFileName)
-	b, err := os.ReadFile(path)
+	b, err := fsys.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return durableMark{}, false, nil
 	}

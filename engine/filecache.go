@@ -103,7 +103,7 @@ func (c *fileCache) acquire(s *segment) (f *os.File, counted bool, err error) {
 	if s.file == nil {
 		// Opened under the lock: rare (a miss), and it keeps two readers
 		// from opening the same file twice.
-		nf, err := os.OpenFile(s.path, os.O_RDWR, 0)
+		nf, err := fsys.OpenFile(s.path, os.O_RDWR, 0)
 		if err != nil {
 			c.mu.Unlock()
 			return nil, false, fmt.Errorf("engine: reopen sealed segment %s: %w", s.path, err)
@@ -150,7 +150,7 @@ func (c *fileCache) pin(s *segment) error {
 		s.elem = nil
 	}
 	if s.file == nil {
-		f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+		f, err := fsys.OpenFile(s.path, os.O_RDWR, 0)
 		if err != nil {
 			return fmt.Errorf("engine: reopen segment %s: %w", s.path, err)
 		}

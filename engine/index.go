@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 )
 
@@ -78,7 +77,7 @@ var errIndexFile = errors.New("index file invalid")
 // readIndexFile loads the index of the segment at base. Any problem is
 // reported as an error; the caller then rebuilds the index by scanning.
 func readIndexFile(path string, base uint64, intervalBytes int64) (sealedInfo, error) {
-	b, err := os.ReadFile(path)
+	b, err := fsys.ReadFile(path)
 	if err != nil {
 		return sealedInfo{}, err
 	}

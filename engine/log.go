@@ -176,7 +176,7 @@ func (l *Log) recoverEmpty(ckpt durableMark, haveCkpt bool) error {
 // durable mark and cuts a torn tail.
 func (l *Log) recoverActive(base uint64, ckpt durableMark, haveCkpt bool) (*segment, error) {
 	path := filepath.Join(l.dir, segmentName(base))
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := fsys.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("engine: open segment %s: %w", path, err)
 	}
@@ -296,7 +296,7 @@ func makeDirs(dir string, sync bool) ([]string, error) {
 	dir = filepath.Clean(dir)
 	var created []string
 	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
+		if _, err := fsys.Stat(d); err == nil {
 			break
 		}
 		created = append(created, d)
@@ -307,7 +307,7 @@ func makeDirs(dir string, sync bool) ([]string, error) {
 	if len(created) == 0 {
 		return nil, nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := fsys.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("engine: create %s: %w", dir, err)
 	}
 	for _, d := range created {
@@ -367,13 +367,13 @@ func (l *Log) SyncDirs() error {
 }
 
 func removeTempFiles(dir string) error {
-	entries, err := os.ReadDir(dir)
+	entries, err := fsys.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("engine: list %s: %w", dir, err)
 	}
 	for _, e := range entries {
 		if strings.HasSuffix(e.Name(), ".tmp") {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			if err := fsys.Remove(filepath.Join(dir, e.Name())); err != nil {
 				return fmt.Errorf("engine: remove leftover %s: %w", e.Name(), err)
 			}
 		}

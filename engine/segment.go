@@ -46,7 +46,7 @@ func (s *segment) fd() int { return int(s.file.Fd()) }
 
 // listSegments returns the base offsets of the segment files in dir, sorted.
 func listSegments(dir string) ([]uint64, error) {
-	entries, err := os.ReadDir(dir)
+	entries, err := fsys.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("engine: list %s: %w", dir, err)
 	}
@@ -76,7 +76,7 @@ func createSegment(dir string, base uint64, intervalBytes int64) (*segment, erro
 // durable (DeferDirSync: the log's owner syncs the directory later).
 func createSegmentSync(dir string, base uint64, intervalBytes int64, sync bool) (*segment, error) {
 	path := filepath.Join(dir, segmentName(base))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("engine: create segment %s: %w", path, err)
 	}
@@ -97,7 +97,7 @@ func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, 
 	path := filepath.Join(dir, segmentName(base))
 	// Read-write: a truncation (TruncateTo) can make a sealed segment
 	// active again.
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := fsys.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("engine: open segment %s: %w", path, err)
 	}

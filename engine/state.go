@@ -61,7 +61,7 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 	if err := ensureDir(s.topicsDir()); err != nil {
 		return nil, nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(cfg.Dir, stateFileName))
+	b, err := fsys.ReadFile(filepath.Join(cfg.Dir, stateFileName))
 	if errors.Is(err, os.ErrNotExist) {
 		return s, nil, removeStrayTopicDirs(s.topicsDir(), s.topics)
 	}

@@ -285,7 +285,7 @@ func (t *Topic) partitionFor(c *Command) (int32, error) {
 }
 
 func removeStrayTopicDirs(dir string, keep map[string]*Topic) error {
-	entries, err := os.ReadDir(dir)
+	entries, err := fsys.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -297,7 +297,7 @@ func removeStrayTopicDirs(dir string, keep map[string]*Topic) error {
 			continue
 		}
 		// Created after the checkpoint: the WAL replay creates it again.
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+		if err := fsys.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			return fmt.Errorf("engine: remove %s: %w", e.Name(), err)
 		}
 	}

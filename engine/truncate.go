@@ -92,7 +92,7 @@ func (l *Log) dropSegmentsFrom(keep int) error {
 	l.mu.Unlock()
 	for _, s := range dropped {
 		sealedFiles.close(s)
-		if err := os.Remove(s.path); err != nil {
+		if err := fsys.Remove(s.path); err != nil {
 			return fmt.Errorf("engine: remove segment %s: %w", s.path, err)
 		}
 		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
@@ -189,7 +189,7 @@ func (l *Log) DeleteBefore(offset uint64) (deleted uint64, freedBytes int64, err
 	for _, s := range gone {
 		freedBytes += s.size
 		sealedFiles.close(s)
-		if err := os.Remove(s.path); err != nil {
+		if err := fsys.Remove(s.path); err != nil {
 			return deleted, freedBytes, l.setFault(fmt.Errorf("engine: remove segment %s: %w", s.path, err))
 		}
 		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
@@ -291,7 +291,7 @@ func (l *Log) DropSegmentsBefore(offset uint64) error {
 			return err
 		}
 		doomed := s.path + ".tmp"
-		if err := os.Rename(s.path, doomed); err != nil {
+		if err := fsys.Rename(s.path, doomed); err != nil {
 			return fmt.Errorf("engine: take segment %s out of the log: %w", s.path, err)
 		}
 		if err := syncDir(l.dir); err != nil {
@@ -321,7 +321,7 @@ const (
 // is for files already out of any log (renamed to .tmp): a crash part-way
 // leaves a shorter .tmp file, which OpenLog removes.
 func removeGently(path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	f, err := fsys.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("engine: open %s to free it: %w", path, err)
 	}
@@ -341,14 +341,14 @@ func removeGently(path string) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("engine: close %s: %w", path, err)
 	}
-	if err := os.Remove(path); err != nil {
+	if err := fsys.Remove(path); err != nil {
 		return fmt.Errorf("engine: remove %s: %w", path, err)
 	}
 	return nil
 }
 
 func removeIfExists(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := fsys.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("engine: remove %s: %w", path, err)
 	}
 	return nil
