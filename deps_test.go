@@ -15,14 +15,15 @@ import (
 // httpfront and replication, invariant a leaf every layer may assert with,
 // and bench speaking only HTTP.
 var allowedImports = map[string][]string{
-	"cmd/keel":    {"httpfront", "replication", "engine", "ring", "netio", "bench", "invariant"},
-	"httpfront":   {"replication", "engine", "netio", "ring", "invariant"},
-	"replication": {"engine", "netio", "ring", "invariant"},
-	"engine":      {"ring", "invariant"},
-	"ring":        {"invariant"},
-	"netio":       {},
-	"bench":       {},
-	"invariant":   {},
+	"cmd/keel":      {"httpfront", "replication", "engine", "ring", "netio", "bench", "invariant"},
+	"httpfront":     {"replication", "engine", "netio", "ring", "invariant"},
+	"replication":   {"engine", "netio", "ring", "invariant"},
+	"engine":        {"ring", "invariant", "engine/record"},
+	"engine/record": {}, // the record codec: pure, imports no Keel package
+	"ring":          {"invariant"},
+	"netio":         {},
+	"bench":         {},
+	"invariant":     {},
 }
 
 const module = "keel"
@@ -74,25 +75,30 @@ func TestDependencyDirection(t *testing.T) {
 	}
 }
 
-// rulesFor returns the rule of the top-level package that holds pkg.
-func rulesFor(pkg string) ([]string, bool) {
-	for top, allowed := range allowedImports {
-		if pkg == top || strings.HasPrefix(pkg, top+"/") {
-			return allowed, true
+// ruleKey returns the most specific rule that holds pkg (engine/record
+// before engine), and whether there is one.
+func ruleKey(pkg string) (string, bool) {
+	best, found := "", false
+	for key := range allowedImports {
+		if (pkg == key || strings.HasPrefix(pkg, key+"/")) && len(key) >= len(best) {
+			best, found = key, true
 		}
 	}
-	return nil, false
+	return best, found
+}
+
+// rulesFor returns the rule of the most specific package tree holding pkg.
+func rulesFor(pkg string) ([]string, bool) {
+	key, ok := ruleKey(pkg)
+	return allowedImports[key], ok
 }
 
 func allows(pkg string, allowed []string, target string) bool {
-	top := pkg
-	for t := range allowedImports {
-		if pkg == t || strings.HasPrefix(pkg, t+"/") {
-			top = t
-		}
-	}
+	top, _ := ruleKey(pkg)
 	if target == top || strings.HasPrefix(target, top+"/") {
-		return true // within the same package tree
+		if key, _ := ruleKey(target); key == top {
+			return true // within the same package tree (not into a stricter subtree rule's package)
+		}
 	}
 	for _, a := range allowed {
 		if target == a || strings.HasPrefix(target, a+"/") {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 
+	"keel/engine/record"
 	"keel/invariant"
 	"keel/ring"
 )
@@ -26,7 +27,7 @@ func (l *Log) AppendBatch(recs []Record, sync bool) (first, batch uint64, err er
 		if r.Type != RecordMessage && r.Type != RecordRaftEntry && r.Type != RecordRaftState {
 			return 0, 0, fmt.Errorf("%w: %d", ErrRecordType, r.Type)
 		}
-		size += frameBytes(len(r.Payload))
+		size += record.FrameBytes(len(r.Payload))
 	}
 	if size > l.cfg.BatchBytesMax {
 		return 0, 0, fmt.Errorf("%w: %d bytes, limit %d", ErrBatchTooLarge, size, l.cfg.BatchBytesMax)
@@ -104,10 +105,10 @@ func (l *Log) encode(recs []Record, first, batch uint64, seg *segment) {
 	for i, r := range recs {
 		var flags uint8
 		if i == len(recs)-1 {
-			flags = flagBatchEnd
+			flags = record.FlagBatchEnd
 		}
 		before := len(buf)
-		buf = AppendFrame(buf, Frame{Type: r.Type, Flags: flags, Batch: uint32(batch), Offset: first + uint64(i), Payload: r.Payload})
+		buf = record.AppendFrame(buf, Frame{Type: r.Type, Flags: flags, Batch: uint32(batch), Offset: first + uint64(i), Payload: r.Payload})
 		l.pendingIndex = append(l.pendingIndex, indexEntry{rel: uint32(first + uint64(i) - seg.base), pos: uint32(pos)})
 		pos += int64(len(buf) - before)
 	}

@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 
+	"keel/engine/record"
 	"keel/invariant"
 )
 
@@ -199,8 +200,8 @@ func (s *Store) applyProduce(c *Command, nowMs int64) Result {
 	sp := s.stage.partition(t.Partitions[pid])
 	first := sp.next
 	for _, m := range c.Messages {
-		buf := s.stage.arena.alloc(MessagePayloadBytes(m.Key, m.Value))
-		sp.recs = append(sp.recs, Record{Type: RecordMessage, Payload: AppendMessage(buf, nowMs, m.Key, m.Value)})
+		buf := s.stage.arena.alloc(record.MessagePayloadBytes(m.Key, m.Value))
+		sp.recs = append(sp.recs, Record{Type: RecordMessage, Payload: record.AppendMessage(buf, nowMs, m.Key, m.Value)})
 	}
 	sp.next += uint64(len(c.Messages))
 	if key != "" {
@@ -275,7 +276,7 @@ func (s *Store) flushStage() error {
 func batchPrefixRecords(recs []Record, max int) int {
 	total := 0
 	for i, r := range recs {
-		total += frameBytes(len(r.Payload))
+		total += record.FrameBytes(len(r.Payload))
 		if i > 0 && total > max {
 			return i
 		}

@@ -1,6 +1,10 @@
 package engine
 
-import "fmt"
+import (
+	"fmt"
+
+	"keel/engine/record"
+)
 
 // LogConfig holds a Log's limits. Zero fields take the defaults below;
 // validate rejects values outside the limits.
@@ -75,12 +79,12 @@ func (c LogConfig) validate() error {
 	switch {
 	case c.SegmentBytes < segmentBytesMin || c.SegmentBytes > segmentBytesLimit:
 		return fmt.Errorf("engine: SegmentBytes %d outside [%d, %d]", c.SegmentBytes, segmentBytesMin, segmentBytesLimit)
-	case c.IndexIntervalBytes < frameAlign:
-		return fmt.Errorf("engine: IndexIntervalBytes %d below %d", c.IndexIntervalBytes, frameAlign)
+	case c.IndexIntervalBytes < record.Align:
+		return fmt.Errorf("engine: IndexIntervalBytes %d below %d", c.IndexIntervalBytes, record.Align)
 	case c.MarkIntervalBytes < 1:
 		return fmt.Errorf("engine: MarkIntervalBytes %d must be positive", c.MarkIntervalBytes)
-	case c.BatchBytesMax < frameHeaderBytes || int64(c.BatchBytesMax) > c.SegmentBytes:
-		return fmt.Errorf("engine: BatchBytesMax %d outside [%d, SegmentBytes=%d]", c.BatchBytesMax, frameHeaderBytes, c.SegmentBytes)
+	case c.BatchBytesMax < record.HeaderBytes || int64(c.BatchBytesMax) > c.SegmentBytes:
+		return fmt.Errorf("engine: BatchBytesMax %d outside [%d, SegmentBytes=%d]", c.BatchBytesMax, record.HeaderBytes, c.SegmentBytes)
 	}
 	return nil
 }

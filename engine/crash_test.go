@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"keel/engine/record"
 	"keel/ring"
 )
 
@@ -201,7 +202,7 @@ func appendTornFrame(t *testing.T, dir string, rng *rand.Rand) int {
 	if err != nil || len(segs) == 0 {
 		t.Fatalf("no segments: %v", err)
 	}
-	frame := AppendFrame(nil, Frame{Type: RecordMessage, Batch: 1 << 31, Offset: 1 << 40, Payload: make([]byte, 200)})
+	frame := record.AppendFrame(nil, Frame{Type: RecordMessage, Batch: 1 << 31, Offset: 1 << 40, Payload: make([]byte, 200)})
 	torn := frame[:8+rng.Intn(len(frame)-16)]
 	f, err := os.OpenFile(segs[len(segs)-1], os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"keel/engine/record"
 )
 
 // Vocabulary: three things were once all called "checkpoint". Now:
@@ -25,7 +27,7 @@ import (
 const durableMarkFileName = "checkpoint"
 
 // durableMark is what a Log knows to be durable at one moment. It is one
-// recordDurableMark frame whose payload is:
+// record.TypeDurableMark frame whose payload is:
 //
 //	version u32 | pad u32 | active base u64 | vouched bytes u64 |
 //	next offset u64 | batch u64 | start offset u64
@@ -50,16 +52,16 @@ func (c durableMark) encode() []byte {
 	binary.LittleEndian.PutUint64(p[24:32], c.NextOffset)
 	binary.LittleEndian.PutUint64(p[32:40], c.Batch)
 	binary.LittleEndian.PutUint64(p[40:48], c.StartOffset)
-	return AppendFrame(nil, Frame{Type: recordDurableMark, Flags: flagBatchEnd, Payload: p})
+	return record.AppendFrame(nil, Frame{Type: record.TypeDurableMark, Flags: record.FlagBatchEnd, Payload: p})
 }
 
 func decodeCheckpoint(b []byte) (durableMark, error) {
-	fr, size, err := DecodeFrame(b)
+	fr, size, err := record.DecodeFrame(b)
 	if err != nil {
 		return durableMark{}, err
 	}
 	p := fr.Payload
-	if size != len(b) || fr.Type != recordDurableMark || len(p) != durableMarkPayloadBytes {
+	if size != len(b) || fr.Type != record.TypeDurableMark || len(p) != durableMarkPayloadBytes {
 		return durableMark{}, errors.New("not a checkpoint frame")
 	}
 	if v := binary.LittleEndian.Uint32(p[0:4]); v != durableMarkVersion {

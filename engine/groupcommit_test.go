@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"keel/engine/record"
 )
 
 // Writer is a group-commit front for a Log, for the engine's own tests:
@@ -65,7 +67,7 @@ func (w *Writer) Append(recs []Record) (Appended, error) {
 	}
 	size := 0
 	for _, r := range recs {
-		size += frameBytes(len(r.Payload))
+		size += record.FrameBytes(len(r.Payload))
 	}
 	if size > w.log.cfg.BatchBytesMax {
 		return Appended{}, fmt.Errorf("%w: %d bytes, limit %d", ErrBatchTooLarge, size, w.log.cfg.BatchBytesMax)

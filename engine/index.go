@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"keel/engine/record"
 )
 
 // indexEntry maps a record (offset relative to the segment base) to the byte
@@ -46,7 +48,7 @@ func (x *sparseIndex) lookup(rel uint32) (uint32, int64) {
 	return e.rel, int64(e.pos)
 }
 
-// The index file of a sealed segment is one recordIndex frame whose offset
+// The index file of a sealed segment is one record.TypeIndex frame whose offset
 // is the segment base and whose payload is:
 //
 //	count u64 | size u64 | last batch u32 | pad u32 | (rel u32, pos u32) * n
@@ -69,7 +71,7 @@ func encodeIndexFile(base uint64, info sealedInfo) []byte {
 		p = binary.LittleEndian.AppendUint32(p, e.rel)
 		p = binary.LittleEndian.AppendUint32(p, e.pos)
 	}
-	return AppendFrame(nil, Frame{Type: recordIndex, Flags: flagBatchEnd, Offset: base, Payload: p})
+	return record.AppendFrame(nil, Frame{Type: record.TypeIndex, Flags: record.FlagBatchEnd, Offset: base, Payload: p})
 }
 
 var errIndexFile = errors.New("index file invalid")
@@ -81,12 +83,12 @@ func readIndexFile(path string, base uint64, intervalBytes int64) (sealedInfo, e
 	if err != nil {
 		return sealedInfo{}, err
 	}
-	fr, size, err := DecodeFrame(b)
+	fr, size, err := record.DecodeFrame(b)
 	if err != nil {
 		return sealedInfo{}, fmt.Errorf("%w: %v", errIndexFile, err)
 	}
 	p := fr.Payload
-	if size != len(b) || fr.Type != recordIndex || fr.Offset != base ||
+	if size != len(b) || fr.Type != record.TypeIndex || fr.Offset != base ||
 		len(p) < indexFileHeaderBytes || (len(p)-indexFileHeaderBytes)%8 != 0 {
 		return sealedInfo{}, errIndexFile
 	}

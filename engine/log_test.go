@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"keel/engine/record"
 	"keel/ring"
 )
 
@@ -144,7 +145,7 @@ func TestLogRejects(t *testing.T) {
 		want error
 	}{
 		{"empty batch", nil, ErrEmptyBatch},
-		{"internal type", []Record{{Type: recordDurableMark}}, ErrRecordType},
+		{"internal type", []Record{{Type: record.TypeDurableMark}}, ErrRecordType},
 		{"zero type", []Record{{Type: 0}}, ErrRecordType},
 		{"too large", []Record{{Type: RecordMessage, Payload: make([]byte, 5000)}}, ErrBatchTooLarge},
 	}
@@ -240,21 +241,21 @@ func TestWidenBatch(t *testing.T) {
 func TestMessageRoundTrip(t *testing.T) {
 	cases := []struct{ key, value string }{{"", ""}, {"k", ""}, {"", "v"}, {"user-42", `{"a":1}`}}
 	for _, tc := range cases {
-		p := AppendMessage(nil, 1700000000123, []byte(tc.key), []byte(tc.value))
-		if len(p) != MessagePayloadBytes([]byte(tc.key), []byte(tc.value)) {
+		p := record.AppendMessage(nil, 1700000000123, []byte(tc.key), []byte(tc.value))
+		if len(p) != record.MessagePayloadBytes([]byte(tc.key), []byte(tc.value)) {
 			t.Fatalf("payload size %d", len(p))
 		}
-		m, err := DecodeMessage(9, p)
+		m, err := record.DecodeMessage(9, p)
 		if err != nil || m.Offset != 9 || m.TimestampMs != 1700000000123 || string(m.Key) != tc.key || string(m.Value) != tc.value {
 			t.Fatalf("round trip %+v: got %+v, %v", tc, m, err)
 		}
 	}
-	if _, err := DecodeMessage(0, []byte{1, 2, 3}); err == nil {
+	if _, err := record.DecodeMessage(0, []byte{1, 2, 3}); err == nil {
 		t.Fatal("short payload accepted")
 	}
-	bad := AppendMessage(nil, 1, []byte("key"), nil)
+	bad := record.AppendMessage(nil, 1, []byte("key"), nil)
 	bad[8] = 200 // key length past the payload
-	if _, err := DecodeMessage(0, bad); err == nil {
+	if _, err := record.DecodeMessage(0, bad); err == nil {
 		t.Fatal("key length past the payload accepted")
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"sort"
 	"sync"
+
+	"keel/engine/record"
 )
 
 // readChunkBytes is how much a read fetches from a segment at a time.
@@ -80,11 +82,11 @@ func readSegment(v readView, from uint64, bufp *[]byte, fn func(Frame) (taken, m
 	bufStart := pos
 	for pos < v.size {
 		rel := int(pos - bufStart)
-		fr, n, derr := DecodeFrame(buf[rel:])
-		if derr == errFrameShort {
-			frameNeed := frameHeaderBytes
-			if l, ok := frameHeaderLength(buf[rel:]); ok {
-				frameNeed = frameBytes(l)
+		fr, n, derr := record.DecodeFrame(buf[rel:])
+		if derr == record.ErrShort {
+			frameNeed := record.HeaderBytes
+			if l, ok := record.HeaderLength(buf[rel:]); ok {
+				frameNeed = record.FrameBytes(l)
 			}
 			if buf, err = fill(v, buf[rel:], pos, max(readChunkBytes, frameNeed), bufp); err != nil {
 				return want, false, err

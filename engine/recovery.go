@@ -1,6 +1,10 @@
 package engine
 
-import "fmt"
+import (
+	"fmt"
+
+	"keel/engine/record"
+)
 
 // Recovery reads a segment frame by frame and decides, at each position,
 // with one table. Inputs:
@@ -113,7 +117,7 @@ func scanSegment(path string, data []byte, base uint64, vouched int64, intervalB
 		case verdictContinue:
 			res.index.add(uint32(res.count), pos)
 			res.count++
-			res.lastBatch, res.lastEnd, res.any = fr.Batch, fr.Flags&flagBatchEnd != 0, true
+			res.lastBatch, res.lastEnd, res.any = fr.Batch, fr.Flags&record.FlagBatchEnd != 0, true
 			pos += int64(n)
 			res.size = pos
 		case verdictEnd:
@@ -136,16 +140,16 @@ func frameAt(data []byte, pos int64, want uint64) (frameState, Frame, int) {
 	if len(rest) == 0 {
 		return stateEOF, Frame{}, 0
 	}
-	fr, n, err := DecodeFrame(rest)
+	fr, n, err := record.DecodeFrame(rest)
 	switch {
 	case err == nil && fr.Offset == want:
 		return stateValid, fr, n
-	case err == errFrameShort:
+	case err == record.ErrShort:
 		return stateShort, Frame{}, 0
-	case err == errFrameCRC || err == errFramePadding:
+	case err == record.ErrCRC || err == record.ErrPadding:
 		// A length that runs past the end of the file was cut short even
 		// if the bytes present happen to fail a different check.
-		if l, ok := frameHeaderLength(rest); ok && frameBytes(l) > len(rest) {
+		if l, ok := record.HeaderLength(rest); ok && record.FrameBytes(l) > len(rest) {
 			return stateShort, Frame{}, 0
 		}
 	}
@@ -164,8 +168,8 @@ func newerBatchAfter(data []byte, pos int64, want uint64, res scanResult) bool {
 	}
 	var first uint32
 	seen := false
-	for q := pos + frameAlign; q+frameHeaderBytes <= int64(len(data)); q += frameAlign {
-		fr, _, err := DecodeFrame(data[q:])
+	for q := pos + record.Align; q+record.HeaderBytes <= int64(len(data)); q += record.Align {
+		fr, _, err := record.DecodeFrame(data[q:])
 		if err != nil || fr.Offset < want || fr.Type != RecordMessage && fr.Type != RecordRaftEntry && fr.Type != RecordRaftState {
 			continue
 		}

@@ -3,6 +3,8 @@ package engine
 import (
 	"errors"
 	"testing"
+
+	"keel/engine/record"
 )
 
 // FuzzScanSegment feeds arbitrary segment bytes to recovery's scan: it never
@@ -11,7 +13,7 @@ import (
 func FuzzScanSegment(f *testing.F) {
 	var seg []byte
 	for i := uint64(0); i < 4; i++ {
-		seg = AppendFrame(seg, Frame{Type: RecordMessage, Flags: uint8(i % 2), Batch: uint32(i / 2), Offset: 10 + i, Payload: payloadFor(i)})
+		seg = record.AppendFrame(seg, Frame{Type: RecordMessage, Flags: uint8(i % 2), Batch: uint32(i / 2), Offset: 10 + i, Payload: payloadFor(i)})
 	}
 	f.Add(seg, int64(0))
 	f.Add(seg[:len(seg)-5], int64(40))
@@ -33,7 +35,7 @@ func FuzzScanSegment(f *testing.F) {
 		}
 		pos, want := int64(0), uint64(10)
 		for pos < res.size {
-			fr, n, err := DecodeFrame(data[pos:])
+			fr, n, err := record.DecodeFrame(data[pos:])
 			if err != nil || fr.Offset != want {
 				t.Fatalf("kept bytes at %d do not decode as offset %d: %v", pos, want, err)
 			}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"keel/engine/record"
 )
 
 // TestRecoveryTableExhaustive checks every cell of the decision table
@@ -142,19 +144,19 @@ func TestRecoveryScenarios(t *testing.T) {
 			return append(b, make([]byte, 4096)...)
 		}, keepAll},
 		{"acked batch damaged, later batches valid", 4, false, func(sc crashScenario, b []byte) []byte {
-			b[sc.batchStart[1]+frameHeaderBytes] ^= 0xff
+			b[sc.batchStart[1]+record.HeaderBytes] ^= 0xff
 			return b
 		}, refuseStart},
 		{"first batch damaged, later batches valid", 4, false, func(sc crashScenario, b []byte) []byte {
-			b[frameHeaderBytes] ^= 0xff
+			b[record.HeaderBytes] ^= 0xff
 			return b
 		}, refuseStart},
 		{"only batch damaged at its first frame", 0, false, func(sc crashScenario, b []byte) []byte {
-			b[frameHeaderBytes] ^= 0xff
+			b[record.HeaderBytes] ^= 0xff
 			return b
 		}, cutToAcked},
 		{"vouched record damaged", 4, true, func(sc crashScenario, b []byte) []byte {
-			b[sc.batchStart[3]+frameHeaderBytes] ^= 0x01
+			b[sc.batchStart[3]+record.HeaderBytes] ^= 0x01
 			return b
 		}, refuseStart},
 		{"file shorter than vouched", 4, true, func(sc crashScenario, b []byte) []byte {
@@ -283,7 +285,7 @@ func TestReadNeverServesCorruption(t *testing.T) {
 		}
 	}
 	l.Close()
-	mutateFile(t, filepath.Join(dir, segmentName(0)), func(b []byte) []byte { b[frameHeaderBytes+1] ^= 1; return b })
+	mutateFile(t, filepath.Join(dir, segmentName(0)), func(b []byte) []byte { b[record.HeaderBytes+1] ^= 1; return b })
 	l = mustOpen(t, dir, io, cfg)
 	defer l.Close()
 	served := 0

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"keel/engine/record"
 	"keel/ring"
 )
 
@@ -227,7 +228,7 @@ func (s *Store) encodeState(blob []byte) []byte {
 	out := make([]byte, 0, stateHeaderBytes+len(p))
 	out = append(out, stateMagic...)
 	out = binary.LittleEndian.AppendUint64(out, uint64(len(p)))
-	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(p, castagnoli))
+	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(p, record.Castagnoli))
 	return append(out, p...)
 }
 
@@ -243,7 +244,7 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 		return nil, corrupt("length mismatch")
 	}
 	p := b[stateHeaderBytes:]
-	if crc32.Checksum(p, castagnoli) != binary.LittleEndian.Uint32(b[16:20]) {
+	if crc32.Checksum(p, record.Castagnoli) != binary.LittleEndian.Uint32(b[16:20]) {
 		return nil, corrupt("checksum mismatch")
 	}
 	d := decoder{b: p}

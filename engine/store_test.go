@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"keel/engine/record"
 )
 
 // testLimits: a 1 s idempotency window and 3 keys, to test eviction.
@@ -88,7 +90,7 @@ func (h *storeHarness) values(topic string, p int32) []string {
 	}
 	var out []string
 	for off, payload := range readAllOrdered(h.t, tp.Partitions[p].Log) {
-		m, err := DecodeMessage(uint64(off), payload)
+		m, err := record.DecodeMessage(uint64(off), payload)
 		if err != nil {
 			h.t.Fatal(err)
 		}
@@ -434,7 +436,7 @@ func TestStateVersion1IdempotencyKeys(t *testing.T) {
 	p = binary.AppendVarint(p, 1_000) // time ms
 	file := append([]byte(stateMagic), make([]byte, 12)...)
 	binary.LittleEndian.PutUint64(file[8:16], uint64(len(p)))
-	binary.LittleEndian.PutUint32(file[16:20], crc32.Checksum(p, castagnoli))
+	binary.LittleEndian.PutUint32(file[16:20], crc32.Checksum(p, record.Castagnoli))
 	if err := os.WriteFile(filepath.Join(dir, stateFileName), append(file, p...), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"keel/engine/record"
 	"keel/ring"
 )
 
@@ -124,7 +125,7 @@ func TestDeleteBefore(t *testing.T) {
 // will re-apply them.
 func TestTailUnorderedCutsDamagedTail(t *testing.T) {
 	sc := buildScenario(t, 4, false)
-	mutateFile(t, sc.active, func(b []byte) []byte { b[sc.batchStart[1]+frameHeaderBytes] ^= 0xff; return b })
+	mutateFile(t, sc.active, func(b []byte) []byte { b[sc.batchStart[1]+record.HeaderBytes] ^= 0xff; return b })
 	l, err := OpenLog(sc.dir, openBackend(t, "syscall"), LogConfig{TailUnordered: true})
 	if err != nil {
 		t.Fatalf("OpenLog: %v", err)

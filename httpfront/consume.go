@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"keel/engine"
+	"keel/engine/record"
 )
 
 // consumeQuery is a validated consume request.
@@ -270,7 +271,7 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 	// gains at least its JSON field names), so the log's own budget never
 	// stops a page before the written budget does.
 	next, err := p.Log.Read(from, q.maxBytes, func(fr engine.Frame) bool {
-		m, err := engine.DecodeMessage(fr.Offset, fr.Payload)
+		m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 		if err != nil {
 			decodeErr = err
 			return false
@@ -302,7 +303,7 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 	return b, count, next, truncated, err
 }
 
-func appendMessage(b []byte, partition int32, m engine.Message, b64 bool) []byte {
+func appendMessage(b []byte, partition int32, m record.Message, b64 bool) []byte {
 	b = append(b, '{')
 	b = appendUintField(b, "offset", m.Offset)
 	b = appendIntField(b, "partition", int64(partition))

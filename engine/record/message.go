@@ -1,11 +1,11 @@
-package engine
+package record
 
 import (
 	"encoding/binary"
 	"errors"
 )
 
-// A partition message is stored as the payload of a RecordMessage frame:
+// A partition message is stored as the payload of a TypeMessage frame:
 //
 //	+----------------+----------+---------//--+----------//---+
 //	| timestamp_ms   | key len  |    key      |    value      |
@@ -24,7 +24,7 @@ type Message struct {
 	Value       []byte
 }
 
-var errMessageShort = errors.New("message: payload shorter than its header")
+var ErrMessageShort = errors.New("message: payload shorter than its header")
 
 // AppendMessage appends the payload encoding of a message to dst.
 func AppendMessage(dst []byte, timestampMs int64, key, value []byte) []byte {
@@ -37,14 +37,14 @@ func AppendMessage(dst []byte, timestampMs int64, key, value []byte) []byte {
 // MessagePayloadBytes is the payload size of a message with this key and value.
 func MessagePayloadBytes(key, value []byte) int { return messageHeaderBytes + len(key) + len(value) }
 
-// DecodeMessage decodes a RecordMessage frame's payload.
+// DecodeMessage decodes a TypeMessage frame's payload.
 func DecodeMessage(offset uint64, payload []byte) (Message, error) {
 	if len(payload) < messageHeaderBytes {
-		return Message{}, errMessageShort
+		return Message{}, ErrMessageShort
 	}
 	keyLen := binary.LittleEndian.Uint32(payload[8:12])
 	if uint64(keyLen) > uint64(len(payload)-messageHeaderBytes) {
-		return Message{}, errMessageShort
+		return Message{}, ErrMessageShort
 	}
 	end := messageHeaderBytes + int(keyLen)
 	return Message{
