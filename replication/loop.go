@@ -166,13 +166,20 @@ func (n *Node) campaign() {
 // by closeDrainMax), checkpoints and returns.
 func (n *Node) drainAndStop() {
 	deadline := time.Now().Add(closeDrainMax)
+	lastTick := time.Now()
 	for time.Now().Before(deadline) && n.Fault() == nil {
 		select {
 		case p := <-n.queueIfLeader():
 			n.proposeBatch(p)
-		case m := <-n.steps: // peers' acknowledgements commit what is in flight
-			_ = n.rn.Step(m)
 		default:
+		}
+		for stepped := true; stepped; { // every acknowledgement from peers that is here
+			select {
+			case m := <-n.steps:
+				_ = n.rn.Step(m)
+			default:
+				stepped = false
+			}
 		}
 		n.handleReadies()
 		// Done when nothing waits, or when this node no longer leads: what
@@ -182,7 +189,13 @@ func (n *Node) drainAndStop() {
 		}
 		if !n.rn.HasReady() {
 			time.Sleep(time.Millisecond)
-			n.rn.Tick()
+			// Ticks keep their pace (TickInterval): ticking every
+			// millisecond would shrink a group's heartbeat and CheckQuorum
+			// windows to nothing.
+			if time.Since(lastTick) >= n.cfg.TickInterval {
+				n.rn.Tick()
+				lastTick = time.Now()
+			}
 		}
 	}
 	switch {

@@ -51,6 +51,10 @@ type Config struct {
 	// nil for a single node, which sends none. Peers deliver messages with
 	// Step. The cluster issue builds its transport and membership on these;
 	// today only the deterministic tests run more than one member.
+	//
+	// Send runs on the loop goroutine: it must not block (queue, do not
+	// dial), and must not keep or change the messages past its return (their
+	// Entries point into raft's memory): copy what it queues.
 	ID    uint64
 	Peers []uint64
 	Send  func(msgs []raftpb.Message)
