@@ -1,36 +1,36 @@
-// Package engine stores logs of framed records on segment files and makes
-// appends durable through a group-commit writer.
+// Package engine stores logs of framed records on segment files and holds
+// Keel's state machine.
 //
 // Contract:
 //   - A Log is a sequence of records with dense offsets start, start+1, ...
 //     kept in segment files that roll at LogConfig.SegmentBytes and are then
-//     sealed (immutable, with a sparse index file beside them).
-//   - Every record is a frame (format.go): length, CRC32C, type, flags,
-//     batch, offset, payload, 8-byte aligned; zeroed bytes never decode.
-//   - Writer.Append returns only once its records are fdatasynced. Appends
-//     that wait together share one write and one fdatasync (group commit).
+//     sealed (immutable, with a sparse index file beside them). Sealed
+//     segments keep no descriptor of their own: their files are opened on
+//     demand through a bounded cache (filecache.go).
+//   - Every record is a frame of package engine/record: length, CRC32C, type,
+//     flags, batch, offset, payload, 8-byte aligned; zeroed bytes never decode.
+//   - Log.AppendBatch writes one batch with one write and, when asked, one
+//     fdatasync. The caller is the group commit: replication's loop writes
+//     each Raft Ready as one WAL batch; partition logs are appended without
+//     an fsync per batch (the WAL is their durable copy).
 //   - A storage fault (failed write or fsync) is sticky: the Log refuses every
 //     later append with the first fault, and fsync is never retried.
 //   - OpenLog recovers: it fsyncs the directory and the tail segment before
-//     reading them, loads the checkpoint, classifies the tail with one
-//     decision table (recovery.go), cuts and zeroes a torn tail, and refuses
-//     to start with a CorruptionError when data that an fsync vouched for no
-//     longer decodes. Sealed segments are trusted through their index files,
-//     so opening costs one scan of the active segment, not of all data.
+//     reading them, loads the log's durable mark, classifies the tail with
+//     one decision table (recovery.go), cuts and zeroes a torn tail, and
+//     refuses to start with a CorruptionError when data that an fsync
+//     vouched for no longer decodes. Sealed segments are trusted through
+//     their index files, so opening costs one scan of the active segment.
 //   - Reads never return bytes that fail their CRC and never see records
 //     whose append has not completed.
+//   - Metadata I/O (directories, index files, durable marks, the state
+//     checkpoint, renames) goes through the FS seam (fs.go); segment data
+//     through ring.Backend.
 //
-// The same frames and Log serve partition segments (RecordMessage) and the
-// Raft WAL (RecordRaftEntry, RecordRaftState). The Raft loop is the WAL's
-// only appender and already batches everything waiting into one Ready, so
-// it calls Log.AppendBatch directly: a Ready's entries and HardState are one
-// batch with one fsync. Writer is the group-commit front for logs with many
-// concurrent appenders and no Raft loop in front (benchmarked by
-// BenchmarkWriterAppend).
+// The state machine (Store) applies committed Raft entries to partitions,
+// consumer offsets and the idempotency table, deterministically (the
+// leader's time and the limits travel in each entry), and writes the state
+// checkpoint that bounds recovery.
 //
-// The state machine (Store) lives here too: it applies committed entries to
-// partitions, consumer offsets and the idempotency table, deterministically,
-// and writes the state checkpoint that bounds recovery.
-//
-// engine imports only ring (and the standard library).
+// engine imports ring, invariant and engine/record (and the standard library).
 package engine
