@@ -47,13 +47,13 @@ type LogConfig struct {
 }
 
 const (
-	segmentBytesDefault            = 64 << 20
-	segmentBytesLimit              = 1 << 30 // index positions are 32-bit
-	segmentBytesMin                = 4 << 10
-	indexIntervalBytesDefault      = 4 << 10
-	checkpointIntervalBytesDefault = 8 << 20
-	batchBytesMaxDefault           = 8 << 20
-	writeBehindBytesDefault        = 1 << 20
+	segmentBytesDefault       = 64 << 20
+	segmentBytesLimit         = 1 << 30 // index positions are 32-bit
+	segmentBytesMin           = 4 << 10
+	indexIntervalBytesDefault = 4 << 10
+	markIntervalBytesDefault  = 8 << 20
+	batchBytesMaxDefault      = 8 << 20
+	writeBehindBytesDefault   = 1 << 20
 )
 
 func (c LogConfig) withDefaults() LogConfig {
@@ -64,7 +64,7 @@ func (c LogConfig) withDefaults() LogConfig {
 		c.IndexIntervalBytes = indexIntervalBytesDefault
 	}
 	if c.MarkIntervalBytes == 0 {
-		c.MarkIntervalBytes = checkpointIntervalBytesDefault
+		c.MarkIntervalBytes = markIntervalBytesDefault
 	}
 	if c.BatchBytesMax == 0 {
 		c.BatchBytesMax = batchBytesMaxDefault
