@@ -30,7 +30,7 @@ type LogConfig struct {
 	// DeferDirSync: when OpenLog creates the log (its directory did not
 	// exist), the new directories and first segment file are not fsynced
 	// and no log checkpoint is written; the owner makes them durable later
-	// (SyncDirs, or the syncer a state capture takes) before anything
+	// (the state capture syncs them) before anything
 	// durable names the log. For partition logs, which the Raft WAL
 	// rebuilds after a crash: creating a topic then costs no fsync on the
 	// apply loop (it cost ~2.3 ms per partition, so a flood of new topic

@@ -83,30 +83,18 @@ func (c *fileCache) adopt(s *segment) {
 // acquire returns s's file, opening it if the cache had closed it, and
 // holds it open until release. Every segment is counted, the active one
 // too: it may be rolled, adopted and evicted while a reader uses it.
-// counted reports whether the caller must release it (always, on success).
-func (c *fileCache) acquire(s *segment) (f *os.File, counted bool, err error) {
+func (c *fileCache) acquire(s *segment) (*os.File, error) {
 	c.mu.Lock()
-	if !s.cached {
-		f = s.file
-		if f == nil {
-			c.mu.Unlock()
-			return nil, false, fmt.Errorf("%w: %s", errSegmentClosed, s.path)
-		}
-		s.refs++
-		c.mu.Unlock()
-		return f, true, nil
-	}
-	if s.gone {
-		c.mu.Unlock()
-		return nil, false, fmt.Errorf("%w: %s", errSegmentClosed, s.path)
+	defer c.mu.Unlock()
+	if s.gone || !s.cached && s.file == nil {
+		return nil, fmt.Errorf("%w: %s", errSegmentClosed, s.path)
 	}
 	if s.file == nil {
 		// Opened under the lock: rare (a miss), and it keeps two readers
 		// from opening the same file twice.
 		nf, err := fsys.OpenFile(s.path, os.O_RDWR, 0)
 		if err != nil {
-			c.mu.Unlock()
-			return nil, false, fmt.Errorf("engine: reopen sealed segment %s: %w", s.path, err)
+			return nil, fmt.Errorf("engine: reopen sealed segment %s: %w", s.path, err)
 		}
 		s.file = nf
 		c.open++
@@ -117,17 +105,12 @@ func (c *fileCache) acquire(s *segment) (f *os.File, counted bool, err error) {
 		s.elem = nil
 	}
 	s.refs++
-	f = s.file
 	c.evictLocked()
-	c.mu.Unlock()
-	return f, true, nil
+	return s.file, nil
 }
 
-// release gives back a file taken with acquire (when counted).
-func (c *fileCache) release(s *segment, counted bool) {
-	if !counted {
-		return
-	}
+// release gives back a file taken with acquire.
+func (c *fileCache) release(s *segment) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s.refs--

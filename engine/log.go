@@ -310,12 +310,11 @@ func makeDirs(dir string, sync bool) ([]string, error) {
 	if err := fsys.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("engine: create %s: %w", dir, err)
 	}
-	for _, d := range created {
-		if !sync {
-			break
-		}
-		if err := syncDir(filepath.Dir(d)); err != nil {
-			return nil, err
+	if sync {
+		for _, d := range created {
+			if err := syncDir(filepath.Dir(d)); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return created, nil
@@ -331,7 +330,9 @@ func parentsOf(created []string) []string {
 	return out
 }
 
-// pendingDirs returns the directories SyncDirs would sync.
+// pendingDirs returns the directories whose fsyncs would make the names of
+// a log created with DeferDirSync durable (none once done). The state
+// capture syncs them, each once, before the state checkpoint names the log.
 func (l *Log) pendingDirs() []string {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -345,25 +346,6 @@ func (l *Log) dirsSynced(dirs []string) {
 	if len(l.unsyncedDirs) == len(dirs) {
 		l.unsyncedDirs = nil
 	}
-}
-
-// SyncDirs makes the names of a log created with DeferDirSync durable
-// (its directories and first segment file). A no-op once done.
-func (l *Log) SyncDirs() error {
-	l.mu.Lock()
-	dirs := l.unsyncedDirs
-	l.mu.Unlock()
-	for _, d := range dirs {
-		if err := syncDir(d); err != nil {
-			return err // the caller (a state checkpoint) turns it into the node's fault
-		}
-	}
-	l.mu.Lock()
-	if len(l.unsyncedDirs) == len(dirs) {
-		l.unsyncedDirs = nil
-	}
-	l.mu.Unlock()
-	return nil
 }
 
 func removeTempFiles(dir string) error {

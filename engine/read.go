@@ -131,12 +131,12 @@ func fill(v readView, rest []byte, pos int64, need int, bufp *[]byte) ([]byte, e
 	}
 	buf := (*bufp)[:want]
 	copy(buf, rest)
-	f, counted, err := sealedFiles.acquire(v.seg)
+	f, err := sealedFiles.acquire(v.seg)
 	if err != nil {
 		return nil, err
 	}
 	n, err := f.ReadAt(buf[len(rest):], pos+int64(len(rest)))
-	sealedFiles.release(v.seg, counted)
+	sealedFiles.release(v.seg)
 	if err != nil && !(err == io.EOF && n == len(buf)-len(rest)) {
 		return nil, fmt.Errorf("engine: read %s at %d: %w", v.seg.path, pos, err)
 	}

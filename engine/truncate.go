@@ -220,20 +220,14 @@ func (l *Log) activeSyncer() func() error {
 	l.mu.RLock()
 	seg, size := l.active(), l.active().size
 	idle := l.synced.seg == seg && l.synced.size == size
-	dirs := len(l.unsyncedDirs) > 0
 	l.mu.RUnlock()
-	if idle && !dirs {
+	if idle {
 		return func() error { return nil } // nothing written since the last sync
 	}
 	return func() error {
-		// A log created with DeferDirSync: its names become durable before
-		// the state checkpoint that names it.
-		if err := l.SyncDirs(); err != nil {
-			return err
-		}
 		// Through the file cache: the segment may have been sealed (and its
 		// file closed by the cache) since the capture.
-		f, counted, err := sealedFiles.acquire(seg)
+		f, err := sealedFiles.acquire(seg)
 		if errors.Is(err, errSegmentClosed) {
 			return nil // deleted meanwhile: nothing left to make durable
 		}
@@ -241,7 +235,7 @@ func (l *Log) activeSyncer() func() error {
 			return err
 		}
 		err = l.io.Sync(int(f.Fd()))
-		sealedFiles.release(seg, counted)
+		sealedFiles.release(seg)
 		if err != nil {
 			return fmt.Errorf("engine: sync %s for a state checkpoint: %w", seg.path, err)
 		}

@@ -223,17 +223,15 @@ const (
 
 type failureLimiter struct {
 	mu    sync.Mutex
-	addrs map[uint64]*failureBucket // by ipKey
-	size  atomic.Int64              // len(addrs): no lock while nobody failed
+	addrs map[uint64]*bucket // by ipKey; each a token bucket of failed attempts (no daily cap)
+	size  atomic.Int64       // len(addrs): no lock while nobody failed
 }
 
-type failureBucket struct {
-	allowance float64
-	last      time.Time
-}
+// failureAllowance is each address's bucket of failed attempts.
+var failureAllowance = RateLimit{RPS: authFailureRate, Burst: authFailureBurst}
 
 func newFailureLimiter() *failureLimiter {
-	return &failureLimiter{addrs: map[uint64]*failureBucket{}}
+	return &failureLimiter{addrs: map[uint64]*bucket{}}
 }
 
 // blocked returns how long ip must wait before trying again, 0 if not.
@@ -247,15 +245,15 @@ func (f *failureLimiter) blocked(ip uint64, now time.Time) time.Duration {
 	if !ok {
 		return 0
 	}
-	b.refill(now)
-	if b.allowance >= 1 {
-		if b.allowance >= authFailureBurst {
+	b.refillLocked(now)
+	if b.tokens >= 1 {
+		if b.tokens >= b.limit.Burst {
 			delete(f.addrs, ip) // fully refilled: forget the address
 			f.size.Store(int64(len(f.addrs)))
 		}
 		return 0
 	}
-	return time.Duration((1 - b.allowance) / authFailureRate * float64(time.Second))
+	return b.untilOneLocked()
 }
 
 // fail spends one failed attempt of ip's allowance.
@@ -267,17 +265,26 @@ func (f *failureLimiter) fail(ip uint64, now time.Time) {
 		if len(f.addrs) >= authFailureAddrsMax {
 			clear(f.addrs)
 		}
-		b = &failureBucket{allowance: authFailureBurst, last: now}
+		b = &bucket{limit: failureAllowance, tokens: failureAllowance.Burst, last: now}
 		f.addrs[ip] = b
 		f.size.Store(int64(len(f.addrs)))
 	}
-	b.refill(now)
-	b.allowance = max(0, b.allowance-1)
+	b.refillLocked(now)
+	b.tokens = max(0, b.tokens-1)
 }
 
-func (b *failureBucket) refill(now time.Time) {
-	b.allowance = min(authFailureBurst, b.allowance+now.Sub(b.last).Seconds()*authFailureRate)
+// refillLocked adds what the rate earned since the last call, up to the
+// burst.
+func (b *bucket) refillLocked(now time.Time) {
+	if !b.last.IsZero() {
+		b.tokens = min(b.limit.Burst, b.tokens+now.Sub(b.last).Seconds()*b.limit.RPS)
+	}
 	b.last = now
+}
+
+// untilOneLocked is how long until the bucket holds one whole token.
+func (b *bucket) untilOneLocked() time.Duration {
+	return time.Duration((1 - b.tokens) / b.limit.RPS * float64(time.Second))
 }
 
 // bucket is a token bucket plus a daily counter.
@@ -297,15 +304,12 @@ type bucket struct {
 func (b *bucket) reserve(now time.Time, waitMax time.Duration) time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.last.IsZero() {
-		b.tokens = min(b.limit.Burst, b.tokens+now.Sub(b.last).Seconds()*b.limit.RPS)
-	}
-	b.last = now
+	b.refillLocked(now)
 	if b.tokens >= 1 {
 		b.tokens--
 		return 0
 	}
-	wait := time.Duration((1 - b.tokens) / b.limit.RPS * float64(time.Second))
+	wait := b.untilOneLocked()
 	if wait > waitMax {
 		return -max(wait, 1)
 	}
@@ -317,10 +321,7 @@ func (b *bucket) reserve(now time.Time, waitMax time.Duration) time.Duration {
 func (b *bucket) take(now time.Time) time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.last.IsZero() {
-		b.tokens = min(b.limit.Burst, b.tokens+now.Sub(b.last).Seconds()*b.limit.RPS)
-	}
-	b.last = now
+	b.refillLocked(now)
 	if day := now.UTC().Unix() / 86400; day != b.day {
 		b.day, b.used = day, 0
 	}
@@ -330,7 +331,7 @@ func (b *bucket) take(now time.Time) time.Duration {
 	}
 	if b.limit.RPS > 0 { // 0: a daily cap only
 		if b.tokens < 1 {
-			return time.Duration((1 - b.tokens) / b.limit.RPS * float64(time.Second))
+			return b.untilOneLocked()
 		}
 		b.tokens--
 	}

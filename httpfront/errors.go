@@ -3,6 +3,7 @@ package httpfront
 import (
 	_ "embed"
 	"errors"
+	"log/slog"
 	"strconv"
 	"syscall"
 
@@ -112,10 +113,8 @@ func mapError(err error) *apiError {
 	if errors.As(err, &fault) {
 		return &apiError{status: 503, code: "storage_fault", message: "the node stopped taking writes after a storage fault (see its log); restart it once the disk is fixed", retryAfter: 5}
 	}
-	internalErrorLog(err)
+	// The answer carries a fixed text; the cause goes to the process's
+	// logger (keel serve makes its logger slog's default).
+	slog.Error("internal error (answered 500)", "err", err)
 	return &apiError{status: 500, code: "internal", message: "an internal error; the server logged it"}
 }
-
-// internalErrorLog records the cause of a 500 (set by New to the server's
-// logger): the answer carries a fixed text only.
-var internalErrorLog = func(err error) {}

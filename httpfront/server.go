@@ -144,8 +144,6 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 		tokens = append(tokens, Token{Secret: "dev", Scope: ScopeAdmin})
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
-	log := cfg.Logger
-	internalErrorLog = func(err error) { log.Error("internal error (answered 500)", "err", err) }
 	s := &Server{cfg: cfg, node: node, store: store, auth: newAuthenticator(tokens), metrics: newMetrics(), log: cfg.Logger}
 	if cfg.ConsumeBuildersMax <= 0 {
 		cfg.ConsumeBuildersMax = runtime.GOMAXPROCS(0)

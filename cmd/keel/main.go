@@ -96,6 +96,7 @@ func serve(args []string) int {
 		return 2
 	}
 	log := newLogger(o.logLevel)
+	slog.SetDefault(log) // packages without a logger of their own (httpfront's 500 causes) log here
 	if err := serveWith(o, log); err != nil {
 		log.Error("keel stopped", "err", err)
 		return 1
