@@ -29,9 +29,8 @@ type LogConfig struct {
 	TailUnordered bool
 	// DeferDirSync: when OpenLog creates the log (its directory did not
 	// exist), the new directories and first segment file are not fsynced
-	// and no log checkpoint is written; the owner makes them durable later
-	// (the state capture syncs them) before anything
-	// durable names the log. For partition logs, which the Raft WAL
+	// and no durable mark is written; the state capture syncs them before
+	// the state checkpoint names the log. For partition logs, which the Raft WAL
 	// rebuilds after a crash: creating a topic then costs no fsync on the
 	// apply loop (it cost ~2.3 ms per partition, so a flood of new topic
 	// names stalled every write).
