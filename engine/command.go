@@ -137,6 +137,14 @@ func AppendEntryHeader(dst []byte, nowMs int64, lim EntryLimits) []byte {
 	return binary.LittleEndian.AppendUint32(dst, uint32(lim.OffsetsMax))
 }
 
+// AppendTo sets c's request id to reqID and appends c's encoding to dst:
+// what replication asks of a command it proposes (replication.Command),
+// without knowing its schema.
+func (c *Command) AppendTo(dst []byte, reqID uint64) []byte {
+	c.ReqID = reqID
+	return AppendCommand(dst, c)
+}
+
 // AppendCommand appends the encoding of c to dst.
 func AppendCommand(dst []byte, c *Command) []byte {
 	dst = append(dst, c.Kind)

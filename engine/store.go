@@ -17,6 +17,11 @@ import (
 type StoreConfig struct {
 	Dir       string
 	Partition LogConfig // for every partition log
+
+	// Limits are written into every entry this node proposes (as leader):
+	// the entry, not the applying node's flags, decides what apply does
+	// (see EntryLimits). Zero fields take the defaults.
+	Limits EntryLimits
 }
 
 // Name limits (api.md).
@@ -158,7 +163,19 @@ func (c StoreConfig) withDefaults() StoreConfig {
 	c.Partition.TailUnordered = true
 	c.Partition.DeferDirSync = true // the Raft WAL rebuilds a partition a crash left half-created
 	c.Partition = c.Partition.withDefaults()
+	c.Limits = c.Limits.WithDefaults()
 	return c
+}
+
+// Limits returns the limits this node writes into the entries it proposes
+// (StoreConfig.Limits, defaults filled in).
+func (s *Store) Limits() EntryLimits { return s.cfg.Limits }
+
+// AppendEntryHeader starts a Raft entry proposed at leader time
+// leaderTimeMs (Unix milliseconds) under this node's limits: what
+// replication writes before the commands of an entry it proposes.
+func (s *Store) AppendEntryHeader(dst []byte, leaderTimeMs int64) []byte {
+	return AppendEntryHeader(dst, leaderTimeMs, s.cfg.Limits)
 }
 
 func (s *Store) topicsDir() string { return filepath.Join(s.cfg.Dir, "topics") }

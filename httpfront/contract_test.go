@@ -486,7 +486,7 @@ func (f *failingBackend) Sync(fd int) error {
 // keep working, /ready says not ready, and the server stays up.
 func TestDiskFull(t *testing.T) {
 	var fb *failingBackend
-	ts := startServerIO(t, replication.Config{}, nil, func(b ring.Backend) ring.Backend {
+	ts := startServerIO(t, engine.StoreConfig{}, replication.Config{}, nil, func(b ring.Backend) ring.Backend {
 		fb = &failingBackend{Backend: b, err: syscall.ENOSPC}
 		return fb
 	})
@@ -506,7 +506,7 @@ func TestDiskFull(t *testing.T) {
 }
 
 func TestTopicLimit(t *testing.T) {
-	ts := startServerWith(t, replication.Config{Limits: engine.EntryLimits{TopicsMax: 2}}, nil)
+	ts := startServerIO(t, engine.StoreConfig{Limits: engine.EntryLimits{TopicsMax: 2}}, replication.Config{}, nil, nil)
 	ts.expect(ts.do("POST", "/broker/topics", `{"name":"a","partitions":1}`), 200, "")
 	ts.expect(ts.do("POST", "/broker/topics/b/produce", "x"), 200, "")
 	ts.expect(ts.do("POST", "/broker/topics", `{"name":"c","partitions":1}`), 409, "too_many_topics")
@@ -534,7 +534,7 @@ func (g *gatedBackend) WriteAt(fd int, off int64, bufs [][]byte, sync bool) erro
 // server goes on serving.
 func TestOverloaded(t *testing.T) {
 	gb := &gatedBackend{gate: make(chan struct{})}
-	ts := startServerIO(t, replication.Config{QueueMax: 4}, nil, func(b ring.Backend) ring.Backend {
+	ts := startServerIO(t, engine.StoreConfig{}, replication.Config{QueueMax: 4}, nil, func(b ring.Backend) ring.Backend {
 		gb.Backend = b
 		return gb
 	})

@@ -35,11 +35,12 @@ func startServer(t testing.TB, mutate func(*Config)) *testServer {
 
 func startServerWith(t testing.TB, nodeCfg replication.Config, mutate func(*Config)) *testServer {
 	t.Helper()
-	return startServerIO(t, nodeCfg, mutate, nil)
+	return startServerIO(t, engine.StoreConfig{}, nodeCfg, mutate, nil)
 }
 
-// startServerIO lets a test wrap the I/O backend (to inject faults).
-func startServerIO(t testing.TB, nodeCfg replication.Config, mutate func(*Config), wrap func(ring.Backend) ring.Backend) *testServer {
+// startServerIO lets a test configure the store (its Dir is set here) and
+// wrap the I/O backend (to inject faults).
+func startServerIO(t testing.TB, storeCfg engine.StoreConfig, nodeCfg replication.Config, mutate func(*Config), wrap func(ring.Backend) ring.Backend) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	var io ring.Backend
@@ -50,7 +51,8 @@ func startServerIO(t testing.TB, nodeCfg replication.Config, mutate func(*Config
 	if wrap != nil {
 		io = wrap(io)
 	}
-	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: dir}, io)
+	storeCfg.Dir = dir
+	store, blob, err := engine.OpenStore(storeCfg, io)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,11 @@
 // (record types RecordRaftEntry and RecordRaftState), written by the loop
 // directly, not through a group-commit writer.
 //
+// Replication does not know the command schema: Propose takes a Command
+// that encodes itself given the request id replication assigns, the state
+// machine (StateMachine) writes each entry's header and applies entries,
+// and its Results carry the request ids back so proposers are answered.
+//
 // In production a node is a one-voter Raft group: the path a cluster will
 // use, with no peers. Config.ID, Peers, Send and Node.Step make a group of
 // several members, which only the deterministic tests run until snapshots

@@ -26,10 +26,6 @@ type Config struct {
 	Store     StateMachine // what the group replicates into (an *engine.Store)
 	StoreBlob []byte       // the blob of its last checkpoint (what engine.OpenStore returned); nil when fresh
 
-	// Limits are written into every entry this node proposes (see
-	// engine.EntryLimits); zero fields take engine's defaults.
-	Limits engine.EntryLimits
-
 	// Rocket acknowledges writes once they are written to the WAL, before
 	// any fdatasync; a background sync runs every RocketSyncInterval.
 	Rocket             bool
@@ -94,7 +90,6 @@ func (c Config) validateGroup() error {
 }
 
 func (c Config) withDefaults() Config {
-	c.Limits = c.Limits.WithDefaults()
 	if c.RocketSyncInterval == 0 {
 		c.RocketSyncInterval = 10 * time.Millisecond
 	}
@@ -356,10 +351,10 @@ func (n *Node) Start() {
 	go n.loop()
 }
 
-// Propose submits c (its ReqID is assigned here) and waits until it is
-// applied or the deadline passes. The command bytes are copied before
-// Propose returns, so c may alias request buffers.
-func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
+// Propose submits c with a request id assigned here and waits until it is
+// applied or the deadline passes. c is encoded before Propose returns, so
+// it may alias request buffers.
+func (n *Node) Propose(c Command, deadline time.Time) (Outcome, error) {
 	w, err := n.enqueue(c, deadline)
 	if err != nil {
 		return Outcome{}, err
@@ -382,20 +377,19 @@ func (n *Node) Propose(c *engine.Command, deadline time.Time) (Outcome, error) {
 
 // enqueue encodes c into a waiter, registers it and queues it for the
 // loop, without waiting.
-func (n *Node) enqueue(c *engine.Command, deadline time.Time) (*waiter, error) {
+func (n *Node) enqueue(c Command, deadline time.Time) (*waiter, error) {
 	if err := n.Fault(); err != nil {
 		return nil, err
 	}
 	if n.closing.Load() {
 		return nil, ErrStopped
 	}
-	c.ReqID = n.reqBase | (n.reqSeq.Add(1) & (1<<32 - 1))
 	w := n.getWaiter()
-	w.id, w.enqueued = c.ReqID, time.Now()
+	w.id, w.enqueued = n.reqBase|(n.reqSeq.Add(1)&(1<<32-1)), time.Now()
 	w.deadline = n.waiters.since(deadline)
 	// Encoded first, measured after: one pass over the messages, not two.
 	// The request body limits bound what an oversized command costs.
-	w.data = engine.AppendCommand(w.data[:0], c)
+	w.data = c.AppendTo(w.data[:0], w.id)
 	if len(w.data) > n.cfg.EntryBytesMax {
 		n.putWaiter(w)
 		return nil, ErrTooLarge
@@ -429,10 +423,6 @@ func (n *Node) enqueue(c *engine.Command, deadline time.Time) (*waiter, error) {
 func (n *Node) Recovery() (wal engine.RecoveryReport, replayedEntries int) {
 	return n.wal.Recovery(), n.replayed
 }
-
-// Limits returns the limits this node writes into the entries it
-// proposes (defaults filled in).
-func (n *Node) Limits() engine.EntryLimits { return n.cfg.Limits }
 
 // Step hands a Raft message from a peer to the loop. It never blocks: a
 // message that finds the queue full is dropped (Raft resends).

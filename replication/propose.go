@@ -3,8 +3,6 @@ package replication
 import (
 	"fmt"
 	"time"
-
-	"keel/engine"
 )
 
 // proposeBatch packs first and every other waiting proposal into entries
@@ -36,7 +34,7 @@ func (n *Node) proposeBatch(first *waiter) {
 		if entry == nil {
 			// Sized for everything queued now, so appends rarely regrow it.
 			size := min(int64(n.cfg.EntryBytesMax), n.queuedBytes.Load()+int64(len(w.data))+64)
-			entry = engine.AppendEntryHeader(make([]byte, 0, size), nowMs, n.cfg.Limits)
+			entry = n.store.AppendEntryHeader(make([]byte, 0, size), nowMs)
 		}
 		entry = append(entry, w.data...) // w.data is not used after this
 		w.proposed = now

@@ -23,6 +23,21 @@ type StateMachine interface {
 	// replication state to restore with it), without I/O; its Write makes
 	// it durable later, off the loop, while apply goes on.
 	Capture(blob []byte) *engine.StateCapture
+
+	// AppendEntryHeader appends to dst what starts an entry this node
+	// proposes at leader time leaderTimeMs (Unix ms): the state machine's
+	// own header (for Keel's, the version of its apply rules and the
+	// limits that change them). The commands follow it.
+	AppendEntryHeader(dst []byte, leaderTimeMs int64) []byte
+}
+
+// Command is what Propose takes: a state-machine command that encodes
+// itself. Replication never reads the encoding; it assigns each proposal
+// a request id, which the state machine hands back in the Result of
+// applying it, so the proposer is answered.
+type Command interface {
+	// AppendTo appends the encoding of the command carrying reqID to dst.
+	AppendTo(dst []byte, reqID uint64) []byte
 }
 
 var _ StateMachine = (*engine.Store)(nil)

@@ -150,7 +150,14 @@ func serveWith(o options, log *slog.Logger) error {
 	}
 	defer io.Close()
 	start := time.Now()
-	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: o.data}, io)
+	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: o.data, Limits: engine.EntryLimits{
+		IdempotencyWindowMs: o.idempotencyWindow.Milliseconds(),
+		IdempotencyKeysMax:  o.idempotencyKeysMax,
+		PartitionsMax:       o.maxPartitions,
+		TopicsMax:           o.maxTopics,
+		PartitionsTotalMax:  o.maxTotalPartitions,
+		OffsetsMax:          o.maxConsumerOffsets,
+	}}, io)
 	if err != nil {
 		return fmt.Errorf("open data in %s: %w", o.data, err)
 	}
@@ -158,14 +165,6 @@ func serveWith(o options, log *slog.Logger) error {
 	node, err := replication.Open(replication.Config{
 		WALDir: filepath.Join(o.data, "wal"), IO: io, Store: store, StoreBlob: blob,
 		Rocket: o.rocket, CheckpointBytes: o.checkpointBytes, CheckpointInterval: o.checkpointInterval,
-		Limits: engine.EntryLimits{
-			IdempotencyWindowMs: o.idempotencyWindow.Milliseconds(),
-			IdempotencyKeysMax:  o.idempotencyKeysMax,
-			PartitionsMax:       o.maxPartitions,
-			TopicsMax:           o.maxTopics,
-			PartitionsTotalMax:  o.maxTotalPartitions,
-			OffsetsMax:          o.maxConsumerOffsets,
-		},
 		Logger: log,
 	})
 	if err != nil {
@@ -179,7 +178,7 @@ func serveWith(o options, log *slog.Logger) error {
 	cfg.Tokens, cfg.DevToken, cfg.Rocket = tokens, devToken, o.rocket
 	cfg.AutoCreateTopics, cfg.DefaultPartitions, cfg.MaxPartitions = o.autoCreateTopics, o.defaultPartitions, o.maxPartitions
 	cfg.MaxMessageBytes, cfg.MaxBatchMessages, cfg.MaxBatchBytes = o.maxMessageBytes, o.maxBatchMessages, o.maxBatchBytes
-	cfg.Limits = node.Limits()
+	cfg.Limits = store.Limits()
 	cfg.MaxConns, cfg.MaxConnsPerIP = o.maxConns, o.maxConnsPerIP
 	for _, a := range strings.Split(o.trustedProxies, ",") {
 		if a = strings.TrimSpace(a); a == "" {
