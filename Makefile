@@ -54,7 +54,7 @@ fuzz:
 # The engine's group-commit scaling: appends/s and p99 at concurrency 1, 16
 # and 128, 64 B records, on each I/O backend this machine allows.
 bench-engine:
-	$(GO) test -run '^$$' -bench 'WriterAppend' -benchtime 2s -count 1 ./engine/
+	$(GO) test -run '^$$' -bench 'WriterAppend' -benchtime 2s -count 1 ./engine/logstore/
 
 # The HTTP suite: every scenario against a Keel server and a no-op server
 # started by keel bench, closed loop and at half the closed-loop rate, and

@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 
+	"keel/engine/logstore"
 	"keel/engine/record"
 	"keel/invariant"
 )
@@ -35,7 +36,7 @@ type entryStage struct {
 type stagedPartition struct {
 	p    *Partition
 	next uint64 // offset the next staged record gets
-	recs []Record
+	recs []logstore.Record
 }
 
 func (st *entryStage) partition(p *Partition) *stagedPartition {
@@ -201,7 +202,7 @@ func (s *Store) applyProduce(c *Command, nowMs int64) Result {
 	first := sp.next
 	for _, m := range c.Messages {
 		buf := s.stage.arena.alloc(record.MessagePayloadBytes(m.Key, m.Value))
-		sp.recs = append(sp.recs, Record{Type: RecordMessage, Payload: record.AppendMessage(buf, nowMs, m.Key, m.Value)})
+		sp.recs = append(sp.recs, logstore.Record{Type: logstore.RecordMessage, Payload: record.AppendMessage(buf, nowMs, m.Key, m.Value)})
 	}
 	sp.next += uint64(len(c.Messages))
 	if key != "" {
@@ -273,7 +274,7 @@ func (s *Store) flushStage() error {
 }
 
 // batchPrefixRecords returns how many records fit in one batch (at least one).
-func batchPrefixRecords(recs []Record, max int) int {
+func batchPrefixRecords(recs []logstore.Record, max int) int {
 	total := 0
 	for i, r := range recs {
 		total += record.FrameBytes(len(r.Payload))

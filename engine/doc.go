@@ -1,36 +1,17 @@
-// Package engine stores logs of framed records on segment files and holds
-// Keel's state machine.
+// Package engine is Keel's state machine: it applies committed Raft
+// entries to topics, partitions, consumer offsets and the idempotency
+// table, deterministically (the leader's time and the limits travel in
+// each entry), and writes the state checkpoint that bounds recovery.
 //
-// Contract:
-//   - A Log is a sequence of records with dense offsets start, start+1, ...
-//     kept in segment files that roll at LogConfig.SegmentBytes and are then
-//     sealed (immutable, with a sparse index file beside them). Sealed
-//     segments keep no descriptor of their own: their files are opened on
-//     demand through a bounded cache (filecache.go).
-//   - Every record is a frame of package engine/record: length, CRC32C, type,
-//     flags, batch, offset, payload, 8-byte aligned; zeroed bytes never decode.
-//   - Log.AppendBatch writes one batch with one write and, when asked, one
-//     fdatasync. The caller is the group commit: replication's loop writes
-//     each Raft Ready as one WAL batch; partition logs are appended without
-//     an fsync per batch (the WAL is their durable copy).
-//   - A storage fault (failed write or fsync) is sticky: the Log refuses every
-//     later append with the first fault, and fsync is never retried.
-//   - OpenLog recovers: it fsyncs the directory and the tail segment before
-//     reading them, loads the log's durable mark, classifies the tail with
-//     one decision table (recovery.go), cuts and zeroes a torn tail, and
-//     refuses to start with a CorruptionError when data that an fsync
-//     vouched for no longer decodes. Sealed segments are trusted through
-//     their index files, so opening costs one scan of the active segment.
-//   - Reads never return bytes that fail their CRC and never see records
-//     whose append has not completed.
-//   - Metadata I/O (directories, index files, durable marks, the state
-//     checkpoint, renames) goes through the FS seam (fs.go); segment data
-//     through ring.Backend.
+// Layers, each its own package:
+//   - engine/record: the record codec (frames, message payloads), pure;
+//   - engine/logstore: the log store (segments, index, reads, recovery,
+//     truncation); each partition is a logstore.Log;
+//   - engine/vfs: the metadata I/O seam, given in StoreConfig.FS;
+//   - engine (this package): the entry and command encoding (command.go),
+//     apply (apply.go), the state checkpoint (state.go), leaving room for
+//     KV and retention beside them.
 //
-// The state machine (Store) applies committed Raft entries to partitions,
-// consumer offsets and the idempotency table, deterministically (the
-// leader's time and the limits travel in each entry), and writes the state
-// checkpoint that bounds recovery.
-//
-// engine imports ring, invariant and engine/record (and the standard library).
+// engine imports ring, invariant and its own sub-packages (and the
+// standard library).
 package engine

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"keel/engine/logstore"
 	"keel/engine/record"
+	"keel/engine/vfs"
 	"keel/ring"
 )
 
@@ -46,7 +48,7 @@ const (
 // checkpoint (nil on a fresh store).
 func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 	cfg = cfg.withDefaults()
-	if err := cfg.Partition.validate(); err != nil {
+	if err := cfg.Partition.Validate(); err != nil {
 		return nil, nil, err
 	}
 	s := &Store{
@@ -56,15 +58,15 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		offsets: map[offsetKey]uint64{},
 		idem:    newIdempotencyTable(),
 	}
-	if err := ensureDir(cfg.Dir); err != nil {
+	if err := vfs.EnsureDir(cfg.FS, cfg.Dir); err != nil {
 		return nil, nil, err
 	}
-	if err := ensureDir(s.topicsDir()); err != nil {
+	if err := vfs.EnsureDir(cfg.FS, s.topicsDir()); err != nil {
 		return nil, nil, err
 	}
-	b, err := fsys.ReadFile(filepath.Join(cfg.Dir, stateFileName))
+	b, err := s.cfg.FS.ReadFile(filepath.Join(cfg.Dir, stateFileName))
 	if errors.Is(err, os.ErrNotExist) {
-		return s, nil, removeStrayTopicDirs(s.topicsDir(), s.topics)
+		return s, nil, removeStrayTopicDirs(s.cfg.FS, s.topicsDir(), s.topics)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("engine: read state checkpoint: %w", err)
@@ -74,7 +76,7 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		s.Close()
 		return nil, nil, err
 	}
-	if err := removeStrayTopicDirs(s.topicsDir(), s.topics); err != nil {
+	if err := removeStrayTopicDirs(s.cfg.FS, s.topicsDir(), s.topics); err != nil {
 		s.Close()
 		return nil, nil, err
 	}
@@ -83,7 +85,7 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 }
 
 // RecoverySummary is what opening the store found and did over every
-// partition log (each log's RecoveryReport, added up).
+// partition log (each log's logstore.RecoveryReport, added up).
 type RecoverySummary struct {
 	Logs           int    // partition logs opened
 	Segments       int    // their segment files
@@ -132,6 +134,7 @@ func (s *Store) Checkpoint(blob []byte) error {
 // goroutine and written later (possibly on another goroutine, while
 // applying goes on).
 type StateCapture struct {
+	fs      vfs.FS
 	dir     string
 	state   []byte
 	syncs   []func() error // fsync each partition's active segment as of the capture
@@ -143,13 +146,13 @@ type StateCapture struct {
 // partition holds its newest records. It is fast (no I/O); call it from the
 // apply goroutine, between entries.
 func (s *Store) Capture(blob []byte) *StateCapture {
-	c := &StateCapture{dir: s.cfg.Dir, state: s.encodeState(blob)}
+	c := &StateCapture{fs: s.cfg.FS, dir: s.cfg.Dir, state: s.encodeState(blob)}
 	seen := map[string]bool{}
 	for _, t := range s.Topics() {
 		for _, p := range t.Partitions {
 			// New partitions' directory names, each directory once (a
 			// topic's partitions share its directory and the topics one).
-			if dirs := p.Log.pendingDirs(); len(dirs) > 0 {
+			if dirs := p.Log.PendingDirs(); len(dirs) > 0 {
 				c.newLogs = append(c.newLogs, newLogDirs{p.Log, dirs})
 				for _, d := range dirs {
 					if !seen[d] {
@@ -158,7 +161,7 @@ func (s *Store) Capture(blob []byte) *StateCapture {
 					}
 				}
 			}
-			c.syncs = append(c.syncs, p.Log.activeSyncer())
+			c.syncs = append(c.syncs, p.Log.ActiveSyncer())
 		}
 	}
 	return c
@@ -167,7 +170,7 @@ func (s *Store) Capture(blob []byte) *StateCapture {
 // newLogDirs is a log created with DeferDirSync and the directories whose
 // syncs make its names durable.
 type newLogDirs struct {
-	log  *Log
+	log  *logstore.Log
 	dirs []string
 }
 
@@ -176,19 +179,19 @@ type newLogDirs struct {
 // returns, the previous checkpoint stays the one recovery uses.
 func (c *StateCapture) Write() error {
 	for _, d := range c.dirs {
-		if err := syncDir(d); err != nil {
+		if err := vfs.SyncDir(c.fs, d); err != nil {
 			return err
 		}
 	}
 	for _, n := range c.newLogs {
-		n.log.dirsSynced(n.dirs)
+		n.log.DirsSynced(n.dirs)
 	}
 	for _, sync := range c.syncs {
 		if err := sync(); err != nil {
 			return err
 		}
 	}
-	return writeFileAtomic(c.dir, stateFileName, c.state)
+	return vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, c.state)
 }
 
 func (s *Store) encodeState(blob []byte) []byte {
@@ -235,7 +238,7 @@ func (s *Store) encodeState(blob []byte) []byte {
 // decodeState restores s from a state checkpoint and opens its partitions.
 func (s *Store) decodeState(b []byte) ([]byte, error) {
 	path := filepath.Join(s.cfg.Dir, stateFileName)
-	corrupt := func(why string) error { return &CorruptionError{Path: path, Reason: why} }
+	corrupt := func(why string) error { return &logstore.CorruptionError{Path: path, Reason: why} }
 	if len(b) < stateHeaderBytes || string(b[:len(stateMagic)]) != stateMagic {
 		return nil, corrupt("not a state checkpoint")
 	}
@@ -306,7 +309,7 @@ func (s *Store) decodeTopics(d *decoder, corrupt func(string) error) error {
 // checkpointed start.
 func restorePartition(p *Partition, next, start uint64) error {
 	if got := p.Log.NextOffset(); got < next {
-		return &CorruptionError{Path: p.Log.Dir(), Reason: fmt.Sprintf(
+		return &logstore.CorruptionError{Path: p.Log.Dir(), Reason: fmt.Sprintf(
 			"the state checkpoint vouches for offsets below %d but the partition ends at %d", next, got)}
 	}
 	if err := p.Log.TruncateTo(next); err != nil {

@@ -10,13 +10,19 @@ import (
 	"strconv"
 	"sync"
 
+	"keel/engine/logstore"
+	"keel/engine/vfs"
 	"keel/ring"
 )
 
 // StoreConfig holds the state machine's settings and limits.
 type StoreConfig struct {
 	Dir       string
-	Partition LogConfig // for every partition log
+	Partition logstore.LogConfig // for every partition log
+
+	// FS does the store's metadata I/O, and its partition logs' (vfs.Default
+	// when nil).
+	FS vfs.FS
 
 	// Limits are written into every entry this node proposes (as leader):
 	// the entry, not the applying node's flags, decides what apply does
@@ -134,7 +140,7 @@ type Topic struct {
 type Partition struct {
 	Topic string
 	ID    int32
-	Log   *Log
+	Log   *logstore.Log
 
 	mu      sync.Mutex
 	changed chan struct{} // closed at the next append; nil while nobody waits
@@ -160,9 +166,11 @@ func (p *Partition) notify() {
 }
 
 func (c StoreConfig) withDefaults() StoreConfig {
+	c.FS = vfs.OrDefault(c.FS)
+	c.Partition.FS = c.FS
 	c.Partition.TailUnordered = true
 	c.Partition.DeferDirSync = true // the Raft WAL rebuilds a partition a crash left half-created
-	c.Partition = c.Partition.withDefaults()
+	c.Partition = c.Partition.WithDefaults()
 	c.Limits = c.Limits.WithDefaults()
 	return c
 }
@@ -205,7 +213,7 @@ func (s *Store) Topics() []*Topic {
 }
 
 // WriteBehindFailures counts the write-behind hints the kernel refused
-// over every partition (see LogConfig.WriteBehindBytes).
+// over every partition (see logstore.LogConfig.WriteBehindBytes).
 func (s *Store) WriteBehindFailures() uint64 {
 	var n uint64
 	for _, t := range s.Topics() {
@@ -268,7 +276,7 @@ func (s *Store) Close() error {
 func (s *Store) openTopic(name string, partitions int, createdMs int64) (*Topic, error) {
 	t := &Topic{Name: name, CreatedMs: createdMs}
 	for p := 0; p < partitions; p++ {
-		l, err := OpenLog(s.partitionDir(name, p), s.io, s.cfg.Partition)
+		l, err := logstore.OpenLog(s.partitionDir(name, p), s.io, s.cfg.Partition)
 		if err != nil {
 			for _, q := range t.Partitions {
 				q.Log.Close()
@@ -301,8 +309,8 @@ func (t *Topic) partitionFor(c *Command) (int32, error) {
 	}
 }
 
-func removeStrayTopicDirs(dir string, keep map[string]*Topic) error {
-	entries, err := fsys.ReadDir(dir)
+func removeStrayTopicDirs(fs vfs.FS, dir string, keep map[string]*Topic) error {
+	entries, err := fs.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -314,9 +322,9 @@ func removeStrayTopicDirs(dir string, keep map[string]*Topic) error {
 			continue
 		}
 		// Created after the checkpoint: the WAL replay creates it again.
-		if err := fsys.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+		if err := fs.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			return fmt.Errorf("engine: remove %s: %w", e.Name(), err)
 		}
 	}
-	return syncDir(dir)
+	return vfs.SyncDir(fs, dir)
 }

@@ -11,7 +11,9 @@ import (
 	"runtime"
 	"testing"
 
+	"keel/engine/logstore"
 	"keel/engine/record"
+	"keel/engine/vfs"
 )
 
 // testLimits: a 1 s idempotency window and 3 keys, to test eviction.
@@ -42,7 +44,12 @@ type storeHarness struct {
 }
 
 func newStoreHarness(t *testing.T, dir string) *storeHarness {
-	s, _, err := OpenStore(StoreConfig{Dir: dir}, openBackend(t, "syscall"))
+	return newStoreHarnessFS(t, dir, nil)
+}
+
+// newStoreHarnessFS opens the store with fs for its metadata I/O.
+func newStoreHarnessFS(t *testing.T, dir string, fs vfs.FS) *storeHarness {
+	s, _, err := OpenStore(StoreConfig{Dir: dir, FS: fs}, openBackend(t, "syscall"))
 	if err != nil {
 		t.Fatalf("OpenStore: %v", err)
 	}
@@ -99,13 +106,28 @@ func (h *storeHarness) values(topic string, p int32) []string {
 	return out
 }
 
-func readAllOrdered(t *testing.T, l *Log) [][]byte {
-	got := readAll(t, l, 0)
-	out := make([][]byte, 0, len(got))
-	for off := l.StartOffset(); off < l.NextOffset(); off++ {
-		out = append(out, got[off])
+// readAllOrdered reads the whole log and checks its offsets are dense.
+func readAllOrdered(t *testing.T, l *logstore.Log) [][]byte {
+	t.Helper()
+	var out [][]byte
+	want := l.StartOffset()
+	for from := want; ; {
+		next, err := l.Read(from, 1<<16, func(fr logstore.Frame) bool {
+			if fr.Offset != want {
+				t.Fatalf("read offset %d, want %d", fr.Offset, want)
+			}
+			want++
+			out = append(out, append([]byte(nil), fr.Payload...))
+			return true
+		})
+		if err != nil {
+			t.Fatalf("Read(%d): %v", from, err)
+		}
+		if next == from {
+			return out
+		}
+		from = next
 	}
-	return out
 }
 
 func TestStoreApply(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"keel/engine"
+	"keel/engine/logstore"
 	"keel/engine/record"
 )
 
@@ -270,7 +271,7 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 	// The stored bytes read are at most the bytes written (every message
 	// gains at least its JSON field names), so the log's own budget never
 	// stops a page before the written budget does.
-	next, err := p.Log.Read(from, q.maxBytes, func(fr engine.Frame) bool {
+	next, err := p.Log.Read(from, q.maxBytes, func(fr logstore.Frame) bool {
 		m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 		if err != nil {
 			decodeErr = err

@@ -8,9 +8,9 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"github.com/valyala/fasthttp"
+	"keel/engine/logstore"
 
-	"keel/engine"
+	"github.com/valyala/fasthttp"
 )
 
 // metrics holds the counters the HTTP front keeps itself; gauges are read
@@ -129,7 +129,7 @@ func (s *Server) writeRecoveryMetrics(w *promWriter) {
 	w.sampleFloat("keel_recovery_seconds", s.cfg.RecoveryDuration.Seconds())
 	w.help("keel_recovery_replayed_entries", "gauge", "Raft entries after the state checkpoint replayed at startup")
 	w.sample("keel_recovery_replayed_entries", nil, uint64(replayed))
-	open, opens, evictions := engine.SealedFilesStats()
+	open, opens, evictions := logstore.SealedFilesStats()
 	w.help("keel_sealed_files_open", "gauge", "sealed segment files open now (bounded by --sealed-files-max)")
 	w.sample("keel_sealed_files_open", nil, uint64(open))
 	w.help("keel_sealed_file_opens_total", "counter", "sealed segment files reopened on read")

@@ -4,7 +4,7 @@
 // WAL as one batch with one fdatasync before anything depends on them),
 // applying committed entries to the engine's state machine and answering
 // the proposers, state checkpoints and WAL truncation, and the deadline
-// reaper for waiting proposals. The WAL is an engine.Log of its own
+// reaper for waiting proposals. The WAL is an logstore.Log of its own
 // (record types RecordRaftEntry and RecordRaftState), written by the loop
 // directly, not through a group-commit writer.
 //

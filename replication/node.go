@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 
 	"keel/engine"
+	"keel/engine/logstore"
 	"keel/ring"
 )
 
@@ -155,7 +156,7 @@ const stepQueueMax = 4096
 // Store's apply side.
 type Node struct {
 	cfg     Config
-	wal     *engine.Log
+	wal     *logstore.Log
 	store   StateMachine
 	storage *raft.MemoryStorage
 	rn      *raft.RawNode
@@ -284,7 +285,7 @@ func (n *Node) restore() error {
 	if next := n.wal.NextOffset(); st.replayFrom > next {
 		// The WAL ends before where the checkpoint says replay starts.
 		if !n.cfg.Rocket && !n.walUnordered {
-			return &engine.CorruptionError{Path: n.cfg.WALDir, Reason: fmt.Sprintf(
+			return &logstore.CorruptionError{Path: n.cfg.WALDir, Reason: fmt.Sprintf(
 				"the checkpoint replays the WAL from record %d but it ends at %d: fsynced records are missing", st.replayFrom, next)}
 		}
 		// Rocket mode lost unsynced records, as it may. New records would
@@ -420,7 +421,7 @@ func (n *Node) enqueue(c Command, deadline time.Time) (*waiter, error) {
 // Recovery reports what opening the node found: the WAL's own recovery
 // (a torn tail cut) and how many Raft entries after the state checkpoint
 // it replays.
-func (n *Node) Recovery() (wal engine.RecoveryReport, replayedEntries int) {
+func (n *Node) Recovery() (wal logstore.RecoveryReport, replayedEntries int) {
 	return n.wal.Recovery(), n.replayed
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"keel/engine"
+	"keel/engine/logstore"
 	"keel/engine/record"
 	"keel/ring"
 )
@@ -108,7 +109,7 @@ func readValues(t *testing.T, s *engine.Store, topic string) []string {
 	var vals []string
 	l := tp.Partitions[0].Log
 	for from := uint64(0); from < l.NextOffset(); {
-		next, err := l.Read(from, 1<<20, func(fr engine.Frame) bool {
+		next, err := l.Read(from, 1<<20, func(fr logstore.Frame) bool {
 			m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 			if err != nil {
 				t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
-	"keel/engine"
+	"keel/engine/logstore"
 	"keel/invariant"
 )
 
@@ -68,7 +68,7 @@ func (n *Node) handleReady() error {
 // persist writes one Ready's HardState and entries as WAL batches, each
 // made durable before the next is written.
 func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
-	var recs []engine.Record
+	var recs []logstore.Record
 	var pending []walMark
 	size := 0
 	flush := func() error {
@@ -114,7 +114,7 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 			}
 		}
 		pending = append(pending, walMark{index: ents[i].Index, walOffset: uint64(len(recs))})
-		recs = append(recs, engine.Record{Type: engine.RecordRaftEntry, Payload: b})
+		recs = append(recs, logstore.Record{Type: logstore.RecordRaftEntry, Payload: b})
 		size += len(b)
 	}
 	// The HardState goes last, in the same batch as the last entries: if a
@@ -125,7 +125,7 @@ func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
 		if err != nil {
 			return err
 		}
-		recs = append(recs, engine.Record{Type: engine.RecordRaftState, Payload: b})
+		recs = append(recs, logstore.Record{Type: logstore.RecordRaftState, Payload: b})
 		size += len(b)
 	}
 	err := flush()

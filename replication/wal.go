@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 
-	"go.etcd.io/raft/v3/raftpb"
+	"keel/engine/logstore"
 
-	"keel/engine"
+	"go.etcd.io/raft/v3/raftpb"
 )
 
-// The WAL is an engine.Log of RecordRaftState (a marshalled HardState) and
+// The WAL is an logstore.Log of RecordRaftState (a marshalled HardState) and
 // RecordRaftEntry (a marshalled Entry) frames. One Ready's HardState and
 // entries are one batch: one write, one fdatasync.
 //
@@ -89,11 +89,11 @@ type replayed struct {
 
 // replayWAL reads the WAL from offset from and collects the HardState and
 // the entries after applied.
-func replayWAL(wal *engine.Log, from, applied uint64, hs raftpb.HardState) (replayed, error) {
+func replayWAL(wal *logstore.Log, from, applied uint64, hs raftpb.HardState) (replayed, error) {
 	r := replayed{hardState: hs}
 	var decodeErr error
 	for {
-		next, err := wal.Read(from, 16<<20, func(fr engine.Frame) bool {
+		next, err := wal.Read(from, 16<<20, func(fr logstore.Frame) bool {
 			decodeErr = r.add(fr, applied)
 			return decodeErr == nil
 		})
@@ -115,15 +115,15 @@ func replayWAL(wal *engine.Log, from, applied uint64, hs raftpb.HardState) (repl
 	return r, nil
 }
 
-func (r *replayed) add(fr engine.Frame, applied uint64) error {
+func (r *replayed) add(fr logstore.Frame, applied uint64) error {
 	switch fr.Type {
-	case engine.RecordRaftState:
+	case logstore.RecordRaftState:
 		var hs raftpb.HardState
 		if err := hs.Unmarshal(fr.Payload); err != nil {
 			return fmt.Errorf("replication: WAL record %d: hard state: %w", fr.Offset, err)
 		}
 		r.hardState = hs
-	case engine.RecordRaftEntry:
+	case logstore.RecordRaftEntry:
 		var e raftpb.Entry
 		if err := e.Unmarshal(fr.Payload); err != nil {
 			return fmt.Errorf("replication: WAL record %d: entry: %w", fr.Offset, err)

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"keel/engine"
+	"keel/engine/logstore"
 )
 
 // unorderedMarker names a file in the WAL directory that exists while the
@@ -26,7 +26,7 @@ func walMarkedUnordered(dir string) bool {
 }
 
 // openWAL opens the WAL, creating or clearing the rocket-mode marker first.
-func openWAL(cfg Config) (*engine.Log, error) {
+func openWAL(cfg Config) (*logstore.Log, error) {
 	if err := os.MkdirAll(cfg.WALDir, 0o755); err != nil {
 		return nil, fmt.Errorf("replication: create WAL dir: %w", err)
 	}
@@ -42,9 +42,9 @@ func openWAL(cfg Config) (*engine.Log, error) {
 	if cfg.WALSegmentBytes < 2*int64(cfg.EntryBytesMax) {
 		return nil, fmt.Errorf("replication: WAL segment of %d bytes cannot hold two entries of up to %d bytes", cfg.WALSegmentBytes, cfg.EntryBytesMax)
 	}
-	walCfg := engine.LogConfig{SegmentBytes: cfg.WALSegmentBytes, BatchBytesMax: int(cfg.WALSegmentBytes), MarkIntervalBytes: cfg.WALSegmentBytes,
+	walCfg := logstore.LogConfig{SegmentBytes: cfg.WALSegmentBytes, BatchBytesMax: int(cfg.WALSegmentBytes), MarkIntervalBytes: cfg.WALSegmentBytes,
 		TailUnordered: cfg.Rocket || marked}
-	wal, err := engine.OpenLog(cfg.WALDir, cfg.IO, walCfg)
+	wal, err := logstore.OpenLog(cfg.WALDir, cfg.IO, walCfg)
 	if err != nil {
 		return nil, fmt.Errorf("replication: open WAL: %w", err)
 	}

@@ -7,7 +7,7 @@ import (
 
 // The descriptor budget. Every connection holds a descriptor, every
 // partition holds one for its active segment, and sealed segments share a
-// bounded cache (engine.SetSealedFilesMax); the WAL, state files,
+// bounded cache (logstore.SetSealedFilesMax); the WAL, state files,
 // directories being synced, the listener and stdio take a few more.
 // Running out is never fatal to the process (accept backs off), but a
 // partition that cannot open its files would be a storage fault, so the

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"keel/engine"
+	"keel/engine/logstore"
 	"keel/httpfront"
 	"keel/replication"
 	"keel/ring"
@@ -138,7 +139,7 @@ func serveWith(o options, log *slog.Logger) error {
 	if err := o.applyBudget(nofile); err != nil {
 		return err
 	}
-	engine.SetSealedFilesMax(o.sealedFilesMax)
+	logstore.SetSealedFilesMax(o.sealedFilesMax)
 	log.Info("descriptor budget", "ulimit_n", nofile, "max_conns", o.maxConns, "sealed_files_max", o.sealedFilesMax, "max_total_partitions", o.maxTotalPartitions)
 	tuneGC(o, log)
 	if o.pprofAddr != "" {

@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"container/list"
@@ -92,7 +92,7 @@ func (c *fileCache) acquire(s *segment) (*os.File, error) {
 	if s.file == nil {
 		// Opened under the lock: rare (a miss), and it keeps two readers
 		// from opening the same file twice.
-		nf, err := fsys.OpenFile(s.path, os.O_RDWR, 0)
+		nf, err := s.fs.OpenFile(s.path, os.O_RDWR, 0)
 		if err != nil {
 			return nil, fmt.Errorf("engine: reopen sealed segment %s: %w", s.path, err)
 		}
@@ -133,7 +133,7 @@ func (c *fileCache) pin(s *segment) error {
 		s.elem = nil
 	}
 	if s.file == nil {
-		f, err := fsys.OpenFile(s.path, os.O_RDWR, 0)
+		f, err := s.fs.OpenFile(s.path, os.O_RDWR, 0)
 		if err != nil {
 			return fmt.Errorf("engine: reopen segment %s: %w", s.path, err)
 		}

@@ -1,9 +1,10 @@
-package engine
+package logstore
 
 import (
 	"fmt"
 
 	"keel/engine/record"
+	"keel/engine/vfs"
 )
 
 // LogConfig holds a Log's limits. Zero fields take the defaults below;
@@ -43,6 +44,8 @@ type LogConfig struct {
 	// the WAL's fdatasyncs on the same disk for tens of milliseconds.
 	// 0 takes the default (1 MiB); negative turns it off.
 	WriteBehindBytes int64
+	// FS does the log's metadata I/O (vfs.Default when nil).
+	FS vfs.FS
 }
 
 const (
@@ -55,7 +58,8 @@ const (
 	writeBehindBytesDefault   = 1 << 20
 )
 
-func (c LogConfig) withDefaults() LogConfig {
+func (c LogConfig) WithDefaults() LogConfig {
+	c.FS = vfs.OrDefault(c.FS)
 	if c.SegmentBytes == 0 {
 		c.SegmentBytes = segmentBytesDefault
 	}
@@ -74,7 +78,7 @@ func (c LogConfig) withDefaults() LogConfig {
 	return c
 }
 
-func (c LogConfig) validate() error {
+func (c LogConfig) Validate() error {
 	switch {
 	case c.SegmentBytes < segmentBytesMin || c.SegmentBytes > segmentBytesLimit:
 		return fmt.Errorf("engine: SegmentBytes %d outside [%d, %d]", c.SegmentBytes, segmentBytesMin, segmentBytesLimit)

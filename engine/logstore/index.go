@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"encoding/binary"
@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"keel/engine/record"
+	"keel/engine/vfs"
 )
 
 // indexEntry maps a record (offset relative to the segment base) to the byte
@@ -78,8 +79,8 @@ var errIndexFile = errors.New("index file invalid")
 
 // readIndexFile loads the index of the segment at base. Any problem is
 // reported as an error; the caller then rebuilds the index by scanning.
-func readIndexFile(path string, base uint64, intervalBytes int64) (sealedInfo, error) {
-	b, err := fsys.ReadFile(path)
+func readIndexFile(fs vfs.FS, path string, base uint64, intervalBytes int64) (sealedInfo, error) {
+	b, err := fs.ReadFile(path)
 	if err != nil {
 		return sealedInfo{}, err
 	}

@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"keel/engine/record"
+	"keel/engine/vfs"
 	"keel/ring"
 )
 
@@ -217,7 +218,7 @@ func TestActiveSyncerSkipsIdleLogs(t *testing.T) {
 	defer l.Close()
 	run := func() int {
 		before := cb.syncs
-		if err := l.activeSyncer()(); err != nil {
+		if err := l.ActiveSyncer()(); err != nil {
 			t.Fatal(err)
 		}
 		return cb.syncs - before
@@ -252,14 +253,14 @@ func TestRemoveGently(t *testing.T) {
 		if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := removeGently(path); err != nil {
+		if err := removeGently(vfs.Default, path); err != nil {
 			t.Fatalf("size %d: %v", size, err)
 		}
 		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("size %d: file still there: %v", size, err)
 		}
 	}
-	if err := removeGently(filepath.Join(dir, "missing.tmp")); err == nil {
+	if err := removeGently(vfs.Default, filepath.Join(dir, "missing.tmp")); err == nil {
 		t.Fatal("removing a missing file: no error")
 	}
 }

@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"errors"
@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"keel/engine/vfs"
 )
 
 // Checkpoint makes every appended record durable and records that in the
@@ -92,18 +94,18 @@ func (l *Log) dropSegmentsFrom(keep int) error {
 	l.mu.Unlock()
 	for _, s := range dropped {
 		sealedFiles.close(s)
-		if err := fsys.Remove(s.path); err != nil {
+		if err := l.cfg.FS.Remove(s.path); err != nil {
 			return fmt.Errorf("engine: remove segment %s: %w", s.path, err)
 		}
-		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
+		if err := removeIfExists(l.cfg.FS, filepath.Join(l.dir, indexName(s.base))); err != nil {
 			return err
 		}
 	}
 	// The active segment has no index file: recovery scans it.
-	if err := removeIfExists(filepath.Join(l.dir, indexName(l.active().base))); err != nil {
+	if err := removeIfExists(l.cfg.FS, filepath.Join(l.dir, indexName(l.active().base))); err != nil {
 		return err
 	}
-	return syncDir(l.dir)
+	return vfs.SyncDir(l.cfg.FS, l.dir)
 }
 
 // cutActiveAt cuts the active segment at byte pos, just before record next.
@@ -189,26 +191,26 @@ func (l *Log) DeleteBefore(offset uint64) (deleted uint64, freedBytes int64, err
 	for _, s := range gone {
 		freedBytes += s.size
 		sealedFiles.close(s)
-		if err := fsys.Remove(s.path); err != nil {
+		if err := l.cfg.FS.Remove(s.path); err != nil {
 			return deleted, freedBytes, l.setFault(fmt.Errorf("engine: remove segment %s: %w", s.path, err))
 		}
-		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
+		if err := removeIfExists(l.cfg.FS, filepath.Join(l.dir, indexName(s.base))); err != nil {
 			return deleted, freedBytes, l.setFault(err)
 		}
 	}
 	if len(gone) > 0 {
-		if err := syncDir(l.dir); err != nil {
+		if err := vfs.SyncDir(l.cfg.FS, l.dir); err != nil {
 			return deleted, freedBytes, l.setFault(err)
 		}
 	}
 	return deleted, freedBytes, nil
 }
 
-// activeSyncer returns a function that fsyncs the segment that is active
+// ActiveSyncer returns a function that fsyncs the segment that is active
 // now, without holding the log's locks while it runs, so appends go on. A
 // segment rolled over in between was synced by the roll; a later segment
 // holds only records appended after this call.
-func (l *Log) activeSyncer() func() error {
+func (l *Log) ActiveSyncer() func() error {
 	l.appendMu.Lock()
 	fault := l.appendable()
 	l.appendMu.Unlock()
@@ -281,17 +283,17 @@ func (l *Log) DropSegmentsBefore(offset uint64) error {
 	// .tmp files), and is then freed gently (see removeGently).
 	for _, s := range gone {
 		sealedFiles.close(s)
-		if err := removeIfExists(filepath.Join(l.dir, indexName(s.base))); err != nil {
+		if err := removeIfExists(l.cfg.FS, filepath.Join(l.dir, indexName(s.base))); err != nil {
 			return err
 		}
 		doomed := s.path + ".tmp"
-		if err := fsys.Rename(s.path, doomed); err != nil {
+		if err := l.cfg.FS.Rename(s.path, doomed); err != nil {
 			return fmt.Errorf("engine: take segment %s out of the log: %w", s.path, err)
 		}
-		if err := syncDir(l.dir); err != nil {
+		if err := vfs.SyncDir(l.cfg.FS, l.dir); err != nil {
 			return err
 		}
-		if err := removeGently(doomed); err != nil {
+		if err := removeGently(l.cfg.FS, doomed); err != nil {
 			return err
 		}
 	}
@@ -314,8 +316,8 @@ const (
 // removeGently frees path's blocks a step at a time, then unlinks it. It
 // is for files already out of any log (renamed to .tmp): a crash part-way
 // leaves a shorter .tmp file, which OpenLog removes.
-func removeGently(path string) error {
-	f, err := fsys.OpenFile(path, os.O_WRONLY, 0)
+func removeGently(fs vfs.FS, path string) error {
+	f, err := fs.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("engine: open %s to free it: %w", path, err)
 	}
@@ -335,14 +337,14 @@ func removeGently(path string) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("engine: close %s: %w", path, err)
 	}
-	if err := fsys.Remove(path); err != nil {
+	if err := fs.Remove(path); err != nil {
 		return fmt.Errorf("engine: remove %s: %w", path, err)
 	}
 	return nil
 }
 
-func removeIfExists(path string) error {
-	if err := fsys.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+func removeIfExists(fs vfs.FS, path string) error {
+	if err := fs.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("engine: remove %s: %w", path, err)
 	}
 	return nil

@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"bytes"
@@ -110,7 +110,7 @@ func TestCheckpointSyncerAfterEviction(t *testing.T) {
 		}
 	}
 	appendN(0, 5)
-	syncer := l.activeSyncer() // the checkpoint captured now; its fsync runs later
+	syncer := l.ActiveSyncer() // the checkpoint captured now; its fsync runs later
 	appendN(5, 300)            // rolls past that segment, many times
 	readAll(t, l, 0)           // reads every sealed segment: the cache evicts the first
 	if err := syncer(); err != nil {

@@ -1,10 +1,11 @@
-package engine
+package logstore
 
 import (
 	"fmt"
 	"sync"
 
 	"keel/engine/record"
+	"keel/engine/vfs"
 	"keel/invariant"
 	"keel/ring"
 )
@@ -186,12 +187,12 @@ func (l *Log) roll() error {
 		return l.setFault(fmt.Errorf("engine: sync %s before sealing: %w", old.path, err))
 	}
 	l.mu.RLock()
-	err := writeIndexFile(l.dir, old)
+	err := writeIndexFile(l.cfg.FS, l.dir, old)
 	l.mu.RUnlock()
 	if err != nil {
 		return l.setFault(err)
 	}
-	seg, err := createSegment(l.dir, l.next, l.cfg.IndexIntervalBytes)
+	seg, err := createSegment(l.cfg.FS, l.dir, l.next, l.cfg.IndexIntervalBytes)
 	if err != nil {
 		return l.setFault(err)
 	}
@@ -222,7 +223,7 @@ func (l *Log) currentDurableMark() durableMark {
 
 // writeDurableMarkOf writes c as the log's durable mark.
 func (l *Log) writeDurableMarkOf(c durableMark) error {
-	if err := writeFileAtomic(l.dir, durableMarkFileName, c.encode()); err != nil {
+	if err := vfs.WriteFileAtomic(l.cfg.FS, l.dir, durableMarkFileName, c.encode()); err != nil {
 		return fmt.Errorf("engine: durable mark: %w", err)
 	}
 	l.sinceMark = 0

@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"encoding/binary"
@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"keel/engine/record"
+	"keel/engine/vfs"
 )
 
 // Vocabulary: three things were once all called "checkpoint". Now:
@@ -79,9 +80,9 @@ func decodeCheckpoint(b []byte) (durableMark, error) {
 // loadDurableMark reads dir's checkpoint; ok is false when there is none
 // (a new log). A checkpoint that exists but does not decode is corruption:
 // it was written atomically, so it is never half-written.
-func loadDurableMark(dir string) (c durableMark, ok bool, err error) {
+func loadDurableMark(fs vfs.FS, dir string) (c durableMark, ok bool, err error) {
 	path := filepath.Join(dir, durableMarkFileName)
-	b, err := fsys.ReadFile(path)
+	b, err := fs.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return durableMark{}, false, nil
 	}

@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"keel/engine/record"
+	"keel/engine/vfs"
 	"keel/ring"
 )
 
@@ -213,7 +214,7 @@ func TestSealedIndexRebuilt(t *testing.T) {
 			t.Fatalf("offset %d differs", off)
 		}
 	}
-	if _, err := readIndexFile(idx[0], 0, cfg.IndexIntervalBytes); err != nil {
+	if _, err := readIndexFile(vfs.Default, idx[0], 0, cfg.IndexIntervalBytes); err != nil {
 		t.Fatalf("index file not rewritten: %v", err)
 	}
 }

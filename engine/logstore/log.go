@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"keel/engine/vfs"
 	"keel/invariant"
 	"keel/ring"
 )
@@ -71,16 +72,16 @@ type Log struct {
 // OpenLog opens (creating if needed) the log in dir and recovers it. It
 // fails with a *CorruptionError when fsynced data is damaged.
 func OpenLog(dir string, io ring.Backend, cfg LogConfig) (*Log, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	created, err := makeDirs(dir, !cfg.DeferDirSync)
+	created, err := vfs.MakeDirs(cfg.FS, dir, !cfg.DeferDirSync)
 	if err != nil {
 		return nil, err
 	}
 	if len(created) == 0 { // a directory just made holds no leftovers
-		if err := removeTempFiles(dir); err != nil {
+		if err := removeTempFiles(cfg.FS, dir); err != nil {
 			return nil, err
 		}
 	}
@@ -104,16 +105,16 @@ func (l *Log) recover() error {
 	if len(l.unsyncedDirs) > 0 {
 		return l.recoverEmpty(durableMark{}, false) // just created: nothing to read
 	}
-	if err := syncDir(l.dir); err != nil {
+	if err := vfs.SyncDir(l.cfg.FS, l.dir); err != nil {
 		return err
 	}
-	ckpt, haveCkpt, err := loadDurableMark(l.dir)
+	ckpt, haveCkpt, err := loadDurableMark(l.cfg.FS, l.dir)
 	if err != nil {
 		return err
 	}
 	l.report.MarkFound = haveCkpt
 	l.lastMark = ckpt
-	bases, err := listSegments(l.dir)
+	bases, err := listSegments(l.cfg.FS, l.dir)
 	if err != nil {
 		return err
 	}
@@ -121,7 +122,7 @@ func (l *Log) recover() error {
 		return l.recoverEmpty(ckpt, haveCkpt)
 	}
 	for _, base := range bases[:len(bases)-1] {
-		seg, err := openSealedSegment(l.dir, base, l.cfg.IndexIntervalBytes)
+		seg, err := openSealedSegment(l.cfg.FS, l.dir, base, l.cfg.IndexIntervalBytes)
 		if err != nil {
 			return err
 		}
@@ -156,7 +157,7 @@ func (l *Log) recoverEmpty(ckpt durableMark, haveCkpt bool) error {
 		return &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
 			"the durable mark vouches for %d records but no segment files exist", ckpt.NextOffset)}
 	}
-	seg, err := createSegmentSync(l.dir, 0, l.cfg.IndexIntervalBytes, len(l.unsyncedDirs) == 0)
+	seg, err := createSegmentSync(l.cfg.FS, l.dir, 0, l.cfg.IndexIntervalBytes, len(l.unsyncedDirs) == 0)
 	if err != nil {
 		return err
 	}
@@ -176,14 +177,14 @@ func (l *Log) recoverEmpty(ckpt durableMark, haveCkpt bool) error {
 // durable mark and cuts a torn tail.
 func (l *Log) recoverActive(base uint64, ckpt durableMark, haveCkpt bool) (*segment, error) {
 	path := filepath.Join(l.dir, segmentName(base))
-	f, err := fsys.OpenFile(path, os.O_RDWR, 0)
+	f, err := l.cfg.FS.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("engine: open segment %s: %w", path, err)
 	}
 	seg := &segment{base: base, path: path, file: f}
 	// An index file beside the active segment is stale (left by a
 	// truncation cut short by a crash): the scan below is the truth.
-	if err := removeIfExists(filepath.Join(l.dir, indexName(base))); err != nil {
+	if err := removeIfExists(l.cfg.FS, filepath.Join(l.dir, indexName(base))); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -283,43 +284,6 @@ func cutTail(f *os.File, at, end int64) error {
 	return nil
 }
 
-// ensureDir creates dir and any missing parents, and fsyncs the parent of
-// every directory it created, so the whole path survives a power loss.
-func ensureDir(dir string) error {
-	_, err := makeDirs(dir, true)
-	return err
-}
-
-// makeDirs creates dir and its missing parents and returns the ones it
-// created (innermost first); with sync, each one's name is made durable.
-func makeDirs(dir string, sync bool) ([]string, error) {
-	dir = filepath.Clean(dir)
-	var created []string
-	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := fsys.Stat(d); err == nil {
-			break
-		}
-		created = append(created, d)
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	if len(created) == 0 {
-		return nil, nil
-	}
-	if err := fsys.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("engine: create %s: %w", dir, err)
-	}
-	if sync {
-		for _, d := range created {
-			if err := syncDir(filepath.Dir(d)); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return created, nil
-}
-
 // parentsOf returns the directories holding the created ones (innermost
 // first): fsyncing them makes the created names durable.
 func parentsOf(created []string) []string {
@@ -330,17 +294,17 @@ func parentsOf(created []string) []string {
 	return out
 }
 
-// pendingDirs returns the directories whose fsyncs would make the names of
+// PendingDirs returns the directories whose fsyncs would make the names of
 // a log created with DeferDirSync durable (none once done). The state
 // capture syncs them, each once, before the state checkpoint names the log.
-func (l *Log) pendingDirs() []string {
+func (l *Log) PendingDirs() []string {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	return l.unsyncedDirs
 }
 
-// dirsSynced records that dirs (as pendingDirs returned them) are durable.
-func (l *Log) dirsSynced(dirs []string) {
+// DirsSynced records that dirs (as PendingDirs returned them) are durable.
+func (l *Log) DirsSynced(dirs []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.unsyncedDirs) == len(dirs) {
@@ -348,14 +312,14 @@ func (l *Log) dirsSynced(dirs []string) {
 	}
 }
 
-func removeTempFiles(dir string) error {
-	entries, err := fsys.ReadDir(dir)
+func removeTempFiles(fs vfs.FS, dir string) error {
+	entries, err := fs.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("engine: list %s: %w", dir, err)
 	}
 	for _, e := range entries {
 		if strings.HasSuffix(e.Name(), ".tmp") {
-			if err := fsys.Remove(filepath.Join(dir, e.Name())); err != nil {
+			if err := fs.Remove(filepath.Join(dir, e.Name())); err != nil {
 				return fmt.Errorf("engine: remove leftover %s: %w", e.Name(), err)
 			}
 		}

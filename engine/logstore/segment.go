@@ -1,4 +1,4 @@
-package engine
+package logstore
 
 import (
 	"container/list"
@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"keel/engine/vfs"
 )
 
 // Segment files are named by their base offset, zero-padded so that names
@@ -27,6 +29,7 @@ func indexName(base uint64) string   { return fmt.Sprintf("%020d%s", base, index
 // file, cached, refs, elem and gone, and may close its file while no
 // reader uses it.
 type segment struct {
+	fs        vfs.FS // opens the file again after the cache closed it
 	base      uint64
 	path      string
 	file      *os.File
@@ -45,8 +48,8 @@ type segment struct {
 func (s *segment) fd() int { return int(s.file.Fd()) }
 
 // listSegments returns the base offsets of the segment files in dir, sorted.
-func listSegments(dir string) ([]uint64, error) {
-	entries, err := fsys.ReadDir(dir)
+func listSegments(fs vfs.FS, dir string) ([]uint64, error) {
+	entries, err := fs.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("engine: list %s: %w", dir, err)
 	}
@@ -68,36 +71,36 @@ func listSegments(dir string) ([]uint64, error) {
 
 // createSegment creates an empty segment file and makes its name durable
 // before anything is written into it.
-func createSegment(dir string, base uint64, intervalBytes int64) (*segment, error) {
-	return createSegmentSync(dir, base, intervalBytes, true)
+func createSegment(fs vfs.FS, dir string, base uint64, intervalBytes int64) (*segment, error) {
+	return createSegmentSync(fs, dir, base, intervalBytes, true)
 }
 
 // createSegmentSync is createSegment; without sync the name is not made
 // durable (DeferDirSync: the log's owner syncs the directory later).
-func createSegmentSync(dir string, base uint64, intervalBytes int64, sync bool) (*segment, error) {
+func createSegmentSync(fs vfs.FS, dir string, base uint64, intervalBytes int64, sync bool) (*segment, error) {
 	path := filepath.Join(dir, segmentName(base))
-	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("engine: create segment %s: %w", path, err)
 	}
 	if !sync {
-		return &segment{base: base, path: path, file: f, index: newSparseIndex(intervalBytes)}, nil
+		return &segment{fs: fs, base: base, path: path, file: f, index: newSparseIndex(intervalBytes)}, nil
 	}
-	if err := syncDir(dir); err != nil {
+	if err := vfs.SyncDir(fs, dir); err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &segment{base: base, path: path, file: f, index: newSparseIndex(intervalBytes)}, nil
+	return &segment{fs: fs, base: base, path: path, file: f, index: newSparseIndex(intervalBytes)}, nil
 }
 
 // openSealedSegment opens a segment that is not the last one. Its index file
 // is trusted when it matches the file; otherwise the whole segment is
 // scanned as vouched data and the index is written again.
-func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, error) {
+func openSealedSegment(fs vfs.FS, dir string, base uint64, intervalBytes int64) (*segment, error) {
 	path := filepath.Join(dir, segmentName(base))
 	// Read-write: a truncation (TruncateTo) can make a sealed segment
 	// active again.
-	f, err := fsys.OpenFile(path, os.O_RDWR, 0)
+	f, err := fs.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("engine: open segment %s: %w", path, err)
 	}
@@ -106,8 +109,8 @@ func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, 
 		f.Close()
 		return nil, fmt.Errorf("engine: stat %s: %w", path, err)
 	}
-	seg := &segment{base: base, path: path, file: f, sealed: true}
-	info, err := readIndexFile(filepath.Join(dir, indexName(base)), base, intervalBytes)
+	seg := &segment{fs: fs, base: base, path: path, file: f, sealed: true}
+	info, err := readIndexFile(fs, filepath.Join(dir, indexName(base)), base, intervalBytes)
 	if err == nil && info.size == st.Size() {
 		seg.size, seg.count, seg.lastBatch, seg.index = info.size, info.count, info.lastBatch, info.index
 		sealedFiles.adopt(seg)
@@ -123,7 +126,7 @@ func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, 
 		return nil, err
 	}
 	seg.size, seg.count, seg.lastBatch, seg.index = res.size, res.count, res.lastBatch, res.index
-	if err := writeIndexFile(dir, seg); err != nil {
+	if err := writeIndexFile(fs, dir, seg); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -132,7 +135,7 @@ func openSealedSegment(dir string, base uint64, intervalBytes int64) (*segment, 
 }
 
 // writeIndexFile persists a sealed segment's index atomically.
-func writeIndexFile(dir string, seg *segment) error {
+func writeIndexFile(fs vfs.FS, dir string, seg *segment) error {
 	info := sealedInfo{count: seg.count, size: seg.size, lastBatch: seg.lastBatch, index: seg.index}
-	return writeFileAtomic(dir, indexName(seg.base), encodeIndexFile(seg.base, info))
+	return vfs.WriteFileAtomic(fs, dir, indexName(seg.base), encodeIndexFile(seg.base, info))
 }
