@@ -17,6 +17,7 @@ import (
 
 	"keel/engine"
 	"keel/engine/logstore"
+	"keel/engine/vfs"
 	"keel/ring"
 )
 
@@ -24,6 +25,7 @@ import (
 type Config struct {
 	WALDir    string
 	IO        ring.Backend
+	FS        vfs.FS       // the WAL's metadata I/O (vfs.Default when nil)
 	Store     StateMachine // what the group replicates into (an *engine.Store)
 	StoreBlob []byte       // the blob of its last checkpoint (what engine.OpenStore returned); nil when fresh
 
@@ -118,6 +120,7 @@ func (c Config) withDefaults() Config {
 	if c.TickInterval == 0 {
 		c.TickInterval = 100 * time.Millisecond
 	}
+	c.FS = vfs.OrDefault(c.FS)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -257,7 +260,7 @@ func Open(cfg Config) (*Node, error) {
 		wal.Close()
 		return nil, err
 	}
-	n.walUnordered = cfg.Rocket || walMarkedUnordered(cfg.WALDir)
+	n.walUnordered = cfg.Rocket || walMarkedUnordered(cfg.FS, cfg.WALDir)
 	go n.waiters.reap() // until the waiters are closed (stop or fault)
 	n.publishStatus()
 	return n, nil

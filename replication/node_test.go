@@ -13,6 +13,7 @@ import (
 	"keel/engine"
 	"keel/engine/logstore"
 	"keel/engine/record"
+	"keel/engine/vfs"
 	"keel/ring"
 )
 
@@ -250,14 +251,14 @@ func TestRocketMarker(t *testing.T) {
 	if out.Durable || out.Batch != 0 {
 		t.Fatalf("rocket outcome: %+v", out)
 	}
-	if !walMarkedUnordered(filepath.Join(dir, "wal")) {
+	if !walMarkedUnordered(vfs.Default, filepath.Join(dir, "wal")) {
 		t.Fatal("rocket mode left no marker")
 	}
 	tn.n.skipFinalCheckpoint = true
 	tn.close(t)
 	tn2 := openNode(t, dir, Config{})
 	defer tn2.close(t)
-	if walMarkedUnordered(filepath.Join(dir, "wal")) {
+	if walMarkedUnordered(vfs.Default, filepath.Join(dir, "wal")) {
 		t.Fatal("durable node kept the rocket marker")
 	}
 	if got := readValues(t, tn2.store, "t"); fmt.Sprint(got) != "[fast]" {

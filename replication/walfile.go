@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"keel/engine/logstore"
+	"keel/engine/vfs"
 )
 
 // unorderedMarker names a file in the WAL directory that exists while the
@@ -20,19 +21,21 @@ const unorderedMarker = "unordered"
 // granularity of truncation after a checkpoint).
 const walSegmentBytesDefault = 64 << 20
 
-func walMarkedUnordered(dir string) bool {
-	_, err := os.Stat(filepath.Join(dir, unorderedMarker))
+func walMarkedUnordered(fs vfs.FS, dir string) bool {
+	_, err := fs.Stat(filepath.Join(dir, unorderedMarker))
 	return err == nil
 }
 
 // openWAL opens the WAL, creating or clearing the rocket-mode marker first.
 func openWAL(cfg Config) (*logstore.Log, error) {
-	if err := os.MkdirAll(cfg.WALDir, 0o755); err != nil {
+	// Every directory made here is made durable in its parent: the WAL
+	// holds acknowledged writes from its first batch on.
+	if err := vfs.EnsureDir(cfg.FS, cfg.WALDir); err != nil {
 		return nil, fmt.Errorf("replication: create WAL dir: %w", err)
 	}
-	marked := walMarkedUnordered(cfg.WALDir)
+	marked := walMarkedUnordered(cfg.FS, cfg.WALDir)
 	if cfg.Rocket && !marked {
-		if err := writeMarker(cfg.WALDir); err != nil {
+		if err := writeMarker(cfg.FS, cfg.WALDir); err != nil {
 			return nil, err
 		}
 	}
@@ -43,7 +46,7 @@ func openWAL(cfg Config) (*logstore.Log, error) {
 		return nil, fmt.Errorf("replication: WAL segment of %d bytes cannot hold two entries of up to %d bytes", cfg.WALSegmentBytes, cfg.EntryBytesMax)
 	}
 	walCfg := logstore.LogConfig{SegmentBytes: cfg.WALSegmentBytes, BatchBytesMax: int(cfg.WALSegmentBytes), MarkIntervalBytes: cfg.WALSegmentBytes,
-		TailUnordered: cfg.Rocket || marked}
+		TailUnordered: cfg.Rocket || marked, FS: cfg.FS}
 	wal, err := logstore.OpenLog(cfg.WALDir, cfg.IO, walCfg)
 	if err != nil {
 		return nil, fmt.Errorf("replication: open WAL: %w", err)
@@ -55,7 +58,7 @@ func openWAL(cfg Config) (*logstore.Log, error) {
 			wal.Close()
 			return nil, fmt.Errorf("replication: checkpoint WAL after rocket mode: %w", err)
 		}
-		if err := os.Remove(filepath.Join(cfg.WALDir, unorderedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := cfg.FS.Remove(filepath.Join(cfg.WALDir, unorderedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			wal.Close()
 			return nil, fmt.Errorf("replication: remove rocket-mode marker: %w", err)
 		}
@@ -63,21 +66,12 @@ func openWAL(cfg Config) (*logstore.Log, error) {
 	return wal, nil
 }
 
-func writeMarker(dir string) error {
-	f, err := os.OpenFile(filepath.Join(dir, unorderedMarker), os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
+func writeMarker(fs vfs.FS, dir string) error {
+	if err := fs.WriteFileSync(filepath.Join(dir, unorderedMarker), nil); err != nil {
 		return fmt.Errorf("replication: create rocket-mode marker: %w", err)
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("replication: fsync WAL dir: %w", err)
+	if err := vfs.SyncDir(fs, dir); err != nil {
+		return fmt.Errorf("replication: rocket-mode marker: %w", err)
 	}
 	return nil
 }
