@@ -2,32 +2,57 @@ package replication
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 )
 
 // testCluster runs several members on the deterministic harness, joined by
 // an in-memory network that the test controls: messages wait in a queue
-// until deliver hands them over, and links can be cut (partition) and
-// healed. Nothing runs on its own: no goroutine, no tick, no sleep. An
-// election happens when the test campaigns a member.
+// until a delivery round hands them over; links can be cut (partition) and
+// healed; with faults set, the network drops, delays and reorders messages
+// (from a seeded rand). Nothing runs on its own: no goroutine, no tick, no
+// sleep. Time passes when the test ticks.
 type testCluster struct {
 	t       *testing.T
 	members map[uint64]*harness
 	ids     []uint64
-	inbox   []raftpb.Message   // sent, not yet delivered
+	inbox   []inFlight         // sent, not yet delivered
 	cut     map[[2]uint64]bool // directed links that drop what they carry
 	down    map[uint64]bool    // members stopped (their messages are dropped)
 	dirs    map[uint64]string
+	faults  netFaults
+	rng     *rand.Rand
+	round   int // delivery rounds so far
+	stats   netStats
 }
+
+// inFlight is a message on the network, due at a delivery round.
+type inFlight struct {
+	m   raftpb.Message
+	due int
+}
+
+// netFaults is what the network does to every message.
+type netFaults struct {
+	drop      float64 // probability a message is lost
+	delayMax  int     // a message waits 0..delayMax extra delivery rounds
+	reorder   bool    // the messages of a round are delivered in random order
+	duplicate float64 // probability a message is delivered twice
+}
+
+// netStats counts what the network did.
+type netStats struct{ delivered, dropped, delayed, duplicated int }
 
 // newTestCluster bootstraps a group of n members.
 func newTestCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, members: map[uint64]*harness{}, cut: map[[2]uint64]bool{}, down: map[uint64]bool{}, dirs: map[uint64]string{}}
+	c := &testCluster{t: t, members: map[uint64]*harness{}, cut: map[[2]uint64]bool{}, down: map[uint64]bool{}, dirs: map[uint64]string{},
+		rng: rand.New(rand.NewPCG(1, uint64(n)))}
 	for i := 1; i <= n; i++ {
 		c.ids = append(c.ids, uint64(i))
 	}
@@ -53,7 +78,24 @@ func (c *testCluster) crash(id uint64) {
 	c.down[id] = true
 }
 
-func (c *testCluster) send(msgs []raftpb.Message) { c.inbox = append(c.inbox, msgs...) }
+// send queues what a member's Ready sends. The messages are copied: their
+// entries point into raft's memory, which the member reuses (Config.Send).
+func (c *testCluster) send(msgs []raftpb.Message) {
+	for _, m := range msgs {
+		m.Entries = slices.Clone(m.Entries)
+		for i := range m.Entries {
+			m.Entries[i].Data = slices.Clone(m.Entries[i].Data)
+		}
+		due := c.round + 1
+		if c.faults.delayMax > 0 {
+			if d := c.rng.IntN(c.faults.delayMax + 1); d > 0 {
+				due += d
+				c.stats.delayed++
+			}
+		}
+		c.inbox = append(c.inbox, inFlight{m: m, due: due})
+	}
+}
 
 // partition cuts every link between the two sides (both directions).
 func (c *testCluster) partition(a, b []uint64) {
@@ -68,10 +110,10 @@ func (c *testCluster) heal() { clear(c.cut) }
 
 // stabilize delivers messages and runs every member's queued proposals
 // until nothing is left in flight (bounded: a test that never settles
-// fails).
+// fails). Lost messages are not resent until time passes (tick).
 func (c *testCluster) stabilize() {
 	c.t.Helper()
-	for round := 0; round < 1000; round++ {
+	for range 1000 {
 		for _, id := range c.ids {
 			if !c.down[id] {
 				c.members[id].run()
@@ -80,16 +122,52 @@ func (c *testCluster) stabilize() {
 		if len(c.inbox) == 0 {
 			return
 		}
-		msgs := c.inbox
-		c.inbox = nil
-		for _, m := range msgs {
-			if c.down[m.To] || c.down[m.From] || c.cut[[2]uint64{m.From, m.To}] {
-				continue
-			}
-			c.members[m.To].n.turn(loopEvent{kind: eventStep, msg: m})
-		}
+		c.deliverRound()
 	}
 	c.t.Fatal("the cluster did not settle in 1000 rounds")
+}
+
+// deliverRound hands over every message due by this round, through the
+// faults, and keeps the rest.
+func (c *testCluster) deliverRound() {
+	c.round++
+	var due, later []inFlight
+	for _, f := range c.inbox {
+		if f.due <= c.round {
+			due = append(due, f)
+		} else {
+			later = append(later, f)
+		}
+	}
+	c.inbox = later
+	if c.faults.reorder {
+		c.rng.Shuffle(len(due), func(i, j int) { due[i], due[j] = due[j], due[i] })
+	}
+	for _, f := range due {
+		m := f.m
+		if c.down[m.To] || c.down[m.From] || c.cut[[2]uint64{m.From, m.To}] {
+			continue
+		}
+		if c.faults.drop > 0 && c.rng.Float64() < c.faults.drop {
+			c.stats.dropped++
+			continue
+		}
+		c.members[m.To].n.turn(loopEvent{kind: eventStep, msg: m})
+		c.stats.delivered++
+		if c.faults.duplicate > 0 && c.rng.Float64() < c.faults.duplicate {
+			c.members[m.To].n.turn(loopEvent{kind: eventStep, msg: m})
+			c.stats.duplicated++
+		}
+	}
+}
+
+// tickAll moves every running member's clock by one tick interval.
+func (c *testCluster) tickAll() {
+	for _, id := range c.ids {
+		if !c.down[id] {
+			c.members[id].advance(100 * time.Millisecond)
+		}
+	}
 }
 
 // campaign makes member id start an election now.
@@ -124,26 +202,6 @@ func (c *testCluster) leader() uint64 {
 // values returns what member id's partition t/0 holds.
 func (c *testCluster) values(id uint64) []string {
 	return readValues(c.t, c.members[id].store, "t")
-}
-
-// TestClusterReplicates: a three-member group elects the member that
-// campaigns, and an entry acknowledged by the leader is on every member.
-func TestClusterReplicates(t *testing.T) {
-	c := newTestCluster(t, 3)
-	c.campaign(1)
-	if l := c.leader(); l != 1 {
-		t.Fatalf("leader %d, want 1", l)
-	}
-	w := c.members[1].propose(produceCmd("t", "", "a"))
-	c.stabilize()
-	if out, err := c.members[1].answer(w); err != nil || out.Err != nil || out.Offset != 0 {
-		t.Fatalf("produce: %+v %v", out, err)
-	}
-	for _, id := range c.ids {
-		if got := c.values(id); !slices.Equal(got, []string{"a"}) {
-			t.Fatalf("member %d holds %v", id, got)
-		}
-	}
 }
 
 // TestClusterPartitionedLeader: a leader cut off from the majority
@@ -227,38 +285,6 @@ func TestClusterPartitionedLeader(t *testing.T) {
 			t.Fatalf("the write proposed to the isolated leader was answered ok: %+v", lost.out)
 		}
 	default:
-	}
-}
-
-// TestClusterFollowerCatchesUp: a follower that crashed while the others
-// went on catches up from the leader's log after a restart, and its WAL
-// replay brought back what it had before the crash.
-func TestClusterFollowerCatchesUp(t *testing.T) {
-	c := newTestCluster(t, 3)
-	c.campaign(1)
-	for i := range 3 {
-		c.members[1].propose(produceCmd("t", "", fmt.Sprint("v", i)))
-		c.stabilize()
-	}
-	c.crash(3)
-	for i := 3; i < 6; i++ {
-		w := c.members[1].propose(produceCmd("t", "", fmt.Sprint("v", i)))
-		c.stabilize()
-		if _, err := c.members[1].answer(w); err != nil {
-			t.Fatalf("write %d with one member down: %v", i, err)
-		}
-	}
-	c.start(3) // it learns the commit index from the leader, then applies
-	w := c.members[1].propose(produceCmd("t", "", "v6"))
-	c.stabilize()
-	if _, err := c.members[1].answer(w); err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"v0", "v1", "v2", "v3", "v4", "v5", "v6"}
-	for _, id := range c.ids {
-		if got := c.values(id); !slices.Equal(got, want) {
-			t.Fatalf("member %d holds %v, want %v", id, got, want)
-		}
 	}
 }
 

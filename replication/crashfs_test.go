@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,7 +40,10 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	var mu sync.Mutex
 	total := 0
 	for cycle := range cycles {
-		cfs := vfstest.NewCrashFS(base, stash)
+		cfs, err := vfstest.NewCrashFS(base, stash)
+		if err != nil {
+			t.Fatal(err)
+		}
 		store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: filepath.Join(dir, "state"), FS: cfs}, cfs)
 		if err != nil {
 			t.Fatalf("cycle %d: open store after a crash: %v", cycle, err)
@@ -57,7 +61,13 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 
 		// Write until the crash: to two long-lived topics and to a new
 		// topic per producer and cycle (new directories on every cycle).
-		crashAt := time.Duration(5+rng.IntN(60)) * time.Millisecond
+		// The crash comes after a random number of acknowledged writes (the
+		// moment in between is the scheduler's): no wall-clock sleep.
+		crashAfter := 20 + rng.IntN(400)
+		reached := make(chan struct{})
+		var reachedOnce sync.Once
+		cycleAcked := 0
+		var crashing atomic.Bool
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for p := range producers {
@@ -75,6 +85,9 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 					value := fmt.Sprintf("c%d-p%d-%d", cycle, p, i)
 					out, err := n.Propose(produceCmd(topic, "", value), time.Now().Add(2*time.Second))
 					if err != nil || out.Err != nil {
+						if !crashing.Load() {
+							t.Errorf("cycle %d: a write failed before the crash: %v %v", cycle, err, out.Err)
+						}
 						return // the crash: storage faults from here on
 					}
 					mu.Lock()
@@ -83,11 +96,20 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 					}
 					acked[topic][out.Offset] = value
 					total++
+					if cycleAcked++; cycleAcked >= crashAfter {
+						reachedOnce.Do(func() { close(reached) })
+					}
 					mu.Unlock()
 				}
 			}()
 		}
-		time.Sleep(crashAt)
+		select {
+		case <-reached:
+		case <-time.After(10 * time.Second):
+			mu.Lock()
+			t.Fatalf("cycle %d: %d writes acknowledged in 10 s, want %d", cycle, cycleAcked, crashAfter)
+		}
+		crashing.Store(true)
 		rep, err := cfs.Crash(rng)
 		if err != nil {
 			t.Fatal(err)
@@ -96,13 +118,16 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 		wg.Wait()
 		_ = n.Close() // it met the crash: errors are expected
 		_ = store.Close()
-		t.Logf("cycle %d: crash after %v: %+v; %d writes acknowledged so far", cycle, crashAt, rep, total)
+		t.Logf("cycle %d: crash after %d writes: %+v; %d acknowledged so far", cycle, crashAfter, rep, total)
 	}
 	if total == 0 {
 		t.Fatal("no write was acknowledged")
 	}
 	// A last open checks the last crash.
-	cfs := vfstest.NewCrashFS(base, stash)
+	cfs, err := vfstest.NewCrashFS(base, stash)
+	if err != nil {
+		t.Fatal(err)
+	}
 	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: filepath.Join(dir, "state"), FS: cfs}, cfs)
 	if err != nil {
 		t.Fatal(err)

@@ -83,9 +83,14 @@ type change struct {
 
 // NewCrashFS journals over the operating system's files and io. stash is
 // a directory on the same filesystem as the files (t.TempDir() of the same
-// test does), where removed files are kept until they are durably gone.
-func NewCrashFS(io ring.Backend, stash string) *CrashFS {
-	return &CrashFS{fs: vfs.OS{}, io: io, stash: stash}
+// test does), where removed files are kept (in a directory of this
+// CrashFS's own) until they are durably gone.
+func NewCrashFS(io ring.Backend, stash string) (*CrashFS, error) {
+	own, err := os.MkdirTemp(stash, "crashfs")
+	if err != nil {
+		return nil, err
+	}
+	return &CrashFS{fs: vfs.OS{}, io: io, stash: own}, nil
 }
 
 var (

@@ -16,7 +16,11 @@ func newCrashFS(t *testing.T) (*CrashFS, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { io.Close() })
-	return NewCrashFS(io, t.TempDir()), t.TempDir()
+	c, err := NewCrashFS(io, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, t.TempDir()
 }
 
 func must(t *testing.T, err error) {
