@@ -49,11 +49,6 @@ func appendCheck(b []byte, name string, ok bool, detail string) []byte {
 	return append(b, '}')
 }
 
-func (s *Server) metricsHA(ctx *fasthttp.RequestCtx) {
-	ctx.SetContentType("text/plain; version=0.0.4")
-	ctx.SetBodyString("# HA disabled\n")
-}
-
 func (s *Server) sealedStatus(ctx *fasthttp.RequestCtx) {
 	b := append(make([]byte, 0, 64), '{')
 	b = appendBoolField(b, "ok", true)

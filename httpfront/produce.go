@@ -47,8 +47,15 @@ func (s *Server) produce(ctx *fasthttp.RequestCtx, topic string, ndjson bool) {
 		}
 	}
 	out, err := s.node.Propose(&cmd, deadline)
-	if errors.Is(err, replication.ErrTimeout) {
+	switch {
+	case errors.Is(err, replication.ErrTimeout) && s.clustered():
+		writeError(ctx, commitTimeout)
+		return
+	case errors.Is(err, replication.ErrTimeout):
 		s.writeProduceTimeout(ctx, &cmd, ndjson)
+		return
+	case errors.Is(err, replication.ErrNotLeader):
+		writeError(ctx, s.notLeaderError(ctx))
 		return
 	}
 	if err == nil {

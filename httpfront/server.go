@@ -259,6 +259,7 @@ var (
 	routeConsume      = route{"consume", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.consume(c, p.seg[2], p.seg[3], p.seg[4]) }}
 	routeCommit       = route{"commit", ScopeWrite, ScopeWrite, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
 	routeSealedStatus = route{"sealed_status", ScopeAdmin, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
+	routeMembership   = route{"ha_membership", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.membership(c) }}
 )
 
 // handle authenticates, reads the body of, routes and counts every
@@ -277,6 +278,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	if e == nil {
 		e = s.admit(ctx, r, &in, true)
+	}
+	if e == nil && r.scope > 0 && s.clustered() && needsLeader(ctx, r) {
+		// In a cluster, writes and linearizable reads are the leader's:
+		// a follower redirects them (cluster.go).
+		e = s.toLeader(ctx)
 	}
 	if e == nil && r.scope > 0 {
 		// Data routes wait (bounded) while the node starts; after a storage
@@ -385,6 +391,8 @@ func routeFor(p *pathParams) *route {
 		return &routeCommit
 	case len(seg) == 3 && seg[0] == "admin" && seg[1] == "sealed" && seg[2] == "status":
 		return &routeSealedStatus
+	case len(seg) == 2 && seg[0] == "ha" && seg[1] == "membership":
+		return &routeMembership
 	}
 	return nil
 }

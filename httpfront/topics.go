@@ -2,6 +2,7 @@ package httpfront
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"keel/engine"
+	"keel/replication"
 )
 
 // topics serves GET (list) and POST (create) /broker/topics.
@@ -106,6 +108,12 @@ func (s *Server) proposeAndWait(ctx *fasthttp.RequestCtx, cmd *engine.Command) (
 		return engine.Result{}, e
 	}
 	out, err := s.node.Propose(cmd, deadline)
+	switch {
+	case errors.Is(err, replication.ErrTimeout) && s.clustered():
+		return out.Result, commitTimeout
+	case errors.Is(err, replication.ErrNotLeader):
+		return out.Result, s.notLeaderError(ctx)
+	}
 	if err == nil {
 		err = out.Err
 	}

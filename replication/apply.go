@@ -27,6 +27,7 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 				return err
 			}
 			n.confState = *n.rn.ApplyConfChange(cc)
+			n.confIndex = e.Index
 			if _, err := n.store.ApplyEntry(e.Index, e.Term, nil, nil); err != nil {
 				return err
 			}

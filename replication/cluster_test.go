@@ -288,8 +288,8 @@ func TestClusterPartitionedLeader(t *testing.T) {
 	}
 }
 
-// TestGroupConfigRefused: what a group of several members cannot do safely
-// yet, or could never do, is refused at Open.
+// TestGroupConfigRefused: what a group of several members cannot do
+// safely is refused at Open.
 func TestGroupConfigRefused(t *testing.T) {
 	send := func([]raftpb.Message) {}
 	cases := []struct {
@@ -298,11 +298,11 @@ func TestGroupConfigRefused(t *testing.T) {
 		ok   bool
 	}{
 		{"single", Config{}, true},
-		{"group without snapshots", Config{ID: 1, Peers: []uint64{1, 2, 3}, Send: send}, false},
-		{"group in tests", Config{ID: 1, Peers: []uint64{1, 2, 3}, Send: send, groupWithoutSnapshots: true}, true},
-		{"not a member", Config{ID: 4, Peers: []uint64{1, 2, 3}, Send: send, groupWithoutSnapshots: true}, false},
-		{"rocket group", Config{ID: 1, Peers: []uint64{1, 2}, Send: send, Rocket: true, groupWithoutSnapshots: true}, false},
-		{"no transport", Config{ID: 1, Peers: []uint64{1, 2}, groupWithoutSnapshots: true}, false},
+		{"group", Config{ID: 1, Peers: []uint64{1, 2, 3}, Send: send}, true},
+		{"group from members", Config{ID: 7, Members: []Member{{ID: 7}, {ID: 8}}, Send: send}, true},
+		{"not a member", Config{ID: 4, Peers: []uint64{1, 2, 3}, Send: send}, false},
+		{"rocket group", Config{ID: 1, Peers: []uint64{1, 2}, Send: send, Rocket: true}, false},
+		{"no transport", Config{ID: 1, Peers: []uint64{1, 2}}, false},
 	}
 	for _, c := range cases {
 		if err := c.cfg.withDefaults().validateGroup(); (err == nil) != c.ok {

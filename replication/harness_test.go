@@ -55,7 +55,6 @@ func newHarness(t *testing.T, dir string, cfg Config, wrap func(ring.Backend) ri
 	})
 	cfg.WALDir, cfg.IO, cfg.Store, cfg.StoreBlob = filepath.Join(dir, "wal"), io, store, blob
 	cfg.Clock = func() time.Time { return h.clock }
-	cfg.groupWithoutSnapshots = true // the cluster tests never compact the log
 	if h.n, err = Open(cfg); err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -90,6 +90,11 @@ func (n *Node) begin() {
 	// cost 100 ms to 2 s at startup.
 	n.handleReadies()
 	n.campaign()
+	if n.cfg.BootstrapLeader && n.fresh && len(n.cfg.Peers) > 1 {
+		// The first start of a new group: this node was asked to lead it,
+		// so nobody waits an election timeout for the first leader.
+		_ = n.rn.Campaign()
+	}
 	n.handleReadies()
 	n.publishStatus() // serving now, not at the first tick
 	if n.checkpointFirst {
@@ -107,6 +112,7 @@ func (n *Node) turn(ev loopEvent) {
 		if n.Fault() == nil {
 			n.rn.Tick()
 			n.campaign()
+			n.refreshProgress()
 		}
 	case eventCheckpointDone:
 		n.finishStateCheckpoint(ev.err)
@@ -127,6 +133,7 @@ func (n *Node) turn(ev loopEvent) {
 		_ = n.rn.Campaign()
 	}
 	n.handleReadies()
+	n.failQueuedIfFollower()
 	// Checkpoints are captured only here, after every Ready is handled,
 	// so the HardState they save is the persisted one.
 	if n.walSinceCkpt >= n.cfg.CheckpointBytes ||
@@ -134,6 +141,27 @@ func (n *Node) turn(ev loopEvent) {
 		n.takeStateCheckpoint()
 	}
 	n.publishStatus()
+}
+
+// failQueuedIfFollower answers the proposals waiting in the queue with
+// ErrNotLeader once another member is known to lead: they were never
+// proposed, so the client may safely send them to the leader. While no
+// leader is known they wait (this node may win the election).
+func (n *Node) failQueuedIfFollower() {
+	bs := n.rn.BasicStatus()
+	if bs.RaftState == raft.StateLeader || bs.Lead == raft.None {
+		return
+	}
+	for {
+		select {
+		case w := <-n.queue:
+			n.queuedBytes.Add(-int64(len(w.data)))
+			n.fail(w, ErrNotLeader)
+			continue
+		default:
+		}
+		return
+	}
 }
 
 // now is the loop's clock (Config.Clock).

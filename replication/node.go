@@ -45,29 +45,36 @@ type Config struct {
 	Logger             *slog.Logger
 
 	// ID is this member's Raft id (1 when 0); Peers are the voters a new
-	// group is bootstrapped with (this node alone when empty). Send carries
-	// Raft messages to peers, after the state they depend on is durable;
-	// nil for a single node, which sends none. Peers deliver messages with
-	// Step. The cluster issue builds its transport and membership on these;
-	// today only the deterministic tests run more than one member.
+	// group is bootstrapped with (this node alone when empty; the ids of
+	// Members when they are given). Send carries Raft messages to peers,
+	// after the state they depend on is durable; nil for a single node,
+	// which sends none. Peers deliver messages with Step (PeerTransport
+	// does both over netio).
 	//
 	// Send runs on the loop goroutine: it must not block (queue, do not
 	// dial), and must not keep or change the messages past its return (their
 	// Entries point into raft's memory): copy what it queues.
-	ID    uint64
-	Peers []uint64
-	Send  func(msgs []raftpb.Message)
+	ID      uint64
+	Peers   []uint64
+	Send    func(msgs []raftpb.Message)
+	Members []Member // names and addresses of the group's nodes (cluster mode), for redirects and membership answers
+
+	// BootstrapLeader campaigns at once when this node bootstraps a new
+	// group (its first start), instead of waiting for an election timeout.
+	BootstrapLeader bool
+	// ElectionTicks is raft's election timeout in ticks (10; raft waits a
+	// random 1 to 2 times it). The heartbeat is every tick.
+	ElectionTicks int
+	// RaftLogRetainBytes: in a group, entries already applied stay in
+	// raft's log (in memory) up to this many bytes, so that a follower
+	// that fell behind catches up from the log (256 MiB). One further
+	// behind needs a snapshot.
+	RaftLogRetainBytes int64
 
 	// Clock is the loop's time: the leader timestamp written into each
 	// entry, and when the checkpoint interval has passed (time.Now; tests
 	// give a fake one).
 	Clock func() time.Time
-
-	// groupWithoutSnapshots lets a group of several members open although
-	// snapshots do not exist yet: tests only. A member behind the leader's
-	// compacted log needs a snapshot, and raft panics without one; the
-	// cluster issue brings them.
-	groupWithoutSnapshots bool
 }
 
 // validateGroup refuses what a group of several members cannot do safely
@@ -80,8 +87,6 @@ func (c Config) validateGroup() error {
 		return nil
 	}
 	switch {
-	case !c.groupWithoutSnapshots:
-		return errors.New("replication: groups of more than one member need snapshots, which are not built yet")
 	case c.Rocket:
 		// A member would acknowledge entries and votes before they are on
 		// disk: after a crash it could vote twice in one term.
@@ -131,7 +136,18 @@ func (c Config) withDefaults() Config {
 		c.ID = singleNodeID
 	}
 	if len(c.Peers) == 0 {
+		for _, m := range c.Members {
+			c.Peers = append(c.Peers, m.ID)
+		}
+	}
+	if len(c.Peers) == 0 {
 		c.Peers = []uint64{c.ID}
+	}
+	if c.ElectionTicks == 0 {
+		c.ElectionTicks = 10
+	}
+	if c.RaftLogRetainBytes == 0 {
+		c.RaftLogRetainBytes = 256 << 20
 	}
 	return c
 }
@@ -143,6 +159,9 @@ var (
 	ErrStopped    = errors.New("replication: node stopping")
 	ErrTimeout    = errors.New("replication: not applied before the deadline")
 	ErrTooLarge   = errors.New("replication: command larger than one entry")
+	// ErrNotLeader: this node does not lead (Status().Lead names the one
+	// that does, if known). The command was not proposed.
+	ErrNotLeader = errors.New("replication: not the leader")
 )
 
 // singleNodeID is the Raft id of a node given none (Config.ID).
@@ -179,7 +198,8 @@ type Node struct {
 	skipFinalCheckpoint bool       // tests: stop as a crash would, without a checkpoint
 	ckptDone            chan error // a background checkpoint's result, for the loop
 
-	replayed int // Raft entries after the state checkpoint, replayed at open
+	replayed int  // Raft entries after the state checkpoint, replayed at open
+	fresh    bool // Open bootstrapped a new group
 	timings  *loopTimings
 	synced   atomic.Uint64 // lastSynced, published as soon as the WAL batch is durable
 	servingC chan struct{} // closed once the node has caught up after start
@@ -208,12 +228,22 @@ type loopState struct {
 	campaignedTerm  uint64
 	results         []engine.Result // reused per entry
 	marshalBuf      []byte          // persist's reusable entry-marshalling buffer
+	logSizes        []entrySize     // index and size of the entries in raft's log (groups: what compaction keeps)
 	lastSynced      uint64          // last WAL batch made durable
 	checkpoints     uint64          // state checkpoints written
 	ckptRunning     bool            // a checkpoint is being written in the background
 	checkpointFirst bool            // write a checkpoint before taking proposals
 	walUnordered    bool            // the WAL was written in rocket mode since its last checkpoint
 	serving         bool            // caught up once since start
+	confIndex       uint64          // index of the last configuration change applied
+	freshQuorum     bool            // leader: a quorum was recently active (refreshed per tick)
+	followers       []FollowerProgress
+}
+
+// entrySize is one entry of raft's in-memory log.
+type entrySize struct {
+	index uint64
+	bytes int
 }
 
 // Status is a snapshot of the node for /ready and /metrics.
@@ -221,12 +251,35 @@ type Status struct {
 	Term, Lead, Commit, Applied uint64
 	Role                        string // leader, follower, candidate, pre-candidate
 	LastSyncedBatch             uint64
-	Ready                       bool // leading, caught up, no storage fault (for /ready)
+	Ready                       bool // a leader is known (or this node leads), applied up to the commit index it learned, no storage fault (for /ready)
 	Serving                     bool // has caught up once since start: data routes may answer
 	Checkpoints                 uint64
 	WALStart, WALNext           uint64
 	WALWriteBehindFailures      uint64 // write-behind hints the kernel refused (rocket mode writes unsynced)
+
+	// Membership, as this node applied it.
+	Voters, Learners []uint64
+	ConfIndex        uint64 // index of the last configuration change applied since start (the membership epoch)
+	JointActive      bool   // a joint configuration (ConfChangeV2) is in force
+	// On the leader, refreshed every tick: whether a quorum of voters was
+	// heard from within the last election timeout, and each follower's
+	// replication progress.
+	FreshQuorum bool
+	Followers   []FollowerProgress
 }
+
+// FollowerProgress is what the leader knows of one follower.
+type FollowerProgress struct {
+	ID    uint64
+	Match uint64 // highest index known to be in its log
+}
+
+// IsVoter reports whether member id votes in the configuration.
+func (st Status) IsVoter(id uint64) bool { return slices.Contains(st.Voters, id) }
+
+// IsLearner reports whether member id is a learner (receives the log, does
+// not vote).
+func (st Status) IsLearner(id uint64) bool { return slices.Contains(st.Learners, id) }
 
 // Open opens the WAL in cfg.WALDir, replays it after the store's
 // checkpoint and returns a node ready to Start.
@@ -310,6 +363,7 @@ func (n *Node) restore() error {
 	if err := n.storage.Append(r.entries); err != nil {
 		return fmt.Errorf("replication: restore entries: %w", err)
 	}
+	n.trackLogSizes(r.entries)
 	if !raft.IsEmptyHardState(hs) {
 		if err := n.storage.SetHardState(hs); err != nil {
 			return err
@@ -319,7 +373,7 @@ func (n *Node) restore() error {
 	n.setLastSynced(n.wal.LastBatch())
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        n.cfg.ID,
-		ElectionTick:              10,
+		ElectionTick:              n.cfg.ElectionTicks,
 		HeartbeatTick:             1,
 		Storage:                   n.storage,
 		Applied:                   applied,
@@ -344,6 +398,7 @@ func (n *Node) restore() error {
 			return fmt.Errorf("replication: bootstrap: %w", err)
 		}
 	}
+	n.fresh = fresh
 	n.replayed = len(r.entries)
 	n.log.Info("raft restored", "applied", applied, "replayed_entries", len(r.entries), "commit", hs.Commit, "fresh", fresh)
 	return nil
@@ -436,6 +491,23 @@ func (n *Node) Step(m raftpb.Message) {
 	default:
 	}
 }
+
+// Members returns the group's nodes as configured (empty for a single
+// node).
+func (n *Node) Members() []Member { return n.cfg.Members }
+
+// Member returns the member with Raft id id.
+func (n *Node) Member(id uint64) (Member, bool) {
+	for _, m := range n.cfg.Members {
+		if m.ID == id {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// ID returns this node's Raft id.
+func (n *Node) ID() uint64 { return n.cfg.ID }
 
 // Fault returns the storage fault that stopped the node, if any.
 func (n *Node) Fault() error {

@@ -3,6 +3,8 @@ package replication
 import (
 	"fmt"
 	"time"
+
+	"go.etcd.io/raft/v3"
 )
 
 // proposeBatch packs first and every other waiting proposal into entries
@@ -18,8 +20,14 @@ func (n *Node) proposeBatch(first *waiter) {
 			return
 		}
 		if err := n.rn.Propose(entry); err != nil {
+			// Dropped: leadership moved (or is being transferred) since
+			// the queue was taken, or the uncommitted log is full.
+			fail := fmt.Errorf("%w: %v", ErrOverloaded, err)
+			if n.rn.BasicStatus().RaftState != raft.StateLeader {
+				fail = ErrNotLeader
+			}
 			for _, w := range members {
-				n.fail(w, fmt.Errorf("%w: %v", ErrOverloaded, err))
+				n.fail(w, fail)
 			}
 		} else {
 			n.unpersisted = append(n.unpersisted, members...)

@@ -44,6 +44,7 @@ func (n *Node) handleReady() error {
 	if err := n.storage.Append(rd.Entries); err != nil {
 		return err
 	}
+	n.trackLogSizes(rd.Entries)
 	if len(rd.Entries) > 0 {
 		now := time.Now()
 		for _, w := range n.unpersisted {
@@ -181,4 +182,47 @@ func (n *Node) batchOf(index uint64) uint64 {
 		return n.marks[lo].batch
 	}
 	return 0
+}
+
+// trackLogSizes records the size of each entry appended to raft's log (a
+// rewritten suffix replaces what it overwrote), for the compaction of a
+// group's log (retainFrom).
+func (n *Node) trackLogSizes(ents []raftpb.Entry) {
+	if len(ents) == 0 {
+		return
+	}
+	for len(n.logSizes) > 0 && n.logSizes[len(n.logSizes)-1].index >= ents[0].Index {
+		n.logSizes = n.logSizes[:len(n.logSizes)-1]
+	}
+	for i := range ents {
+		n.logSizes = append(n.logSizes, entrySize{index: ents[i].Index, bytes: ents[i].Size()})
+	}
+}
+
+// compactionIndex returns the index up to which raft's log may be dropped
+// once a checkpoint covers applied: all of it on a single node; in a group,
+// the newest RaftLogRetainBytes stay, so a follower that fell that far
+// behind catches up from the log. Trims the sizes it drops.
+func (n *Node) compactionIndex(applied uint64) uint64 {
+	to := applied
+	if len(n.cfg.Peers) > 1 {
+		kept := int64(0)
+		i := len(n.logSizes)
+		for i > 0 && kept+int64(n.logSizes[i-1].bytes) <= n.cfg.RaftLogRetainBytes {
+			kept += int64(n.logSizes[i-1].bytes)
+			i--
+		}
+		switch {
+		case i == 0:
+			to = 0 // everything fits: drop nothing
+		default:
+			to = min(applied, n.logSizes[i-1].index)
+		}
+	}
+	k := 0
+	for k < len(n.logSizes) && n.logSizes[k].index <= to {
+		k++
+	}
+	n.logSizes = append(n.logSizes[:0], n.logSizes[k:]...)
+	return to
 }

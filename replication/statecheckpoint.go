@@ -40,6 +40,7 @@ func (n *Node) startStateCheckpoint(wait bool) {
 			break
 		}
 	}
+	compactTo := n.compactionIndex(applied)
 	st := replicationState{replayFrom: replayFrom, hardState: n.rn.BasicStatus().HardState, confState: n.confState}
 	capture := n.store.Capture(st.encode())
 	n.marks = append(n.marks[:0], n.marks[keep:]...)
@@ -50,7 +51,7 @@ func (n *Node) startStateCheckpoint(wait bool) {
 		if err := capture.Write(); err != nil {
 			return fmt.Errorf("replication: checkpoint: %w", err)
 		}
-		if err := n.storage.Compact(applied); err != nil && !errors.Is(err, raft.ErrCompacted) {
+		if err := n.storage.Compact(compactTo); compactTo > 0 && err != nil && !errors.Is(err, raft.ErrCompacted) {
 			return fmt.Errorf("replication: compact raft log: %w", err)
 		}
 		// keel_checkpoint_us is capture to checkpoint durable; freeing the

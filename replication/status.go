@@ -1,6 +1,9 @@
 package replication
 
 import (
+	"cmp"
+	"slices"
+
 	"go.etcd.io/raft/v3"
 
 	"keel/invariant"
@@ -21,8 +24,21 @@ func (n *Node) publishStatus() {
 		WALNext:         n.wal.NextOffset(),
 
 		WALWriteBehindFailures: n.wal.WriteBehindFailures(),
+
+		Voters:      n.confState.Voters,
+		Learners:    n.confState.Learners,
+		ConfIndex:   n.confIndex,
+		JointActive: len(n.confState.VotersOutgoing) > 0,
+		FreshQuorum: n.freshQuorum && bs.RaftState == raft.StateLeader,
+		Followers:   n.followers,
 	}
+	// Caught up: a single voter once it leads with what it had committed
+	// applied; a member of a group once it knows a leader (or leads) and
+	// has applied everything committed that it knows of.
 	caughtUp := bs.RaftState == raft.StateLeader && applied >= n.startupCommit
+	if len(n.cfg.Peers) > 1 {
+		caughtUp = bs.Lead != raft.None && applied >= max(n.startupCommit, bs.Commit)
+	}
 	first := caughtUp && !n.serving && n.Fault() == nil // a faulted node never starts serving
 	if first {
 		n.serving = true
@@ -56,4 +72,33 @@ func roleName(s raft.StateType) string {
 		return "pre-candidate"
 	}
 	return "unknown"
+}
+
+// refreshProgress records, on the leader, each follower's match index and
+// whether a quorum of voters was recently active (raft's CheckQuorum
+// view), for /metrics_ha and membership answers. It copies raft's whole
+// progress map, so it runs once per tick, not per turn.
+func (n *Node) refreshProgress() {
+	if len(n.cfg.Peers) <= 1 {
+		n.freshQuorum = n.rn.BasicStatus().RaftState == raft.StateLeader
+		return
+	}
+	st := n.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		n.freshQuorum, n.followers = false, nil
+		return
+	}
+	followers := make([]FollowerProgress, 0, len(st.Progress))
+	active := 0
+	for id, pr := range st.Progress {
+		if pr.RecentActive || id == n.cfg.ID {
+			active++
+		}
+		if id != n.cfg.ID {
+			followers = append(followers, FollowerProgress{ID: id, Match: pr.Match})
+		}
+	}
+	slices.SortFunc(followers, func(a, b FollowerProgress) int { return cmp.Compare(a.ID, b.ID) })
+	n.followers = followers
+	n.freshQuorum = active >= len(n.confState.Voters)/2+1
 }

@@ -61,6 +61,17 @@ type options struct {
 	workers              int
 	aof                  string
 	haEnabled            bool
+	haNodeID             string
+	haNodes              string
+	haBootstrapLeader    bool
+	haWriteConcern       string
+	haTLS                bool
+	haTLSCA              string
+	haTLSCert            string
+	haTLSKey             string
+	haHeartbeatMs        int
+	haElectionTimeoutMs  int
+	portSet              bool
 	pprofAddr            string
 	gcPercent            int
 	memoryLimitMiB       int
@@ -175,18 +186,34 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.memoryLimitMiB, "memory-limit-mib", 192, "soft memory limit for the Go heap in MiB (GOMEMLIMIT, when set, wins); the GC works harder near it; 0 = none")
 	strVar(&o.pprofAddr, "pprof-addr", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060); off when empty")
 	boolVar(&o.pprofAllowRemote, "pprof-allow-remote", false, "serve --pprof-addr on a non-loopback address (the profiles have no auth)")
-	boolVar(&o.haEnabled, "ha", false, "cluster mode (not built yet: see the HA issue)", "RF_HA_ENABLED")
+	boolVar(&o.haEnabled, "ha", false, "cluster mode: replicate through Raft with the nodes of --ha-nodes", "RF_HA_ENABLED")
+	strVar(&o.haNodeID, "ha-node-id", "", "this node's name in --ha-nodes", "RF_HA_NODE_ID")
+	strVar(&o.haNodes, "ha-nodes", "", "the cluster: id:host:raft_port:priority, comma-separated (HTTP port = raft port + 1; this node's is --port when given)", "RF_HA_NODES")
+	boolVar(&o.haBootstrapLeader, "ha-bootstrap-leader", false, "on the first start of a new cluster, campaign at once instead of after an election timeout", "RF_HA_BOOTSTRAP_LEADER")
+	strVar(&o.haWriteConcern, "ha-write-concern", "", "nodes that must have a write on disk before it is answered: 1..N or majority (default majority)", "RF_HA_WRITE_CONCERN")
+	boolVar(&o.haTLS, "ha-tls", false, "mutual TLS between nodes (each certificate must name its node id)", "RF_HA_TLS")
+	strVar(&o.haTLSCA, "ha-tls-ca", "", "the cluster CA's certificate (PEM), relative to the working directory", "RF_HA_TLS_CA")
+	strVar(&o.haTLSCert, "ha-tls-cert", "", "this node's certificate (PEM)", "RF_HA_TLS_CERT")
+	strVar(&o.haTLSKey, "ha-tls-key", "", "this node's private key (PEM)", "RF_HA_TLS_KEY")
+	intVar(&o.haHeartbeatMs, "ha-heartbeat-ms", 0, "Raft heartbeat interval, one tick (0 = 50 ms)", "RF_HA_HEARTBEAT_MS")
+	intVar(&o.haElectionTimeoutMs, "ha-election-timeout-ms", 0, "Raft election timeout; raft waits 1 to 2 times it (0 = 10 heartbeats)", "RF_HA_ELECTION_TIMEOUT_MS")
 	validate := func() error {
 		if len(envErrs) > 0 {
 			return fmt.Errorf("environment: %s", strings.Join(envErrs, "; "))
 		}
 		fs.Visit(func(f *flag.Flag) {
-			if f.Name == "host" {
+			switch f.Name {
+			case "host":
 				o.hostSet = true
+			case "port":
+				o.portSet = true
 			}
 		})
 		if _, _, ok := lookupEnv(envNames("host", "RF_HOST")); ok {
 			o.hostSet = true
+		}
+		if _, _, ok := lookupEnv(envNames("port", "PORT", "RF_PORT")); ok {
+			o.portSet = true
 		}
 		return o.check()
 	}
@@ -227,8 +254,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--gc-percent must be -1 (off) or more, --memory-limit-mib 0 or more")
 	case o.defaultTimeout <= 0:
 		return fmt.Errorf("--write-timeout must be positive")
-	case o.haEnabled:
-		return fmt.Errorf("cluster mode (--ha / RF_HA_ENABLED) is not built yet; run a single node")
+	case o.haHeartbeatMs < 0 || o.haElectionTimeoutMs < 0:
+		return fmt.Errorf("--ha-heartbeat-ms and --ha-election-timeout-ms must be 0 (default) or more")
 	}
 	return nil
 }

@@ -125,6 +125,10 @@ func serveWith(o options, log *slog.Logger) error {
 	if err := checkPprofAddr(o.pprofAddr, o.pprofAllowRemote); err != nil {
 		return err
 	}
+	cluster, err := clusterFrom(&o, log) // before the HTTP address: a member's port is its raft port + 1
+	if err != nil {
+		return err
+	}
 	host, devToken, err := listenHost(o, len(tokens) > 0, log)
 	if err != nil {
 		return err
@@ -163,16 +167,31 @@ func serveWith(o options, log *slog.Logger) error {
 		return fmt.Errorf("open data in %s: %w", o.data, err)
 	}
 	defer store.Close()
-	node, err := replication.Open(replication.Config{
+	nodeCfg := replication.Config{
 		WALDir: filepath.Join(o.data, "wal"), IO: io, Store: store, StoreBlob: blob,
 		Rocket: o.rocket, CheckpointBytes: o.checkpointBytes, CheckpointInterval: o.checkpointInterval,
 		Logger: log,
-	})
+	}
+	var peers *peerStreams
+	if cluster != nil {
+		if peers, err = startPeerStreams(cluster, log); err != nil {
+			return err
+		}
+		defer peers.close()
+		nodeCfg.ID, nodeCfg.Members, nodeCfg.Send = cluster.self.ID, cluster.members, peers.raft.Send
+		nodeCfg.BootstrapLeader, nodeCfg.TickInterval, nodeCfg.ElectionTicks = cluster.bootstrapLeader, cluster.tick, cluster.electionTicks
+	}
+	node, err := replication.Open(nodeCfg)
 	if err != nil {
 		return fmt.Errorf("open WAL: %w", err)
 	}
+	if peers != nil {
+		peers.raft.SetNode(node)
+	}
 	node.Start()
-	if !node.WaitServing(time.Now().Add(startupServeMax)) {
+	// A single node leads at once; a cluster member needs its peers, which
+	// may not run yet: it listens now, and writes wait for a leader.
+	if cluster == nil && !node.WaitServing(time.Now().Add(startupServeMax)) {
 		log.Warn("the node has not caught up yet; listening anyway (writes wait for it, bounded by their timeout)", "waited", startupServeMax.String())
 	}
 	cfg := httpfront.Defaults()
@@ -202,8 +221,12 @@ func serveWith(o options, log *slog.Logger) error {
 		return err
 	}
 	logRecovery(log, store, node, time.Since(start))
-	log.Info("keel listening", "addr", "http://"+ln.Addr().String(), "data", o.data, "io_backend", io.Kind(),
-		"rocket", o.rocket, "recovered_in", time.Since(start).Round(time.Millisecond).String(), "version", version)
+	attrs := []any{"addr", "http://" + ln.Addr().String(), "data", o.data, "io_backend", io.Kind(),
+		"rocket", o.rocket, "recovered_in", time.Since(start).Round(time.Millisecond).String(), "version", version}
+	if cluster != nil {
+		attrs = append(attrs, "node_id", cluster.self.Name, "raft_addr", cluster.self.RaftAddr, "members", len(cluster.members), "mtls", cluster.tls != nil)
+	}
+	log.Info("keel listening", attrs...)
 	return serveUntilSignal(srv, ln, node, store, log)
 }
 

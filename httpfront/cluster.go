@@ -1,0 +1,199 @@
+package httpfront
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"keel/replication"
+)
+
+// In a cluster (api.md, "Cluster (HA)"):
+//   - a write on a follower is redirected to the leader (307, Location,
+//     Retry-After: 1, and the body api.md gives); while no leader is known
+//     it waits, bounded by its timeout, then 503 no_leader;
+//   - a consume on a follower is redirected too, unless it asks for
+//     ?stale=1 (the node's own applied data, accepted everywhere);
+//   - a write whose timeout passes before commit is 503 commit_timeout,
+//     never 200: it may still commit, and a retry with the same
+//     idempotency key returns its offset if it did.
+
+// clustered reports whether the node is a member of a group of several.
+func (s *Server) clustered() bool { return len(s.node.Members()) > 1 }
+
+// leaderPollInterval is how often a request waiting for a leader looks
+// again. Elections take 1 to 2 s; a few milliseconds of extra wait cost
+// nothing next to that.
+const leaderPollInterval = 5 * time.Millisecond
+
+// toLeader decides where a data request is served in a cluster: here
+// (nil), or a redirect to the leader, or 503 no_leader once the request's
+// deadline passes with no leader known. write says whether the request
+// changes state (and must reach the leader); reads get here only when they
+// are not stale reads.
+func (s *Server) toLeader(ctx *fasthttp.RequestCtx) *apiError {
+	deadline, e := s.deadlineFrom(ctx)
+	if e != nil {
+		deadline = requestStart(ctx).Add(s.cfg.DefaultTimeout) // the handler reports the bad parameter
+	}
+	for {
+		st := s.node.Status()
+		if st.Role == "leader" {
+			return nil
+		}
+		if st.Lead != 0 {
+			if m, ok := s.node.Member(st.Lead); ok {
+				return s.redirect(ctx, m)
+			}
+		}
+		if !time.Now().Before(deadline) {
+			return &apiError{status: 503, code: "no_leader", message: "no leader is known (an election is under way, or this node cannot reach a majority); retry shortly", retryAfter: 1}
+		}
+		time.Sleep(min(leaderPollInterval, time.Until(deadline)))
+	}
+}
+
+// redirect answers 307 to the same path and query on the leader m.
+func (s *Server) redirect(ctx *fasthttp.RequestCtx, m replication.Member) *apiError {
+	location := m.HTTPURL + string(ctx.RequestURI())
+	ctx.Response.Header.Set("Location", location)
+	return &apiError{status: fasthttp.StatusTemporaryRedirect, code: "redirect_to_leader",
+		message: "this node is a follower; the leader takes writes and linearizable reads", retryAfter: 1,
+		extra: func(b []byte) []byte {
+			b = appendStringField(b, "leader_url", m.HTTPURL)
+			b = appendIntField(b, "retry_after", 1)
+			b = append(appendKey(b, "redirect"), '{')
+			b = appendIntField(b, "status", fasthttp.StatusTemporaryRedirect)
+			b = appendStringField(b, "location", location)
+			return append(b, '}')
+		}}
+}
+
+// needsLeader reports whether request r must be served by the leader: every
+// write, and every consume that is not a stale read.
+func needsLeader(ctx *fasthttp.RequestCtx, r *route) bool {
+	if ctx.IsPost() {
+		return r.post > 0
+	}
+	return r == &routeConsume && string(ctx.QueryArgs().Peek("stale")) != "1"
+}
+
+// notLeaderError is the answer to a proposal this node refused because it
+// no longer leads: a redirect when the leader is known, else no_leader.
+func (s *Server) notLeaderError(ctx *fasthttp.RequestCtx) *apiError {
+	if st := s.node.Status(); st.Lead != 0 && st.Role != "leader" {
+		if m, ok := s.node.Member(st.Lead); ok {
+			return s.redirect(ctx, m)
+		}
+	}
+	return &apiError{status: 503, code: "no_leader", message: "no leader is known (an election is under way); retry shortly", retryAfter: 1}
+}
+
+// commitTimeout is a cluster write whose deadline passed before commit.
+var commitTimeout = &apiError{status: 503, code: "commit_timeout",
+	message: "the write was not committed by a majority before its timeout; it may still commit (retry with the same idempotency key to learn its offset)", retryAfter: 1}
+
+// roleCode is /metrics_ha's role number (api.md).
+func roleCode(role string) int {
+	switch role {
+	case "leader":
+		return 0
+	case "follower":
+		return 1
+	case "learner":
+		return 3
+	}
+	return 2 // candidate, pre-candidate
+}
+
+// metricsHA is /metrics_ha: plain lines for HA tooling (api.md); on a
+// single node "# HA disabled".
+func (s *Server) metricsHA(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("text/plain; version=0.0.4")
+	if !s.clustered() {
+		ctx.SetBodyString("# HA disabled\n")
+		return
+	}
+	st := s.node.Status()
+	b := make([]byte, 0, 1024)
+	line := func(name string, v uint64) {
+		b = append(b, name...)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, v, 10)
+		b = append(b, '\n')
+	}
+	state := uint64(0)
+	if st.Ready {
+		state = 1
+	}
+	line("ramforge_ha_role", uint64(roleCode(st.Role)))
+	line("ramforge_ha_state", state)
+	line("ramforge_ha_term", st.Term)
+	line("ramforge_ha_epoch", st.ConfIndex)
+	line("ramforge_ha_joint_active", boolNum(st.JointActive))
+	line("ramforge_ha_fresh_quorum", boolNum(st.FreshQuorum))
+	line("ramforge_ha_commit_index", st.Commit)
+	line("ramforge_ha_applied_index", st.Applied)
+	for _, f := range st.Followers {
+		m, _ := s.node.Member(f.ID)
+		b = append(b, `ramforge_ha_follower_lag_entries{node="`...)
+		b = append(b, m.Name...)
+		b = append(b, `"} `...)
+		b = strconv.AppendUint(b, st.Commit-min(st.Commit, f.Match), 10)
+		b = append(b, '\n')
+	}
+	ctx.SetBody(b)
+}
+
+func boolNum(v bool) uint64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// membership is GET /ha/membership, answered by every node from its own
+// view (api.md). The masks have bit i set for the i-th node of the
+// membership's nodes list.
+func (s *Server) membership(ctx *fasthttp.RequestCtx) {
+	if !s.clustered() {
+		writeError(ctx, &apiError{status: 400, code: "ha_disabled", message: "this node runs alone (cluster mode is off)"})
+		return
+	}
+	st := s.node.Status()
+	members := s.node.Members()
+	var votersMask, learnersMask uint64
+	for i, m := range members {
+		if st.IsVoter(m.ID) {
+			votersMask |= 1 << i
+		}
+		if st.IsLearner(m.ID) {
+			learnersMask |= 1 << i
+		}
+	}
+	b := append(make([]byte, 0, 512), '{')
+	b = appendBoolField(b, "ok", true)
+	b = append(appendKey(b, "membership"), '{')
+	b = appendUintField(b, "epoch", st.ConfIndex)
+	b = appendBoolField(b, "joint_active", st.JointActive)
+	b = appendIntField(b, "node_count", int64(len(members)))
+	b = appendUintField(b, "voters_new_mask", votersMask)
+	b = appendUintField(b, "learners_mask", learnersMask)
+	b = append(appendKey(b, "nodes"), '[')
+	for i, m := range members {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '{')
+		b = appendStringField(b, "node_id", m.Name)
+		b = appendStringField(b, "advertise_addr", m.RaftAddr)
+		b = appendStringField(b, "http_addr", m.HTTPURL)
+		b = appendIntField(b, "priority", int64(m.Priority))
+		b = appendBoolField(b, "is_voter", st.IsVoter(m.ID))
+		b = appendBoolField(b, "is_learner", st.IsLearner(m.ID))
+		b = append(b, '}')
+	}
+	b = append(b, ']', '}', '}')
+	writeJSON(ctx, fasthttp.StatusOK, b)
+}

@@ -1,0 +1,134 @@
+package replication
+
+import (
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync/atomic"
+
+	"go.etcd.io/raft/v3/raftpb"
+
+	"keel/netio"
+)
+
+// Member is one node of a cluster as its configuration names it.
+type Member struct {
+	ID       uint64 // the Raft id (RaftID of Name)
+	Name     string // RF_HA_NODE_ID: node1, ...
+	RaftAddr string // host:port this node dials for it
+	HTTPURL  string // http://host:port of its API, for redirects
+	Priority int    // higher is preferred as leader
+}
+
+// RaftID is the Raft id of the node named name: the FNV-1a hash of the
+// name (never 0, raft's "none"). Raft ids must stay the same for a node
+// for as long as the group exists; deriving them from the name makes
+// them independent of the order of RF_HA_NODES.
+func RaftID(name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	if id := h.Sum64(); id != 0 {
+		return id
+	}
+	return 1
+}
+
+// PeerTransport carries a node's Raft messages over a netio.Transport:
+// Send marshals each message and queues it for its peer; what peers send
+// is unmarshalled and stepped into the node. Messages a full queue
+// refuses are dropped and counted: Raft resends.
+type PeerTransport struct {
+	tr    *netio.Transport
+	names map[uint64]string // Raft id → node name
+	node  atomic.Pointer[Node]
+	log   *slog.Logger
+
+	undecodable atomic.Uint64
+	unknownTo   atomic.Uint64
+}
+
+// NewPeerTransport builds the Raft side of tr's streams for members
+// (this node included; its own entry is not dialed). Bind the node with
+// SetNode once it is open; messages that arrive before are dropped.
+func NewPeerTransport(tr *netio.Transport, self string, members []Member, log *slog.Logger) *PeerTransport {
+	p := &PeerTransport{tr: tr, names: map[uint64]string{}, log: log}
+	for _, m := range members {
+		p.names[m.ID] = m.Name
+		if m.Name != self {
+			tr.SetPeer(m.Name, m.RaftAddr)
+		}
+	}
+	return p
+}
+
+// SetNode binds the node that receives the peers' messages.
+func (p *PeerTransport) SetNode(n *Node) { p.node.Store(n) }
+
+// Send is Config.Send: it runs on the node's loop, so it only marshals and
+// queues.
+func (p *PeerTransport) Send(msgs []raftpb.Message) {
+	for i := range msgs {
+		m := &msgs[i]
+		name, ok := p.names[m.To]
+		if !ok {
+			p.unknownTo.Add(1)
+			continue
+		}
+		b, err := m.Marshal()
+		if err != nil {
+			p.log.Error("marshal raft message", "type", m.Type.String(), "to", name, "err", err)
+			continue
+		}
+		p.tr.Send(name, b)
+	}
+}
+
+// Handle is the netio.Handler: one Raft message from peer from.
+func (p *PeerTransport) Handle(from string, msg []byte) {
+	var m raftpb.Message
+	if err := m.Unmarshal(msg); err != nil {
+		p.undecodable.Add(1)
+		return
+	}
+	if name, ok := p.names[m.From]; !ok || name != from {
+		// A message must come on its sender's own stream: a node cannot
+		// speak for another (with mutual TLS, the stream's name is proven).
+		p.undecodable.Add(1)
+		return
+	}
+	if n := p.node.Load(); n != nil {
+		n.Step(m)
+	}
+}
+
+// Stats returns the streams' counters by peer name.
+func (p *PeerTransport) Stats() map[string]netio.PeerStats { return p.tr.Stats() }
+
+// ValidateMembers checks a cluster's configuration: names unique and
+// non-empty, Raft ids distinct, self among them, at most 7 members.
+func ValidateMembers(self string, members []Member) error {
+	if len(members) == 0 || len(members) > 7 {
+		return fmt.Errorf("a cluster has 1 to 7 members, not %d", len(members))
+	}
+	names := map[string]bool{}
+	ids := map[uint64]string{}
+	found := false
+	for _, m := range members {
+		if m.Name == "" {
+			return fmt.Errorf("a member has no name")
+		}
+		if names[m.Name] {
+			return fmt.Errorf("member %s is listed twice", m.Name)
+		}
+		names[m.Name] = true
+		if other, ok := ids[m.ID]; ok {
+			return fmt.Errorf("members %s and %s have the same Raft id; rename one", other, m.Name)
+		}
+		ids[m.ID] = m.Name
+		found = found || m.Name == self
+	}
+	if !found {
+		return fmt.Errorf("this node (%s) is not among the members", self)
+	}
+	return nil
+}
