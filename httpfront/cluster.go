@@ -1,6 +1,7 @@
 package httpfront
 
 import (
+	"errors"
 	"strconv"
 	"time"
 
@@ -196,4 +197,29 @@ func (s *Server) membership(ctx *fasthttp.RequestCtx) {
 	}
 	b = append(b, ']', '}', '}')
 	writeJSON(ctx, fasthttp.StatusOK, b)
+}
+
+// linearizable makes a read on the leader linearizable (ReadIndex, see
+// replication.LinearizableRead): nothing acknowledged before the request
+// arrived is missing from what it reads. A stale read (stale=1) and a
+// single node skip it. A leader that cannot confirm its leadership
+// answers 503 no_quorum; one that stepped down sends the read on.
+func (s *Server) linearizable(ctx *fasthttp.RequestCtx) *apiError {
+	if !s.clustered() || string(ctx.QueryArgs().Peek("stale")) == "1" {
+		return nil
+	}
+	deadline, e := s.deadlineFrom(ctx)
+	if e != nil {
+		return e
+	}
+	switch err := s.node.LinearizableRead(deadline); {
+	case err == nil:
+		return nil
+	case errors.Is(err, replication.ErrNotLeader):
+		return s.notLeaderError(ctx)
+	case errors.Is(err, replication.ErrNoQuorum):
+		return &apiError{status: 503, code: "no_quorum", message: "this leader could not confirm with a majority that it still leads; retry shortly (another node may lead)", retryAfter: 1}
+	default:
+		return mapError(err)
+	}
 }

@@ -28,6 +28,10 @@ type consumeQuery struct {
 
 // consume serves GET /broker/consume/{topic}/{group}/{partition}.
 func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
+	if e := s.linearizable(ctx); e != nil {
+		writeError(ctx, e)
+		return
+	}
 	part, e := s.consumeTarget(topic, group, pstr)
 	if e != nil {
 		writeError(ctx, e)

@@ -80,6 +80,9 @@ func (h *harness) run() {
 		case w := <-h.n.queueIfLeader():
 			h.n.turn(loopEvent{kind: eventPropose, proposal: w})
 			continue
+		case r := <-h.n.reads:
+			h.n.turn(loopEvent{kind: eventRead, read: r})
+			continue
 		default:
 		}
 		break

@@ -53,6 +53,8 @@ func (n *Node) loop() {
 			n.turn(loopEvent{kind: eventCheckpointDone, err: err})
 		case m := <-n.steps:
 			n.turn(loopEvent{kind: eventStep, msg: m})
+		case r := <-n.reads:
+			n.turn(loopEvent{kind: eventRead, read: r})
 		case <-rocketSync:
 			n.turn(loopEvent{kind: eventRocketSync})
 		case <-n.stop:
@@ -68,6 +70,7 @@ type loopEvent struct {
 	proposal *waiter        // eventPropose: the first waiting proposal
 	err      error          // eventCheckpointDone: the background write's result
 	msg      raftpb.Message // eventStep: from a peer
+	read     *readReq       // eventRead: the first waiting read
 }
 
 type eventKind uint8
@@ -79,6 +82,7 @@ const (
 	eventRocketSync                          // rocket mode: time to fsync the WAL
 	eventStep                                // a Raft message from a peer
 	eventCampaign                            // tests: start an election here now
+	eventRead                                // linearizable reads are waiting (the first is taken)
 )
 
 // begin runs once before the first turn.
@@ -131,8 +135,11 @@ func (n *Node) turn(ev loopEvent) {
 		_ = n.rn.Step(ev.msg)
 	case eventCampaign:
 		_ = n.rn.Campaign()
+	case eventRead:
+		n.startReads(ev.read)
 	}
 	n.handleReadies()
+	n.answerReads()
 	n.failQueuedIfFollower()
 	// Checkpoints are captured only here, after every Ready is handled,
 	// so the HardState they save is the persisted one.
@@ -233,6 +240,7 @@ func (n *Node) drainAndStop() {
 		n.finishStateCheckpoint(<-n.ckptDone) // the store closes after us: let it finish
 	}
 	n.waiters.close(ErrStopped)
+	n.failReads(ErrStopped)
 	n.publishStatus()
 }
 
@@ -251,6 +259,7 @@ func (n *Node) setFault(err error) {
 		// a Propose racing the fault must get the fault, not wait for its
 		// deadline and then a "may still become durable" timeout.
 		n.waiters.close(err)
+		n.failReads(err)
 	}
 	n.publishStatus()
 }

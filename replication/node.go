@@ -186,6 +186,7 @@ type Node struct {
 
 	queue       chan *waiter
 	steps       chan raftpb.Message // from peers (Step), for the loop
+	reads       chan *readReq       // linearizable reads waiting for the loop (read.go)
 	waiterPool  sync.Pool           // of *waiter
 	queuedBytes atomic.Int64        // command bytes in queue, bounded by QueueBytesMax
 	waiters     *waiters
@@ -238,6 +239,8 @@ type loopState struct {
 	confIndex       uint64          // index of the last configuration change applied
 	freshQuorum     bool            // leader: a quorum was recently active (refreshed per tick)
 	followers       []FollowerProgress
+	readSeq         uint64       // read batches started
+	readBatches     []*readBatch // read batches waiting for confirmation or apply
 }
 
 // entrySize is one entry of raft's in-memory log.
@@ -296,6 +299,7 @@ func Open(cfg Config) (*Node, error) {
 		cfg: cfg, wal: wal, store: cfg.Store, log: cfg.Logger,
 		queue:    make(chan *waiter, cfg.QueueMax),
 		steps:    make(chan raftpb.Message, stepQueueMax),
+		reads:    make(chan *readReq, readIndexMax),
 		waiters:  newWaiters(),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),

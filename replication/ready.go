@@ -62,6 +62,7 @@ func (n *Node) handleReady() error {
 	if err := n.apply(rd.CommittedEntries); err != nil {
 		return err
 	}
+	n.readStates(rd.ReadStates)
 	n.rn.Advance(rd)
 	return nil
 }

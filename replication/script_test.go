@@ -31,6 +31,8 @@ import (
 //	roles                          how many running members have each role
 //	await-leader among=(2,3) ticks=N  tick until one of those leads, or fail
 //	answer w1                      the proposal's answer: ok offset=N, pending, or the error
+//	read <id|leader>               a linearizable read on that member; answer r2 says
+//	                               ok (confirmed and applied), pending, or the error
 //	partition a=(1) b=(2,3)        cut every link between the two sides
 //	heal                           restore every link
 //	net drop=0.3 delay=2 reorder=true duplicate=0.1
@@ -52,7 +54,31 @@ func TestScripts(t *testing.T) {
 type scriptEnv struct {
 	c         *testCluster
 	proposals map[string]*scriptProposal
+	reads     map[string]*scriptRead
 	named     int
+}
+
+// scriptRead is a linearizable read issued on a member.
+type scriptRead struct {
+	member uint64
+	r      *readReq
+	answer string
+}
+
+func (p *scriptRead) poll() bool {
+	if p.answer != "" {
+		return true
+	}
+	select {
+	case err := <-p.r.done:
+		p.answer = "ok"
+		if err != nil {
+			p.answer = "error: " + err.Error()
+		}
+		return true
+	default:
+		return false
+	}
 }
 
 type scriptProposal struct {
@@ -98,6 +124,7 @@ func (e *scriptEnv) run(t *testing.T, d *datadriven.TestData) string {
 		d.ScanArgs(t, "n", &n)
 		e.c = newTestCluster(t, n)
 		e.proposals = map[string]*scriptProposal{}
+		e.reads = map[string]*scriptRead{}
 		return fmt.Sprintf("%d members", n)
 	case "campaign":
 		e.c.campaign(e.member(t, d, 0))
@@ -155,8 +182,27 @@ func (e *scriptEnv) run(t *testing.T, d *datadriven.TestData) string {
 			e.c.stabilize()
 		}
 		d.Fatalf(t, "no leader among %v after %d ticks", among, ticks)
+	case "read":
+		// As LinearizableRead does, without blocking: queue it for the
+		// member's loop (run by the next settle).
+		id := e.member(t, d, 0)
+		if e.c.members[id].n.Status().Role != "leader" {
+			return "refused: not the leader"
+		}
+		e.named++
+		name := fmt.Sprintf("r%d", e.named)
+		r := &readReq{done: make(chan error, 1)}
+		e.c.members[id].n.reads <- r
+		e.reads[name] = &scriptRead{member: id, r: r}
+		return name
 	case "answer":
 		name := d.CmdArgs[0].Key
+		if rd, ok := e.reads[name]; ok {
+			if !rd.poll() {
+				return name + ": pending"
+			}
+			return name + ": " + rd.answer
+		}
 		p, ok := e.proposals[name]
 		if !ok {
 			d.Fatalf(t, "no proposal %s", name)
@@ -269,6 +315,11 @@ func (e *scriptEnv) busy() bool {
 	}
 	for _, p := range e.proposals {
 		if !p.poll() && !e.c.down[p.member] {
+			return true
+		}
+	}
+	for _, r := range e.reads {
+		if !r.poll() && !e.c.down[r.member] {
 			return true
 		}
 	}
