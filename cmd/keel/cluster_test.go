@@ -22,6 +22,7 @@ type clusterNode struct {
 	name     string
 	raftPort int
 	data     string
+	spec     string // its RF_HA_NODES (peers at proxy ports when the cluster has proxies)
 	proc     *keelProcess
 }
 
@@ -29,10 +30,10 @@ func (n *clusterNode) url() string { return fmt.Sprintf("http://127.0.0.1:%d", n
 
 // testClusterProcs is a cluster of real processes.
 type testClusterProcs struct {
-	t     *testing.T
-	bin   string
-	nodes []*clusterNode
-	spec  string // RF_HA_NODES
+	t       *testing.T
+	bin     string
+	nodes   []*clusterNode
+	proxies map[[2]int]*linkProxy // [from, to] → the raft link from node from to node to
 }
 
 // portPair returns a free port p with p+1 free too (raft port, HTTP port).
@@ -56,17 +57,33 @@ func portPair(t *testing.T) int {
 	return 0
 }
 
-func newClusterProcs(t *testing.T, n int) *testClusterProcs {
+func newClusterProcs(t *testing.T, n int) *testClusterProcs { return newClusterProcsOpts(t, n, false) }
+
+// newClusterProcsOpts starts n nodes; withProxies puts a linkProxy on
+// every directed raft link (and a plain forwarder on the HTTP port beside
+// it, so redirects to a peer's raft port + 1 still reach its API): each
+// node's RF_HA_NODES names its peers at their proxies.
+func newClusterProcsOpts(t *testing.T, n int, withProxies bool) *testClusterProcs {
 	t.Helper()
-	c := &testClusterProcs{t: t, bin: buildBinary(t)}
+	c := &testClusterProcs{t: t, bin: buildBinary(t), proxies: map[[2]int]*linkProxy{}}
 	root := t.TempDir()
-	var spec []string
 	for i := 1; i <= n; i++ {
 		node := &clusterNode{name: fmt.Sprintf("node%d", i), raftPort: portPair(t), data: filepath.Join(root, fmt.Sprintf("node%d", i))}
 		c.nodes = append(c.nodes, node)
-		spec = append(spec, fmt.Sprintf("%s:127.0.0.1:%d:%d", node.name, node.raftPort, 100-10*i))
 	}
-	c.spec = strings.Join(spec, ",")
+	for i, node := range c.nodes {
+		var spec []string
+		for j, peer := range c.nodes {
+			port := peer.raftPort
+			if withProxies && i != j {
+				port = portPair(t)
+				c.proxies[[2]int{i, j}] = newLinkProxy(t, fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", peer.raftPort))
+				newLinkProxy(t, fmt.Sprintf("127.0.0.1:%d", port+1), peer.url()[len("http://"):])
+			}
+			spec = append(spec, fmt.Sprintf("%s:127.0.0.1:%d:%d", peer.name, port, 90-10*j))
+		}
+		node.spec = strings.Join(spec, ",")
+	}
 	for i := range c.nodes {
 		c.start(i)
 	}
@@ -87,7 +104,7 @@ func (c *testClusterProcs) start(i int) {
 	node := c.nodes[i]
 	p := &keelProcess{url: node.url(), logs: &strings.Builder{}}
 	p.cmd = exec.Command(c.bin, "serve", "--data", node.data, "--checkpoint-bytes", "1048576")
-	p.cmd.Env = append(os.Environ(), "RF_HA_ENABLED=1", "RF_HA_NODE_ID="+node.name, "RF_HA_NODES="+c.spec)
+	p.cmd.Env = append(os.Environ(), "RF_HA_ENABLED=1", "RF_HA_NODE_ID="+node.name, "RF_HA_NODES="+node.spec)
 	if i == 0 {
 		p.cmd.Env = append(p.cmd.Env, "RF_HA_BOOTSTRAP_LEADER=1")
 	}
@@ -96,6 +113,20 @@ func (c *testClusterProcs) start(i int) {
 		c.t.Fatal(err)
 	}
 	node.proc = p
+}
+
+// isolate cuts (or heals) every raft link to and from node k.
+func (c *testClusterProcs) isolate(k int, cut bool) {
+	for link, p := range c.proxies {
+		if link[0] == k || link[1] == k {
+			p.setCut(cut)
+		}
+	}
+}
+
+// running reports whether node i's process runs.
+func (c *testClusterProcs) running(i int) bool {
+	return c.nodes[i].proc != nil && c.nodes[i].proc.cmd.ProcessState == nil
 }
 
 // waitReady waits until every running node answers /ready 200 (it knows
@@ -197,12 +228,123 @@ func readAllStale(t *testing.T, url, topic string) []string {
 	}
 }
 
+// clusterWriters produce to partition 0 of a topic from several
+// goroutines, each message with its own idempotency key, retried with that
+// key until acknowledged (bounded), through nodes the test chooses; acked
+// maps every acknowledged offset to its value.
+type clusterWriters struct {
+	t     *testing.T
+	c     *testClusterProcs
+	topic string
+	mu    sync.Mutex
+	acked map[int]string
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func startWriters(t *testing.T, c *testClusterProcs, topic string, n int, targets func() []int) *clusterWriters {
+	w := &clusterWriters{t: t, c: c, topic: topic, acked: map[int]string{}, stop: make(chan struct{})}
+	for g := range n {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for seq := 0; ; seq++ {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				key, value := fmt.Sprintf("%s-k%d-%d", topic, g, seq), fmt.Sprintf("v%d-%d", g, seq)
+				// An indeterminate write is retried with its key: it is
+				// either its original offset or written once, anew.
+				for attempt := 0; attempt < 200; attempt++ {
+					ts := targets()
+					if off, ok := produceOnce(c.nodes[ts[rand.Intn(len(ts))]].url(), topic, key, value); ok {
+						w.mu.Lock()
+						if prev, dup := w.acked[off]; dup && prev != value {
+							t.Errorf("offset %d acknowledged for %s and %s", off, prev, value)
+						}
+						w.acked[off] = value
+						w.mu.Unlock()
+						break
+					}
+					select {
+					case <-w.stop:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+				}
+			}
+		}()
+	}
+	return w
+}
+
+func (w *clusterWriters) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+// waitAcked waits until n writes are acknowledged, failing after within.
+func (w *clusterWriters) waitAcked(n int, within time.Duration) {
+	w.t.Helper()
+	deadline := time.Now().Add(within)
+	for w.count() < n {
+		if time.Now().After(deadline) {
+			w.t.Fatalf("%d writes acknowledged in %v, want %d", w.count(), within, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (w *clusterWriters) halt() {
+	close(w.stop)
+	w.wg.Wait()
+}
+
+// verifyAll checks that every running node holds every acknowledged write
+// at its offset (polling while followers apply what the leader answered).
+func (w *clusterWriters) verifyAll() {
+	w.t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	maxOff := -1
+	for off := range w.acked {
+		maxOff = max(maxOff, off)
+	}
+	for i, node := range w.c.nodes {
+		if !w.c.running(i) {
+			continue
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		var vals []string
+		for {
+			vals = readAllStale(w.t, node.url(), w.topic)
+			if len(vals) > maxOff || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		for off, want := range w.acked {
+			if off >= len(vals) || vals[off] != want {
+				got := "<missing>"
+				if off < len(vals) {
+					got = vals[off]
+				}
+				w.t.Fatalf("%s offset %d: %q, acknowledged %q (holds %d)", node.name, off, got, want, len(vals))
+			}
+		}
+		w.t.Logf("%s holds %d messages of %s, every one of the %d acknowledged at its offset", node.name, len(vals), w.topic, len(w.acked))
+	}
+}
+
 // TestClusterFailover runs three real nodes configured as Ayder's scripts
-// do, writes through the leader with idempotency keys (retrying every
+// do, writes through every node with idempotency keys (retrying every
 // indeterminate write with its key, following redirects), kills the leader
 // with SIGKILL mid-write, and checks that a new leader takes writes, that
 // the killed node catches up after a restart, and that every acknowledged
-// write is then at its offset on every node.
+// write is then at its offset on every node. Then the same for a follower.
 func TestClusterFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -228,119 +370,112 @@ func TestClusterFailover(t *testing.T) {
 		t.Fatalf("write on a follower: %d Location %q %v; want 307 to %s", resp.StatusCode, resp.Header.Get("Location"), redir, wantLoc)
 	}
 
-	var mu sync.Mutex
-	acked := map[int]string{} // offset → value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var seq int
-	var seqMu sync.Mutex
-	for g := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				seqMu.Lock()
-				seq++
-				n := seq
-				seqMu.Unlock()
-				key, value := fmt.Sprintf("k%d-%d", g, n), fmt.Sprintf("v%d-%d", g, n)
-				// Retry the same key until acknowledged (bounded): an
-				// indeterminate write is either the original offset or new.
-				for attempt := 0; attempt < 100; attempt++ {
-					url := c.nodes[rand.Intn(3)].url()
-					if off, ok := produceOnce(url, "t", key, value); ok {
-						mu.Lock()
-						if prev, dup := acked[off]; dup && prev != value {
-							t.Errorf("offset %d acknowledged for %s and %s", off, prev, value)
-						}
-						acked[off] = value
-						mu.Unlock()
-						break
-					}
-					select {
-					case <-stop:
-						return
-					case <-time.After(50 * time.Millisecond):
-					}
-				}
+	all := func() []int {
+		var out []int
+		for i := range c.nodes {
+			if c.running(i) {
+				out = append(out, i)
 			}
-		}()
-	}
-	waitAcked := func(n int) {
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			mu.Lock()
-			got := len(acked)
-			mu.Unlock()
-			if got >= n {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d writes acknowledged in 20 s, want %d", got, n)
-			}
-			time.Sleep(10 * time.Millisecond)
 		}
+		return out
 	}
-	waitAcked(200)
+	w := startWriters(t, c, "t", 4, all)
+	w.waitAcked(200, 20*time.Second)
 	c.nodes[lead].proc.kill9(t)
 	killed := time.Now()
-	mu.Lock()
-	before := len(acked)
-	mu.Unlock()
-	// A new leader takes writes.
-	for {
-		mu.Lock()
-		after := len(acked)
-		mu.Unlock()
-		if after > before+10 {
-			break
-		}
-		if time.Since(killed) > 20*time.Second {
-			t.Fatalf("no write acknowledged in 20 s after the leader was killed")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	before := w.count()
+	w.waitAcked(before+10, 20*time.Second)
 	t.Logf("writes acknowledged again %v after kill -9 of the leader", time.Since(killed).Round(time.Millisecond))
-	waitAcked(before + 200)
+	w.waitAcked(before+200, 20*time.Second)
 	c.start(lead) // back after the crash: it catches up from the new leader
-	waitAcked(before + 400)
-	close(stop)
-	wg.Wait()
-	c.waitReady(30 * time.Second)
+	w.waitAcked(before+400, 20*time.Second)
 
-	// Every acknowledged write is at its offset on every node, once each
-	// node has applied everything (poll: a follower applies shortly after
-	// the leader answered).
-	mu.Lock()
-	defer mu.Unlock()
-	maxOff := 0
-	for off := range acked {
-		maxOff = max(maxOff, off)
+	// Now a follower: killed mid-write, writes go on, it comes back.
+	c.waitReady(30 * time.Second)
+	lead = c.leader()
+	follower = (lead + 1) % 3
+	c.nodes[follower].proc.kill9(t)
+	before = w.count()
+	w.waitAcked(before+300, 20*time.Second)
+	c.start(follower)
+	w.waitAcked(before+400, 20*time.Second)
+	w.halt()
+	c.waitReady(30 * time.Second)
+	w.verifyAll()
+}
+
+// TestClusterPartition cuts the leader of three nodes off from the other
+// two with proxies on every raft link: it never acknowledges a write or
+// serves a read while cut off; the majority elects a leader and goes on;
+// after healing, the old leader catches up and every node holds exactly the
+// acknowledged writes (the cut-off leader's write is not there).
+func TestClusterPartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
 	}
-	for _, node := range c.nodes {
-		deadline := time.Now().Add(20 * time.Second)
-		var vals []string
-		for {
-			vals = readAllStale(t, node.url(), "t")
-			if len(vals) > maxOff || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		for off, want := range acked {
-			if off >= len(vals) || vals[off] != want {
-				got := "<missing>"
-				if off < len(vals) {
-					got = vals[off]
-				}
-				t.Fatalf("%s offset %d: %q, acknowledged %q (holds %d)", node.name, off, got, want, len(vals))
-			}
-		}
-		t.Logf("%s holds %d messages, every one of the %d acknowledged at its offset", node.name, len(vals), len(acked))
+	c := newClusterProcsOpts(t, 3, true)
+	c.waitReady(30 * time.Second)
+	lead := c.leader()
+	others := []int{(lead + 1) % 3, (lead + 2) % 3}
+	w := startWriters(t, c, "p", 3, func() []int { return others })
+	w.waitAcked(100, 20*time.Second)
+
+	c.isolate(lead, true)
+	cut := time.Now()
+	// The isolated leader: a write is never acknowledged, a read never
+	// served (503, or 307 once it learns of another leader).
+	m, status, err := call("POST", c.nodes[lead].url()+"/broker/topics/p/produce?partition=0&timeout_ms=1500", "from the minority")
+	if err == nil && status == 200 {
+		t.Fatalf("the isolated leader acknowledged a write: %v", m)
 	}
+	t.Logf("write on the isolated leader: %d %v", status, m["error"])
+	m, status, err = call("GET", c.nodes[lead].url()+"/broker/consume/p/g/0?offset=0&timeout_ms=1500", "")
+	if err == nil && status == 200 {
+		t.Fatalf("the isolated leader served a linearizable read: %v", m)
+	}
+	t.Logf("read on the isolated leader: %d %v", status, m["error"])
+	before := w.count()
+	w.waitAcked(before+100, 20*time.Second)
+	t.Logf("the majority acknowledged writes again %v after the cut", time.Since(cut).Round(time.Millisecond))
+
+	c.isolate(lead, false)
+	w.waitAcked(w.count()+100, 20*time.Second)
+	w.halt()
+	c.waitReady(30 * time.Second)
+	w.verifyAll()
+	for i, node := range c.nodes {
+		for _, v := range readAllStale(t, node.url(), "p") {
+			if v == "from the minority" {
+				t.Fatalf("%s holds the write the isolated leader never committed (node %d)", node.name, i)
+			}
+		}
+	}
+}
+
+// TestClusterFiveLosesTwo: a cluster of five keeps taking writes with two
+// nodes killed (a majority of three remains), the leader among them.
+func TestClusterFiveLosesTwo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	c := newClusterProcs(t, 5)
+	c.waitReady(30 * time.Second)
+	running := func() []int {
+		var out []int
+		for i := range c.nodes {
+			if c.running(i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	w := startWriters(t, c, "f", 3, running)
+	w.waitAcked(100, 20*time.Second)
+	lead := c.leader()
+	c.nodes[lead].proc.kill9(t)
+	c.nodes[(lead+2)%5].proc.kill9(t)
+	before := w.count()
+	w.waitAcked(before+200, 30*time.Second)
+	w.halt()
+	w.verifyAll()
 }
