@@ -61,6 +61,10 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 	if err := vfs.EnsureDir(cfg.FS, cfg.Dir); err != nil {
 		return nil, nil, err
 	}
+	// A snapshot install a crash interrupted after it was decided.
+	if err := completeSnapshotInstall(cfg.FS, cfg.Dir); err != nil {
+		return nil, nil, err
+	}
 	if err := vfs.EnsureDir(cfg.FS, s.topicsDir()); err != nil {
 		return nil, nil, err
 	}

@@ -1,0 +1,375 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"keel/engine/record"
+	"keel/engine/vfs"
+)
+
+// A snapshot is what a Raft follower too far behind the leader's log (or
+// with an empty disk) installs instead of the entries it missed: the
+// leader's last state checkpoint and the partition segment files, which
+// hold at least every record the checkpoint vouches for (segments only
+// grow; sealed ones never change). Installing cuts each partition back to
+// its checkpointed end, exactly as recovery after a restart does, so the
+// records past it (applied by the leader after the checkpoint) come again
+// through the Raft log. Nothing is loaded whole into memory but the state
+// checkpoint itself.
+//
+// On the follower, files arrive into a staging directory; InstallSnapshot
+// then switches to them crash-safely: once the marker snapshot.install is
+// durable the install is decided, and OpenStore finishes an install a
+// crash interrupted.
+
+const (
+	snapshotStaging = "snapshot.staging"
+	snapshotMarker  = "snapshot.install"
+	// SnapshotStateFile is the manifest name of the state checkpoint.
+	SnapshotStateFile = stateFileName
+)
+
+// SnapshotFile is one file of a snapshot: a path relative to the store's
+// directory and its size in bytes.
+type SnapshotFile struct {
+	Rel  string
+	Size int64
+}
+
+// SnapshotManifest returns the last durable state checkpoint (its bytes)
+// and the partition segment files that go with it, sizes as of now. The
+// checkpoint is read before the files are listed, so the files hold every
+// record it vouches for.
+func (s *Store) SnapshotManifest() (state []byte, files []SnapshotFile, err error) {
+	state, err = s.cfg.FS.ReadFile(filepath.Join(s.cfg.Dir, stateFileName))
+	if err != nil {
+		return nil, nil, fmt.Errorf("engine: snapshot: read state checkpoint: %w", err)
+	}
+	parts, err := statePartitions(state)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, p := range parts {
+		rel := filepath.Join("topics", p.topic, strconv.Itoa(p.partition))
+		entries, err := s.cfg.FS.ReadDir(filepath.Join(s.cfg.Dir, rel))
+		if err != nil {
+			return nil, nil, fmt.Errorf("engine: snapshot: list %s: %w", rel, err)
+		}
+		for _, e := range entries {
+			name := e.Name()
+			base, ok := strings.CutSuffix(name, ".log")
+			if !ok {
+				continue // index files, durable marks: the follower rebuilds them
+			}
+			if b, err := strconv.ParseUint(base, 10, 64); err != nil || b >= p.next && b > 0 {
+				continue // a segment wholly past the checkpoint: not needed
+			}
+			info, err := e.Info()
+			if err != nil {
+				return nil, nil, fmt.Errorf("engine: snapshot: stat %s: %w", name, err)
+			}
+			files = append(files, SnapshotFile{Rel: filepath.Join(rel, name), Size: info.Size()})
+		}
+	}
+	return state, files, nil
+}
+
+// ReadSnapshotFile reads part of a manifest's segment file at off into
+// buf; rel must be a path SnapshotManifest returned.
+func (s *Store) ReadSnapshotFile(rel string, off int64, buf []byte) (int, error) {
+	if !validSnapshotRel(rel) {
+		return 0, fmt.Errorf("engine: snapshot: %q is not a snapshot file", rel)
+	}
+	f, err := s.cfg.FS.OpenFile(filepath.Join(s.cfg.Dir, rel), os.O_RDONLY, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, err := f.ReadAt(buf, off)
+	if errors.Is(err, io.EOF) && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+// validSnapshotRel accepts topics/<topic>/<partition>/<digits>.log only, so
+// a peer cannot read or write anything else through the snapshot calls.
+func validSnapshotRel(rel string) bool {
+	f := strings.Split(rel, string(filepath.Separator))
+	if len(f) != 4 || f[0] != "topics" || !ValidTopicName(f[1]) {
+		return false
+	}
+	if _, err := strconv.ParseUint(f[2], 10, 32); err != nil {
+		return false
+	}
+	base, ok := strings.CutSuffix(f[3], ".log")
+	if !ok {
+		return false
+	}
+	_, err := strconv.ParseUint(base, 10, 64)
+	return err == nil && filepath.Clean(rel) == rel
+}
+
+// StateIndex returns the applied index and term of a state checkpoint and
+// the replication blob saved with it.
+func StateIndex(state []byte) (index, term uint64, blob []byte, err error) {
+	p, err := statePayload(state)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	d := decoder{b: p}
+	_ = d.uvarint() // version, checked by statePayload
+	index, term = d.uvarint(), d.uvarint()
+	blob = d.bytes()
+	if d.err != nil {
+		return 0, 0, nil, errors.New("engine: snapshot: state checkpoint does not decode")
+	}
+	return index, term, blob, nil
+}
+
+// statePayload checks a state checkpoint's framing and returns its payload.
+func statePayload(b []byte) ([]byte, error) {
+	if len(b) < stateHeaderBytes || string(b[:len(stateMagic)]) != stateMagic {
+		return nil, errors.New("engine: not a state checkpoint")
+	}
+	n := binary.LittleEndian.Uint64(b[8:16])
+	if n > statePayloadLimit || n != uint64(len(b)-stateHeaderBytes) {
+		return nil, errors.New("engine: state checkpoint length mismatch")
+	}
+	p := b[stateHeaderBytes:]
+	if crc32.Checksum(p, record.Castagnoli) != binary.LittleEndian.Uint32(b[16:20]) {
+		return nil, errors.New("engine: state checkpoint checksum mismatch")
+	}
+	d := decoder{b: p}
+	if v := d.uvarint(); d.err != nil || v < stateVersionMin || v > stateVersion {
+		return nil, fmt.Errorf("engine: state checkpoint version %d, this build reads %d to %d", v, stateVersionMin, stateVersion)
+	}
+	return p, nil
+}
+
+type statePartition struct {
+	topic     string
+	partition int
+	next      uint64
+}
+
+// statePartitions lists the partitions a state checkpoint names, with the
+// end offset it vouches for.
+func statePartitions(state []byte) ([]statePartition, error) {
+	p, err := statePayload(state)
+	if err != nil {
+		return nil, err
+	}
+	d := decoder{b: p}
+	d.uvarint()
+	d.uvarint()
+	d.uvarint()
+	d.bytes()
+	var out []statePartition
+	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
+		name, parts := string(d.bytes()), d.int()
+		d.varint()
+		d.uvarint()
+		if d.err != nil || !ValidTopicName(name) || parts < 1 || parts > partitionsLimit {
+			return nil, errors.New("engine: snapshot: bad topic record in the state checkpoint")
+		}
+		for j := range parts {
+			next := d.uvarint()
+			d.uvarint()
+			out = append(out, statePartition{topic: name, partition: j, next: next})
+		}
+	}
+	if d.err != nil {
+		return nil, errors.New("engine: snapshot: state checkpoint does not decode")
+	}
+	return out, nil
+}
+
+// withBlob returns state with its replication blob replaced: a snapshot
+// carries the leader's blob (positions in the leader's WAL), and the
+// follower installs it with its own.
+func withBlob(state, blob []byte) ([]byte, error) {
+	p, err := statePayload(state)
+	if err != nil {
+		return nil, err
+	}
+	d := decoder{b: p}
+	version, index, term := d.uvarint(), d.uvarint(), d.uvarint()
+	d.bytes()
+	if d.err != nil {
+		return nil, errors.New("engine: snapshot: state checkpoint does not decode")
+	}
+	q := binary.AppendUvarint(nil, version)
+	q = binary.AppendUvarint(q, index)
+	q = binary.AppendUvarint(q, term)
+	q = appendBytes(q, blob)
+	q = append(q, d.b...)
+	out := make([]byte, 0, stateHeaderBytes+len(q))
+	out = append(out, stateMagic...)
+	out = binary.LittleEndian.AppendUint64(out, uint64(len(q)))
+	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(q, record.Castagnoli))
+	return append(out, q...), nil
+}
+
+// SnapshotStaging receives a snapshot's files before InstallSnapshot
+// switches to them.
+type SnapshotStaging struct {
+	s     *Store
+	dir   string
+	files map[string]*os.File
+}
+
+// BeginSnapshot empties the staging directory and returns it.
+func (s *Store) BeginSnapshot() (*SnapshotStaging, error) {
+	dir := filepath.Join(s.cfg.Dir, snapshotStaging)
+	if err := s.cfg.FS.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("engine: snapshot: clear staging: %w", err)
+	}
+	if err := vfs.EnsureDir(s.cfg.FS, dir); err != nil {
+		return nil, err
+	}
+	return &SnapshotStaging{s: s, dir: dir, files: map[string]*os.File{}}, nil
+}
+
+// WriteAt writes data at off into the staged file rel (a manifest path,
+// or SnapshotStateFile).
+func (g *SnapshotStaging) WriteAt(rel string, off int64, data []byte) error {
+	if rel != SnapshotStateFile && !validSnapshotRel(rel) {
+		return fmt.Errorf("engine: snapshot: %q is not a snapshot file", rel)
+	}
+	f := g.files[rel]
+	if f == nil {
+		path := filepath.Join(g.dir, rel)
+		if err := g.s.cfg.FS.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		var err error
+		if f, err = g.s.cfg.FS.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+			return err
+		}
+		g.files[rel] = f
+	}
+	_, err := f.WriteAt(data, off)
+	return err
+}
+
+// Abort closes the staged files; the next BeginSnapshot clears them.
+func (g *SnapshotStaging) Abort() {
+	for _, f := range g.files {
+		f.Close()
+	}
+	g.files = nil
+}
+
+// InstallSnapshot makes the staged snapshot the store's state: every file
+// is fsynced, the marker makes the install durable, the current partitions
+// are replaced by the staged ones and the staged state checkpoint (with
+// blob, this node's replication state, in place of the leader's) becomes
+// the store's. Partitions are then opened and cut back to the
+// checkpointed ends. Call it from the apply goroutine; readers holding a
+// partition of before get errors from its closed log.
+func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
+	stateRaw, err := s.cfg.FS.ReadFile(filepath.Join(g.dir, SnapshotStateFile))
+	if err != nil {
+		return fmt.Errorf("engine: snapshot: read staged state: %w", err)
+	}
+	state, err := withBlob(stateRaw, blob)
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.FS.WriteFileSync(filepath.Join(g.dir, SnapshotStateFile), state); err != nil {
+		return fmt.Errorf("engine: snapshot: %w", err)
+	}
+	dirs := map[string]bool{g.dir: true}
+	for rel, f := range g.files {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("engine: snapshot: fsync %s: %w", rel, err)
+		}
+		f.Close()
+		for d := filepath.Dir(filepath.Join(g.dir, rel)); d != g.dir && strings.HasPrefix(d, g.dir); d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	g.files = nil
+	if err := vfs.EnsureDir(s.cfg.FS, filepath.Join(g.dir, "topics")); err != nil {
+		return err
+	}
+	dirs[filepath.Join(g.dir, "topics")] = true
+	for d := range dirs {
+		if err := vfs.SyncDir(s.cfg.FS, d); err != nil {
+			return err
+		}
+	}
+	// Decided: from here a crash finishes the install at the next open.
+	if err := vfs.WriteFileAtomic(s.cfg.FS, s.cfg.Dir, snapshotMarker, nil); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.topics {
+		for _, p := range t.Partitions {
+			p.Log.Close()
+		}
+	}
+	s.topics, s.partitionsTotal = map[string]*Topic{}, 0
+	s.offsets = map[offsetKey]uint64{}
+	s.idem = newIdempotencyTable()
+	if err := completeSnapshotInstall(s.cfg.FS, s.cfg.Dir); err != nil {
+		return err
+	}
+	if _, err := s.decodeState(state); err != nil {
+		return err
+	}
+	return nil
+}
+
+// completeSnapshotInstall finishes a decided install (the marker exists):
+// the staged partitions and state checkpoint replace the store's. Each
+// step can be repeated after a crash.
+func completeSnapshotInstall(fs vfs.FS, dir string) error {
+	marker := filepath.Join(dir, snapshotMarker)
+	if _, err := fs.Stat(marker); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	staging := filepath.Join(dir, snapshotStaging)
+	topics, old := filepath.Join(dir, "topics"), filepath.Join(dir, "topics.old")
+	if _, err := fs.Stat(filepath.Join(staging, "topics")); err == nil {
+		if _, err := fs.Stat(topics); err == nil {
+			if err := fs.RemoveAll(old); err != nil {
+				return err
+			}
+			if err := fs.Rename(topics, old); err != nil {
+				return fmt.Errorf("engine: snapshot: %w", err)
+			}
+		}
+		if err := fs.Rename(filepath.Join(staging, "topics"), topics); err != nil {
+			return fmt.Errorf("engine: snapshot: %w", err)
+		}
+	}
+	if _, err := fs.Stat(filepath.Join(staging, SnapshotStateFile)); err == nil {
+		if err := fs.Rename(filepath.Join(staging, SnapshotStateFile), filepath.Join(dir, stateFileName)); err != nil {
+			return fmt.Errorf("engine: snapshot: %w", err)
+		}
+	}
+	if err := vfs.SyncDir(fs, dir); err != nil {
+		return err
+	}
+	if err := fs.RemoveAll(old); err != nil {
+		return err
+	}
+	if err := fs.RemoveAll(staging); err != nil {
+		return err
+	}
+	if err := fs.Remove(marker); err != nil {
+		return err
+	}
+	return vfs.SyncDir(fs, dir)
+}
