@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"keel/engine/record"
 	"keel/engine/vfs"
@@ -225,7 +226,16 @@ type SnapshotStaging struct {
 	s     *Store
 	dir   string
 	files map[string]*os.File
+
+	released chan struct{} // closed once installed or aborted
+	once     sync.Once
 }
+
+// Released is closed once the staging was installed or aborted: a new
+// BeginSnapshot (which clears the directory) must wait for it.
+func (g *SnapshotStaging) Released() <-chan struct{} { return g.released }
+
+func (g *SnapshotStaging) release() { g.once.Do(func() { close(g.released) }) }
 
 // BeginSnapshot empties the staging directory and returns it.
 func (s *Store) BeginSnapshot() (*SnapshotStaging, error) {
@@ -236,7 +246,7 @@ func (s *Store) BeginSnapshot() (*SnapshotStaging, error) {
 	if err := vfs.EnsureDir(s.cfg.FS, dir); err != nil {
 		return nil, err
 	}
-	return &SnapshotStaging{s: s, dir: dir, files: map[string]*os.File{}}, nil
+	return &SnapshotStaging{s: s, dir: dir, files: map[string]*os.File{}, released: make(chan struct{})}, nil
 }
 
 // WriteAt writes data at off into the staged file rel (a manifest path,
@@ -267,6 +277,7 @@ func (g *SnapshotStaging) Abort() {
 		f.Close()
 	}
 	g.files = nil
+	g.release()
 }
 
 // InstallSnapshot makes the staged snapshot the store's state: every file
@@ -277,6 +288,7 @@ func (g *SnapshotStaging) Abort() {
 // checkpointed ends. Call it from the apply goroutine; readers holding a
 // partition of before get errors from its closed log.
 func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
+	defer g.release()
 	stateRaw, err := s.cfg.FS.ReadFile(filepath.Join(g.dir, SnapshotStateFile))
 	if err != nil {
 		return fmt.Errorf("engine: snapshot: read staged state: %w", err)

@@ -55,6 +55,8 @@ func (n *Node) loop() {
 			n.turn(loopEvent{kind: eventStep, msg: m})
 		case r := <-n.reads:
 			n.turn(loopEvent{kind: eventRead, read: r})
+		case sn := <-n.snapshots:
+			n.turn(loopEvent{kind: eventSnapshot, snap: sn})
 		case <-rocketSync:
 			n.turn(loopEvent{kind: eventRocketSync})
 		case <-n.stop:
@@ -71,6 +73,7 @@ type loopEvent struct {
 	err      error          // eventCheckpointDone: the background write's result
 	msg      raftpb.Message // eventStep: from a peer
 	read     *readReq       // eventRead: the first waiting read
+	snap     stagedSnapshot // eventSnapshot: a fetched snapshot
 }
 
 type eventKind uint8
@@ -83,6 +86,7 @@ const (
 	eventStep                                // a Raft message from a peer
 	eventCampaign                            // tests: start an election here now
 	eventRead                                // linearizable reads are waiting (the first is taken)
+	eventSnapshot                            // a snapshot's data is staged: step its MsgSnap
 )
 
 // begin runs once before the first turn.
@@ -137,8 +141,15 @@ func (n *Node) turn(ev loopEvent) {
 		_ = n.rn.Campaign()
 	case eventRead:
 		n.startReads(ev.read)
+	case eventSnapshot:
+		if n.Fault() != nil {
+			ev.snap.staging.Abort()
+			break
+		}
+		n.takeStagedSnapshot(ev.snap)
 	}
 	n.handleReadies()
+	n.dropStagedSnapshot() // stepped this turn and not installed: raft ignored it
 	n.answerReads()
 	n.failQueuedIfFollower()
 	// Checkpoints are captured only here, after every Ready is handled,

@@ -187,6 +187,7 @@ type Node struct {
 	queue       chan *waiter
 	steps       chan raftpb.Message // from peers (Step), for the loop
 	reads       chan *readReq       // linearizable reads waiting for the loop (read.go)
+	snapshots   chan stagedSnapshot // fetched snapshots for the loop to step (snapshot.go)
 	waiterPool  sync.Pool           // of *waiter
 	queuedBytes atomic.Int64        // command bytes in queue, bounded by QueueBytesMax
 	waiters     *waiters
@@ -239,8 +240,9 @@ type loopState struct {
 	confIndex       uint64          // index of the last configuration change applied
 	freshQuorum     bool            // leader: a quorum was recently active (refreshed per tick)
 	followers       []FollowerProgress
-	readSeq         uint64       // read batches started
-	readBatches     []*readBatch // read batches waiting for confirmation or apply
+	readSeq         uint64                  // read batches started
+	readBatches     []*readBatch            // read batches waiting for confirmation or apply
+	staged          *engine.SnapshotStaging // a fetched snapshot stepped into raft, installed at its Ready
 }
 
 // entrySize is one entry of raft's in-memory log.
@@ -297,16 +299,17 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg: cfg, wal: wal, store: cfg.Store, log: cfg.Logger,
-		queue:    make(chan *waiter, cfg.QueueMax),
-		steps:    make(chan raftpb.Message, stepQueueMax),
-		reads:    make(chan *readReq, readIndexMax),
-		waiters:  newWaiters(),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		timings:  newLoopTimings(),
-		ckptDone: make(chan error, 1),
-		servingC: make(chan struct{}),
-		faultC:   make(chan struct{}),
+		queue:     make(chan *waiter, cfg.QueueMax),
+		steps:     make(chan raftpb.Message, stepQueueMax),
+		reads:     make(chan *readReq, readIndexMax),
+		snapshots: make(chan stagedSnapshot),
+		waiters:   newWaiters(),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		timings:   newLoopTimings(),
+		ckptDone:  make(chan error, 1),
+		servingC:  make(chan struct{}),
+		faultC:    make(chan struct{}),
 	}
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -45,13 +46,17 @@ type PeerTransport struct {
 
 	undecodable atomic.Uint64
 	unknownTo   atomic.Uint64
+
+	snaps    snapServer // the leader's side of snapshot fetches
+	fetchMu  sync.Mutex
+	fetching *snapFetch // the follower's fetch in progress, if any
 }
 
 // NewPeerTransport builds the Raft side of tr's streams for members
 // (this node included; its own entry is not dialed). Bind the node with
 // SetNode once it is open; messages that arrive before are dropped.
 func NewPeerTransport(tr *netio.Transport, self string, members []Member, log *slog.Logger) *PeerTransport {
-	p := &PeerTransport{tr: tr, names: map[uint64]string{}, log: log}
+	p := &PeerTransport{tr: tr, names: map[uint64]string{}, log: log, snaps: snapServer{sessions: map[uint64]*snapSession{}}}
 	for _, m := range members {
 		p.names[m.ID] = m.Name
 		if m.Name != self {
@@ -74,8 +79,9 @@ func (p *PeerTransport) Send(msgs []raftpb.Message) {
 			p.unknownTo.Add(1)
 			continue
 		}
-		b, err := m.Marshal()
-		if err != nil {
+		b := make([]byte, 1+m.Size())
+		b[0] = peerRaft
+		if _, err := m.MarshalToSizedBuffer(b[1:]); err != nil {
 			p.log.Error("marshal raft message", "type", m.Type.String(), "to", name, "err", err)
 			continue
 		}
@@ -83,10 +89,30 @@ func (p *PeerTransport) Send(msgs []raftpb.Message) {
 	}
 }
 
-// Handle is the netio.Handler: one Raft message from peer from.
+// Handle is the netio.Handler: one message from peer from (a raft message,
+// or part of a snapshot fetch).
 func (p *PeerTransport) Handle(from string, msg []byte) {
+	if len(msg) == 0 {
+		p.undecodable.Add(1)
+		return
+	}
+	switch msg[0] {
+	case peerSnapRequest:
+		// Served on its own goroutine, one request at a time per fetch
+		// (the follower waits for each answer).
+		req := append([]byte(nil), msg...)
+		go p.serveSnapshot(from, req)
+		return
+	case peerSnapResponse:
+		p.snapshotResponse(from, msg)
+		return
+	case peerRaft:
+	default:
+		p.undecodable.Add(1)
+		return
+	}
 	var m raftpb.Message
-	if err := m.Unmarshal(msg); err != nil {
+	if err := m.Unmarshal(msg[1:]); err != nil {
 		p.undecodable.Add(1)
 		return
 	}
@@ -94,6 +120,10 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 		// A message must come on its sender's own stream: a node cannot
 		// speak for another (with mutual TLS, the stream's name is proven).
 		p.undecodable.Add(1)
+		return
+	}
+	if m.Type == raftpb.MsgSnap {
+		p.snapshotArrived(from, m) // stepped once its data is here
 		return
 	}
 	if n := p.node.Load(); n != nil {

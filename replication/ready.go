@@ -1,7 +1,6 @@
 package replication
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -25,7 +24,10 @@ func (n *Node) handleReadies() {
 func (n *Node) handleReady() error {
 	rd := n.rn.Ready()
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		return errors.New("replication: received a snapshot, which this version cannot install (snapshots come with the cluster issue)")
+		// Before the entries of the same Ready, which follow it.
+		if err := n.installSnapshot(rd.Snapshot, rd.HardState); err != nil {
+			return err
+		}
 	}
 	// A commit-only HardState is not written: the commit index is
 	// re-learned after a restart, and an unsynced write between synced
@@ -59,11 +61,24 @@ func (n *Node) handleReady() error {
 	if len(rd.Messages) > 0 && n.cfg.Send != nil {
 		n.cfg.Send(rd.Messages)
 	}
+	var snapsSent []uint64
+	for i := range rd.Messages {
+		if rd.Messages[i].Type == raftpb.MsgSnap {
+			snapsSent = append(snapsSent, rd.Messages[i].To)
+		}
+	}
 	if err := n.apply(rd.CommittedEntries); err != nil {
 		return err
 	}
 	n.readStates(rd.ReadStates)
 	n.rn.Advance(rd)
+	// The MsgSnap only tells the follower to fetch the snapshot; raft may
+	// go back to probing it at once. Until it has installed the snapshot it
+	// rejects appends, and raft offers the snapshot again; the follower
+	// ignores offers while a fetch runs.
+	for _, to := range snapsSent {
+		n.rn.ReportSnapshot(to, raft.SnapshotFinish)
+	}
 	return nil
 }
 

@@ -51,6 +51,13 @@ func (n *Node) startStateCheckpoint(wait bool) {
 		if err := capture.Write(); err != nil {
 			return fmt.Errorf("replication: checkpoint: %w", err)
 		}
+		// The checkpoint is now the snapshot raft offers a follower that
+		// needs entries before the compacted log (its data is fetched from
+		// the files: snapshot.go).
+		cs := st.confState
+		if _, err := n.storage.CreateSnapshot(applied, &cs, nil); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+			return fmt.Errorf("replication: snapshot at %d: %w", applied, err)
+		}
 		if err := n.storage.Compact(compactTo); compactTo > 0 && err != nil && !errors.Is(err, raft.ErrCompacted) {
 			return fmt.Errorf("replication: compact raft log: %w", err)
 		}

@@ -29,6 +29,14 @@ type StateMachine interface {
 	// own header (for Keel's, the version of its apply rules and the
 	// limits that change them). The commands follow it.
 	AppendEntryHeader(dst []byte, leaderTimeMs int64) []byte
+
+	// Snapshots (snapshot.go): the leader reads its last checkpoint and
+	// the files that go with it; a follower stages them and installs them
+	// with its own replication blob.
+	SnapshotManifest() (state []byte, files []engine.SnapshotFile, err error)
+	ReadSnapshotFile(rel string, off int64, buf []byte) (int, error)
+	BeginSnapshot() (*engine.SnapshotStaging, error)
+	InstallSnapshot(g *engine.SnapshotStaging, blob []byte) error
 }
 
 // Command is what Propose takes: a state-machine command that encodes

@@ -34,6 +34,7 @@ type testClusterProcs struct {
 	bin     string
 	nodes   []*clusterNode
 	proxies map[[2]int]*linkProxy // [from, to] → the raft link from node from to node to
+	args    []string              // more flags for every node
 }
 
 // portPair returns a free port p with p+1 free too (raft port, HTTP port).
@@ -57,15 +58,17 @@ func portPair(t *testing.T) int {
 	return 0
 }
 
-func newClusterProcs(t *testing.T, n int) *testClusterProcs { return newClusterProcsOpts(t, n, false) }
+func newClusterProcs(t *testing.T, n int, extra ...string) *testClusterProcs {
+	return newClusterProcsOpts(t, n, false, extra...)
+}
 
 // newClusterProcsOpts starts n nodes; withProxies puts a linkProxy on
 // every directed raft link (and a plain forwarder on the HTTP port beside
 // it, so redirects to a peer's raft port + 1 still reach its API): each
 // node's RF_HA_NODES names its peers at their proxies.
-func newClusterProcsOpts(t *testing.T, n int, withProxies bool) *testClusterProcs {
+func newClusterProcsOpts(t *testing.T, n int, withProxies bool, extra ...string) *testClusterProcs {
 	t.Helper()
-	c := &testClusterProcs{t: t, bin: buildBinary(t), proxies: map[[2]int]*linkProxy{}}
+	c := &testClusterProcs{t: t, bin: buildBinary(t), proxies: map[[2]int]*linkProxy{}, args: extra}
 	root := t.TempDir()
 	for i := 1; i <= n; i++ {
 		node := &clusterNode{name: fmt.Sprintf("node%d", i), raftPort: portPair(t), data: filepath.Join(root, fmt.Sprintf("node%d", i))}
@@ -103,7 +106,7 @@ func newClusterProcsOpts(t *testing.T, n int, withProxies bool) *testClusterProc
 func (c *testClusterProcs) start(i int) {
 	node := c.nodes[i]
 	p := &keelProcess{url: node.url(), logs: &strings.Builder{}}
-	p.cmd = exec.Command(c.bin, "serve", "--data", node.data, "--checkpoint-bytes", "1048576")
+	p.cmd = exec.Command(c.bin, append([]string{"serve", "--data", node.data, "--checkpoint-bytes", "1048576"}, c.args...)...)
 	p.cmd.Env = append(os.Environ(), "RF_HA_ENABLED=1", "RF_HA_NODE_ID="+node.name, "RF_HA_NODES="+node.spec)
 	if i == 0 {
 		p.cmd.Env = append(p.cmd.Env, "RF_HA_BOOTSTRAP_LEADER=1")
@@ -243,6 +246,11 @@ type clusterWriters struct {
 }
 
 func startWriters(t *testing.T, c *testClusterProcs, topic string, n int, targets func() []int) *clusterWriters {
+	return startWritersPad(t, c, topic, n, 0, targets)
+}
+
+// startWritersPad writes values padded to at least pad bytes.
+func startWritersPad(t *testing.T, c *testClusterProcs, topic string, n, pad int, targets func() []int) *clusterWriters {
 	w := &clusterWriters{t: t, c: c, topic: topic, acked: map[int]string{}, stop: make(chan struct{})}
 	for g := range n {
 		w.wg.Add(1)
@@ -255,6 +263,9 @@ func startWriters(t *testing.T, c *testClusterProcs, topic string, n int, target
 				default:
 				}
 				key, value := fmt.Sprintf("%s-k%d-%d", topic, g, seq), fmt.Sprintf("v%d-%d", g, seq)
+				if len(value) < pad {
+					value += strings.Repeat(".", pad-len(value))
+				}
 				// An indeterminate write is retried with its key: it is
 				// either its original offset or written once, anew.
 				for attempt := 0; attempt < 200; attempt++ {
@@ -478,4 +489,43 @@ func TestClusterFiveLosesTwo(t *testing.T) {
 	w.waitAcked(before+200, 30*time.Second)
 	w.halt()
 	w.verifyAll()
+}
+
+// TestClusterSnapshotCatchUp: a follower killed while the leader goes on
+// far past what it keeps of its log (--raft-log-retain-bytes is small, and
+// checkpoints compact the log) receives a snapshot when it comes back (the
+// state and the segment files, fetched in chunks) and catches up; every
+// acknowledged write is then on every node.
+func TestClusterSnapshotCatchUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	c := newClusterProcs(t, 3, "--raft-log-retain-bytes", "65536")
+	c.waitReady(30 * time.Second)
+	running := func() []int {
+		var out []int
+		for i := range c.nodes {
+			if c.running(i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	w := startWritersPad(t, c, "s", 4, 1000, running)
+	w.waitAcked(500, 30*time.Second)
+	lead := c.leader()
+	victim := (lead + 1) % 3
+	c.nodes[victim].proc.kill9(t)
+	before := w.count()
+	w.waitAcked(before+3000, 60*time.Second) // several checkpoints: the log it needs is compacted
+	restarted := time.Now()
+	c.start(victim)
+	w.waitAcked(w.count()+200, 30*time.Second)
+	w.halt()
+	c.waitReady(60 * time.Second)
+	w.verifyAll()
+	t.Logf("the follower caught up within %v of its restart", time.Since(restarted).Round(time.Millisecond))
+	if !strings.Contains(c.nodes[victim].proc.log(), "snapshot installed") {
+		t.Fatalf("the follower caught up without a snapshot (the test meant to exercise one); log:\n%s", c.nodes[victim].proc.log())
+	}
 }

@@ -56,6 +56,7 @@ type options struct {
 	idempotencyKeysMax   int
 	checkpointBytes      int64
 	checkpointInterval   time.Duration
+	raftLogRetainBytes   int64
 	defaultTimeout       time.Duration
 	logLevel             string
 	workers              int
@@ -178,6 +179,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.idempotencyKeysMax, "idempotency-keys-max", 1_000_000, "most idempotency keys remembered (oldest dropped first)")
 	int64Var(&o.checkpointBytes, "checkpoint-bytes", 64<<20, "WAL bytes between state checkpoints (bounds restart time)")
 	durVar(&o.checkpointInterval, "checkpoint-interval", time.Minute, "longest time between state checkpoints while writes happen")
+	int64Var(&o.raftLogRetainBytes, "raft-log-retain-bytes", 256<<20, "cluster: applied Raft entries kept in memory so a lagging follower catches up from the log; one further behind gets a snapshot")
 	durVar(&o.defaultTimeout, "write-timeout", 30*time.Second, "how long a write waits for durability when timeout_ms is absent")
 	strVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	intVar(&o.workers, "workers", 0, "accepted for compatibility and ignored")
@@ -248,6 +250,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--default-partitions %d: want 1..--max-partitions (%d)", o.defaultPartitions, o.maxPartitions)
 	case o.idempotencyKeysMax < 1 || o.idempotencyWindow <= 0:
 		return fmt.Errorf("--idempotency-keys-max and --idempotency-window must be positive")
+	case o.raftLogRetainBytes < 0:
+		return fmt.Errorf("--raft-log-retain-bytes must be 0 or more")
 	case o.checkpointBytes < 1<<20:
 		return fmt.Errorf("--checkpoint-bytes %d: want at least 1 MiB", o.checkpointBytes)
 	case o.gcPercent < -1 || o.memoryLimitMiB < 0:

@@ -180,6 +180,7 @@ func serveWith(o options, log *slog.Logger) error {
 		defer peers.close()
 		nodeCfg.ID, nodeCfg.Members, nodeCfg.Send = cluster.self.ID, cluster.members, peers.raft.Send
 		nodeCfg.BootstrapLeader, nodeCfg.TickInterval, nodeCfg.ElectionTicks = cluster.bootstrapLeader, cluster.tick, cluster.electionTicks
+		nodeCfg.RaftLogRetainBytes = max(o.raftLogRetainBytes, 1) // 0 would mean the default
 	}
 	node, err := replication.Open(nodeCfg)
 	if err != nil {
