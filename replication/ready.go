@@ -29,6 +29,17 @@ func (n *Node) handleReady() error {
 			return err
 		}
 	}
+	// The leader sends its appends before its own write: followers write
+	// in parallel with it (the Raft thesis, section 10.2.1; etcd's server
+	// does the same). Safe because nothing is applied, and so no client
+	// answered, before this node's own write below is durable too: a
+	// committed entry is then on a majority's disks. Every other role
+	// sends only after the write (a vote or an append acknowledged before
+	// its fsync could be lost by a crash).
+	leading := n.rn.BasicStatus().RaftState == raft.StateLeader
+	if leading && len(rd.Messages) > 0 && n.cfg.Send != nil {
+		n.cfg.Send(rd.Messages)
+	}
 	// A commit-only HardState is not written: the commit index is
 	// re-learned after a restart, and an unsynced write between synced
 	// batches would break the WAL's "only the last batch can be torn" rule.
@@ -55,10 +66,9 @@ func (n *Node) handleReady() error {
 		clear(n.unpersisted)
 		n.unpersisted = n.unpersisted[:0]
 	}
-	// Messages go out only now, after the HardState and entries they vouch
-	// for are durable (raft's Ready contract: a vote or an append
-	// acknowledged before its fsync could be lost by a crash).
-	if len(rd.Messages) > 0 && n.cfg.Send != nil {
+	// A follower's messages go out only now, after the HardState and
+	// entries they vouch for are durable (raft's Ready contract).
+	if !leading && len(rd.Messages) > 0 && n.cfg.Send != nil {
 		n.cfg.Send(rd.Messages)
 	}
 	var snapsSent []uint64

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
@@ -32,6 +34,7 @@ func benchCmd(args []string) int {
 	restart := fs.String("restart-messages", "", "comma-separated message counts for restart-after-kill-9 runs (e.g. 1000000,8000000)")
 	diskProbe := fs.Duration("disk-probe", 5*time.Second, "after the scenarios, time single appends + fdatasync on the data directory's disk for this long (0 = skip; at most 1m)")
 	list := fs.Bool("list", false, "list the scenarios and exit")
+	cluster := fs.Int("cluster", 0, "also start a cluster of this many local nodes (2..7) and run the scenarios against its leader, after the single node, in the same run")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: keel bench [flags] [scenario ...]   (default: every scenario)")
 		fs.PrintDefaults()
@@ -53,7 +56,11 @@ func benchCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "keel bench:", err)
 		return 2
 	}
-	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios}); err != nil {
+	if *cluster != 0 && (*cluster < 2 || *cluster > 7 || *target != "") {
+		fmt.Fprintln(os.Stderr, "keel bench: --cluster takes 2 to 7 nodes, and starts them itself (not with --target)")
+		return 2
+	}
+	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster}); err != nil {
 		fmt.Fprintln(os.Stderr, "keel bench:", err)
 		return 1
 	}
@@ -69,6 +76,7 @@ type benchOptions struct {
 	out, restart       string
 	diskProbe          time.Duration
 	scenarios          []bench.Scenario
+	cluster            int
 }
 
 func pickScenarios(names []string) ([]bench.Scenario, error) {
@@ -126,6 +134,13 @@ func runBench(o benchOptions) error {
 		if rep.Rows, err = suite.Run(o.scenarios); err != nil {
 			return err
 		}
+	}
+	if o.cluster > 0 && len(o.scenarios) > 0 {
+		rows, err := benchCluster(self, o, suite)
+		if err != nil {
+			return err
+		}
+		rep.Rows = append(rep.Rows, rows...)
 	}
 	if o.diskProbe > 0 {
 		progress.Done("disk probe", fmt.Sprintf("timing append + fdatasync for %v in %s", o.diskProbe, probeDir))
@@ -246,4 +261,103 @@ func machine() string {
 		}
 	}
 	return fmt.Sprintf("%d cores (%s), %s/%s, %s", runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
+
+// benchCluster starts n local nodes as a cluster (RF_HA_* as Ayder's
+// scripts set it, each on a raft port and the HTTP port after it), waits
+// for a leader and runs the scenarios against it; rows are named
+// "scenario (N nodes)". Writes are acknowledged once a majority has them on
+// disk.
+func benchCluster(self string, o benchOptions, suite bench.Suite) ([]bench.Row, error) {
+	var ports []int
+	var spec []string
+	for i := range o.cluster {
+		p, err := freePortPair()
+		if err != nil {
+			return nil, err
+		}
+		ports = append(ports, p)
+		spec = append(spec, fmt.Sprintf("node%d:127.0.0.1:%d:%d", i+1, p, 100-i))
+	}
+	root, err := os.MkdirTemp("", "keel-bench-cluster")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(root)
+	for i := range o.cluster {
+		cmd := exec.Command(self, "serve", "--data", fmt.Sprintf("%s/node%d", root, i+1), "--log-level", "warn")
+		cmd.Env = append(os.Environ(), "RF_HA_ENABLED=1", fmt.Sprintf("RF_HA_NODE_ID=node%d", i+1), "RF_HA_NODES="+strings.Join(spec, ","))
+		if i == 0 {
+			cmd.Env = append(cmd.Env, "RF_HA_BOOTSTRAP_LEADER=1")
+		}
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		defer stopChild(cmd)
+	}
+	leader := ""
+	for start := time.Now(); leader == "" && time.Since(start) < time.Minute; time.Sleep(20 * time.Millisecond) {
+		for _, p := range ports {
+			url := fmt.Sprintf("http://127.0.0.1:%d", p+1)
+			if role, err := haRole(url); err == nil && role == 0 {
+				leader = url
+				break
+			}
+		}
+	}
+	if leader == "" {
+		return nil, fmt.Errorf("the %d-node cluster elected no leader in a minute", o.cluster)
+	}
+	suite.Target, suite.NoopTarget = leader, ""
+	rows, err := suite.Run(o.scenarios)
+	for i := range rows {
+		rows[i].Scenario = fmt.Sprintf("%s (%d nodes)", rows[i].Scenario, o.cluster)
+	}
+	return rows, err
+}
+
+// haRole reads ramforge_ha_role from a node's /metrics_ha.
+func haRole(url string) (int, error) {
+	resp, err := httpGet(url + "/metrics_ha")
+	if err != nil {
+		return -1, err
+	}
+	for _, line := range strings.Split(resp, "\n") {
+		if v, ok := strings.CutPrefix(line, "ramforge_ha_role "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return -1, errors.New("no ramforge_ha_role")
+}
+
+// freePortPair returns a loopback port p with p+1 free too (a node's raft
+// and HTTP ports).
+func freePortPair() (int, error) {
+	for range 100 {
+		p, err := freeLoopbackPort()
+		if err != nil {
+			return 0, err
+		}
+		if p >= 65535 {
+			continue
+		}
+		if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1)); err == nil {
+			ln.Close()
+			return p, nil
+		}
+	}
+	return 0, errors.New("no free pair of ports")
+}
+
+// httpGet returns the body of a GET (2 s timeout).
+func httpGet(url string) (string, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
