@@ -40,8 +40,8 @@ func (s *Server) toLeader(ctx *fasthttp.RequestCtx) *apiError {
 	}
 	for {
 		st := s.node.Status()
-		if st.Role == "leader" {
-			return nil
+		if st.Role == "leader" || st.Lead == s.node.ID() {
+			return nil // here (a faulted leader answers with its fault)
 		}
 		if st.Lead != 0 {
 			if m, ok := s.node.Member(st.Lead); ok {

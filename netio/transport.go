@@ -30,6 +30,7 @@ type Config struct {
 	TLS *tls.Config
 
 	QueueMessages int           // per peer, messages waiting to be written (4096)
+	InboundMax    int           // inbound connections served at once (64); more are closed at accept
 	QueueBytes    int64         // per peer, and their bytes (64 MiB)
 	FrameBytesMax int           // one frame (64 MiB); also the largest message
 	DialTimeout   time.Duration // one dial and handshake (2 s)
@@ -42,6 +43,9 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.QueueMessages == 0 {
 		c.QueueMessages = 4096
+	}
+	if c.InboundMax == 0 {
+		c.InboundMax = 64
 	}
 	if c.QueueBytes == 0 {
 		c.QueueBytes = 64 << 20
@@ -403,6 +407,7 @@ func (t *Transport) dial(name, addr string) (net.Conn, error) {
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+		setUserTimeout(tc, t.cfg.WriteTimeout)
 	}
 	deadline := time.Now().Add(t.cfg.DialTimeout)
 	if t.cfg.TLS != nil {
@@ -492,6 +497,11 @@ func (t *Transport) Serve(ln net.Listener) error {
 			conn.Close()
 			return nil
 		}
+		if len(t.inbound) >= t.cfg.InboundMax {
+			t.mu.Unlock()
+			conn.Close() // a cluster has at most 7 nodes: this is not a peer
+			continue
+		}
 		t.inbound[conn] = struct{}{}
 		t.wg.Add(1)
 		t.mu.Unlock()
@@ -556,12 +566,18 @@ func (t *Transport) receive(conn net.Conn) error {
 		if size > t.cfg.FrameBytesMax || count == 0 || count*4 > size {
 			return fmt.Errorf("frame from %s: %d bytes, %d messages: out of bounds", from, size, count)
 		}
-		if cap(buf) < size {
-			buf = make([]byte, size)
-		}
-		buf = buf[:size]
-		if _, err := io.ReadFull(br, buf); err != nil {
-			return fmt.Errorf("frame from %s: %w", from, err)
+		// Read in steps of at most 1 MiB, growing the buffer as bytes
+		// arrive: a header alone cannot make the node allocate the frame.
+		buf = buf[:0]
+		for len(buf) < size {
+			step := min(size-len(buf), 1<<20)
+			if cap(buf)-len(buf) < step {
+				buf = append(buf, make([]byte, step)...)[:len(buf)]
+			}
+			if _, err := io.ReadFull(br, buf[len(buf):len(buf)+step]); err != nil {
+				return fmt.Errorf("frame from %s: %w", from, err)
+			}
+			buf = buf[:len(buf)+step]
 		}
 		if crc32.Checksum(buf, castagnoli) != crc {
 			return fmt.Errorf("frame from %s: checksum mismatch", from)
@@ -585,4 +601,22 @@ func (t *Transport) receive(conn net.Conn) error {
 			buf = nil // an occasional huge frame does not stay resident
 		}
 	}
+}
+
+// tcpUserTimeout is Linux's TCP_USER_TIMEOUT socket option (tcp(7)).
+const tcpUserTimeout = 0x12
+
+// setUserTimeout makes the kernel drop the connection when sent data stays
+// unacknowledged for d (a peer that vanished without a reset, or a link
+// that silently drops packets), instead of retransmitting for many minutes
+// while the stream looks connected. Best effort: an error leaves the
+// write deadline as the bound.
+func setUserTimeout(tc *net.TCPConn, d time.Duration) {
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) {
+		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(d.Milliseconds()))
+	})
 }

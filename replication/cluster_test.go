@@ -26,6 +26,7 @@ type testCluster struct {
 	down    map[uint64]bool    // members stopped (their messages are dropped)
 	dirs    map[uint64]string
 	faults  netFaults
+	config  []Member // names and priorities given to every member (none: ids only)
 	rng     *rand.Rand
 	round   int // delivery rounds so far
 	stats   netStats
@@ -49,12 +50,19 @@ type netFaults struct {
 type netStats struct{ delivered, dropped, delayed, duplicated int }
 
 // newTestCluster bootstraps a group of n members.
-func newTestCluster(t *testing.T, n int) *testCluster {
+func newTestCluster(t *testing.T, n int) *testCluster { return newTestClusterPrio(t, n, nil) }
+
+// newTestClusterPrio bootstraps a group of n members; member i+1 has
+// priority prio[i] when prio is given.
+func newTestClusterPrio(t *testing.T, n int, prio []int) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, members: map[uint64]*harness{}, cut: map[[2]uint64]bool{}, down: map[uint64]bool{}, dirs: map[uint64]string{},
 		rng: rand.New(rand.NewPCG(1, uint64(n)))}
 	for i := 1; i <= n; i++ {
 		c.ids = append(c.ids, uint64(i))
+		if prio != nil {
+			c.config = append(c.config, Member{ID: uint64(i), Name: fmt.Sprintf("n%d", i), Priority: prio[i-1]})
+		}
 	}
 	root := t.TempDir()
 	for _, id := range c.ids {
@@ -66,7 +74,7 @@ func newTestCluster(t *testing.T, n int) *testCluster {
 
 // start opens member id on its directory (fresh, or as it was left).
 func (c *testCluster) start(id uint64) {
-	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Send: c.send}, nil)
+	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Members: c.config, Send: c.send}, nil)
 	c.down[id] = false
 }
 

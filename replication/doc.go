@@ -4,20 +4,27 @@
 // WAL as one batch with one fdatasync before anything depends on them),
 // applying committed entries to the engine's state machine and answering
 // the proposers, state checkpoints and WAL truncation, and the deadline
-// reaper for waiting proposals. The WAL is an logstore.Log of its own
+// reaper for waiting proposals. The WAL is a logstore.Log of its own
 // (record types RecordRaftEntry and RecordRaftState), written by the loop
-// directly, not through a group-commit writer.
+// directly.
 //
 // Replication does not know the command schema: Propose takes a Command
 // that encodes itself given the request id replication assigns, the state
 // machine (StateMachine) writes each entry's header and applies entries,
 // and its Results carry the request ids back so proposers are answered.
 //
-// In production a node is a one-voter Raft group: the path a cluster will
-// use, with no peers. Config.ID, Peers, Send and Node.Step make a group of
-// several members, which only the deterministic tests run until snapshots
-// exist (a member behind a compacted log needs one). The peer transport,
-// snapshots, membership and write concern come with the cluster issue.
+// A single node is a one-voter group. A cluster member (Config.Members,
+// Send; PeerTransport carries the messages over netio) also has:
+//   - the leader sending appends before its own WAL write (ready.go);
+//   - queued proposals answered ErrNotLeader once another node leads;
+//   - linearizable reads by ReadIndex (read.go);
+//   - snapshots: a follower behind the leader's retained log fetches the
+//     leader's last checkpoint and segment files and installs them
+//     (snapshot.go);
+//   - applied entries kept in raft's log up to RaftLogRetainBytes.
+//
+// Membership changes, write concerns other than majority and leadership
+// transfer by priority are not built yet.
 //
 // Contract: it imports engine and netio (and ring), never httpfront or cmd.
 package replication

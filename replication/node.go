@@ -67,8 +67,9 @@ type Config struct {
 	ElectionTicks int
 	// RaftLogRetainBytes: in a group, entries already applied stay in
 	// raft's log (in memory) up to this many bytes, so that a follower
-	// that fell behind catches up from the log (256 MiB). One further
-	// behind needs a snapshot.
+	// that fell behind catches up from the log (64 MiB: it is held in
+	// memory, under the process's soft memory limit). One further behind
+	// needs a snapshot.
 	RaftLogRetainBytes int64
 
 	// Clock is the loop's time: the leader timestamp written into each
@@ -147,7 +148,7 @@ func (c Config) withDefaults() Config {
 		c.ElectionTicks = 10
 	}
 	if c.RaftLogRetainBytes == 0 {
-		c.RaftLogRetainBytes = 256 << 20
+		c.RaftLogRetainBytes = 64 << 20
 	}
 	return c
 }
@@ -240,6 +241,8 @@ type loopState struct {
 	confIndex       uint64          // index of the last configuration change applied
 	freshQuorum     bool            // leader: a quorum was recently active (refreshed per tick)
 	followers       []FollowerProgress
+	transferTo      uint64 // the higher-priority voter caught up for transferTicks ticks
+	transferTicks   int
 	readSeq         uint64                  // read batches started
 	readBatches     []*readBatch            // read batches waiting for confirmation or apply
 	staged          *engine.SnapshotStaging // a fetched snapshot stepped into raft, installed at its Ready

@@ -1,11 +1,13 @@
 package replication
 
 import (
+	"encoding/binary"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -47,6 +49,9 @@ type PeerTransport struct {
 	undecodable atomic.Uint64
 	unknownTo   atomic.Uint64
 
+	probeMu sync.Mutex
+	probes  map[string]uint64 // ClusterLive: commit index each peer answered
+
 	snaps    snapServer // the leader's side of snapshot fetches
 	fetchMu  sync.Mutex
 	fetching *snapFetch // the follower's fetch in progress, if any
@@ -56,7 +61,8 @@ type PeerTransport struct {
 // (this node included; its own entry is not dialed). Bind the node with
 // SetNode once it is open; messages that arrive before are dropped.
 func NewPeerTransport(tr *netio.Transport, self string, members []Member, log *slog.Logger) *PeerTransport {
-	p := &PeerTransport{tr: tr, names: map[uint64]string{}, log: log, snaps: snapServer{sessions: map[uint64]*snapSession{}}}
+	p := &PeerTransport{tr: tr, names: map[uint64]string{}, log: log,
+		snaps: snapServer{sessions: map[string]*snapSession{}, serving: make(chan struct{}, snapServeMax)}}
 	for _, m := range members {
 		p.names[m.ID] = m.Name
 		if m.Name != self {
@@ -106,6 +112,31 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 	case peerSnapResponse:
 		p.snapshotResponse(from, msg)
 		return
+	case peerProbe:
+		// Answered by a leader only: how far the asker's log is known to
+		// reach (0 if it never acknowledged an entry to this leader).
+		if n := p.node.Load(); n != nil && p.isMember(from) {
+			st := n.Status()
+			if st.Role == "leader" {
+				var match uint64
+				for _, f := range st.Followers {
+					if p.names[f.ID] == from {
+						match = f.Match
+					}
+				}
+				p.tr.Send(from, binary.LittleEndian.AppendUint64([]byte{peerProbeReply}, match))
+			}
+		}
+		return
+	case peerProbeReply:
+		if len(msg) == 9 {
+			p.probeMu.Lock()
+			if p.probes != nil {
+				p.probes[from] = binary.LittleEndian.Uint64(msg[1:])
+			}
+			p.probeMu.Unlock()
+		}
+		return
 	case peerRaft:
 	default:
 		p.undecodable.Add(1)
@@ -129,6 +160,55 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 	if n := p.node.Load(); n != nil {
 		n.Step(m)
 	}
+}
+
+// LostData asks the peers, for up to wait, whether this node's log is
+// known to have reached past the start: a leader answers with the highest
+// index it knows this node acknowledged. A node that finds its data
+// directory empty calls it before bootstrapping: if a leader says it once
+// acknowledged entries, it lost its data, and rejoining under its old Raft
+// id could make it vote twice in one term (Raft's safety needs a voter to
+// keep what it acknowledged). A node starting for the first time, even
+// after the others formed the group, never acknowledged anything and
+// bootstraps. (A leader restarted since the loss no longer knows; the
+// check catches the common case, not every one.)
+func (p *PeerTransport) LostData(wait time.Duration) (leader string, match uint64, lost bool) {
+	p.probeMu.Lock()
+	p.probes = map[string]uint64{}
+	p.probeMu.Unlock()
+	defer func() {
+		p.probeMu.Lock()
+		p.probes = nil
+		p.probeMu.Unlock()
+	}()
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); {
+		for _, name := range p.names {
+			p.tr.Send(name, []byte{peerProbe})
+		}
+		time.Sleep(100 * time.Millisecond)
+		p.probeMu.Lock()
+		answered := len(p.probes) > 0
+		for name, m := range p.probes {
+			if m > 0 {
+				leader, match, lost = name, m, true
+			}
+		}
+		p.probeMu.Unlock()
+		if answered {
+			return leader, match, lost
+		}
+	}
+	return "", 0, false
+}
+
+// isMember reports whether name is one of the group's nodes.
+func (p *PeerTransport) isMember(name string) bool {
+	for _, n := range p.names {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // Stats returns the streams' counters by peer name.

@@ -21,7 +21,7 @@ import (
 // Commands (ids are member ids; "leader" names the member that leads in
 // the highest term):
 //
-//	cluster n=3                    a fresh group of n members, none leading
+//	cluster n=3 [priorities=(1,5,3)]  a fresh group of n members, none leading
 //	campaign 1                     member 1 starts an election; messages settle
 //	propose <id|leader> <value>    enqueue a produce to topic t; prints its name (w1, w2, ...)
 //	stabilize [ticks=N]            deliver and run until idle; with ticks, let up to N ticks
@@ -122,7 +122,20 @@ func (e *scriptEnv) run(t *testing.T, d *datadriven.TestData) string {
 	case "cluster":
 		var n int
 		d.ScanArgs(t, "n", &n)
-		e.c = newTestCluster(t, n)
+		var prio []int
+		if d.HasArg("priorities") {
+			for _, v := range argVals(t, d, "priorities") {
+				p, err := strconv.Atoi(v)
+				if err != nil {
+					d.Fatalf(t, "priority %q: %v", v, err)
+				}
+				prio = append(prio, p)
+			}
+			if len(prio) != n {
+				d.Fatalf(t, "%d priorities for %d members", len(prio), n)
+			}
+		}
+		e.c = newTestClusterPrio(t, n, prio)
 		e.proposals = map[string]*scriptProposal{}
 		e.reads = map[string]*scriptRead{}
 		return fmt.Sprintf("%d members", n)

@@ -33,6 +33,8 @@ const (
 	peerRaft         = 0 // a raft message (raftpb.Message)
 	peerSnapRequest  = 1 // follower → leader: fetch id u64 | op u8 | file u32 | offset u64
 	peerSnapResponse = 2 // leader → follower: fetch id u64 | op u8 | op's body
+	peerProbe        = 3 // a starting node with no data asks the leader about itself (no body)
+	peerProbeReply   = 4 // the leader: the highest index it knows the asker acknowledged, u64
 )
 
 // Snapshot operations.
@@ -40,29 +42,35 @@ const (
 	snapOpManifest = 1 // request: the manifest; response: count u32, (name len u16, name, size u64)*, file 0 the state checkpoint
 	snapOpChunk    = 2 // request: file, offset; response: file u32 | offset u64 | bytes
 	snapOpError    = 3 // response: the leader could not serve it (message)
+	snapOpDone     = 4 // request: the fetch is over, forget it (no response)
 )
 
 const (
 	snapChunkBytes    = 1 << 20
 	snapRequestWait   = 2 * time.Second  // a request unanswered this long is sent again
 	snapFetchMax      = 30 * time.Minute // a whole fetch
-	snapSessionMax    = 10 * time.Minute // the leader forgets a fetch idle this long
-	snapSessionsMax   = 8                // fetches the leader serves at once
-	snapRequestsRetry = 200              // consecutive unanswered requests before a fetch gives up
+	snapSessionMax    = 2 * time.Minute  // the leader forgets a fetch idle this long
+	snapRequestsRetry = 15               // consecutive unanswered requests (30 s) before a fetch gives up
+	snapServeMax      = 4                // snapshot requests the leader serves at once (all peers)
 )
 
 // snapSession is a fetch the leader serves: the manifest's state bytes
-// and files, fixed at the manifest request.
+// and files, fixed at the manifest request. A peer has at most one.
 type snapSession struct {
+	id    uint64
+	ready chan struct{} // closed once state and files are set (or err)
 	state []byte
 	files []engine.SnapshotFile
+	err   error
 	used  time.Time
 }
 
-// snapServer is the leader's side.
+// snapServer is the leader's side: one session per peer, and a bound on
+// the requests served at once.
 type snapServer struct {
 	mu       sync.Mutex
-	sessions map[uint64]*snapSession
+	sessions map[string]*snapSession // by peer name
+	serving  chan struct{}           // semaphore of snapServeMax
 }
 
 // snapFetch is the follower's side of one fetch.
@@ -81,10 +89,17 @@ func snapRequest(id uint64, op byte, file uint32, off uint64) []byte {
 }
 
 // serveSnapshot answers one request of a follower (on its own goroutine:
-// reading files must not hold up the stream's receiver).
+// reading files must not hold up the stream's receiver). Only members are
+// served, at most snapServeMax requests at once.
 func (p *PeerTransport) serveSnapshot(from string, req []byte) {
-	if len(req) != 1+8+1+4+8 {
+	if len(req) != 1+8+1+4+8 || !p.isMember(from) {
 		return
+	}
+	select {
+	case p.snaps.serving <- struct{}{}:
+		defer func() { <-p.snaps.serving }()
+	default:
+		return // busy: the follower asks again
 	}
 	id, op := binary.LittleEndian.Uint64(req[1:9]), req[9]
 	file, off := binary.LittleEndian.Uint32(req[10:14]), binary.LittleEndian.Uint64(req[14:22])
@@ -97,37 +112,57 @@ func (p *PeerTransport) serveSnapshot(from string, req []byte) {
 		p.log.Warn("snapshot request failed", "peer", from, "err", err)
 		p.sendWait(from, append(append(head, snapOpError), err.Error()...))
 	}
-	p.snaps.mu.Lock()
 	now := time.Now()
-	for sid, s := range p.snaps.sessions {
+	p.snaps.mu.Lock()
+	for peer, s := range p.snaps.sessions {
 		if now.Sub(s.used) > snapSessionMax {
-			delete(p.snaps.sessions, sid)
+			delete(p.snaps.sessions, peer)
 		}
 	}
-	sess := p.snaps.sessions[id]
+	sess := p.snaps.sessions[from]
+	if op == snapOpDone {
+		if sess != nil && sess.id == id {
+			delete(p.snaps.sessions, from)
+		}
+		p.snaps.mu.Unlock()
+		return
+	}
+	if sess != nil && sess.id != id {
+		if op != snapOpManifest {
+			p.snaps.mu.Unlock()
+			fail(fmt.Errorf("no such snapshot fetch %d", id))
+			return
+		}
+		sess = nil // a new fetch from this peer replaces its old one
+	}
+	created := false
+	if sess == nil && op == snapOpManifest {
+		sess = &snapSession{id: id, ready: make(chan struct{})}
+		p.snaps.sessions[from] = sess
+		created = true
+	}
 	if sess != nil {
 		sess.used = now
 	}
 	p.snaps.mu.Unlock()
+	if sess == nil {
+		fail(fmt.Errorf("no such snapshot fetch %d", id))
+		return
+	}
+	if created {
+		sess.state, sess.files, sess.err = n.store.SnapshotManifest()
+		close(sess.ready)
+		if sess.err == nil {
+			p.log.Info("serving a snapshot", "peer", from, "files", len(sess.files), "state_bytes", len(sess.state))
+		}
+	}
+	<-sess.ready
+	if sess.err != nil {
+		fail(sess.err)
+		return
+	}
 	switch op {
 	case snapOpManifest:
-		if sess == nil {
-			state, files, err := n.store.SnapshotManifest()
-			if err != nil {
-				fail(err)
-				return
-			}
-			sess = &snapSession{state: state, files: files, used: now}
-			p.snaps.mu.Lock()
-			if len(p.snaps.sessions) >= snapSessionsMax {
-				p.snaps.mu.Unlock()
-				fail(errors.New("too many snapshot fetches at once"))
-				return
-			}
-			p.snaps.sessions[id] = sess
-			p.snaps.mu.Unlock()
-			p.log.Info("serving a snapshot", "peer", from, "files", len(files), "state_bytes", len(state))
-		}
 		b := append(head, snapOpManifest)
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(sess.files)+1))
 		b = appendSnapName(b, engine.SnapshotStateFile, int64(len(sess.state)))
@@ -136,8 +171,8 @@ func (p *PeerTransport) serveSnapshot(from string, req []byte) {
 		}
 		p.sendWait(from, b)
 	case snapOpChunk:
-		if sess == nil || int(file) > len(sess.files) {
-			fail(fmt.Errorf("no such snapshot fetch or file (%d, %d)", id, file))
+		if int(file) > len(sess.files) {
+			fail(fmt.Errorf("no file %d in snapshot fetch %d", file, id))
 			return
 		}
 		b := append(head, snapOpChunk)
@@ -182,6 +217,16 @@ func (p *PeerTransport) sendWait(to string, msg []byte) {
 // snapshotArrived handles a MsgSnap from the leader: it starts a fetch
 // unless one runs; the message is stepped once the data is staged.
 func (p *PeerTransport) snapshotArrived(from string, m raftpb.Message) {
+	n := p.node.Load()
+	if n == nil {
+		return
+	}
+	if m.Snapshot != nil && m.Snapshot.Metadata.Index <= n.Status().Commit {
+		// An offer this node has moved past (raft ignores it and answers
+		// with its commit index, which moves the leader on): no fetch.
+		n.Step(m)
+		return
+	}
 	p.fetchMu.Lock()
 	if p.fetching != nil {
 		p.fetchMu.Unlock()
@@ -241,12 +286,17 @@ func (p *PeerTransport) fetch(f *snapFetch, m raftpb.Message) error {
 			g.Abort()
 		}
 	}()
+	defer p.tr.Send(f.from, snapRequest(f.id, snapOpDone, 0, 0)) // the leader may forget it
 	// ask sends a request until a response of op (or an error) comes back.
 	ask := func(op byte, file uint32, off uint64, ok func(resp []byte) bool) ([]byte, error) {
 		req := snapRequest(f.id, op, file, off)
 		for tries := 0; tries < snapRequestsRetry; tries++ {
 			if time.Now().After(deadline) {
 				return nil, errors.New("snapshot fetch took too long")
+			}
+			if st := n.Status(); st.Lead != raft.None && st.Lead != m.From {
+				// Another node leads now: it will offer its own snapshot.
+				return nil, fmt.Errorf("%s no longer leads", f.from)
 			}
 			p.tr.Send(f.from, req)
 			timer := time.NewTimer(snapRequestWait)
@@ -369,9 +419,19 @@ type stagedSnapshot struct {
 // turn.
 func (n *Node) takeStagedSnapshot(s stagedSnapshot) {
 	n.dropStagedSnapshot()
+	n.settleCheckpoint()
 	n.staged = s.staging
 	if err := n.rn.Step(s.msg); err != nil {
 		n.log.Warn("snapshot refused by raft", "err", err)
+	}
+}
+
+// settleCheckpoint waits for a state checkpoint being written in the
+// background: it captured the state before the snapshot, and written after
+// the install it would put that old state back over the installed one.
+func (n *Node) settleCheckpoint() {
+	if n.ckptRunning {
+		n.finishStateCheckpoint(<-n.ckptDone)
 	}
 }
 
@@ -391,6 +451,7 @@ func (n *Node) installSnapshot(snap raftpb.Snapshot, hs raftpb.HardState) error 
 	if n.staged == nil {
 		return errors.New("replication: raft handed over a snapshot whose data was not fetched")
 	}
+	n.settleCheckpoint()
 	if raft.IsEmptyHardState(hs) {
 		hs = n.prevHS
 	}

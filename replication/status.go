@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/tracker"
 
 	"keel/invariant"
 )
@@ -44,6 +45,11 @@ func (n *Node) publishStatus() {
 		n.serving = true
 	}
 	st.Ready = n.Fault() == nil && caughtUp
+	if n.Fault() != nil {
+		// A faulted node takes no part any more (its loop no longer
+		// ticks): it must not go on reporting itself as the leader.
+		st.Role = "stopped"
+	}
 	st.Serving = n.serving
 	n.status.Store(st)
 	if first {
@@ -101,4 +107,50 @@ func (n *Node) refreshProgress() {
 	slices.SortFunc(followers, func(a, b FollowerProgress) int { return cmp.Compare(a.ID, b.ID) })
 	n.followers = followers
 	n.freshQuorum = active >= len(n.confState.Voters)/2+1
+	n.maybeTransferLeadership(st)
+}
+
+// transferAfterTicks is how long a voter of higher priority must have been
+// replicating and caught up before the leader hands it leadership: a node that just came
+// back is not made leader while it may still fall behind again.
+const transferAfterTicks = 20
+
+// maybeTransferLeadership hands leadership to the voter of highest
+// priority (Member.Priority) once it has been caught up (its log matches
+// the commit index, and it was heard from recently) for transferAfterTicks
+// ticks in a row. Priority is a preference, not a rule (design.md): the
+// transfer is raft's cooperative TransferLeader, so a healthy term is
+// never disrupted by an election, and with equal priorities nothing moves.
+func (n *Node) maybeTransferLeadership(st raft.Status) {
+	if st.LeadTransferee != raft.None || n.Fault() != nil {
+		return
+	}
+	self, ok := n.Member(n.cfg.ID)
+	if !ok {
+		return
+	}
+	best := self
+	for id, pr := range st.Progress {
+		// Replicating (not probing or being sent a snapshot) and caught
+		// up. RecentActive is not asked for: CheckQuorum clears it at every
+		// election timeout, before the answers to that tick's heartbeat.
+		if id == n.cfg.ID || pr.IsLearner || pr.State != tracker.StateReplicate || pr.Match < st.Commit {
+			continue
+		}
+		if m, ok := n.Member(id); ok && m.Priority > best.Priority {
+			best = m
+		}
+	}
+	if best.ID == n.cfg.ID {
+		n.transferTo, n.transferTicks = 0, 0
+		return
+	}
+	if n.transferTo != best.ID {
+		n.transferTo, n.transferTicks = best.ID, 0
+	}
+	if n.transferTicks++; n.transferTicks >= transferAfterTicks {
+		n.log.Info("handing leadership to the caught-up node of higher priority", "to", best.Name, "priority", best.Priority, "own_priority", self.Priority)
+		n.rn.TransferLeader(best.ID)
+		n.transferTo, n.transferTicks = 0, 0
+	}
 }

@@ -128,8 +128,13 @@ func clusterFrom(o *options, log *slog.Logger) (*clusterConfig, error) {
 			return nil, fmt.Errorf("--ha-write-concern (RF_HA_WRITE_CONCERN) %q: want 1..%d or majority", wc, len(members))
 		}
 		c.writeConcern = n
-		if n != len(members)/2+1 {
-			log.Warn("write concern other than majority is not built yet: writes are answered once a majority has them on disk", "asked", n, "majority", len(members)/2+1)
+		switch majority := len(members)/2 + 1; {
+		case n > majority:
+			// Answering once a majority has the write would promise less
+			// than was asked for.
+			return nil, fmt.Errorf("--ha-write-concern (RF_HA_WRITE_CONCERN) %d: waiting for more nodes than a majority (%d) is not built yet", n, majority)
+		case n < majority:
+			log.Warn("write concern below the majority is served as the majority (stronger): writes are answered once a majority has them on disk", "asked", n, "majority", majority)
 		}
 	}
 	if o.haHeartbeatMs > 0 {
@@ -147,6 +152,12 @@ func clusterFrom(o *options, log *slog.Logger) (*clusterConfig, error) {
 	}
 	if o.rocket {
 		return nil, fmt.Errorf("--rocket acknowledges writes before they are on disk: it is for a single node only")
+	}
+	if c.tls == nil && !o.haInsecurePlaintext {
+		host, _, _ := net.SplitHostPort(c.self.RaftAddr)
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return nil, fmt.Errorf("raft address %s is not loopback and node traffic is not encrypted: anyone who reaches it could act as a node; set RF_HA_TLS=1 (see README, Running a cluster) or --ha-insecure-plaintext", c.self.RaftAddr)
+		}
 	}
 	return c, nil
 }

@@ -346,6 +346,15 @@ func (w *clusterWriters) verifyAll() {
 				w.t.Fatalf("%s offset %d: %q, acknowledged %q (holds %d)", node.name, off, got, want, len(vals))
 			}
 		}
+		// Each value was written with its own idempotency key, retried
+		// with it: it must be in the log once, however often it was sent.
+		seen := map[string]int{}
+		for off, v := range vals {
+			if prev, dup := seen[v]; dup {
+				w.t.Fatalf("%s holds %q at offsets %d and %d: an idempotency key was applied twice", node.name, v, prev, off)
+			}
+			seen[v] = off
+		}
 		w.t.Logf("%s holds %d messages of %s, every one of the %d acknowledged at its offset", node.name, len(vals), w.topic, len(w.acked))
 	}
 }
@@ -528,4 +537,45 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	if !strings.Contains(c.nodes[victim].proc.log(), "snapshot installed") {
 		t.Fatalf("the follower caught up without a snapshot (the test meant to exercise one); log:\n%s", c.nodes[victim].proc.log())
 	}
+}
+
+// TestClusterWipedNodeRefused: a follower restarted with an empty data
+// directory under its old identity refuses to start (it could vote twice
+// in a term), while the others go on.
+func TestClusterWipedNodeRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	c := newClusterProcs(t, 3)
+	c.waitReady(30 * time.Second)
+	running := func() []int {
+		var out []int
+		for i := range c.nodes {
+			if c.running(i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	w := startWriters(t, c, "wiped", 2, running)
+	w.waitAcked(100, 20*time.Second)
+	victim := (c.leader() + 1) % 3
+	c.nodes[victim].proc.kill9(t)
+	if err := os.RemoveAll(c.nodes[victim].data); err != nil {
+		t.Fatal(err)
+	}
+	c.start(victim)
+	done := make(chan error, 1)
+	go func() { done <- c.nodes[victim].proc.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(c.nodes[victim].proc.log(), "must not rejoin under its old identity") {
+			t.Fatalf("the wiped node exited with %v; log:\n%s", err, c.nodes[victim].proc.log())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the wiped node did not refuse to start; log:\n%s", c.nodes[victim].proc.log())
+	}
+	w.waitAcked(w.count()+100, 20*time.Second) // the other two go on
+	w.halt()
+	w.verifyAll()
 }

@@ -178,6 +178,15 @@ func serveWith(o options, log *slog.Logger) error {
 			return err
 		}
 		defer peers.close()
+		if blob == nil && !exists(filepath.Join(o.data, "wal")) {
+			// An empty data directory: a new cluster, or a node that lost
+			// its disk. Only the first may bootstrap.
+			if leader, match, lost := peers.raft.LostData(1500 * time.Millisecond); lost {
+				return fmt.Errorf("this node's data directory %s is empty, but the leader %s knows it once held the log up to entry %d: "+
+					"a node that lost its data must not rejoin under its old identity, or it could vote twice in one term (Raft's safety); "+
+					"rejoining as a new member is not built yet: restore the directory from a backup of this node, or see README, Running a cluster", o.data, leader, match)
+			}
+		}
 		nodeCfg.ID, nodeCfg.Members, nodeCfg.Send = cluster.self.ID, cluster.members, peers.raft.Send
 		nodeCfg.BootstrapLeader, nodeCfg.TickInterval, nodeCfg.ElectionTicks = cluster.bootstrapLeader, cluster.tick, cluster.electionTicks
 		nodeCfg.RaftLogRetainBytes = max(o.raftLogRetainBytes, 1) // 0 would mean the default
@@ -388,4 +397,9 @@ func tuneGC(o options, log *slog.Logger) {
 		debug.SetMemoryLimit(int64(o.memoryLimitMiB) << 20)
 	}
 	log.Debug("gc", "gc_percent", o.gcPercent, "memory_limit_mib", o.memoryLimitMiB)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
