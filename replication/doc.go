@@ -21,10 +21,13 @@
 //   - snapshots: a follower behind the leader's retained log fetches the
 //     leader's last checkpoint and segment files and installs them
 //     (snapshot.go);
-//   - applied entries kept in raft's log up to RaftLogRetainBytes.
+//   - applied entries kept in raft's log up to RaftLogRetainBytes;
+//   - leadership handed to the caught-up voter of highest priority;
+//   - LostData, which a node with an empty data directory asks before
+//     bootstrapping.
 //
-// Membership changes, write concerns other than majority and leadership
-// transfer by priority are not built yet.
+// Membership changes and write concerns above the majority are not built
+// yet.
 //
 // Contract: it imports engine and netio (and ring), never httpfront or cmd.
 package replication
