@@ -43,7 +43,9 @@ func (s *Server) toLeader(ctx *fasthttp.RequestCtx) *apiError {
 		if st.Role == "leader" || st.Lead == s.node.ID() {
 			return nil // here (a faulted leader answers with its fault)
 		}
-		if st.Lead != 0 {
+		// A leader whose stream to this node closed (its process died)
+		// is not worth a redirect: wait for the election that replaces it.
+		if st.Lead != 0 && s.node.Reachable(st.Lead) {
 			if m, ok := s.node.Member(st.Lead); ok {
 				return s.redirect(ctx, m)
 			}
@@ -83,7 +85,7 @@ func needsLeader(ctx *fasthttp.RequestCtx, r *route) bool {
 // notLeaderError is the answer to a proposal this node refused because it
 // no longer leads: a redirect when the leader is known, else no_leader.
 func (s *Server) notLeaderError(ctx *fasthttp.RequestCtx) *apiError {
-	if st := s.node.Status(); st.Lead != 0 && st.Role != "leader" {
+	if st := s.node.Status(); st.Lead != 0 && st.Role != "leader" && s.node.Reachable(st.Lead) {
 		if m, ok := s.node.Member(st.Lead); ok {
 			return s.redirect(ctx, m)
 		}
@@ -181,6 +183,9 @@ func (s *Server) membership(ctx *fasthttp.RequestCtx) {
 	b = appendIntField(b, "node_count", int64(len(members)))
 	b = appendUintField(b, "voters_new_mask", votersMask)
 	b = appendUintField(b, "learners_mask", learnersMask)
+	if m, ok := s.node.Member(st.Lead); ok {
+		b = appendStringField(b, "leader", m.Name) // (beyond) this node's view
+	}
 	b = append(appendKey(b, "nodes"), '[')
 	for i, m := range members {
 		if i > 0 {

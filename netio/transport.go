@@ -97,13 +97,14 @@ type Transport struct {
 	peers   map[string]*peer
 	lns     []net.Listener
 	inbound map[net.Conn]struct{}
+	from    map[string]int // inbound streams open per peer name (after hello)
 	closed  bool
 	wg      sync.WaitGroup
 }
 
 // New returns a Transport that hands what peers send to h.
 func New(cfg Config, h Handler) *Transport {
-	return &Transport{cfg: cfg.withDefaults(), handler: h, peers: map[string]*peer{}, inbound: map[net.Conn]struct{}{}}
+	return &Transport{cfg: cfg.withDefaults(), handler: h, peers: map[string]*peer{}, inbound: map[net.Conn]struct{}{}, from: map[string]int{}}
 }
 
 // PeerStats are one outbound stream's counters.
@@ -185,6 +186,15 @@ func (t *Transport) Send(to string, msg []byte) bool {
 		return false
 	}
 	return p.enqueue(msg)
+}
+
+// InboundOpen reports whether a stream from peer name is open now. When a
+// peer's process dies, the kernel closes its sockets and this turns false
+// at once, long before anything written to it fails.
+func (t *Transport) InboundOpen(name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.from[name] > 0
 }
 
 // Stats returns every peer's counters.
@@ -550,6 +560,16 @@ func (t *Transport) receive(conn net.Conn) error {
 			return err
 		}
 	}
+	t.mu.Lock()
+	t.from[from]++
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		if t.from[from]--; t.from[from] <= 0 {
+			delete(t.from, from)
+		}
+		t.mu.Unlock()
+	}()
 	_ = conn.SetDeadline(time.Time{})
 	var hdr [frameHeader]byte
 	var buf []byte

@@ -201,18 +201,19 @@ type Node struct {
 	skipFinalCheckpoint bool       // tests: stop as a crash would, without a checkpoint
 	ckptDone            chan error // a background checkpoint's result, for the loop
 
-	replayed int  // Raft entries after the state checkpoint, replayed at open
-	fresh    bool // Open bootstrapped a new group
-	timings  *loopTimings
-	synced   atomic.Uint64 // lastSynced, published as soon as the WAL batch is durable
-	servingC chan struct{} // closed once the node has caught up after start
-	faultC   chan struct{} // closed by the first storage fault
-	status   atomic.Pointer[Status]
-	fault    atomic.Pointer[error]
-	closing  atomic.Bool
-	stop     chan struct{}
-	done     chan struct{}
-	stopOnce sync.Once
+	replayed  int  // Raft entries after the state checkpoint, replayed at open
+	fresh     bool // Open bootstrapped a new group
+	timings   *loopTimings
+	synced    atomic.Uint64 // lastSynced, published as soon as the WAL batch is durable
+	servingC  chan struct{} // closed once the node has caught up after start
+	faultC    chan struct{} // closed by the first storage fault
+	status    atomic.Pointer[Status]
+	reachable atomic.Pointer[reachableFunc] // set by PeerTransport.SetNode
+	fault     atomic.Pointer[error]
+	closing   atomic.Bool
+	stop      chan struct{}
+	done      chan struct{}
+	stopOnce  sync.Once
 }
 
 // loopState is what only the loop goroutine reads and writes once it
@@ -514,6 +515,19 @@ func (n *Node) Member(id uint64) (Member, bool) {
 		}
 	}
 	return Member{}, false
+}
+
+// reachableFunc wraps a reachability check (atomic.Pointer needs a type).
+type reachableFunc struct{ f func(id uint64) bool }
+
+// Reachable reports whether member id's stream to this node is open (true
+// when there is no transport to ask): a follower does not send clients to a
+// leader whose process is gone while the election that replaces it runs.
+func (n *Node) Reachable(id uint64) bool {
+	if r := n.reachable.Load(); r != nil {
+		return r.f(id)
+	}
+	return true
 }
 
 // ID returns this node's Raft id.

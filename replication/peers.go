@@ -72,8 +72,12 @@ func NewPeerTransport(tr *netio.Transport, self string, members []Member, log *s
 	return p
 }
 
-// SetNode binds the node that receives the peers' messages.
-func (p *PeerTransport) SetNode(n *Node) { p.node.Store(n) }
+// SetNode binds the node that receives the peers' messages, and tells it
+// how to see whether a peer is reachable (Node.Reachable).
+func (p *PeerTransport) SetNode(n *Node) {
+	n.reachable.Store(&reachableFunc{f: func(id uint64) bool { return p.tr.InboundOpen(p.names[id]) }})
+	p.node.Store(n)
+}
 
 // Send is Config.Send: it runs on the node's loop, so it only marshals and
 // queues.
@@ -220,7 +224,11 @@ func ValidateMembers(self string, members []Member) error {
 	if len(members) == 0 || len(members) > 7 {
 		return fmt.Errorf("a cluster has 1 to 7 members, not %d", len(members))
 	}
+	if self == "" {
+		return fmt.Errorf("this node's id (RF_HA_NODE_ID) is not set")
+	}
 	names := map[string]bool{}
+	addrs := map[string]string{}
 	ids := map[uint64]string{}
 	found := false
 	for _, m := range members {
@@ -231,6 +239,10 @@ func ValidateMembers(self string, members []Member) error {
 			return fmt.Errorf("member %s is listed twice", m.Name)
 		}
 		names[m.Name] = true
+		if other, ok := addrs[m.RaftAddr]; ok {
+			return fmt.Errorf("members %s and %s have the same raft address %s", other, m.Name, m.RaftAddr)
+		}
+		addrs[m.RaftAddr] = m.Name
 		if other, ok := ids[m.ID]; ok {
 			return fmt.Errorf("members %s and %s have the same Raft id; rename one", other, m.Name)
 		}

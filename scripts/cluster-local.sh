@@ -1,8 +1,11 @@
 #!/bin/sh
 # Starts a Keel cluster of N nodes (default 3) on this machine, as Ayder's
-# scripts configure one: node i listens for Raft on port BASE+10*i and for
-# HTTP on the next port. Data goes to ./cluster-data/node<i>. Ctrl-C stops
-# every node (SIGTERM: each finishes its writes and exits cleanly).
+# scripts configure one: node i (1..N) listens for Raft on port
+# BASE+10*(i-1) and for HTTP on the next port. Data goes to
+# ./cluster-data/node<i>, logs beside it. With TLS_DIR set, nodes talk over
+# mutual TLS with TLS_DIR/ca.pem, node<i>.pem and node<i>.key (README,
+# "Running a cluster"). Ctrl-C stops every node (SIGTERM: each finishes its
+# writes and exits cleanly).
 #
 #   make build && scripts/cluster-local.sh 3
 #   curl -s localhost:7001/metrics_ha        # node1's role (0 = leader)
@@ -26,6 +29,9 @@ while [ "$i" -le "$N" ]; do
   mkdir -p "$DATA/node$i"
   BOOT=0
   [ "$i" -eq 1 ] && BOOT=1
+  if [ -n "${TLS_DIR:-}" ]; then
+    export RF_HA_TLS=1 RF_HA_TLS_CA="$TLS_DIR/ca.pem" RF_HA_TLS_CERT="$TLS_DIR/node$i.pem" RF_HA_TLS_KEY="$TLS_DIR/node$i.key"
+  fi
   RF_HA_ENABLED=1 RF_HA_NODE_ID="node$i" RF_HA_NODES="$NODES" RF_HA_BOOTSTRAP_LEADER=$BOOT \
     "$BIN" serve --data "$DATA/node$i" 2>"$DATA/node$i.log" &
   PIDS="$PIDS $!"

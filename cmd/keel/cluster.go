@@ -34,7 +34,7 @@ type clusterConfig struct {
 var haKnobs = map[string]bool{
 	"RF_HA_ENABLED": true, "RF_HA_NODE_ID": true, "RF_HA_NODES": true, "RF_HA_BOOTSTRAP_LEADER": true,
 	"RF_HA_WRITE_CONCERN": true, "RF_HA_TLS": true, "RF_HA_TLS_CA": true, "RF_HA_TLS_CERT": true, "RF_HA_TLS_KEY": true,
-	"RF_HA_HEARTBEAT_MS": true, "RF_HA_ELECTION_TIMEOUT_MS": true,
+	"RF_HA_HEARTBEAT_MS": true, "RF_HA_ELECTION_TIMEOUT_MS": true, "RF_HA_INSECURE_PLAINTEXT": true,
 }
 
 // Defaults of the Raft timing: a heartbeat every tick; an election after
@@ -95,6 +95,9 @@ func clusterFrom(o *options, log *slog.Logger) (*clusterConfig, error) {
 		}
 	}
 	if !o.haEnabled {
+		if o.haNodes != "" || o.haNodeID != "" {
+			log.Warn("RF_HA_NODES / RF_HA_NODE_ID are set but cluster mode is off: this node runs alone (set RF_HA_ENABLED=1 or --ha)")
+		}
 		return nil, nil
 	}
 	members, err := parseNodes(o.haNodes)
@@ -125,7 +128,7 @@ func clusterFrom(o *options, log *slog.Logger) (*clusterConfig, error) {
 	default:
 		n, err := strconv.Atoi(wc)
 		if err != nil || n < 1 || n > len(members) {
-			return nil, fmt.Errorf("--ha-write-concern (RF_HA_WRITE_CONCERN) %q: want 1..%d or majority", wc, len(members))
+			return nil, fmt.Errorf("--ha-write-concern (RF_HA_WRITE_CONCERN) %q: want a number of nodes, 1..%d (above the majority, %d, is not built yet), or majority", wc, len(members), len(members)/2+1)
 		}
 		c.writeConcern = n
 		switch majority := len(members)/2 + 1; {
@@ -148,6 +151,15 @@ func clusterFrom(o *options, log *slog.Logger) (*clusterConfig, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The others would refuse a certificate for another node: say so
+		// here, at start, not in their logs.
+		leaf, err := x509.ParseCertificate(cfg.Certificates[0].Certificate[0])
+		if err != nil {
+			return nil, fmt.Errorf("node certificate: %w", err)
+		}
+		if err := netio.VerifyPeerName(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}, o.haNodeID); err != nil {
+			return nil, fmt.Errorf("--ha-tls-cert (RF_HA_TLS_CERT) %s is not this node's: %w", o.haTLSCert, err)
+		}
 		c.tls = cfg
 	}
 	if o.rocket {
@@ -156,7 +168,7 @@ func clusterFrom(o *options, log *slog.Logger) (*clusterConfig, error) {
 	if c.tls == nil && !o.haInsecurePlaintext {
 		host, _, _ := net.SplitHostPort(c.self.RaftAddr)
 		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return nil, fmt.Errorf("raft address %s is not loopback and node traffic is not encrypted: anyone who reaches it could act as a node; set RF_HA_TLS=1 (see README, Running a cluster) or --ha-insecure-plaintext", c.self.RaftAddr)
+			return nil, fmt.Errorf("raft address %s is not loopback and node traffic is not encrypted: anyone who reaches it could act as a node; set RF_HA_TLS=1 (see README, Running a cluster) or --ha-insecure-plaintext (RF_HA_INSECURE_PLAINTEXT=1)", c.self.RaftAddr)
 		}
 	}
 	return c, nil

@@ -181,7 +181,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	int64Var(&o.checkpointBytes, "checkpoint-bytes", 64<<20, "WAL bytes between state checkpoints (bounds restart time)")
 	durVar(&o.checkpointInterval, "checkpoint-interval", time.Minute, "longest time between state checkpoints while writes happen")
 	int64Var(&o.raftLogRetainBytes, "raft-log-retain-bytes", 64<<20, "cluster: applied Raft entries kept in memory so a lagging follower catches up from the log; one further behind gets a snapshot")
-	boolVar(&o.haInsecurePlaintext, "ha-insecure-plaintext", false, "cluster: allow node traffic without TLS on a raft address that is not loopback (anyone who reaches the port can then act as a node)")
+	boolVar(&o.haInsecurePlaintext, "ha-insecure-plaintext", false, "cluster: allow node traffic without TLS on a raft address that is not loopback (anyone who reaches the port can then act as a node)", "RF_HA_INSECURE_PLAINTEXT")
 	durVar(&o.defaultTimeout, "write-timeout", 30*time.Second, "how long a write waits for durability when timeout_ms is absent")
 	strVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	intVar(&o.workers, "workers", 0, "accepted for compatibility and ignored")
