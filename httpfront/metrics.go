@@ -1,6 +1,7 @@
 package httpfront
 
 import (
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 
 	"keel/engine/logstore"
+	"keel/netio"
+	"keel/replication"
 
 	"github.com/valyala/fasthttp"
 )
@@ -161,10 +164,46 @@ func (s *Server) writeNodeMetrics(w *promWriter) {
 	w.sample("keel_ready", nil, boolGauge(st.Ready))
 	w.help("keel_io_backend", "gauge", "1 for the I/O backend in use (uring or syscall)")
 	w.sample("keel_io_backend", []string{"backend", s.cfg.IOBackend}, 1)
+	s.writePeerMetrics(w, st)
 	var fs syscall.Statfs_t
 	if s.cfg.DataDir != "" && syscall.Statfs(s.cfg.DataDir, &fs) == nil {
 		w.help("keel_disk_free_bytes", "gauge", "bytes free on the data directory's filesystem")
 		w.sample("keel_disk_free_bytes", nil, fs.Bavail*uint64(fs.Bsize))
+	}
+}
+
+// writePeerMetrics: in a cluster, per peer, the stream's counters and (on
+// the leader) the replication lag.
+func (s *Server) writePeerMetrics(w *promWriter, st replication.Status) {
+	stats := s.node.PeerStats()
+	if len(stats) == 0 {
+		return
+	}
+	names := make([]string, 0, len(stats))
+	for name := range stats {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	metric := func(name, typ, help string, v func(netio.PeerStats) uint64) {
+		w.help(name, typ, help)
+		for _, peer := range names {
+			w.sample(name, []string{"peer", peer}, v(stats[peer]))
+		}
+	}
+	metric("keel_peer_connected", "gauge", "1 while the stream to the peer is connected", func(p netio.PeerStats) uint64 { return boolGauge(p.Connected) })
+	metric("keel_peer_sent_bytes_total", "counter", "bytes written to the peer, framing included", func(p netio.PeerStats) uint64 { return p.SentBytes })
+	metric("keel_peer_sent_messages_total", "counter", "messages written to the peer", func(p netio.PeerStats) uint64 { return p.Sent })
+	metric("keel_peer_frames_total", "counter", "frames (writes) to the peer", func(p netio.PeerStats) uint64 { return p.Frames })
+	metric("keel_peer_dropped_total", "counter", "messages for the peer dropped (queue full or connection lost; raft resends)", func(p netio.PeerStats) uint64 { return p.Dropped })
+	metric("keel_peer_reconnects_total", "counter", "connections to the peer made after the first", func(p netio.PeerStats) uint64 { return p.Reconnects })
+	metric("keel_peer_queued_messages", "gauge", "messages waiting for the peer now", func(p netio.PeerStats) uint64 { return uint64(p.Queued) })
+	if len(st.Followers) > 0 {
+		w.help("keel_peer_lag_entries", "gauge", "leader: committed entries not known to be in the peer's log")
+		for _, f := range st.Followers {
+			if m, ok := s.node.Member(f.ID); ok {
+				w.sample("keel_peer_lag_entries", []string{"peer", m.Name}, st.Commit-min(st.Commit, f.Match))
+			}
+		}
 	}
 }
 

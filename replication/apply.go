@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"keel/engine"
+
 	"go.etcd.io/raft/v3/raftpb"
 )
 
@@ -54,9 +56,18 @@ func decodeConfChange(e *raftpb.Entry) (raftpb.ConfChangeI, error) {
 
 // answer completes the proposers of the commands just applied.
 func (n *Node) answer(index uint64) {
+	if n.holdsAnswers() {
+		n.hold(index)
+		return
+	}
+	n.deliver(n.results, n.batchOf(index))
+}
+
+// deliver answers the proposers of results (of an entry persisted in WAL
+// batch batch).
+func (n *Node) deliver(results []engine.Result, batch uint64) {
 	now := time.Now()
-	batch := n.batchOf(index)
-	for _, r := range n.results {
+	for _, r := range results {
 		w, ok := n.waiters.take(r.ReqID)
 		if !ok {
 			continue // replayed after a restart, or its proposer timed out

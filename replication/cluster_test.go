@@ -27,6 +27,7 @@ type testCluster struct {
 	dirs    map[uint64]string
 	faults  netFaults
 	config  []Member // names and priorities given to every member (none: ids only)
+	concern int      // Config.WriteConcern of every member
 	rng     *rand.Rand
 	round   int // delivery rounds so far
 	stats   netStats
@@ -55,9 +56,14 @@ func newTestCluster(t *testing.T, n int) *testCluster { return newTestClusterPri
 // newTestClusterPrio bootstraps a group of n members; member i+1 has
 // priority prio[i] when prio is given.
 func newTestClusterPrio(t *testing.T, n int, prio []int) *testCluster {
+	return newTestClusterPrioConcern(t, n, prio, 0)
+}
+
+// newTestClusterPrioConcern also sets every member's write concern.
+func newTestClusterPrioConcern(t *testing.T, n int, prio []int, concern int) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, members: map[uint64]*harness{}, cut: map[[2]uint64]bool{}, down: map[uint64]bool{}, dirs: map[uint64]string{},
-		rng: rand.New(rand.NewPCG(1, uint64(n)))}
+		rng: rand.New(rand.NewPCG(1, uint64(n))), concern: concern}
 	for i := 1; i <= n; i++ {
 		c.ids = append(c.ids, uint64(i))
 		if prio != nil {
@@ -74,7 +80,7 @@ func newTestClusterPrio(t *testing.T, n int, prio []int) *testCluster {
 
 // start opens member id on its directory (fresh, or as it was left).
 func (c *testCluster) start(id uint64) {
-	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Members: c.config, Send: c.send}, nil)
+	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Members: c.config, Send: c.send, WriteConcern: c.concern}, nil)
 	c.down[id] = false
 }
 

@@ -150,6 +150,7 @@ func (n *Node) turn(ev loopEvent) {
 	}
 	n.handleReadies()
 	n.dropStagedSnapshot() // stepped this turn and not installed: raft ignored it
+	n.releaseHeld()
 	n.answerReads()
 	n.failQueuedIfFollower()
 	// Checkpoints are captured only here, after every Ready is handled,

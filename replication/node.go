@@ -18,6 +18,7 @@ import (
 	"keel/engine"
 	"keel/engine/logstore"
 	"keel/engine/vfs"
+	"keel/netio"
 	"keel/ring"
 )
 
@@ -59,6 +60,12 @@ type Config struct {
 	Send    func(msgs []raftpb.Message)
 	Members []Member // names and addresses of the group's nodes (cluster mode), for redirects and membership answers
 
+	// WriteConcern is how many voters must have a write on disk before it
+	// is answered (0: a majority, raft's commit). Larger than the majority,
+	// answers wait for the followers' progress (writeconcern.go); smaller
+	// is served as the majority.
+	WriteConcern int
+
 	// BootstrapLeader campaigns at once when this node bootstraps a new
 	// group (its first start), instead of waiting for an election timeout.
 	BootstrapLeader bool
@@ -94,6 +101,8 @@ func (c Config) validateGroup() error {
 		return errors.New("replication: rocket mode is for a single member only")
 	case c.Send == nil:
 		return errors.New("replication: a group of several members needs Send")
+	case c.WriteConcern > len(c.Peers):
+		return fmt.Errorf("replication: write concern %d is more than the %d members", c.WriteConcern, len(c.Peers))
 	}
 	return nil
 }
@@ -247,6 +256,7 @@ type loopState struct {
 	readSeq         uint64                  // read batches started
 	readBatches     []*readBatch            // read batches waiting for confirmation or apply
 	staged          *engine.SnapshotStaging // a fetched snapshot stepped into raft, installed at its Ready
+	held            []heldAnswer            // applied entries waiting for their write concern
 }
 
 // entrySize is one entry of raft's in-memory log.
@@ -517,8 +527,21 @@ func (n *Node) Member(id uint64) (Member, bool) {
 	return Member{}, false
 }
 
-// reachableFunc wraps a reachability check (atomic.Pointer needs a type).
-type reachableFunc struct{ f func(id uint64) bool }
+// reachableFunc wraps what the transport tells the node about its peers
+// (atomic.Pointer needs a type).
+type reachableFunc struct {
+	f     func(id uint64) bool
+	stats func() map[string]netio.PeerStats
+}
+
+// PeerStats returns the peer streams' counters by node name (nil without
+// a transport).
+func (n *Node) PeerStats() map[string]netio.PeerStats {
+	if r := n.reachable.Load(); r != nil && r.stats != nil {
+		return r.stats()
+	}
+	return nil
+}
 
 // Reachable reports whether member id's stream to this node is open (true
 // when there is no transport to ask): a follower does not send clients to a

@@ -75,7 +75,7 @@ func NewPeerTransport(tr *netio.Transport, self string, members []Member, log *s
 // SetNode binds the node that receives the peers' messages, and tells it
 // how to see whether a peer is reachable (Node.Reachable).
 func (p *PeerTransport) SetNode(n *Node) {
-	n.reachable.Store(&reachableFunc{f: func(id uint64) bool { return p.tr.InboundOpen(p.names[id]) }})
+	n.reachable.Store(&reachableFunc{f: func(id uint64) bool { return p.tr.InboundOpen(p.names[id]) }, stats: p.tr.Stats})
 	p.node.Store(n)
 }
 

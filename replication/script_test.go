@@ -21,7 +21,8 @@ import (
 // Commands (ids are member ids; "leader" names the member that leads in
 // the highest term):
 //
-//	cluster n=3 [priorities=(1,5,3)]  a fresh group of n members, none leading
+//	cluster n=3 [priorities=(1,5,3)] [concern=3]
+//	                               a fresh group of n members, none leading
 //	campaign 1                     member 1 starts an election; messages settle
 //	propose <id|leader> <value>    enqueue a produce to topic t; prints its name (w1, w2, ...)
 //	stabilize [ticks=N]            deliver and run until idle; with ticks, let up to N ticks
@@ -135,7 +136,11 @@ func (e *scriptEnv) run(t *testing.T, d *datadriven.TestData) string {
 				d.Fatalf(t, "%d priorities for %d members", len(prio), n)
 			}
 		}
-		e.c = newTestClusterPrio(t, n, prio)
+		concern := 0
+		if d.HasArg("concern") {
+			d.ScanArgs(t, "concern", &concern)
+		}
+		e.c = newTestClusterPrioConcern(t, n, prio, concern)
 		e.proposals = map[string]*scriptProposal{}
 		e.reads = map[string]*scriptRead{}
 		return fmt.Sprintf("%d members", n)

@@ -128,15 +128,10 @@ func clusterFrom(o *options, log *slog.Logger) (*clusterConfig, error) {
 	default:
 		n, err := strconv.Atoi(wc)
 		if err != nil || n < 1 || n > len(members) {
-			return nil, fmt.Errorf("--ha-write-concern (RF_HA_WRITE_CONCERN) %q: want a number of nodes, 1..%d (above the majority, %d, is not built yet), or majority", wc, len(members), len(members)/2+1)
+			return nil, fmt.Errorf("--ha-write-concern (RF_HA_WRITE_CONCERN) %q: want a number of nodes, 1..%d, or majority", wc, len(members))
 		}
 		c.writeConcern = n
-		switch majority := len(members)/2 + 1; {
-		case n > majority:
-			// Answering once a majority has the write would promise less
-			// than was asked for.
-			return nil, fmt.Errorf("--ha-write-concern (RF_HA_WRITE_CONCERN) %d: waiting for more nodes than a majority (%d) is not built yet", n, majority)
-		case n < majority:
+		if majority := len(members)/2 + 1; n < majority {
 			log.Warn("write concern below the majority is served as the majority (stronger): writes are answered once a majority has them on disk", "asked", n, "majority", majority)
 		}
 	}

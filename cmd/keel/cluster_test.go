@@ -401,6 +401,13 @@ func TestClusterFailover(t *testing.T) {
 	}
 	w := startWriters(t, c, "t", 4, all)
 	w.waitAcked(200, 20*time.Second)
+	// Per-peer counters on /metrics (the leader also has their lag).
+	if body, err := httpGet(c.nodes[lead].url() + "/metrics"); err != nil ||
+		!strings.Contains(body, fmt.Sprintf(`keel_peer_connected{peer="%s"} 1`, c.nodes[follower].name)) ||
+		!strings.Contains(body, fmt.Sprintf(`keel_peer_lag_entries{peer="%s"}`, c.nodes[follower].name)) ||
+		!strings.Contains(body, "keel_peer_sent_bytes_total") {
+		t.Fatalf("peer metrics missing on the leader's /metrics: %v", err)
+	}
 	c.nodes[lead].proc.kill9(t)
 	killed := time.Now()
 	before := w.count()

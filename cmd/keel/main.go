@@ -190,6 +190,7 @@ func serveWith(o options, log *slog.Logger) error {
 		nodeCfg.ID, nodeCfg.Members, nodeCfg.Send = cluster.self.ID, cluster.members, peers.raft.Send
 		nodeCfg.BootstrapLeader, nodeCfg.TickInterval, nodeCfg.ElectionTicks = cluster.bootstrapLeader, cluster.tick, cluster.electionTicks
 		nodeCfg.RaftLogRetainBytes = max(o.raftLogRetainBytes, 1) // 0 would mean the default
+		nodeCfg.WriteConcern = cluster.writeConcern
 	}
 	node, err := replication.Open(nodeCfg)
 	if err != nil {
