@@ -2,6 +2,8 @@ package httpfront
 
 import (
 	"errors"
+	"net"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -227,4 +229,101 @@ func (s *Server) linearizable(ctx *fasthttp.RequestCtx) *apiError {
 	default:
 		return mapError(err)
 	}
+}
+
+// changeMembership serves POST /ha/membership/add|promote|remove (api.md):
+// a learner joins with {"node_id","advertise_addr","http_addr","priority"},
+// is promoted with {"node_id"}, a member is removed with {"node_id"}. Each
+// is a configuration change of the log, answered once applied. Admin scope.
+func (s *Server) changeMembership(ctx *fasthttp.RequestCtx, op string) {
+	if !s.clustered() {
+		writeError(ctx, &apiError{status: 400, code: "ha_disabled", message: "this node runs alone (cluster mode is off)"})
+		return
+	}
+	var req struct {
+		NodeID        *string `json:"node_id"`
+		AdvertiseAddr string  `json:"advertise_addr"`
+		HTTPAddr      string  `json:"http_addr"`
+		Priority      int     `json:"priority"`
+	}
+	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
+		writeError(ctx, e)
+		return
+	}
+	if req.NodeID == nil || *req.NodeID == "" || len(*req.NodeID) > 255 {
+		writeError(ctx, errBadRequest("invalid_member", "node_id is required (at most 255 bytes)"))
+		return
+	}
+	deadline, e := s.deadlineFrom(ctx)
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	var index uint64
+	var err error
+	switch op {
+	case "add":
+		if _, _, err := net.SplitHostPort(req.AdvertiseAddr); err != nil {
+			writeError(ctx, errBadRequest("invalid_member", "advertise_addr must be host:port (the new node's raft port)"))
+			return
+		}
+		if req.HTTPAddr == "" {
+			host, port, _ := net.SplitHostPort(req.AdvertiseAddr)
+			p, _ := strconv.Atoi(port)
+			req.HTTPAddr = "http://" + net.JoinHostPort(host, strconv.Itoa(p+1))
+		}
+		if u, err := url.Parse(req.HTTPAddr); err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+			writeError(ctx, errBadRequest("invalid_member", "http_addr must be an http:// or https:// URL"))
+			return
+		}
+		index, err = s.node.AddLearner(replication.Member{Name: *req.NodeID, RaftAddr: req.AdvertiseAddr, HTTPURL: req.HTTPAddr, Priority: req.Priority}, deadline)
+	case "promote":
+		index, err = s.node.Promote(*req.NodeID, deadline)
+	case "remove":
+		index, err = s.node.RemoveMember(*req.NodeID, deadline)
+	}
+	if err != nil {
+		writeError(ctx, s.membershipError(ctx, err))
+		return
+	}
+	b := append(make([]byte, 0, 128), '{')
+	b = appendBoolField(b, "ok", true)
+	switch op {
+	case "add":
+		b = appendUintField(b, "index", index)
+		b = appendStringField(b, "node_id", *req.NodeID)
+		b = appendStringField(b, "role", "learner")
+	case "promote":
+		b = appendStringField(b, "node_id", *req.NodeID)
+		b = appendStringField(b, "role", "voter")
+	case "remove":
+		b = appendStringField(b, "node_id", *req.NodeID)
+		b = appendBoolField(b, "removed", true)
+	}
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+func (s *Server) membershipError(ctx *fasthttp.RequestCtx, err error) *apiError {
+	switch {
+	case errors.Is(err, replication.ErrChangeInProgress):
+		return &apiError{status: 409, code: "change_in_progress", message: "another membership change is not applied yet; retry when it is", retryAfter: 1}
+	case errors.Is(err, replication.ErrNotLeader):
+		if st := s.node.Status(); st.Lead != 0 && st.Role != "leader" && s.node.Reachable(st.Lead) {
+			if m, ok := s.node.Member(st.Lead); ok {
+				return s.redirect(ctx, m)
+			}
+		}
+		return &apiError{status: 503, code: "not_leader", message: "this node does not lead (any more); retry on the leader", retryAfter: 1}
+	case errors.Is(err, replication.ErrTimeout):
+		return &apiError{status: 503, code: "commit_timeout", message: "the change was not applied before the timeout; it may still be (GET /ha/membership)", retryAfter: 1}
+	case errors.Is(err, replication.ErrUnknownMember):
+		return &apiError{status: 404, code: "unknown_member", message: "no member has that node_id"}
+	case errors.Is(err, replication.ErrMemberExists):
+		return &apiError{status: 409, code: "member_exists", message: "a member with that node_id exists"}
+	case errors.Is(err, replication.ErrNotLearner):
+		return &apiError{status: 409, code: "not_learner", message: "only a learner can be promoted"}
+	case errors.Is(err, replication.ErrLastVoter):
+		return &apiError{status: 409, code: "last_voter", message: "the last voter of the cluster cannot be removed"}
+	}
+	return mapError(err)
 }

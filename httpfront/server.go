@@ -260,6 +260,7 @@ var (
 	routeCommit       = route{"commit", ScopeWrite, ScopeWrite, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
 	routeSealedStatus = route{"sealed_status", ScopeAdmin, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
 	routeMembership   = route{"ha_membership", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.membership(c) }}
+	routeMemberChange = route{"ha_membership_change", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.changeMembership(c, p.seg[2]) }}
 )
 
 // handle authenticates, reads the body of, routes and counts every
@@ -393,6 +394,8 @@ func routeFor(p *pathParams) *route {
 		return &routeSealedStatus
 	case len(seg) == 2 && seg[0] == "ha" && seg[1] == "membership":
 		return &routeMembership
+	case len(seg) == 3 && seg[0] == "ha" && seg[1] == "membership" && (seg[2] == "add" || seg[2] == "promote" || seg[2] == "remove"):
+		return &routeMemberChange
 	}
 	return nil
 }

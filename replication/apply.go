@@ -29,7 +29,7 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 				return err
 			}
 			n.confState = *n.rn.ApplyConfChange(cc)
-			n.confIndex = e.Index
+			n.applyMembership(e.Index, cc)
 			if _, err := n.store.ApplyEntry(e.Index, e.Term, nil, nil); err != nil {
 				return err
 			}

@@ -66,9 +66,11 @@ func newTestClusterPrioConcern(t *testing.T, n int, prio []int, concern int) *te
 		rng: rand.New(rand.NewPCG(1, uint64(n))), concern: concern}
 	for i := 1; i <= n; i++ {
 		c.ids = append(c.ids, uint64(i))
+		m := Member{ID: uint64(i), Name: fmt.Sprintf("n%d", i)}
 		if prio != nil {
-			c.config = append(c.config, Member{ID: uint64(i), Name: fmt.Sprintf("n%d", i), Priority: prio[i-1]})
+			m.Priority = prio[i-1]
 		}
+		c.config = append(c.config, m)
 	}
 	root := t.TempDir()
 	for _, id := range c.ids {
@@ -81,6 +83,16 @@ func newTestClusterPrioConcern(t *testing.T, n int, prio []int, concern int) *te
 // start opens member id on its directory (fresh, or as it was left).
 func (c *testCluster) start(id uint64) {
 	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Members: c.config, Send: c.send, WriteConcern: c.concern}, nil)
+	c.down[id] = false
+}
+
+// join starts member id with an empty directory as a new member of the
+// running group (Config.Join): it waits for the leader to add it.
+func (c *testCluster) join(id uint64) {
+	c.ids = append(c.ids, id)
+	c.dirs[id] = filepath.Join(c.t.TempDir(), fmt.Sprint(id))
+	members := append(slices.Clone(c.config), Member{ID: id, Name: fmt.Sprintf("n%d", id)})
+	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Members: members, Send: c.send, Join: true}, nil)
 	c.down[id] = false
 }
 

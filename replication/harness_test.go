@@ -83,6 +83,9 @@ func (h *harness) run() {
 		case r := <-h.n.reads:
 			h.n.turn(loopEvent{kind: eventRead, read: r})
 			continue
+		case req := <-h.n.confs:
+			h.n.turn(loopEvent{kind: eventConf, conf: req})
+			continue
 		default:
 		}
 		break

@@ -57,6 +57,8 @@ func (n *Node) loop() {
 			n.turn(loopEvent{kind: eventRead, read: r})
 		case sn := <-n.snapshots:
 			n.turn(loopEvent{kind: eventSnapshot, snap: sn})
+		case req := <-n.confs:
+			n.turn(loopEvent{kind: eventConf, conf: req})
 		case <-rocketSync:
 			n.turn(loopEvent{kind: eventRocketSync})
 		case <-n.stop:
@@ -74,6 +76,7 @@ type loopEvent struct {
 	msg      raftpb.Message // eventStep: from a peer
 	read     *readReq       // eventRead: the first waiting read
 	snap     stagedSnapshot // eventSnapshot: a fetched snapshot
+	conf     *confReq       // eventConf: a membership change
 }
 
 type eventKind uint8
@@ -87,6 +90,7 @@ const (
 	eventCampaign                            // tests: start an election here now
 	eventRead                                // linearizable reads are waiting (the first is taken)
 	eventSnapshot                            // a snapshot's data is staged: step its MsgSnap
+	eventConf                                // a membership change to propose
 )
 
 // begin runs once before the first turn.
@@ -147,10 +151,13 @@ func (n *Node) turn(ev loopEvent) {
 			break
 		}
 		n.takeStagedSnapshot(ev.snap)
+	case eventConf:
+		n.proposeConf(ev.conf)
 	}
 	n.handleReadies()
 	n.dropStagedSnapshot() // stepped this turn and not installed: raft ignored it
 	n.releaseHeld()
+	n.failConfIfFollower()
 	n.answerReads()
 	n.failQueuedIfFollower()
 	// Checkpoints are captured only here, after every Ready is handled,
@@ -253,6 +260,10 @@ func (n *Node) drainAndStop() {
 	}
 	n.waiters.close(ErrStopped)
 	n.failReads(ErrStopped)
+	if n.confWaiting != nil {
+		n.confWaiting.done <- confResult{err: ErrStopped}
+		n.confWaiting = nil
+	}
 	n.publishStatus()
 }
 

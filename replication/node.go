@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,16 @@ type Config struct {
 	// answers wait for the followers' progress (writeconcern.go); smaller
 	// is served as the majority.
 	WriteConcern int
+
+	// OnMembers is told the membership table whenever a configuration
+	// change alters it (PeerTransport.SetMembers dials new members). It
+	// runs on the loop: it must not block.
+	OnMembers func([]Member)
+	// Join starts a node with an empty data directory as a new member of
+	// an existing group: it does not bootstrap a configuration of its own
+	// and waits for the leader, which added it as a learner, to send it the
+	// log or a snapshot.
+	Join bool
 
 	// BootstrapLeader campaigns at once when this node bootstraps a new
 	// group (its first start), instead of waiting for an election timeout.
@@ -197,6 +208,8 @@ type Node struct {
 	queue       chan *waiter
 	steps       chan raftpb.Message // from peers (Step), for the loop
 	reads       chan *readReq       // linearizable reads waiting for the loop (read.go)
+	confs       chan *confReq       // membership changes waiting for the loop (membership.go)
+	membersView atomic.Pointer[[]Member]
 	snapshots   chan stagedSnapshot // fetched snapshots for the loop to step (snapshot.go)
 	waiterPool  sync.Pool           // of *waiter
 	queuedBytes atomic.Int64        // command bytes in queue, bounded by QueueBytesMax
@@ -257,6 +270,10 @@ type loopState struct {
 	readBatches     []*readBatch            // read batches waiting for confirmation or apply
 	staged          *engine.SnapshotStaging // a fetched snapshot stepped into raft, installed at its Ready
 	held            []heldAnswer            // applied entries waiting for their write concern
+	members         map[uint64]Member       // the membership table (membership.go)
+	confWaiting     *confReq                // the membership change this node proposed, until applied
+	stagedMembers   []Member                // with staged: the leader's membership table
+	stagedConfIndex uint64
 }
 
 // entrySize is one entry of raft's in-memory log.
@@ -316,6 +333,7 @@ func Open(cfg Config) (*Node, error) {
 		queue:     make(chan *waiter, cfg.QueueMax),
 		steps:     make(chan raftpb.Message, stepQueueMax),
 		reads:     make(chan *readReq, readIndexMax),
+		confs:     make(chan *confReq, 16),
 		snapshots: make(chan stagedSnapshot),
 		waiters:   newWaiters(),
 		stop:      make(chan struct{}),
@@ -358,6 +376,25 @@ func (n *Node) restore() error {
 			}
 		}
 		n.confState = st.confState
+	}
+	n.members = map[uint64]Member{}
+	for _, m := range n.cfg.Members {
+		n.members[m.ID] = m
+	}
+	if st.members != nil { // the log's changes win over the configuration
+		clear(n.members)
+		for _, m := range st.members {
+			n.members[m.ID] = m
+		}
+	}
+	n.confIndex = st.confIndex
+	if len(n.cfg.Peers) > 1 || n.cfg.Join {
+		ms := make([]Member, 0, len(n.members))
+		for _, m := range n.members {
+			ms = append(ms, m)
+		}
+		slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+		n.membersView.Store(&ms)
 	}
 	if next := n.wal.NextOffset(); st.replayFrom > next {
 		// The WAL ends before where the checkpoint says replay starts.
@@ -410,7 +447,9 @@ func (n *Node) restore() error {
 		return fmt.Errorf("replication: start raft: %w", err)
 	}
 	n.rn = rn
-	if fresh {
+	if fresh && n.cfg.Join {
+		n.log.Info("joining an existing group: waiting for its leader (add this node as a learner: POST /ha/membership/add)")
+	} else if fresh {
 		peers := make([]raft.Peer, len(n.cfg.Peers))
 		for i, id := range n.cfg.Peers {
 			peers[i] = raft.Peer{ID: id}
@@ -513,13 +552,19 @@ func (n *Node) Step(m raftpb.Message) {
 	}
 }
 
-// Members returns the group's nodes as configured (empty for a single
-// node).
-func (n *Node) Members() []Member { return n.cfg.Members }
+// Members returns the group's membership table, sorted by name: the
+// configuration's at first, then as membership changes set it (empty for a
+// single node).
+func (n *Node) Members() []Member {
+	if p := n.membersView.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 // Member returns the member with Raft id id.
 func (n *Node) Member(id uint64) (Member, bool) {
-	for _, m := range n.cfg.Members {
+	for _, m := range n.Members() {
 		if m.ID == id {
 			return m, true
 		}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,11 +18,11 @@ import (
 
 // Member is one node of a cluster as its configuration names it.
 type Member struct {
-	ID       uint64 // the Raft id (RaftID of Name)
-	Name     string // RF_HA_NODE_ID: node1, ...
-	RaftAddr string // host:port this node dials for it
-	HTTPURL  string // http://host:port of its API, for redirects
-	Priority int    // higher is preferred as leader
+	ID       uint64 `json:"id"`             // the Raft id (RaftID of Name)
+	Name     string `json:"node_id"`        // RF_HA_NODE_ID: node1, ...
+	RaftAddr string `json:"advertise_addr"` // host:port of its raft port
+	HTTPURL  string `json:"http_addr"`      // http://host:port of its API, for redirects
+	Priority int    `json:"priority"`       // higher is preferred as leader
 }
 
 // RaftID is the Raft id of the node named name: the FNV-1a hash of the
@@ -41,10 +43,12 @@ func RaftID(name string) uint64 {
 // is unmarshalled and stepped into the node. Messages a full queue
 // refuses are dropped and counted: Raft resends.
 type PeerTransport struct {
-	tr    *netio.Transport
-	names map[uint64]string // Raft id → node name
-	node  atomic.Pointer[Node]
-	log   *slog.Logger
+	tr     *netio.Transport
+	self   string
+	names  atomic.Pointer[map[uint64]string] // Raft id → node name, replaced whole on a membership change
+	static map[string]string                 // node name → raft address in this node's own RF_HA_NODES
+	node   atomic.Pointer[Node]
+	log    *slog.Logger
 
 	undecodable atomic.Uint64
 	unknownTo   atomic.Uint64
@@ -61,30 +65,62 @@ type PeerTransport struct {
 // (this node included; its own entry is not dialed). Bind the node with
 // SetNode once it is open; messages that arrive before are dropped.
 func NewPeerTransport(tr *netio.Transport, self string, members []Member, log *slog.Logger) *PeerTransport {
-	p := &PeerTransport{tr: tr, names: map[uint64]string{}, log: log,
+	p := &PeerTransport{tr: tr, self: self, static: map[string]string{}, log: log,
 		snaps: snapServer{sessions: map[string]*snapSession{}, serving: make(chan struct{}, snapServeMax)}}
 	for _, m := range members {
-		p.names[m.ID] = m.Name
-		if m.Name != self {
-			tr.SetPeer(m.Name, m.RaftAddr)
+		p.static[m.Name] = m.RaftAddr
+	}
+	p.SetMembers(members)
+	return p
+}
+
+// SetMembers is Config.OnMembers: the streams follow the membership table.
+// A peer is dialed at the address this node's own RF_HA_NODES gives for it
+// (api.md: so a proxy can sit on any link); a member absent from it, at its
+// advertised address.
+func (p *PeerTransport) SetMembers(members []Member) {
+	names := map[uint64]string{}
+	old := p.nameMap()
+	for _, m := range members {
+		names[m.ID] = m.Name
+		if m.Name == p.self {
+			continue
+		}
+		addr, ok := p.static[m.Name]
+		if !ok {
+			addr = m.RaftAddr
+		}
+		p.tr.SetPeer(m.Name, addr)
+	}
+	for _, name := range old {
+		if !slices.Contains(slices.Collect(maps.Values(names)), name) && name != p.self {
+			p.tr.RemovePeer(name)
 		}
 	}
-	return p
+	p.names.Store(&names)
+}
+
+func (p *PeerTransport) nameMap() map[uint64]string {
+	if m := p.names.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 // SetNode binds the node that receives the peers' messages, and tells it
 // how to see whether a peer is reachable (Node.Reachable).
 func (p *PeerTransport) SetNode(n *Node) {
-	n.reachable.Store(&reachableFunc{f: func(id uint64) bool { return p.tr.InboundOpen(p.names[id]) }, stats: p.tr.Stats})
+	n.reachable.Store(&reachableFunc{f: func(id uint64) bool { return p.tr.InboundOpen(p.nameMap()[id]) }, stats: p.tr.Stats})
 	p.node.Store(n)
 }
 
 // Send is Config.Send: it runs on the node's loop, so it only marshals and
 // queues.
 func (p *PeerTransport) Send(msgs []raftpb.Message) {
+	names := p.nameMap()
 	for i := range msgs {
 		m := &msgs[i]
-		name, ok := p.names[m.To]
+		name, ok := names[m.To]
 		if !ok {
 			p.unknownTo.Add(1)
 			continue
@@ -124,7 +160,7 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 			if st.Role == "leader" {
 				var match uint64
 				for _, f := range st.Followers {
-					if p.names[f.ID] == from {
+					if p.nameMap()[f.ID] == from {
 						match = f.Match
 					}
 				}
@@ -151,7 +187,7 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 		p.undecodable.Add(1)
 		return
 	}
-	if name, ok := p.names[m.From]; !ok || name != from {
+	if name, ok := p.nameMap()[m.From]; !ok || name != from {
 		// A message must come on its sender's own stream: a node cannot
 		// speak for another (with mutual TLS, the stream's name is proven).
 		p.undecodable.Add(1)
@@ -186,7 +222,7 @@ func (p *PeerTransport) LostData(wait time.Duration) (leader string, match uint6
 		p.probeMu.Unlock()
 	}()
 	for deadline := time.Now().Add(wait); time.Now().Before(deadline); {
-		for _, name := range p.names {
+		for _, name := range p.nameMap() {
 			p.tr.Send(name, []byte{peerProbe})
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -207,7 +243,7 @@ func (p *PeerTransport) LostData(wait time.Duration) (leader string, match uint6
 
 // isMember reports whether name is one of the group's nodes.
 func (p *PeerTransport) isMember(name string) bool {
-	for _, n := range p.names {
+	for _, n := range p.nameMap() {
 		if n == name {
 			return true
 		}

@@ -29,6 +29,9 @@ import (
 //	                               pass while proposals wait or messages are in flight
 //	tick [n=N]                     every running member ticks n times (1), settling after each
 //	is-leader 1                    whether member 1 leads now
+//	join 4                         start member 4 with no data, to be added (Config.Join)
+//	add 4 / promote 4 / remove 2   a membership change proposed on the leader; answer c<k>
+//	members 1                      the membership table and roles as member 1 sees them
 //	roles                          how many running members have each role
 //	await-leader among=(2,3) ticks=N  tick until one of those leads, or fail
 //	answer w1                      the proposal's answer: ok offset=N, pending, or the error
@@ -56,6 +59,7 @@ type scriptEnv struct {
 	c         *testCluster
 	proposals map[string]*scriptProposal
 	reads     map[string]*scriptRead
+	confs     map[string]*confReq
 	named     int
 }
 
@@ -143,6 +147,7 @@ func (e *scriptEnv) run(t *testing.T, d *datadriven.TestData) string {
 		e.c = newTestClusterPrioConcern(t, n, prio, concern)
 		e.proposals = map[string]*scriptProposal{}
 		e.reads = map[string]*scriptRead{}
+		e.confs = map[string]*confReq{}
 		return fmt.Sprintf("%d members", n)
 	case "campaign":
 		e.c.campaign(e.member(t, d, 0))
@@ -215,6 +220,18 @@ func (e *scriptEnv) run(t *testing.T, d *datadriven.TestData) string {
 		return name
 	case "answer":
 		name := d.CmdArgs[0].Key
+		if req, ok := e.confs[name]; ok {
+			select {
+			case r := <-req.done:
+				req.done <- r // keep it for a later answer
+				if r.err != nil {
+					return name + ": error: " + r.err.Error()
+				}
+				return fmt.Sprintf("%s: ok index=%d", name, r.index)
+			default:
+				return name + ": pending"
+			}
+		}
 		if rd, ok := e.reads[name]; ok {
 			if !rd.poll() {
 				return name + ": pending"
@@ -266,6 +283,45 @@ func (e *scriptEnv) run(t *testing.T, d *datadriven.TestData) string {
 		id := e.member(t, d, 0)
 		e.c.start(id)
 		return fmt.Sprintf("%d restarted", id)
+	case "join":
+		id := uint64(0)
+		if _, err := fmt.Sscan(d.CmdArgs[0].Key, &id); err != nil || e.c.members[id] != nil {
+			d.Fatalf(t, "join: %q is not a new member id", d.CmdArgs[0].Key)
+		}
+		e.c.join(id)
+		return fmt.Sprintf("%d started, waiting to be added", id)
+	case "add", "promote", "remove":
+		// A membership change of member <id> (named n<id>), proposed on the
+		// leader as AddLearner, Promote and RemoveMember do; answer c<k>
+		// says how it went.
+		if len(d.CmdArgs) != 1 {
+			d.Fatalf(t, "%s <id>", d.Cmd)
+		}
+		var id uint64
+		fmt.Sscan(d.CmdArgs[0].Key, &id)
+		kind := map[string]confKind{"add": confAdd, "promote": confPromote, "remove": confRemove}[d.Cmd]
+		req := &confReq{kind: kind, member: Member{ID: id, Name: fmt.Sprintf("n%d", id)}, id: uint64(1000 + e.named), done: make(chan confResult, 1)}
+		e.named++
+		name := fmt.Sprintf("c%d", e.named)
+		e.c.members[e.c.leader()].n.confs <- req
+		e.confs[name] = req
+		return name
+	case "members":
+		// The membership table and roles as member id sees them.
+		id := e.member(t, d, 0)
+		st := e.c.members[id].n.Status()
+		var b strings.Builder
+		for _, m := range e.c.members[id].n.Members() {
+			role := "none"
+			switch {
+			case st.IsVoter(m.ID):
+				role = "voter"
+			case st.IsLearner(m.ID):
+				role = "learner"
+			}
+			fmt.Fprintf(&b, "%s %s\n", m.Name, role)
+		}
+		return b.String()
 	case "status":
 		return e.status()
 	case "is-leader":

@@ -363,7 +363,7 @@ func (p *PeerTransport) fetch(f *snapFetch, m raftpb.Message) error {
 	p.log.Info("snapshot fetched", "leader", f.from, "index", index, "files", len(files), "bytes", total, "took", time.Since(start).Round(time.Millisecond).String())
 	m.Snapshot = &raftpb.Snapshot{Metadata: raftpb.SnapshotMetadata{Index: index, Term: term, ConfState: rs.confState}}
 	keep = true
-	n.stepSnapshot(m, g)
+	n.stepSnapshot(m, g, rs.members, rs.confIndex)
 	// No other fetch may clear the staging directory before the loop has
 	// installed this one, or dropped it (raft had moved past it).
 	select {
@@ -399,9 +399,9 @@ func decodeSnapManifest(b []byte) ([]engine.SnapshotFile, error) {
 }
 
 // stepSnapshot hands a MsgSnap whose data is staged in g to the loop.
-func (n *Node) stepSnapshot(m raftpb.Message, g *engine.SnapshotStaging) {
+func (n *Node) stepSnapshot(m raftpb.Message, g *engine.SnapshotStaging, members []Member, confIndex uint64) {
 	select {
-	case n.snapshots <- stagedSnapshot{msg: m, staging: g}:
+	case n.snapshots <- stagedSnapshot{msg: m, staging: g, members: members, confIndex: confIndex}:
 	case <-n.done:
 		g.Abort()
 	}
@@ -409,8 +409,10 @@ func (n *Node) stepSnapshot(m raftpb.Message, g *engine.SnapshotStaging) {
 
 // stagedSnapshot is a MsgSnap with its data in the staging directory.
 type stagedSnapshot struct {
-	msg     raftpb.Message
-	staging *engine.SnapshotStaging
+	msg       raftpb.Message
+	staging   *engine.SnapshotStaging
+	members   []Member // the leader's membership table as of the snapshot
+	confIndex uint64
 }
 
 // takeStagedSnapshot steps a fetched snapshot into raft (on the loop);
@@ -420,7 +422,7 @@ type stagedSnapshot struct {
 func (n *Node) takeStagedSnapshot(s stagedSnapshot) {
 	n.dropStagedSnapshot()
 	n.settleCheckpoint()
-	n.staged = s.staging
+	n.staged, n.stagedMembers, n.stagedConfIndex = s.staging, s.members, s.confIndex
 	if err := n.rn.Step(s.msg); err != nil {
 		n.log.Warn("snapshot refused by raft", "err", err)
 	}
@@ -456,7 +458,16 @@ func (n *Node) installSnapshot(snap raftpb.Snapshot, hs raftpb.HardState) error 
 		hs = n.prevHS
 	}
 	hs.Commit = max(hs.Commit, snap.Metadata.Index)
-	st := replicationState{replayFrom: n.wal.NextOffset(), hardState: hs, confState: snap.Metadata.ConfState}
+	if n.stagedMembers != nil {
+		clear(n.members)
+		for _, m := range n.stagedMembers {
+			n.members[m.ID] = m
+		}
+		n.confIndex = n.stagedConfIndex
+		n.publishMembers()
+	}
+	st := replicationState{replayFrom: n.wal.NextOffset(), hardState: hs, confState: snap.Metadata.ConfState,
+		members: n.membersList(), confIndex: n.confIndex}
 	if err := n.store.InstallSnapshot(n.staged, st.encode()); err != nil {
 		return fmt.Errorf("replication: install snapshot at %d: %w", snap.Metadata.Index, err)
 	}

@@ -41,7 +41,8 @@ func (n *Node) startStateCheckpoint(wait bool) {
 		}
 	}
 	compactTo := n.compactionIndex(applied)
-	st := replicationState{replayFrom: replayFrom, hardState: n.rn.BasicStatus().HardState, confState: n.confState}
+	st := replicationState{replayFrom: replayFrom, hardState: n.rn.BasicStatus().HardState, confState: n.confState,
+		members: n.membersList(), confIndex: n.confIndex}
 	capture := n.store.Capture(st.encode())
 	n.marks = append(n.marks[:0], n.marks[keep:]...)
 	n.walSinceCkpt = 0

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -31,17 +32,26 @@ type replicationState struct {
 	replayFrom uint64 // WAL offset from which entries after the applied index lie
 	hardState  raftpb.HardState
 	confState  raftpb.ConfState
+	members    []Member // the membership table (nil: the configuration's)
+	confIndex  uint64   // index of the last configuration change applied
 }
 
+// Version 2 adds the membership table (names and addresses of the members
+// as the log's configuration changes set them), JSON, and the index of the
+// last configuration change.
 func (s replicationState) encode() []byte {
 	hs, _ := s.hardState.Marshal()
 	cs, _ := s.confState.Marshal()
-	b := binary.AppendUvarint(nil, 1) // version
+	ms, _ := json.Marshal(s.members)
+	b := binary.AppendUvarint(nil, 2) // version
 	b = binary.AppendUvarint(b, s.replayFrom)
 	b = binary.AppendUvarint(b, uint64(len(hs)))
 	b = append(b, hs...)
 	b = binary.AppendUvarint(b, uint64(len(cs)))
-	return append(b, cs...)
+	b = append(b, cs...)
+	b = binary.AppendUvarint(b, uint64(len(ms)))
+	b = append(b, ms...)
+	return binary.AppendUvarint(b, s.confIndex)
 }
 
 var errBlob = errors.New("replication: state in the checkpoint does not decode")
@@ -65,16 +75,28 @@ func decodeReplicationState(b []byte) (replicationState, error) {
 		b = b[n:]
 		return v, true
 	}
-	if v, ok := next(); !ok || v != 1 {
+	version, ok := next()
+	if !ok || version < 1 || version > 2 {
 		return s, errBlob
 	}
-	var ok bool
 	if s.replayFrom, ok = next(); !ok {
 		return s, errBlob
 	}
 	hs, ok1 := field()
 	cs, ok2 := field()
-	if !ok1 || !ok2 || len(b) != 0 || s.hardState.Unmarshal(hs) != nil || s.confState.Unmarshal(cs) != nil {
+	if !ok1 || !ok2 || s.hardState.Unmarshal(hs) != nil || s.confState.Unmarshal(cs) != nil {
+		return s, errBlob
+	}
+	if version >= 2 {
+		ms, ok := field()
+		if !ok || json.Unmarshal(ms, &s.members) != nil {
+			return s, errBlob
+		}
+		if s.confIndex, ok = next(); !ok {
+			return s, errBlob
+		}
+	}
+	if len(b) != 0 {
 		return s, errBlob
 	}
 	return s, nil

@@ -34,7 +34,7 @@ type clusterConfig struct {
 var haKnobs = map[string]bool{
 	"RF_HA_ENABLED": true, "RF_HA_NODE_ID": true, "RF_HA_NODES": true, "RF_HA_BOOTSTRAP_LEADER": true,
 	"RF_HA_WRITE_CONCERN": true, "RF_HA_TLS": true, "RF_HA_TLS_CA": true, "RF_HA_TLS_CERT": true, "RF_HA_TLS_KEY": true,
-	"RF_HA_HEARTBEAT_MS": true, "RF_HA_ELECTION_TIMEOUT_MS": true, "RF_HA_INSECURE_PLAINTEXT": true,
+	"RF_HA_HEARTBEAT_MS": true, "RF_HA_ELECTION_TIMEOUT_MS": true, "RF_HA_INSECURE_PLAINTEXT": true, "RF_HA_JOIN": true,
 }
 
 // Defaults of the Raft timing: a heartbeat every tick; an election after

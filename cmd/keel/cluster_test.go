@@ -586,3 +586,93 @@ func TestClusterWipedNodeRefused(t *testing.T) {
 	w.halt()
 	w.verifyAll()
 }
+
+// TestClusterMembership: a fourth node started with --ha-join is added as
+// a learner over HTTP, catches up, is promoted to voter, and an old member
+// is removed; every node's /ha/membership then says so, writes go on
+// throughout, and every acknowledged write is on every member.
+func TestClusterMembership(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	c := newClusterProcs(t, 3)
+	c.waitReady(30 * time.Second)
+	members := func() []int {
+		var out []int
+		for i := range c.nodes {
+			if c.running(i) && c.nodes[i].name != "node3" {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	w := startWriters(t, c, "m", 2, members)
+	w.waitAcked(100, 20*time.Second)
+
+	// node4: its RF_HA_NODES names the others and itself; it joins.
+	n4 := &clusterNode{name: "node4", raftPort: portPair(t), data: filepath.Join(t.TempDir(), "node4")}
+	n4.spec = c.nodes[0].spec + fmt.Sprintf(",node4:127.0.0.1:%d:0", n4.raftPort)
+	c.nodes = append(c.nodes, n4)
+	c.args = append(c.args, "--ha-join")
+	c.start(3)
+	c.args = c.args[:len(c.args)-1]
+	lead := c.nodes[c.leader()].url()
+	admin := func(op, body string) map[string]any {
+		t.Helper()
+		m, status, err := call("POST", lead+"/ha/membership/"+op+"?timeout_ms=10000", body)
+		if err != nil || status != 200 || m["ok"] != true {
+			t.Fatalf("%s %s: %d %v %v", op, body, status, m, err)
+		}
+		return m
+	}
+	m := admin("add", fmt.Sprintf(`{"node_id":"node4","advertise_addr":"127.0.0.1:%d"}`, n4.raftPort))
+	if m["role"] != "learner" || m["node_id"] != "node4" || m["index"].(float64) <= 0 {
+		t.Fatalf("add: %v", m)
+	}
+	if _, status, _ := call("POST", lead+"/ha/membership/add", fmt.Sprintf(`{"node_id":"node4","advertise_addr":"127.0.0.1:%d"}`, n4.raftPort)); status != 409 {
+		t.Fatalf("adding node4 again: %d, want 409", status)
+	}
+	c.waitReady(30 * time.Second) // node4 knows the leader and applied what it learned
+	if m := admin("promote", `{"node_id":"node4"}`); m["role"] != "voter" {
+		t.Fatalf("promote: %v", m)
+	}
+	if m := admin("remove", `{"node_id":"node3"}`); m["removed"] != true {
+		t.Fatalf("remove: %v", m)
+	}
+	c.nodes[2].proc.kill9(t) // the removed node's operator stops it
+	w.waitAcked(w.count()+100, 20*time.Second)
+	checkVoters := func(when string) {
+		t.Helper()
+		for _, i := range []int{0, 1, 3} {
+			m, status, err := call("GET", c.nodes[i].url()+"/ha/membership", "")
+			if err != nil || status != 200 {
+				t.Fatalf("%s: %s membership: %d %v", when, c.nodes[i].name, status, err)
+			}
+			ms := m["membership"].(map[string]any)
+			var voters []string
+			for _, x := range ms["nodes"].([]any) {
+				node := x.(map[string]any)
+				if node["is_voter"] == true {
+					voters = append(voters, node["node_id"].(string))
+				}
+			}
+			if strings.Join(voters, ",") != "node1,node2,node4" || ms["node_count"].(float64) != 3 {
+				t.Fatalf("%s: %s sees voters %v, %v nodes: want node1,node2,node4", when, c.nodes[i].name, voters, ms["node_count"])
+			}
+		}
+	}
+	checkVoters("after the changes")
+	// The membership survives a kill -9 of every node (node4 is not in
+	// the others' RF_HA_NODES: they reach it at the address it joined with).
+	for _, i := range []int{0, 1, 3} {
+		c.nodes[i].proc.kill9(t)
+	}
+	for _, i := range []int{0, 1, 3} {
+		c.start(i)
+	}
+	c.waitReady(30 * time.Second)
+	checkVoters("after every node restarted")
+	w.waitAcked(w.count()+100, 30*time.Second)
+	w.halt()
+	w.verifyAll()
+}

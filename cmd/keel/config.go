@@ -58,6 +58,7 @@ type options struct {
 	checkpointInterval   time.Duration
 	raftLogRetainBytes   int64
 	haInsecurePlaintext  bool
+	haJoin               bool
 	defaultTimeout       time.Duration
 	logLevel             string
 	workers              int
@@ -193,6 +194,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	boolVar(&o.haEnabled, "ha", false, "cluster mode: replicate through Raft with the nodes of --ha-nodes", "RF_HA_ENABLED")
 	strVar(&o.haNodeID, "ha-node-id", "", "this node's name in --ha-nodes", "RF_HA_NODE_ID")
 	strVar(&o.haNodes, "ha-nodes", "", "the cluster: id:host:raft_port:priority, comma-separated (HTTP port = raft port + 1; this node's is --port when given)", "RF_HA_NODES")
+	boolVar(&o.haJoin, "ha-join", false, "start with an empty data directory as a new member of a running cluster (after POST /ha/membership/add on its leader): do not bootstrap a configuration", "RF_HA_JOIN")
 	boolVar(&o.haBootstrapLeader, "ha-bootstrap-leader", false, "on the first start of a new cluster, campaign at once instead of after an election timeout", "RF_HA_BOOTSTRAP_LEADER")
 	strVar(&o.haWriteConcern, "ha-write-concern", "", "nodes that must have a write on disk before it is answered: 1..N or majority (default majority)", "RF_HA_WRITE_CONCERN")
 	boolVar(&o.haTLS, "ha-tls", false, "mutual TLS between nodes (each certificate must name its node id)", "RF_HA_TLS")

@@ -178,7 +178,7 @@ func serveWith(o options, log *slog.Logger) error {
 			return err
 		}
 		defer peers.close()
-		if blob == nil && !exists(filepath.Join(o.data, "wal")) {
+		if blob == nil && !exists(filepath.Join(o.data, "wal")) && !o.haJoin {
 			// An empty data directory: a new cluster, or a node that lost
 			// its disk. Only the first may bootstrap.
 			if leader, match, lost := peers.raft.LostData(1500 * time.Millisecond); lost {
@@ -191,6 +191,7 @@ func serveWith(o options, log *slog.Logger) error {
 		nodeCfg.BootstrapLeader, nodeCfg.TickInterval, nodeCfg.ElectionTicks = cluster.bootstrapLeader, cluster.tick, cluster.electionTicks
 		nodeCfg.RaftLogRetainBytes = max(o.raftLogRetainBytes, 1) // 0 would mean the default
 		nodeCfg.WriteConcern = cluster.writeConcern
+		nodeCfg.OnMembers, nodeCfg.Join = peers.raft.SetMembers, o.haJoin
 	}
 	node, err := replication.Open(nodeCfg)
 	if err != nil {
@@ -198,6 +199,7 @@ func serveWith(o options, log *slog.Logger) error {
 	}
 	if peers != nil {
 		peers.raft.SetNode(node)
+		peers.raft.SetMembers(node.Members()) // the table the log's changes left, which may name nodes RF_HA_NODES does not
 	}
 	node.Start()
 	// A single node leads at once; a cluster member needs its peers, which

@@ -1,0 +1,245 @@
+package replication
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// Membership changes (api.md, "Cluster (HA)"; the Raft paper's section 6,
+// and etcd raft's ConfChangeV2): a node joins as a learner (it receives the
+// log, or a snapshot, but does not vote), is promoted to voter once it has
+// caught up, and can be removed. Each change is an entry of the log,
+// carrying in its context the member's name and addresses, so every node
+// keeps the same membership table (names, raft and HTTP addresses,
+// priorities), and it survives restarts in the state checkpoint. One
+// change at a time: raft refuses a second before the first is applied.
+
+// Errors of membership changes.
+var (
+	ErrChangeInProgress = errors.New("replication: a membership change is in progress")
+	ErrUnknownMember    = errors.New("replication: no such member")
+	ErrMemberExists     = errors.New("replication: the member exists")
+	ErrNotLearner       = errors.New("replication: the member is not a learner")
+	ErrLastVoter        = errors.New("replication: the last voter cannot be removed")
+)
+
+// confContext is what a configuration change carries: the request it
+// answers and the member it adds.
+type confContext struct {
+	ReqID  uint64  `json:"req"`
+	Member *Member `json:"member,omitempty"`
+}
+
+// confReq is a membership change waiting for the loop.
+type confReq struct {
+	kind   confKind
+	member Member // confAdd: the new member; else only Name
+	id     uint64 // request id
+	done   chan confResult
+}
+
+type confKind uint8
+
+const (
+	confAdd confKind = iota + 1
+	confPromote
+	confRemove
+)
+
+type confResult struct {
+	index uint64
+	err   error
+}
+
+// AddLearner adds m as a learner and returns the index of the change once
+// it is applied. m.ID is set from m.Name.
+func (n *Node) AddLearner(m Member, deadline time.Time) (uint64, error) {
+	m.ID = RaftID(m.Name)
+	return n.changeMembership(confReq{kind: confAdd, member: m}, deadline)
+}
+
+// Promote makes the learner named name a voter.
+func (n *Node) Promote(name string, deadline time.Time) (uint64, error) {
+	return n.changeMembership(confReq{kind: confPromote, member: Member{Name: name}}, deadline)
+}
+
+// RemoveMember removes the member named name.
+func (n *Node) RemoveMember(name string, deadline time.Time) (uint64, error) {
+	return n.changeMembership(confReq{kind: confRemove, member: Member{Name: name}}, deadline)
+}
+
+func (n *Node) changeMembership(req confReq, deadline time.Time) (uint64, error) {
+	if err := n.Fault(); err != nil {
+		return 0, err
+	}
+	req.id = n.reqBase | (n.reqSeq.Add(1) & (1<<32 - 1))
+	req.done = make(chan confResult, 1)
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case n.confs <- &req:
+	case <-t.C:
+		return 0, ErrTimeout
+	case <-n.done:
+		return 0, ErrStopped
+	}
+	select {
+	case r := <-req.done:
+		return r.index, r.err
+	case <-t.C:
+		return 0, ErrTimeout
+	case <-n.done:
+		return 0, ErrStopped
+	}
+}
+
+// proposeConf proposes a membership change, on the loop.
+func (n *Node) proposeConf(req *confReq) {
+	fail := func(err error) { req.done <- confResult{err: err} }
+	switch {
+	case n.Fault() != nil:
+		fail(n.Fault())
+		return
+	case n.rn.BasicStatus().RaftState != raft.StateLeader:
+		fail(ErrNotLeader)
+		return
+	case n.confWaiting != nil || len(n.confState.VotersOutgoing) > 0:
+		fail(ErrChangeInProgress)
+		return
+	}
+	var cc raftpb.ConfChangeV2
+	ctx := confContext{ReqID: req.id}
+	existing, known := n.memberByName(req.member.Name)
+	switch req.kind {
+	case confAdd:
+		if known || slices.Contains(n.confState.Voters, req.member.ID) || slices.Contains(n.confState.Learners, req.member.ID) {
+			fail(ErrMemberExists)
+			return
+		}
+		m := req.member
+		ctx.Member = &m
+		cc.Changes = []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeAddLearnerNode, NodeID: m.ID}}
+	case confPromote:
+		if !known {
+			fail(ErrUnknownMember)
+			return
+		}
+		if !slices.Contains(n.confState.Learners, existing.ID) {
+			fail(ErrNotLearner)
+			return
+		}
+		cc.Changes = []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeAddNode, NodeID: existing.ID}}
+	case confRemove:
+		if !known {
+			fail(ErrUnknownMember)
+			return
+		}
+		if slices.Contains(n.confState.Voters, existing.ID) && len(n.confState.Voters) == 1 {
+			fail(ErrLastVoter)
+			return
+		}
+		cc.Changes = []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeRemoveNode, NodeID: existing.ID}}
+	}
+	b, err := json.Marshal(ctx)
+	if err != nil {
+		fail(err)
+		return
+	}
+	cc.Context = b
+	if err := n.rn.ProposeConfChange(cc); err != nil {
+		fail(fmt.Errorf("%w: %v", ErrNotLeader, err))
+		return
+	}
+	n.confWaiting = req
+}
+
+// applyMembership updates the membership table from an applied
+// configuration change and answers its proposer.
+func (n *Node) applyMembership(index uint64, cc raftpb.ConfChangeI) {
+	v2 := cc.AsV2()
+	var ctx confContext
+	if len(v2.Context) > 0 {
+		_ = json.Unmarshal(v2.Context, &ctx) // a change proposed by another build may carry none
+	}
+	changed := false
+	for _, c := range v2.Changes {
+		switch c.Type {
+		case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
+			if ctx.Member != nil && ctx.Member.ID == c.NodeID {
+				n.members[c.NodeID] = *ctx.Member
+				changed = true
+			}
+		case raftpb.ConfChangeRemoveNode:
+			if _, ok := n.members[c.NodeID]; ok {
+				delete(n.members, c.NodeID)
+				changed = true
+			}
+		}
+	}
+	n.confIndex = index
+	if changed {
+		n.publishMembers()
+	}
+	if w := n.confWaiting; w != nil && ctx.ReqID == w.id {
+		w.done <- confResult{index: index}
+		n.confWaiting = nil
+	} else if n.confWaiting != nil && len(v2.Changes) > 0 {
+		// Another node's change was applied: ours was dropped by raft
+		// (a leader change) and will not come.
+		n.confWaiting.done <- confResult{err: ErrNotLeader}
+		n.confWaiting = nil
+	}
+}
+
+// failConfIfFollower answers a membership change this node proposed once
+// it no longer leads (its entry may still commit; the proposer retries).
+func (n *Node) failConfIfFollower() {
+	if n.confWaiting != nil && n.rn.BasicStatus().RaftState != raft.StateLeader {
+		n.confWaiting.done <- confResult{err: ErrNotLeader}
+		n.confWaiting = nil
+	}
+}
+
+func (n *Node) memberByName(name string) (Member, bool) {
+	for _, m := range n.members {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// publishMembers makes the table visible to other goroutines (Members,
+// Member) and tells the transport (Config.OnMembers).
+func (n *Node) publishMembers() {
+	ms := make([]Member, 0, len(n.members))
+	for _, m := range n.members {
+		ms = append(ms, m)
+	}
+	slices.SortFunc(ms, func(a, b Member) int { return cmp.Compare(a.Name, b.Name) })
+	n.membersView.Store(&ms)
+	if n.cfg.OnMembers != nil {
+		n.cfg.OnMembers(ms)
+	}
+}
+
+// membersList is the table for the state checkpoint (nil for a single
+// node, whose checkpoint keeps none).
+func (n *Node) membersList() []Member {
+	if len(n.members) == 0 {
+		return nil
+	}
+	ms := make([]Member, 0, len(n.members))
+	for _, m := range n.members {
+		ms = append(ms, m)
+	}
+	slices.SortFunc(ms, func(a, b Member) int { return cmp.Compare(a.Name, b.Name) })
+	return ms
+}
