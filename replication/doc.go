@@ -23,11 +23,11 @@
 //     (snapshot.go);
 //   - applied entries kept in raft's log up to RaftLogRetainBytes;
 //   - leadership handed to the caught-up voter of highest priority;
-//   - LostData, which a node with an empty data directory asks before
-//     bootstrapping.
-//
-// Membership changes and write concerns above the majority are not built
-// yet.
+//   - membership changes (membership.go): learners added, promoted,
+//     members removed, the table in the log; a node that lost its data
+//     rejoins under a new id and replaces its old one (LostData,
+//     RequestRejoin, replaceRejoined);
+//   - write concerns above the majority (writeconcern.go).
 //
 // Contract: it imports engine and netio (and ring), never httpfront or cmd.
 package replication

@@ -51,6 +51,7 @@ const (
 	confAdd confKind = iota + 1
 	confPromote
 	confRemove
+	confRejoin // a learner with the name of a member that lost its data (RequestRejoin)
 )
 
 type confResult struct {
@@ -118,6 +119,14 @@ func (n *Node) proposeConf(req *confReq) {
 	ctx := confContext{ReqID: req.id}
 	existing, known := n.memberByName(req.member.Name)
 	switch req.kind {
+	case confRejoin:
+		if slices.Contains(n.confState.Voters, req.member.ID) || slices.Contains(n.confState.Learners, req.member.ID) {
+			fail(ErrMemberExists)
+			return
+		}
+		m := req.member
+		ctx.Member = &m
+		cc.Changes = []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeAddLearnerNode, NodeID: m.ID}}
 	case confAdd:
 		if known || slices.Contains(n.confState.Voters, req.member.ID) || slices.Contains(n.confState.Learners, req.member.ID) {
 			fail(ErrMemberExists)
@@ -242,4 +251,58 @@ func (n *Node) membersList() []Member {
 	}
 	slices.SortFunc(ms, func(a, b Member) int { return cmp.Compare(a.Name, b.Name) })
 	return ms
+}
+
+// IsMember reports whether this node is in the configuration it applied
+// (a voter or a learner).
+func (n *Node) IsMember() bool {
+	st := n.Status()
+	return st.IsVoter(n.cfg.ID) || st.IsLearner(n.cfg.ID)
+}
+
+// rejoin queues, without waiting, the addition of m (a node that lost its
+// data, under a new id) as a learner; the leader replaces its old identity
+// once it has caught up (replaceRejoined).
+func (n *Node) rejoin(m Member) {
+	req := &confReq{kind: confRejoin, member: m, id: n.reqBase | (n.reqSeq.Add(1) & (1<<32 - 1)), done: make(chan confResult, 1)}
+	select {
+	case n.confs <- req:
+	default: // busy: the node asks again
+	}
+}
+
+// replaceRejoined runs on the leader at every tick: a learner that has the
+// name of a voter (a node that lost its data and rejoined under a new id),
+// once caught up, replaces that voter in one joint change (ConfChangeV2:
+// the new id becomes a voter, the old one leaves; raft leaves the joint
+// configuration by itself).
+func (n *Node) replaceRejoined(st raft.Status) {
+	if n.confWaiting != nil || len(n.confState.VotersOutgoing) > 0 || n.Fault() != nil {
+		return
+	}
+	for _, l := range n.confState.Learners {
+		lm, ok := n.members[l]
+		pr, known := st.Progress[l]
+		if !ok || !known || pr.Match < st.Commit {
+			continue
+		}
+		for _, v := range n.confState.Voters {
+			if vm, ok := n.members[v]; ok && v != l && vm.Name == lm.Name {
+				m := lm
+				b, err := json.Marshal(confContext{Member: &m})
+				if err != nil {
+					return
+				}
+				cc := raftpb.ConfChangeV2{Context: b, Changes: []raftpb.ConfChangeSingle{
+					{Type: raftpb.ConfChangeAddNode, NodeID: l}, {Type: raftpb.ConfChangeRemoveNode, NodeID: v}}}
+				if err := n.rn.ProposeConfChange(cc); err != nil {
+					return
+				}
+				n.log.Info("replacing a member that lost its data by its new identity", "node", lm.Name,
+					"old_raft_id", fmt.Sprintf("%x", v), "new_raft_id", fmt.Sprintf("%x", l))
+				n.confWaiting = &confReq{done: make(chan confResult, 1)} // id 0: the change carries none
+				return
+			}
+		}
+	}
 }

@@ -99,10 +99,7 @@ type Config struct {
 // validateGroup refuses what a group of several members cannot do safely
 // yet, and configurations that could never work.
 func (c Config) validateGroup() error {
-	if !slices.Contains(c.Peers, c.ID) {
-		return fmt.Errorf("replication: member %d is not among the group's peers %v", c.ID, c.Peers)
-	}
-	if len(c.Peers) == 1 {
+	if len(c.Peers) == 1 && c.Peers[0] == c.ID {
 		return nil
 	}
 	switch {
@@ -450,6 +447,11 @@ func (n *Node) restore() error {
 	if fresh && n.cfg.Join {
 		n.log.Info("joining an existing group: waiting for its leader (add this node as a learner: POST /ha/membership/add)")
 	} else if fresh {
+		// Only a new group's own members bootstrap it (a node whose id the
+		// configuration does not name joins instead).
+		if !slices.Contains(n.cfg.Peers, n.cfg.ID) {
+			return fmt.Errorf("replication: member %x is not among the group's peers %v: start it with --ha-join to join a running group", n.cfg.ID, n.cfg.Peers)
+		}
 		peers := make([]raft.Peer, len(n.cfg.Peers))
 		for i, id := range n.cfg.Peers {
 			peers[i] = raft.Peer{ID: id}

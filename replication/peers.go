@@ -2,6 +2,7 @@ package replication
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -168,6 +169,17 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 			}
 		}
 		return
+	case peerRejoin:
+		// A node that lost its data asks to rejoin under a new id. Only
+		// for its own name (its stream proves it, with TLS), on the leader.
+		var m Member
+		if n := p.node.Load(); n != nil && json.Unmarshal(msg[1:], &m) == nil && m.Name == from && m.ID != 0 &&
+			n.Status().Role == "leader" {
+			if _, ok := n.Member(m.ID); !ok {
+				n.rejoin(m)
+			}
+		}
+		return
 	case peerProbeReply:
 		if len(msg) == 9 {
 			p.probeMu.Lock()
@@ -289,4 +301,30 @@ func ValidateMembers(self string, members []Member) error {
 		return fmt.Errorf("this node (%s) is not among the members", self)
 	}
 	return nil
+}
+
+// RequestRejoin asks the leader, every half second until this node is in
+// the configuration (or ten minutes passed), to add self (a new Raft id
+// for this node's name) as a learner.
+func (p *PeerTransport) RequestRejoin(self Member, n *Node) {
+	b, err := json.Marshal(self)
+	if err != nil {
+		return
+	}
+	msg := append([]byte{peerRejoin}, b...)
+	for deadline := time.Now().Add(10 * time.Minute); time.Now().Before(deadline) && !n.IsMember(); {
+		for _, name := range p.nameMap() {
+			if name != p.self {
+				p.tr.Send(name, msg)
+			}
+		}
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-n.done:
+			return
+		}
+	}
+	if n.IsMember() {
+		p.log.Info("rejoined the cluster as a learner; the leader promotes this node once it has caught up", "raft_id", fmt.Sprintf("%x", self.ID))
+	}
 }

@@ -35,6 +35,7 @@ const (
 	peerSnapResponse = 2 // leader → follower: fetch id u64 | op u8 | op's body
 	peerProbe        = 3 // a starting node with no data asks the leader about itself (no body)
 	peerProbeReply   = 4 // the leader: the highest index it knows the asker acknowledged, u64
+	peerRejoin       = 5 // a node that lost its data: its Member (new id), JSON
 )
 
 // Snapshot operations.

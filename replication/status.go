@@ -108,6 +108,7 @@ func (n *Node) refreshProgress() {
 	n.followers = followers
 	n.freshQuorum = active >= len(n.confState.Voters)/2+1
 	n.maybeTransferLeadership(st)
+	n.replaceRejoined(st)
 }
 
 // transferAfterTicks is how long a voter of higher priority must have been

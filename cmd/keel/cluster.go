@@ -1,12 +1,16 @@
 package main
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -215,3 +219,77 @@ func startPeerStreams(c *clusterConfig, log *slog.Logger) (*peerStreams, error) 
 }
 
 func (p *peerStreams) close() { p.tr.Close() }
+
+// raftIDFile, in the data directory, holds this node's Raft id: the hash
+// of its name for a node that bootstrapped or joined, a new one for a node
+// that lost its data and rejoined (design.md: a Raft id is not the node's
+// name).
+const raftIDFile = "raft.id"
+
+// raftIdentity returns the Raft id this node runs under and whether it must
+// rejoin the cluster as a new member. A node with data keeps its id (the
+// file, or the hash of its name for data from before the file). A node
+// with an empty data directory asks the leader first (up to 1.5 s): if the
+// leader knows it once acknowledged entries, it lost its data, and
+// rejoining under its old id could make it vote twice in one term (Raft's
+// safety); it takes a new id, joins as a learner and replaces its old self
+// once caught up (RequestRejoin). Otherwise it is a new node: the hash of
+// its name.
+func raftIdentity(o options, c *clusterConfig, peers *peerStreams, log *slog.Logger) (uint64, bool, error) {
+	path := filepath.Join(o.data, raftIDFile)
+	if b, err := os.ReadFile(path); err == nil {
+		id, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64)
+		if err != nil || id == 0 {
+			return 0, false, fmt.Errorf("%s: not a raft id: %q", path, b)
+		}
+		return id, false, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return 0, false, err
+	}
+	fresh := !exists(filepath.Join(o.data, "wal")) && !exists(filepath.Join(o.data, "state.ckpt"))
+	if !fresh {
+		return c.self.ID, false, nil // data from before the file: the name's hash
+	}
+	id, rejoin := c.self.ID, false
+	if !o.haJoin {
+		if leader, match, lost := peers.raft.LostData(1500 * time.Millisecond); lost {
+			var b [8]byte
+			_, _ = rand.Read(b[:])
+			id, rejoin = replication.RaftID(c.self.Name+"#"+hex.EncodeToString(b[:])), true
+			log.Warn("this node's data directory is empty, but the leader knows it once held the log: it rejoins under a new Raft id as a learner, and replaces its old self once caught up",
+				"leader", leader, "old_log_end", match, "new_raft_id", fmt.Sprintf("%x", id))
+		}
+	}
+	if err := os.MkdirAll(o.data, 0o755); err != nil {
+		return 0, false, err
+	}
+	if err := writeFileSynced(path, []byte(strconv.FormatUint(id, 16)+"\n")); err != nil {
+		return 0, false, fmt.Errorf("write %s: %w", path, err)
+	}
+	return id, rejoin, nil
+}
+
+// writeFileSynced writes path, fsyncs it and its directory.
+func writeFileSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -546,10 +546,12 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	}
 }
 
-// TestClusterWipedNodeRefused: a follower restarted with an empty data
-// directory under its old identity refuses to start (it could vote twice
-// in a term), while the others go on.
-func TestClusterWipedNodeRefused(t *testing.T) {
+// TestClusterWipedNodeRejoins: a follower restarted with an empty data
+// directory does not come back under its old identity (it could vote twice
+// in a term): it takes a new Raft id, joins as a learner, catches up, and
+// the leader replaces its old identity with the new one; the cluster is
+// then three voters again, and every acknowledged write is on every node.
+func TestClusterWipedNodeRejoins(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
@@ -572,18 +574,34 @@ func TestClusterWipedNodeRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.start(victim)
-	done := make(chan error, 1)
-	go func() { done <- c.nodes[victim].proc.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err == nil || !strings.Contains(c.nodes[victim].proc.log(), "must not rejoin under its old identity") {
-			t.Fatalf("the wiped node exited with %v; log:\n%s", err, c.nodes[victim].proc.log())
+	// Back as three voters, the victim under a new id.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		m, status, err := call("GET", c.nodes[c.leader()].url()+"/ha/membership", "")
+		if err == nil && status == 200 {
+			ms := m["membership"].(map[string]any)
+			voters := 0
+			for _, x := range ms["nodes"].([]any) {
+				if x.(map[string]any)["is_voter"] == true {
+					voters++
+				}
+			}
+			if voters == 3 && ms["node_count"].(float64) == 3 && ms["joint_active"] == false &&
+				strings.Contains(c.nodes[victim].proc.log(), "rejoined the cluster") {
+				break
+			}
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("the wiped node did not refuse to start; log:\n%s", c.nodes[victim].proc.log())
+		if time.Now().After(deadline) {
+			t.Fatalf("the wiped node did not rejoin in 30 s: %v; its log:\n%s", m, c.nodes[victim].proc.log())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	w.waitAcked(w.count()+100, 20*time.Second) // the other two go on
+	if !strings.Contains(c.nodes[victim].proc.log(), "rejoins under a new Raft id") {
+		t.Fatalf("the wiped node came back without a new identity; log:\n%s", c.nodes[victim].proc.log())
+	}
+	w.waitAcked(w.count()+100, 20*time.Second)
 	w.halt()
+	c.waitReady(30 * time.Second)
 	w.verifyAll()
 }
 

@@ -178,16 +178,12 @@ func serveWith(o options, log *slog.Logger) error {
 			return err
 		}
 		defer peers.close()
-		if blob == nil && !exists(filepath.Join(o.data, "wal")) && !o.haJoin {
-			// An empty data directory: a new cluster, or a node that lost
-			// its disk. Only the first may bootstrap.
-			if leader, match, lost := peers.raft.LostData(1500 * time.Millisecond); lost {
-				return fmt.Errorf("this node's data directory %s is empty, but the leader %s knows it once held the log up to entry %d: "+
-					"a node that lost its data must not rejoin under its old identity, or it could vote twice in one term (Raft's safety); "+
-					"rejoining as a new member is not built yet: restore the directory from a backup of this node, or see README, Running a cluster", o.data, leader, match)
-			}
+		id, rejoin, err := raftIdentity(o, cluster, peers, log)
+		if err != nil {
+			return err
 		}
-		nodeCfg.ID, nodeCfg.Members, nodeCfg.Send = cluster.self.ID, cluster.members, peers.raft.Send
+		nodeCfg.ID, nodeCfg.Members, nodeCfg.Send = id, cluster.members, peers.raft.Send
+		o.haJoin = o.haJoin || rejoin
 		nodeCfg.BootstrapLeader, nodeCfg.TickInterval, nodeCfg.ElectionTicks = cluster.bootstrapLeader, cluster.tick, cluster.electionTicks
 		nodeCfg.RaftLogRetainBytes = max(o.raftLogRetainBytes, 1) // 0 would mean the default
 		nodeCfg.WriteConcern = cluster.writeConcern
@@ -200,6 +196,13 @@ func serveWith(o options, log *slog.Logger) error {
 	if peers != nil {
 		peers.raft.SetNode(node)
 		peers.raft.SetMembers(node.Members()) // the table the log's changes left, which may name nodes RF_HA_NODES does not
+		if nodeCfg.ID != cluster.self.ID && !node.IsMember() {
+			// Rejoining under a new identity: the leader adds it as a
+			// learner and, once it caught up, replaces the old one.
+			self := cluster.self
+			self.ID = nodeCfg.ID
+			go peers.raft.RequestRejoin(self, node)
+		}
 	}
 	node.Start()
 	// A single node leads at once; a cluster member needs its peers, which
