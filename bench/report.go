@@ -75,7 +75,19 @@ type Report struct {
 	Command string    `json:"command"`
 	Rows    []Row     `json:"rows"`
 	Restart []Restart `json:"restart,omitempty"`
+	CatchUp []CatchUp `json:"catch_up,omitempty"`
 	Disk    *DiskRun  `json:"disk,omitempty"`
+}
+
+// CatchUp is the time a cluster follower took to catch up after missing
+// Messages writes: killed with SIGKILL and restarted on its data, or
+// restarted with its data directory wiped (it rejoins by snapshot).
+type CatchUp struct {
+	Case     string  `json:"case"`
+	Nodes    int     `json:"nodes"`
+	Messages int64   `json:"messages"`
+	LoadSec  float64 `json:"load_s"`
+	CatchSec float64 `json:"catch_up_s"` // restart to applied up to the leader's commit index
 }
 
 // WriteMarkdown writes the report as markdown tables.
@@ -121,6 +133,13 @@ func (rep Report) WriteMarkdown(w io.Writer) {
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 		for _, r := range rep.Restart {
 			fmt.Fprintf(w, "| %s | %d | %.1f | %.3f | %.3f | %.0f | %.0f |\n", r.Name, r.Messages, r.LoadSec, r.ReadySec, r.ReadableSec, r.PeakRSSLoadMB, r.PeakRSSRestartMB)
+		}
+	}
+	if len(rep.CatchUp) > 0 {
+		fmt.Fprintln(w, "\n| cluster follower catch-up | nodes | messages written meanwhile | load s | restart to caught up s |")
+		fmt.Fprintln(w, "|---|---|---|---|---|")
+		for _, r := range rep.CatchUp {
+			fmt.Fprintf(w, "| %s | %d | %d | %.1f | %.3f |\n", r.Case, r.Nodes, r.Messages, r.LoadSec, r.CatchSec)
 		}
 	}
 	for _, r := range rep.Rows {

@@ -121,3 +121,22 @@ func peakRSSMB(pid int) float64 {
 	}
 	return 0
 }
+
+// LoadNDJSON stores messages 64-byte messages in partition 0 of topic on
+// target with NDJSON (1000 per request, connections at a time), every
+// batch durable, and returns how long it took.
+func LoadNDJSON(target, topic string, messages int64, connections int) (time.Duration, error) {
+	body := ndjsonBody(1000, 64)
+	load := Load{Target: target, Token: "dev", Connections: connections, Duration: DurationMax, Total: messages / 1000,
+		Next: func(int, int) Request {
+			return Request{Method: "POST", Path: "/broker/topics/" + topic + "/produce-ndjson?partition=0&timeout_ms=60000", Body: body, Check: durableCheck(1000)}
+		}}
+	lr, err := Run(load)
+	if err != nil {
+		return 0, err
+	}
+	if lr.Errors > 0 {
+		return lr.Elapsed, fmt.Errorf("bench: loading %d messages: %d errors, first: %s", messages, lr.Errors, lr.FirstError)
+	}
+	return lr.Elapsed, nil
+}

@@ -162,8 +162,9 @@ func (n *Node) turn(ev loopEvent) {
 	n.failQueuedIfFollower()
 	// Checkpoints are captured only here, after every Ready is handled,
 	// so the HardState they save is the persisted one.
-	if n.walSinceCkpt >= n.cfg.CheckpointBytes ||
+	if n.walSinceCkpt >= n.cfg.CheckpointBytes || n.checkpointSoon && !n.ckptRunning ||
 		n.walSinceCkpt > 0 && n.now().Sub(n.lastCkpt) >= n.cfg.CheckpointInterval {
+		n.checkpointSoon = false
 		n.takeStateCheckpoint()
 	}
 	n.publishStatus()

@@ -195,6 +195,10 @@ func (n *Node) applyMembership(index uint64, cc raftpb.ConfChangeI) {
 	n.confIndex = index
 	if changed {
 		n.publishMembers()
+		// The next snapshot must hold this configuration: a learner just
+		// added refuses one from before it was added (raft: "not in the
+		// ConfState"), and would otherwise wait for the next checkpoint.
+		n.checkpointSoon = true
 	}
 	if w := n.confWaiting; w != nil && ctx.ReqID == w.id {
 		w.done <- confResult{index: index}

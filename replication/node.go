@@ -269,6 +269,7 @@ type loopState struct {
 	held            []heldAnswer            // applied entries waiting for their write concern
 	members         map[uint64]Member       // the membership table (membership.go)
 	confWaiting     *confReq                // the membership change this node proposed, until applied
+	checkpointSoon  bool                    // take a state checkpoint at the end of this turn (a configuration change)
 	stagedMembers   []Member                // with staged: the leader's membership table
 	stagedConfIndex uint64
 }
@@ -548,6 +549,13 @@ func (n *Node) Recovery() (wal logstore.RecoveryReport, replayedEntries int) {
 // Step hands a Raft message from a peer to the loop. It never blocks: a
 // message that finds the queue full is dropped (Raft resends).
 func (n *Node) Step(m raftpb.Message) {
+	if m.To != n.cfg.ID {
+		// For another identity of this node's name (one it had before it
+		// lost its data and rejoined): raft does not check, and a
+		// heartbeat meant for the old identity would claim a commit index
+		// this log never had.
+		return
+	}
 	select {
 	case n.steps <- m:
 	default:

@@ -35,6 +35,7 @@ func benchCmd(args []string) int {
 	diskProbe := fs.Duration("disk-probe", 5*time.Second, "after the scenarios, time single appends + fdatasync on the data directory's disk for this long (0 = skip; at most 1m)")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	cluster := fs.Int("cluster", 0, "also start a cluster of this many local nodes (2..7) and run the scenarios against its leader, after the single node, in the same run")
+	catchup := fs.Int64("catchup-messages", 0, "with --cluster: time a follower catching up after this many 64 B messages were written while it was down (killed, then wiped)")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: keel bench [flags] [scenario ...]   (default: every scenario)")
 		fs.PrintDefaults()
@@ -60,7 +61,11 @@ func benchCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "keel bench: --cluster takes 2 to 7 nodes, and starts them itself (not with --target)")
 		return 2
 	}
-	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster}); err != nil {
+	if *catchup != 0 && (*cluster == 0 || *catchup < 1000) {
+		fmt.Fprintln(os.Stderr, "keel bench: --catchup-messages needs --cluster and at least 1000 messages")
+		return 2
+	}
+	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster, *catchup}); err != nil {
 		fmt.Fprintln(os.Stderr, "keel bench:", err)
 		return 1
 	}
@@ -77,6 +82,7 @@ type benchOptions struct {
 	diskProbe          time.Duration
 	scenarios          []bench.Scenario
 	cluster            int
+	catchup            int64
 }
 
 func pickScenarios(names []string) ([]bench.Scenario, error) {
@@ -135,12 +141,13 @@ func runBench(o benchOptions) error {
 			return err
 		}
 	}
-	if o.cluster > 0 && len(o.scenarios) > 0 {
-		rows, err := benchCluster(self, o, suite)
+	if o.cluster > 0 && (len(o.scenarios) > 0 || o.catchup > 0) {
+		rows, catchUps, err := benchCluster(self, o, suite, progress)
 		if err != nil {
 			return err
 		}
 		rep.Rows = append(rep.Rows, rows...)
+		rep.CatchUp = catchUps
 	}
 	if o.diskProbe > 0 {
 		progress.Done("disk probe", fmt.Sprintf("timing append + fdatasync for %v in %s", o.diskProbe, probeDir))
@@ -268,53 +275,136 @@ func machine() string {
 // for a leader and runs the scenarios against it; rows are named
 // "scenario (N nodes)". Writes are acknowledged once a majority has them on
 // disk.
-func benchCluster(self string, o benchOptions, suite bench.Suite) ([]bench.Row, error) {
+func benchCluster(self string, o benchOptions, suite bench.Suite, progress *bench.Progress) ([]bench.Row, []bench.CatchUp, error) {
 	var ports []int
 	var spec []string
 	for i := range o.cluster {
 		p, err := freePortPair()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		ports = append(ports, p)
 		spec = append(spec, fmt.Sprintf("node%d:127.0.0.1:%d:%d", i+1, p, 100-i))
 	}
 	root, err := os.MkdirTemp("", "keel-bench-cluster")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.RemoveAll(root)
-	for i := range o.cluster {
+	cmds := make([]*exec.Cmd, o.cluster)
+	start := func(i int) error {
 		cmd := exec.Command(self, "serve", "--data", fmt.Sprintf("%s/node%d", root, i+1), "--log-level", "warn")
 		cmd.Env = append(os.Environ(), "RF_HA_ENABLED=1", fmt.Sprintf("RF_HA_NODE_ID=node%d", i+1), "RF_HA_NODES="+strings.Join(spec, ","))
 		if i == 0 {
 			cmd.Env = append(cmd.Env, "RF_HA_BOOTSTRAP_LEADER=1")
 		}
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Start(); err != nil {
-			return nil, err
-		}
-		defer stopChild(cmd)
+		cmds[i] = cmd
+		return cmd.Start()
 	}
-	leader := ""
-	for start := time.Now(); leader == "" && time.Since(start) < time.Minute; time.Sleep(20 * time.Millisecond) {
-		for _, p := range ports {
-			url := fmt.Sprintf("http://127.0.0.1:%d", p+1)
-			if role, err := haRole(url); err == nil && role == 0 {
-				leader = url
-				break
+	for i := range o.cluster {
+		if err := start(i); err != nil {
+			return nil, nil, err
+		}
+	}
+	defer func() {
+		for _, cmd := range cmds {
+			if cmd != nil && cmd.ProcessState == nil {
+				stopChild(cmd)
 			}
 		}
+	}()
+	url := func(i int) string { return fmt.Sprintf("http://127.0.0.1:%d", ports[i]+1) }
+	leaderOf := func() (int, error) {
+		for start := time.Now(); time.Since(start) < time.Minute; time.Sleep(20 * time.Millisecond) {
+			for i := range ports {
+				if cmds[i].ProcessState != nil {
+					continue
+				}
+				if role, err := haRole(url(i)); err == nil && role == 0 {
+					return i, nil
+				}
+			}
+		}
+		return -1, fmt.Errorf("the %d-node cluster elected no leader in a minute", o.cluster)
 	}
-	if leader == "" {
-		return nil, fmt.Errorf("the %d-node cluster elected no leader in a minute", o.cluster)
+	lead, err := leaderOf()
+	if err != nil {
+		return nil, nil, err
 	}
-	suite.Target, suite.NoopTarget = leader, ""
-	rows, err := suite.Run(o.scenarios)
-	for i := range rows {
-		rows[i].Scenario = fmt.Sprintf("%s (%d nodes)", rows[i].Scenario, o.cluster)
+	var rows []bench.Row
+	if len(o.scenarios) > 0 {
+		suite.Target, suite.NoopTarget = url(lead), ""
+		rows, err = suite.Run(o.scenarios)
+		for i := range rows {
+			rows[i].Scenario = fmt.Sprintf("%s (%d nodes)", rows[i].Scenario, o.cluster)
+		}
+		if err != nil {
+			return rows, nil, err
+		}
 	}
-	return rows, err
+	if o.catchup == 0 {
+		return rows, nil, nil
+	}
+	var catchUps []bench.CatchUp
+	for _, wipe := range []bool{false, true} {
+		if lead, err = leaderOf(); err != nil {
+			return rows, catchUps, err
+		}
+		f := (lead + 1) % o.cluster
+		cmds[f].Process.Signal(syscall.SIGKILL)
+		cmds[f].Wait()
+		if wipe {
+			if err := os.RemoveAll(fmt.Sprintf("%s/node%d", root, f+1)); err != nil {
+				return rows, catchUps, err
+			}
+		}
+		name := "killed, restarted on its data"
+		if wipe {
+			name = "killed, data directory wiped"
+		}
+		progress.Done("catch-up", fmt.Sprintf("%s: writing %d messages while node%d is down", name, o.catchup, f+1))
+		loadTook, err := bench.LoadNDJSON(url(lead), "bench-catchup", o.catchup, 4)
+		if err != nil {
+			return rows, catchUps, err
+		}
+		target, err := haNumber(url(lead), "ramforge_ha_commit_index")
+		if err != nil {
+			return rows, catchUps, err
+		}
+		t0 := time.Now()
+		if err := start(f); err != nil {
+			return rows, catchUps, err
+		}
+		for {
+			applied, err := haNumber(url(f), "ramforge_ha_applied_index")
+			if err == nil && applied >= target {
+				break
+			}
+			if time.Since(t0) > 10*time.Minute {
+				return rows, catchUps, fmt.Errorf("node%d did not catch up in 10 minutes (%s)", f+1, name)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		took := time.Since(t0)
+		progress.Done("catch-up", fmt.Sprintf("%s: caught up %d messages in %.3f s", name, o.catchup, took.Seconds()))
+		catchUps = append(catchUps, bench.CatchUp{Case: name, Nodes: o.cluster, Messages: o.catchup, LoadSec: loadTook.Seconds(), CatchSec: took.Seconds()})
+	}
+	return rows, catchUps, nil
+}
+
+// haNumber reads one unlabeled line of a node's /metrics_ha.
+func haNumber(url, name string) (uint64, error) {
+	resp, err := httpGet(url + "/metrics_ha")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(resp, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s", name)
 }
 
 // haRole reads ramforge_ha_role from a node's /metrics_ha.
