@@ -23,7 +23,7 @@ import (
 //     idempotency key returns its offset if it did.
 
 // clustered reports whether the node is a member of a group of several.
-func (s *Server) clustered() bool { return len(s.node.Members()) > 1 }
+func (s *Server) clustered() bool { return s.node.HA() }
 
 // leaderPollInterval is how often a request waiting for a leader looks
 // again. Elections take 1 to 2 s; a few milliseconds of extra wait cost
@@ -324,6 +324,10 @@ func (s *Server) membershipError(ctx *fasthttp.RequestCtx, err error) *apiError 
 		return &apiError{status: 409, code: "not_learner", message: "only a learner can be promoted"}
 	case errors.Is(err, replication.ErrLastVoter):
 		return &apiError{status: 409, code: "last_voter", message: "the last voter of the cluster cannot be removed"}
+	case errors.Is(err, replication.ErrLearnerBehind):
+		return &apiError{status: 409, code: "learner_not_ready", message: "the learner has not caught up with the log yet; promote it once it has (its lag is on the leader's /metrics_ha)", retryAfter: 1}
+	case errors.Is(err, replication.ErrConcernTooHigh):
+		return &apiError{status: 409, code: "write_concern_too_high", message: "removing this voter would leave fewer voters than RF_HA_WRITE_CONCERN: no write could be answered"}
 	}
 	return mapError(err)
 }

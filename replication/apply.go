@@ -6,6 +6,7 @@ import (
 
 	"keel/engine"
 
+	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 )
 
@@ -17,6 +18,7 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 		e := &ents[i]
 		switch e.Type {
 		case raftpb.EntryNormal:
+			n.confDropped(e.Index, false)
 			var err error
 			n.results, err = n.store.ApplyEntry(e.Index, e.Term, e.Data, n.results[:0])
 			if err != nil {
@@ -56,7 +58,7 @@ func decodeConfChange(e *raftpb.Entry) (raftpb.ConfChangeI, error) {
 
 // answer completes the proposers of the commands just applied.
 func (n *Node) answer(index uint64) {
-	if n.holdsAnswers() {
+	if n.holdsAnswers() && n.rn.BasicStatus().RaftState == raft.StateLeader {
 		n.hold(index)
 		return
 	}

@@ -125,6 +125,7 @@ func (n *Node) turn(ev loopEvent) {
 			n.rn.Tick()
 			n.campaign()
 			n.refreshProgress()
+			n.confDropped(0, true) // a change nobody waits for any more
 		}
 	case eventCheckpointDone:
 		n.finishStateCheckpoint(ev.err)

@@ -28,7 +28,14 @@ var (
 	ErrMemberExists     = errors.New("replication: the member exists")
 	ErrNotLearner       = errors.New("replication: the member is not a learner")
 	ErrLastVoter        = errors.New("replication: the last voter cannot be removed")
+	ErrLearnerBehind    = errors.New("replication: the learner has not caught up yet")
+	ErrConcernTooHigh   = errors.New("replication: removing this voter leaves fewer voters than the write concern")
 )
+
+// promoteLagMax is how far (entries) a learner may be behind the commit
+// index and still be promoted: a voter far behind would hold up commits,
+// and in a small group stall it (etcd's ErrLearnerNotReady).
+const promoteLagMax = 1000
 
 // confContext is what a configuration change carries: the request it
 // answers and the member it adds.
@@ -39,10 +46,12 @@ type confContext struct {
 
 // confReq is a membership change waiting for the loop.
 type confReq struct {
-	kind   confKind
-	member Member // confAdd: the new member; else only Name
-	id     uint64 // request id
-	done   chan confResult
+	kind     confKind
+	member   Member // confAdd: the new member; else only Name
+	id       uint64 // request id
+	done     chan confResult
+	deadline time.Time // after it nobody waits: the loop forgets the change
+	index    uint64    // the index its entry was proposed at
 }
 
 type confKind uint8
@@ -82,6 +91,7 @@ func (n *Node) changeMembership(req confReq, deadline time.Time) (uint64, error)
 	}
 	req.id = n.reqBase | (n.reqSeq.Add(1) & (1<<32 - 1))
 	req.done = make(chan confResult, 1)
+	req.deadline = deadline
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
@@ -144,15 +154,26 @@ func (n *Node) proposeConf(req *confReq) {
 			fail(ErrNotLearner)
 			return
 		}
+		st := n.rn.Status()
+		if pr, ok := st.Progress[existing.ID]; !ok || pr.Match+promoteLagMax < st.Commit {
+			fail(ErrLearnerBehind)
+			return
+		}
 		cc.Changes = []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeAddNode, NodeID: existing.ID}}
 	case confRemove:
 		if !known {
 			fail(ErrUnknownMember)
 			return
 		}
-		if slices.Contains(n.confState.Voters, existing.ID) && len(n.confState.Voters) == 1 {
-			fail(ErrLastVoter)
-			return
+		if slices.Contains(n.confState.Voters, existing.ID) {
+			if len(n.confState.Voters) == 1 {
+				fail(ErrLastVoter)
+				return
+			}
+			if len(n.confState.Voters)-1 < n.cfg.WriteConcern {
+				fail(ErrConcernTooHigh)
+				return
+			}
 		}
 		cc.Changes = []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeRemoveNode, NodeID: existing.ID}}
 	}
@@ -162,11 +183,34 @@ func (n *Node) proposeConf(req *confReq) {
 		return
 	}
 	cc.Context = b
+	// Every earlier Ready was handled this turn, so raft's log ends where
+	// storage does: the change goes at the next index. Raft turns it into
+	// an empty entry when an earlier change is not applied yet (just after
+	// an election): applyEntryAt then answers it.
+	last, _ := n.storage.LastIndex()
 	if err := n.rn.ProposeConfChange(cc); err != nil {
 		fail(fmt.Errorf("%w: %v", ErrNotLeader, err))
 		return
 	}
+	req.index = last + 1
 	n.confWaiting = req
+}
+
+// confDropped answers the change this node proposed when the entry at its
+// index was applied as something else (raft dropped the change), and
+// forgets a change whose proposer stopped waiting.
+func (n *Node) confDropped(index uint64, isConf bool) {
+	w := n.confWaiting
+	if w == nil {
+		return
+	}
+	if !isConf && index == w.index || !w.deadline.IsZero() && time.Now().After(w.deadline) {
+		select {
+		case w.done <- confResult{err: ErrChangeInProgress}:
+		default:
+		}
+		n.confWaiting = nil
+	}
 }
 
 // applyMembership updates the membership table from an applied
@@ -304,7 +348,8 @@ func (n *Node) replaceRejoined(st raft.Status) {
 				}
 				n.log.Info("replacing a member that lost its data by its new identity", "node", lm.Name,
 					"old_raft_id", fmt.Sprintf("%x", v), "new_raft_id", fmt.Sprintf("%x", l))
-				n.confWaiting = &confReq{done: make(chan confResult, 1)} // id 0: the change carries none
+				last, _ := n.storage.LastIndex()
+				n.confWaiting = &confReq{done: make(chan confResult, 1), index: last + 1, deadline: time.Now().Add(time.Minute)} // id 0: the change carries none
 				return
 			}
 		}

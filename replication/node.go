@@ -386,7 +386,7 @@ func (n *Node) restore() error {
 		}
 	}
 	n.confIndex = st.confIndex
-	if len(n.cfg.Peers) > 1 || n.cfg.Join {
+	if n.HA() {
 		ms := make([]Member, 0, len(n.members))
 		for _, m := range n.members {
 			ms = append(ms, m)
@@ -438,6 +438,7 @@ func (n *Node) restore() error {
 		MaxUncommittedEntriesSize: uint64(4 * n.cfg.ReadyBytesMax),
 		MaxInflightMsgs:           256,
 		CheckQuorum:               true,
+		StepDownOnRemoval:         true, // a leader removed from the group hands over at once
 		PreVote:                   true,
 		Logger:                    raftLogger{n.log},
 	})
@@ -445,14 +446,12 @@ func (n *Node) restore() error {
 		return fmt.Errorf("replication: start raft: %w", err)
 	}
 	n.rn = rn
-	if fresh && n.cfg.Join {
+	// Only a new group's own members bootstrap it: a node whose id the
+	// configuration does not name (a new member, or one that rejoins under
+	// a new id) joins, waiting for the leader to add it.
+	if fresh && (n.cfg.Join || !slices.Contains(n.cfg.Peers, n.cfg.ID)) {
 		n.log.Info("joining an existing group: waiting for its leader (add this node as a learner: POST /ha/membership/add)")
 	} else if fresh {
-		// Only a new group's own members bootstrap it (a node whose id the
-		// configuration does not name joins instead).
-		if !slices.Contains(n.cfg.Peers, n.cfg.ID) {
-			return fmt.Errorf("replication: member %x is not among the group's peers %v: start it with --ha-join to join a running group", n.cfg.ID, n.cfg.Peers)
-		}
 		peers := make([]raft.Peer, len(n.cfg.Peers))
 		for i, id := range n.cfg.Peers {
 			peers[i] = raft.Peer{ID: id}
@@ -607,6 +606,11 @@ func (n *Node) Reachable(id uint64) bool {
 	}
 	return true
 }
+
+// HA reports whether the node runs in cluster mode (Config.Members or
+// Join): the rules of a group apply however many members it has now (one
+// that started alone may have grown, or shrunk to one).
+func (n *Node) HA() bool { return len(n.cfg.Members) > 0 || n.cfg.Join || len(n.cfg.Peers) > 1 }
 
 // ID returns this node's Raft id.
 func (n *Node) ID() uint64 { return n.cfg.ID }

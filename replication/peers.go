@@ -156,7 +156,7 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 	case peerProbe:
 		// Answered by a leader only: how far the asker's log is known to
 		// reach (0 if it never acknowledged an entry to this leader).
-		if n := p.node.Load(); n != nil && p.isMember(from) {
+		if n := p.node.Load(); n != nil {
 			st := n.Status()
 			if st.Role == "leader" {
 				var match uint64
@@ -175,7 +175,16 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 		var m Member
 		if n := p.node.Load(); n != nil && json.Unmarshal(msg[1:], &m) == nil && m.Name == from && m.ID != 0 &&
 			n.Status().Role == "leader" {
-			if _, ok := n.Member(m.ID); !ok {
+			// Only a node the table names, under another id that votes:
+			// a node that lost its data, not a stranger or a removed one.
+			st := n.Status()
+			known := false
+			for _, old := range n.Members() {
+				if old.Name == m.Name && old.ID != m.ID && st.IsVoter(old.ID) {
+					known = true
+				}
+			}
+			if _, ok := n.Member(m.ID); !ok && known {
 				n.rejoin(m)
 			}
 		}
@@ -205,25 +214,27 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 		p.undecodable.Add(1)
 		return
 	}
+	n := p.node.Load()
+	if n == nil || m.To != n.ID() {
+		return // not bound yet, or for another identity of this name (Node.Step)
+	}
 	if m.Type == raftpb.MsgSnap {
 		p.snapshotArrived(from, m) // stepped once its data is here
 		return
 	}
-	if n := p.node.Load(); n != nil {
-		n.Step(m)
-	}
+	n.Step(m)
 }
 
-// LostData asks the peers, for up to wait, whether this node's log is
-// known to have reached past the start: a leader answers with the highest
-// index it knows this node acknowledged. A node that finds its data
-// directory empty calls it before bootstrapping: if a leader says it once
-// acknowledged entries, it lost its data, and rejoining under its old Raft
-// id could make it vote twice in one term (Raft's safety needs a voter to
-// keep what it acknowledged). A node starting for the first time, even
-// after the others formed the group, never acknowledged anything and
-// bootstraps. (A leader restarted since the loss no longer knows; the
-// check catches the common case, not every one.)
+// LostData asks the peers, for up to wait, whether a leader leads a group
+// this node belongs to. A node that finds its data directory empty calls
+// it before bootstrapping: if a leader answers, the group exists, and this
+// node either lost its data or never started while the others formed the
+// group. Either way it must not bootstrap, nor come back under its name's
+// Raft id with an empty log (it could vote twice in a term; raft needs a
+// voter to keep what it acknowledged): it rejoins under a new id. match is
+// the highest index the leader knows this node acknowledged (0 if none, or
+// if the leader was elected since). Only when no leader answers (a new
+// group, or most of it down) does the node bootstrap.
 func (p *PeerTransport) LostData(wait time.Duration) (leader string, match uint64, lost bool) {
 	p.probeMu.Lock()
 	p.probes = map[string]uint64{}
@@ -239,14 +250,11 @@ func (p *PeerTransport) LostData(wait time.Duration) (leader string, match uint6
 		}
 		time.Sleep(100 * time.Millisecond)
 		p.probeMu.Lock()
-		answered := len(p.probes) > 0
 		for name, m := range p.probes {
-			if m > 0 {
-				leader, match, lost = name, m, true
-			}
+			leader, match, lost = name, m, true
 		}
 		p.probeMu.Unlock()
-		if answered {
+		if lost {
 			return leader, match, lost
 		}
 	}

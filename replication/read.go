@@ -49,7 +49,7 @@ type readBatch struct {
 // with ErrNotLeader when this node does not lead (or stops leading), with
 // ErrNoQuorum at the deadline, or with the node's fault.
 func (n *Node) LinearizableRead(deadline time.Time) error {
-	if len(n.cfg.Peers) <= 1 {
+	if !n.HA() {
 		return n.Fault()
 	}
 	if err := n.Fault(); err != nil {

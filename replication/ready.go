@@ -231,7 +231,7 @@ func (n *Node) trackLogSizes(ents []raftpb.Entry) {
 // behind catches up from the log. Trims the sizes it drops.
 func (n *Node) compactionIndex(applied uint64) uint64 {
 	to := applied
-	if len(n.cfg.Peers) > 1 {
+	if n.HA() {
 		kept := int64(0)
 		i := len(n.logSizes)
 		for i > 0 && kept+int64(n.logSizes[i-1].bytes) <= n.cfg.RaftLogRetainBytes {

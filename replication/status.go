@@ -37,7 +37,7 @@ func (n *Node) publishStatus() {
 	// applied; a member of a group once it knows a leader (or leads) and
 	// has applied everything committed that it knows of.
 	caughtUp := bs.RaftState == raft.StateLeader && applied >= n.startupCommit
-	if len(n.cfg.Peers) > 1 {
+	if n.HA() {
 		caughtUp = bs.Lead != raft.None && applied >= max(n.startupCommit, bs.Commit)
 	}
 	first := caughtUp && !n.serving && n.Fault() == nil // a faulted node never starts serving
@@ -85,7 +85,7 @@ func roleName(s raft.StateType) string {
 // view), for /metrics_ha and membership answers. It copies raft's whole
 // progress map, so it runs once per tick, not per turn.
 func (n *Node) refreshProgress() {
-	if len(n.cfg.Peers) <= 1 {
+	if !n.HA() {
 		n.freshQuorum = n.rn.BasicStatus().RaftState == raft.StateLeader
 		return
 	}

@@ -39,8 +39,15 @@ func (n *Node) hold(index uint64) {
 
 // releaseHeld answers the held entries that WriteConcern voters have.
 func (n *Node) releaseHeld() {
-	if len(n.held) == 0 || n.rn.BasicStatus().RaftState != raft.StateLeader {
-		return // a follower answers nobody; the deadlines answer them
+	if len(n.held) == 0 {
+		return
+	}
+	if n.rn.BasicStatus().RaftState != raft.StateLeader {
+		// No longer leading: the progress is someone else's to see. The
+		// proposers are answered by their deadlines (commit_timeout).
+		clear(n.held)
+		n.held = n.held[:0]
+		return
 	}
 	var matches []uint64
 	n.rn.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {

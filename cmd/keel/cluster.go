@@ -242,6 +242,8 @@ func raftIdentity(o options, c *clusterConfig, peers *peerStreams, log *slog.Log
 		if err != nil || id == 0 {
 			return 0, false, fmt.Errorf("%s: not a raft id: %q", path, b)
 		}
+		// A new identity stopped while it was rejoining goes on: its empty
+		// log joins (replication.Open) and it asks again (main).
 		return id, false, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return 0, false, err
@@ -256,8 +258,8 @@ func raftIdentity(o options, c *clusterConfig, peers *peerStreams, log *slog.Log
 			var b [8]byte
 			_, _ = rand.Read(b[:])
 			id, rejoin = replication.RaftID(c.self.Name+"#"+hex.EncodeToString(b[:])), true
-			log.Warn("this node's data directory is empty, but the leader knows it once held the log: it rejoins under a new Raft id as a learner, and replaces its old self once caught up",
-				"leader", leader, "old_log_end", match, "new_raft_id", fmt.Sprintf("%x", id))
+			log.Warn("this node's data directory is empty, but its cluster has a leader: it rejoins under a new Raft id as a learner, and replaces its old self once caught up (it may have lost its data: it must not vote under its old id)",
+				"leader", leader, "old_log_end_known_to_leader", match, "new_raft_id", fmt.Sprintf("%x", id))
 		}
 	}
 	if err := os.MkdirAll(o.data, 0o755); err != nil {

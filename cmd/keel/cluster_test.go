@@ -546,11 +546,13 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	}
 }
 
-// TestClusterWipedNodeRejoins: a follower restarted with an empty data
+// TestClusterWipedNodeRejoins: a node restarted with an empty data
 // directory does not come back under its old identity (it could vote twice
 // in a term): it takes a new Raft id, joins as a learner, catches up, and
 // the leader replaces its old identity with the new one; the cluster is
 // then three voters again, and every acknowledged write is on every node.
+// First a follower, then the leader itself (the new leader, elected after
+// the loss, knows nothing of what the old one acknowledged).
 func TestClusterWipedNodeRejoins(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
@@ -568,38 +570,45 @@ func TestClusterWipedNodeRejoins(t *testing.T) {
 	}
 	w := startWriters(t, c, "wiped", 2, running)
 	w.waitAcked(100, 20*time.Second)
-	victim := (c.leader() + 1) % 3
-	c.nodes[victim].proc.kill9(t)
-	if err := os.RemoveAll(c.nodes[victim].data); err != nil {
-		t.Fatal(err)
-	}
-	c.start(victim)
-	// Back as three voters, the victim under a new id.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		m, status, err := call("GET", c.nodes[c.leader()].url()+"/ha/membership", "")
-		if err == nil && status == 200 {
-			ms := m["membership"].(map[string]any)
-			voters := 0
-			for _, x := range ms["nodes"].([]any) {
-				if x.(map[string]any)["is_voter"] == true {
-					voters++
+	for _, which := range []string{"follower", "leader"} {
+		victim := c.leader()
+		if which == "follower" {
+			victim = (victim + 1) % 3
+		}
+		c.nodes[victim].proc.kill9(t)
+		if err := os.RemoveAll(c.nodes[victim].data); err != nil {
+			t.Fatal(err)
+		}
+		if which == "leader" {
+			w.waitAcked(w.count()+50, 20*time.Second) // a new leader, elected after the loss
+		}
+		c.start(victim)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			m, status, err := call("GET", c.nodes[c.leader()].url()+"/ha/membership", "")
+			if err == nil && status == 200 {
+				ms := m["membership"].(map[string]any)
+				voters := 0
+				for _, x := range ms["nodes"].([]any) {
+					if x.(map[string]any)["is_voter"] == true {
+						voters++
+					}
+				}
+				if voters == 3 && ms["node_count"].(float64) == 3 && ms["joint_active"] == false &&
+					strings.Contains(c.nodes[victim].proc.log(), "rejoined the cluster") {
+					break
 				}
 			}
-			if voters == 3 && ms["node_count"].(float64) == 3 && ms["joint_active"] == false &&
-				strings.Contains(c.nodes[victim].proc.log(), "rejoined the cluster") {
-				break
+			if time.Now().After(deadline) {
+				t.Fatalf("the wiped %s did not rejoin in 30 s: %v; its log:\n%s", which, m, c.nodes[victim].proc.log())
 			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the wiped node did not rejoin in 30 s: %v; its log:\n%s", m, c.nodes[victim].proc.log())
+		if !strings.Contains(c.nodes[victim].proc.log(), "rejoins under a new Raft id") {
+			t.Fatalf("the wiped %s came back without a new identity; log:\n%s", which, c.nodes[victim].proc.log())
 		}
-		time.Sleep(50 * time.Millisecond)
+		w.waitAcked(w.count()+100, 20*time.Second)
 	}
-	if !strings.Contains(c.nodes[victim].proc.log(), "rejoins under a new Raft id") {
-		t.Fatalf("the wiped node came back without a new identity; log:\n%s", c.nodes[victim].proc.log())
-	}
-	w.waitAcked(w.count()+100, 20*time.Second)
 	w.halt()
 	c.waitReady(30 * time.Second)
 	w.verifyAll()

@@ -178,12 +178,11 @@ func serveWith(o options, log *slog.Logger) error {
 			return err
 		}
 		defer peers.close()
-		id, rejoin, err := raftIdentity(o, cluster, peers, log)
+		id, _, err := raftIdentity(o, cluster, peers, log)
 		if err != nil {
 			return err
 		}
 		nodeCfg.ID, nodeCfg.Members, nodeCfg.Send = id, cluster.members, peers.raft.Send
-		o.haJoin = o.haJoin || rejoin
 		nodeCfg.BootstrapLeader, nodeCfg.TickInterval, nodeCfg.ElectionTicks = cluster.bootstrapLeader, cluster.tick, cluster.electionTicks
 		nodeCfg.RaftLogRetainBytes = max(o.raftLogRetainBytes, 1) // 0 would mean the default
 		nodeCfg.WriteConcern = cluster.writeConcern
