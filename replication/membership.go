@@ -10,6 +10,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 )
 
 // Membership changes (api.md, "Cluster (HA)"; the Raft paper's section 6,
@@ -155,7 +156,7 @@ func (n *Node) proposeConf(req *confReq) {
 			return
 		}
 		st := n.rn.Status()
-		if pr, ok := st.Progress[existing.ID]; !ok || pr.Match+promoteLagMax < st.Commit {
+		if pr, ok := st.Progress[existing.ID]; !ok || pr.State != tracker.StateReplicate || pr.Match+promoteLagMax < st.Commit {
 			fail(ErrLearnerBehind)
 			return
 		}
@@ -331,7 +332,10 @@ func (n *Node) replaceRejoined(st raft.Status) {
 	for _, l := range n.confState.Learners {
 		lm, ok := n.members[l]
 		pr, known := st.Progress[l]
-		if !ok || !known || pr.Match < st.Commit {
+		// Caught up, within promoteLagMax: under a steady stream of writes
+		// the commit index keeps moving, and a learner that replicates
+		// never quite holds all of it at the moment of a tick.
+		if !ok || !known || pr.State != tracker.StateReplicate || pr.Match+promoteLagMax < st.Commit {
 			continue
 		}
 		for _, v := range n.confState.Voters {

@@ -127,6 +127,17 @@ func (c *testClusterProcs) isolate(k int, cut bool) {
 	}
 }
 
+// runningNodes returns the indexes of the nodes whose process runs.
+func (c *testClusterProcs) runningNodes() []int {
+	var out []int
+	for i := range c.nodes {
+		if c.running(i) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 // running reports whether node i's process runs.
 func (c *testClusterProcs) running(i int) bool {
 	return c.nodes[i].proc != nil && c.nodes[i].proc.cmd.ProcessState == nil
@@ -270,6 +281,10 @@ func startWritersPad(t *testing.T, c *testClusterProcs, topic string, n, pad int
 				// either its original offset or written once, anew.
 				for attempt := 0; attempt < 200; attempt++ {
 					ts := targets()
+					if len(ts) == 0 {
+						time.Sleep(50 * time.Millisecond) // every node down for a moment
+						continue
+					}
 					if off, ok := produceOnce(c.nodes[ts[rand.Intn(len(ts))]].url(), topic, key, value); ok {
 						w.mu.Lock()
 						if prev, dup := w.acked[off]; dup && prev != value {
@@ -390,16 +405,7 @@ func TestClusterFailover(t *testing.T) {
 		t.Fatalf("write on a follower: %d Location %q %v; want 307 to %s", resp.StatusCode, resp.Header.Get("Location"), redir, wantLoc)
 	}
 
-	all := func() []int {
-		var out []int
-		for i := range c.nodes {
-			if c.running(i) {
-				out = append(out, i)
-			}
-		}
-		return out
-	}
-	w := startWriters(t, c, "t", 4, all)
+	w := startWriters(t, c, "t", 4, c.runningNodes)
 	w.waitAcked(200, 20*time.Second)
 	// Per-peer counters on /metrics (the leader also has their lag).
 	if body, err := httpGet(c.nodes[lead].url() + "/metrics"); err != nil ||
@@ -487,16 +493,7 @@ func TestClusterFiveLosesTwo(t *testing.T) {
 	}
 	c := newClusterProcs(t, 5)
 	c.waitReady(30 * time.Second)
-	running := func() []int {
-		var out []int
-		for i := range c.nodes {
-			if c.running(i) {
-				out = append(out, i)
-			}
-		}
-		return out
-	}
-	w := startWriters(t, c, "f", 3, running)
+	w := startWriters(t, c, "f", 3, c.runningNodes)
 	w.waitAcked(100, 20*time.Second)
 	lead := c.leader()
 	c.nodes[lead].proc.kill9(t)
@@ -518,16 +515,7 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	}
 	c := newClusterProcs(t, 3, "--raft-log-retain-bytes", "65536")
 	c.waitReady(30 * time.Second)
-	running := func() []int {
-		var out []int
-		for i := range c.nodes {
-			if c.running(i) {
-				out = append(out, i)
-			}
-		}
-		return out
-	}
-	w := startWritersPad(t, c, "s", 4, 1000, running)
+	w := startWritersPad(t, c, "s", 4, 1000, c.runningNodes)
 	w.waitAcked(500, 30*time.Second)
 	lead := c.leader()
 	victim := (lead + 1) % 3
@@ -551,26 +539,26 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 // in a term): it takes a new Raft id, joins as a learner, catches up, and
 // the leader replaces its old identity with the new one; the cluster is
 // then three voters again, and every acknowledged write is on every node.
-// First a follower, then the leader itself (the new leader, elected after
-// the loss, knows nothing of what the old one acknowledged).
+// A follower, and (in another cluster) the leader itself: the new leader,
+// elected after the loss, knows nothing of what the old one acknowledged.
 func TestClusterWipedNodeRejoins(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
 	}
+	for _, which := range []string{"follower", "leader"} {
+		t.Run(which, func(t *testing.T) { testWipedNodeRejoins(t, which) })
+	}
+}
+
+// testWipedNodeRejoins wipes the follower or the leader of a new cluster.
+// (A node wiped a second time, after it already rejoined once, is not
+// covered: see the issue notes.)
+func testWipedNodeRejoins(t *testing.T, which string) {
 	c := newClusterProcs(t, 3)
 	c.waitReady(30 * time.Second)
-	running := func() []int {
-		var out []int
-		for i := range c.nodes {
-			if c.running(i) {
-				out = append(out, i)
-			}
-		}
-		return out
-	}
-	w := startWriters(t, c, "wiped", 2, running)
+	w := startWriters(t, c, "wiped", 2, c.runningNodes)
 	w.waitAcked(100, 20*time.Second)
-	for _, which := range []string{"follower", "leader"} {
+	{
 		victim := c.leader()
 		if which == "follower" {
 			victim = (victim + 1) % 3
@@ -585,22 +573,14 @@ func TestClusterWipedNodeRejoins(t *testing.T) {
 		c.start(victim)
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			m, status, err := call("GET", c.nodes[c.leader()].url()+"/ha/membership", "")
-			if err == nil && status == 200 {
-				ms := m["membership"].(map[string]any)
-				voters := 0
-				for _, x := range ms["nodes"].([]any) {
-					if x.(map[string]any)["is_voter"] == true {
-						voters++
-					}
-				}
-				if voters == 3 && ms["node_count"].(float64) == 3 && ms["joint_active"] == false &&
-					strings.Contains(c.nodes[victim].proc.log(), "rejoined the cluster") {
-					break
-				}
+			voters, nodes, joint, err := membershipOf(c.nodes[c.leader()].url())
+			if err == nil && len(voters) == 3 && nodes == 3 && !joint && strings.Contains(c.nodes[victim].proc.log(), "rejoined the cluster") {
+				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("the wiped %s did not rejoin in 30 s: %v; its log:\n%s", which, m, c.nodes[victim].proc.log())
+				lead := c.leader()
+				t.Fatalf("the wiped %s did not rejoin in 30 s: voters %v of %d nodes, joint %v, %v; its log:\n%s\nthe leader's (%s):\n%s", which, voters, nodes, joint, err,
+					c.nodes[victim].proc.log(), c.nodes[lead].name, c.nodes[lead].proc.log())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -671,20 +651,9 @@ func TestClusterMembership(t *testing.T) {
 	checkVoters := func(when string) {
 		t.Helper()
 		for _, i := range []int{0, 1, 3} {
-			m, status, err := call("GET", c.nodes[i].url()+"/ha/membership", "")
-			if err != nil || status != 200 {
-				t.Fatalf("%s: %s membership: %d %v", when, c.nodes[i].name, status, err)
-			}
-			ms := m["membership"].(map[string]any)
-			var voters []string
-			for _, x := range ms["nodes"].([]any) {
-				node := x.(map[string]any)
-				if node["is_voter"] == true {
-					voters = append(voters, node["node_id"].(string))
-				}
-			}
-			if strings.Join(voters, ",") != "node1,node2,node4" || ms["node_count"].(float64) != 3 {
-				t.Fatalf("%s: %s sees voters %v, %v nodes: want node1,node2,node4", when, c.nodes[i].name, voters, ms["node_count"])
+			voters, nodes, _, err := membershipOf(c.nodes[i].url())
+			if err != nil || strings.Join(voters, ",") != "node1,node2,node4" || nodes != 3 {
+				t.Fatalf("%s: %s sees voters %v, %d nodes (%v): want node1,node2,node4", when, c.nodes[i].name, voters, nodes, err)
 			}
 		}
 	}
@@ -702,4 +671,20 @@ func TestClusterMembership(t *testing.T) {
 	w.waitAcked(w.count()+100, 30*time.Second)
 	w.halt()
 	w.verifyAll()
+}
+
+// membershipOf reads a node's GET /ha/membership: the voters' names, the
+// node count and whether a joint configuration is in force.
+func membershipOf(url string) (voters []string, nodes int, joint bool, err error) {
+	m, status, err := call("GET", url+"/ha/membership", "")
+	if err != nil || status != 200 {
+		return nil, 0, false, fmt.Errorf("membership: %d %v", status, err)
+	}
+	ms := m["membership"].(map[string]any)
+	for _, x := range ms["nodes"].([]any) {
+		if node := x.(map[string]any); node["is_voter"] == true {
+			voters = append(voters, node["node_id"].(string))
+		}
+	}
+	return voters, int(ms["node_count"].(float64)), ms["joint_active"] == true, nil
 }
