@@ -208,11 +208,23 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 		p.undecodable.Add(1)
 		return
 	}
-	if name, ok := p.nameMap()[m.From]; !ok || name != from {
+	ptr := p.names.Load()
+	var names map[uint64]string
+	if ptr != nil {
+		names = *ptr
+	}
+	if name, ok := names[m.From]; ok && name != from || !ok && !slices.Contains(slices.Collect(maps.Values(names)), from) {
 		// A message must come on its sender's own stream: a node cannot
 		// speak for another (with mutual TLS, the stream's name is proven).
 		p.undecodable.Add(1)
 		return
+	} else if !ok {
+		// A known node under an id this node's table does not have yet
+		// (it rejoined under a new id while this one was away): learn it,
+		// so the answers reach it too, until the log's own table arrives.
+		learned := maps.Clone(names)
+		learned[m.From] = from
+		p.names.CompareAndSwap(ptr, &learned)
 	}
 	n := p.node.Load()
 	if n == nil || m.To != n.ID() {
