@@ -45,18 +45,27 @@ func (s *Server) toLeader(ctx *fasthttp.RequestCtx) *apiError {
 		if st.Role == "leader" || st.Lead == s.node.ID() {
 			return nil // here (a faulted leader answers with its fault)
 		}
-		// A leader whose stream to this node closed (its process died)
-		// is not worth a redirect: wait for the election that replaces it.
-		if st.Lead != 0 && s.node.Reachable(st.Lead) {
-			if m, ok := s.node.Member(st.Lead); ok {
-				return s.redirect(ctx, m)
-			}
+		if e := s.redirectToLeader(ctx, st); e != nil {
+			return e
 		}
 		if !time.Now().Before(deadline) {
 			return &apiError{status: 503, code: "no_leader", message: "no leader is known (an election is under way, or this node cannot reach a majority); retry shortly", retryAfter: 1}
 		}
 		time.Sleep(min(leaderPollInterval, time.Until(deadline)))
 	}
+}
+
+// redirectToLeader is the 307 to the leader another node is known to be,
+// or nil. A leader whose stream to this node closed (its process died) is
+// not worth a redirect: the caller waits for the election that replaces it.
+func (s *Server) redirectToLeader(ctx *fasthttp.RequestCtx, st replication.Status) *apiError {
+	if st.Lead == 0 || st.Lead == s.node.ID() || st.Role == "leader" || !s.node.Reachable(st.Lead) {
+		return nil
+	}
+	if m, ok := s.node.Member(st.Lead); ok {
+		return s.redirect(ctx, m)
+	}
+	return nil
 }
 
 // redirect answers 307 to the same path and query on the leader m.
@@ -87,10 +96,8 @@ func needsLeader(ctx *fasthttp.RequestCtx, r *route) bool {
 // notLeaderError is the answer to a proposal this node refused because it
 // no longer leads: a redirect when the leader is known, else no_leader.
 func (s *Server) notLeaderError(ctx *fasthttp.RequestCtx) *apiError {
-	if st := s.node.Status(); st.Lead != 0 && st.Role != "leader" && s.node.Reachable(st.Lead) {
-		if m, ok := s.node.Member(st.Lead); ok {
-			return s.redirect(ctx, m)
-		}
+	if e := s.redirectToLeader(ctx, s.node.Status()); e != nil {
+		return e
 	}
 	return &apiError{status: 503, code: "no_leader", message: "no leader is known (an election is under way); retry shortly", retryAfter: 1}
 }
@@ -308,10 +315,8 @@ func (s *Server) membershipError(ctx *fasthttp.RequestCtx, err error) *apiError 
 	case errors.Is(err, replication.ErrChangeInProgress):
 		return &apiError{status: 409, code: "change_in_progress", message: "another membership change is not applied yet; retry when it is", retryAfter: 1}
 	case errors.Is(err, replication.ErrNotLeader):
-		if st := s.node.Status(); st.Lead != 0 && st.Role != "leader" && s.node.Reachable(st.Lead) {
-			if m, ok := s.node.Member(st.Lead); ok {
-				return s.redirect(ctx, m)
-			}
+		if e := s.redirectToLeader(ctx, s.node.Status()); e != nil {
+			return e
 		}
 		return &apiError{status: 503, code: "not_leader", message: "this node does not lead (any more); retry on the leader", retryAfter: 1}
 	case errors.Is(err, replication.ErrTimeout):

@@ -277,19 +277,15 @@ func (n *Node) memberByName(name string) (Member, bool) {
 // publishMembers makes the table visible to other goroutines (Members,
 // Member) and tells the transport (Config.OnMembers).
 func (n *Node) publishMembers() {
-	ms := make([]Member, 0, len(n.members))
-	for _, m := range n.members {
-		ms = append(ms, m)
-	}
-	slices.SortFunc(ms, func(a, b Member) int { return cmp.Compare(a.Name, b.Name) })
+	ms := n.membersList()
 	n.membersView.Store(&ms)
 	if n.cfg.OnMembers != nil {
 		n.cfg.OnMembers(ms)
 	}
 }
 
-// membersList is the table for the state checkpoint (nil for a single
-// node, whose checkpoint keeps none).
+// membersList is the table sorted by name (nil when empty: a single
+// node's checkpoint keeps none).
 func (n *Node) membersList() []Member {
 	if len(n.members) == 0 {
 		return nil

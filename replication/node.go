@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -387,11 +386,7 @@ func (n *Node) restore() error {
 	}
 	n.confIndex = st.confIndex
 	if n.HA() {
-		ms := make([]Member, 0, len(n.members))
-		for _, m := range n.members {
-			ms = append(ms, m)
-		}
-		slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+		ms := n.membersList()
 		n.membersView.Store(&ms)
 	}
 	if next := n.wal.NextOffset(); st.replayFrom > next {

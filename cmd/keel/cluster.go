@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"keel/engine/vfs"
 	"keel/netio"
 	"keel/replication"
 )
@@ -262,36 +263,8 @@ func raftIdentity(o options, c *clusterConfig, peers *peerStreams, log *slog.Log
 				"leader", leader, "old_log_end_known_to_leader", match, "new_raft_id", fmt.Sprintf("%x", id))
 		}
 	}
-	if err := os.MkdirAll(o.data, 0o755); err != nil {
+	if err := vfs.WriteFileAtomic(vfs.Default, o.data, raftIDFile, []byte(strconv.FormatUint(id, 16)+"\n")); err != nil {
 		return 0, false, err
 	}
-	if err := writeFileSynced(path, []byte(strconv.FormatUint(id, 16)+"\n")); err != nil {
-		return 0, false, fmt.Errorf("write %s: %w", path, err)
-	}
 	return id, rejoin, nil
-}
-
-// writeFileSynced writes path, fsyncs it and its directory.
-func writeFileSynced(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
