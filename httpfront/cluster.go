@@ -42,6 +42,9 @@ func (s *Server) toLeader(ctx *fasthttp.RequestCtx) *apiError {
 	}
 	for {
 		st := s.node.Status()
+		if st.Role == "removed" {
+			return &apiError{status: 503, code: "not_member", message: "this node is not a member of the cluster (it was removed, or is not added yet); send requests to the cluster's members", retryAfter: 1}
+		}
 		if st.Role == "leader" || st.Lead == s.node.ID() {
 			return nil // here (a faulted leader answers with its fault)
 		}
@@ -257,8 +260,8 @@ func (s *Server) changeMembership(ctx *fasthttp.RequestCtx, op string) {
 		writeError(ctx, e)
 		return
 	}
-	if req.NodeID == nil || *req.NodeID == "" || len(*req.NodeID) > 255 {
-		writeError(ctx, errBadRequest("invalid_member", "node_id is required (at most 255 bytes)"))
+	if req.NodeID == nil || !validNodeID(*req.NodeID) {
+		writeError(ctx, errBadRequest("invalid_member", "node_id is required: 1 to 64 characters of [A-Za-z0-9._-]"))
 		return
 	}
 	deadline, e := s.deadlineFrom(ctx)
@@ -270,9 +273,16 @@ func (s *Server) changeMembership(ctx *fasthttp.RequestCtx, op string) {
 	var err error
 	switch op {
 	case "add":
-		if _, _, err := net.SplitHostPort(req.AdvertiseAddr); err != nil {
-			writeError(ctx, errBadRequest("invalid_member", "advertise_addr must be host:port (the new node's raft port)"))
+		_, portStr, err := net.SplitHostPort(req.AdvertiseAddr)
+		if port, perr := strconv.Atoi(portStr); err != nil || perr != nil || port < 1 || port > 65534 {
+			writeError(ctx, errBadRequest("invalid_member", "advertise_addr must be host:port (the new node's raft port, 1 to 65534)"))
 			return
+		}
+		for _, m := range s.node.Members() {
+			if m.RaftAddr == req.AdvertiseAddr {
+				writeError(ctx, &apiError{status: 409, code: "member_exists", message: "member " + m.Name + " has that advertise_addr"})
+				return
+			}
 		}
 		if req.HTTPAddr == "" {
 			host, port, _ := net.SplitHostPort(req.AdvertiseAddr)
@@ -335,4 +345,19 @@ func (s *Server) membershipError(ctx *fasthttp.RequestCtx, err error) *apiError 
 		return &apiError{status: 409, code: "write_concern_too_high", message: "removing this voter would leave fewer voters than RF_HA_WRITE_CONCERN: no write could be answered"}
 	}
 	return mapError(err)
+}
+
+// validNodeID: the characters RF_HA_NODES, metric labels and logs can hold
+// as they are.
+func validNodeID(id string) bool {
+	if len(id) == 0 || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

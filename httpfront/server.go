@@ -285,7 +285,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		// a follower redirects them (cluster.go).
 		e = s.toLeader(ctx)
 	}
-	if e == nil && r.scope > 0 {
+	if e == nil && r.scope > 0 && r != &routeMembership {
 		// Data routes wait (bounded) while the node starts; after a storage
 		// fault reads are still served, and writes fail with the fault (507
 		// for a full disk); /ready reports the node as not ready.

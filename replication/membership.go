@@ -235,6 +235,9 @@ func (n *Node) applyMembership(index uint64, cc raftpb.ConfChangeI) {
 				delete(n.members, c.NodeID)
 				changed = true
 			}
+			if c.NodeID == n.cfg.ID {
+				n.log.Warn("this node was removed from the cluster: it takes no part any more and answers 503 not_member; stop it")
+			}
 		}
 	}
 	n.confIndex = index
@@ -333,6 +336,28 @@ func (n *Node) replaceRejoined(st raft.Status) {
 		// never quite holds all of it at the moment of a tick.
 		if !ok || !known || pr.State != tracker.StateReplicate || pr.Match+promoteLagMax < st.Commit {
 			continue
+		}
+		// A learner that lost its data is replaced by removing the old
+		// learner: the new one stays a learner, as the old one was.
+		for _, v := range n.confState.Learners {
+			if vm, ok := n.members[v]; ok && v != l && vm.Name == lm.Name {
+				if pv, ok := st.Progress[v]; ok && pv.State == tracker.StateReplicate && pv.Match+promoteLagMax >= st.Commit {
+					continue // both replicate: not a lost one (it is the other's turn)
+				}
+				m := lm
+				b, err := json.Marshal(confContext{Member: &m})
+				if err != nil {
+					return
+				}
+				cc := raftpb.ConfChangeV2{Context: b, Changes: []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeRemoveNode, NodeID: v}}}
+				if err := n.rn.ProposeConfChange(cc); err != nil {
+					return
+				}
+				n.log.Info("removing a learner that lost its data; its new identity goes on", "node", lm.Name, "old_raft_id", fmt.Sprintf("%x", v), "new_raft_id", fmt.Sprintf("%x", l))
+				last, _ := n.storage.LastIndex()
+				n.confWaiting = &confReq{done: make(chan confResult, 1), index: last + 1, deadline: time.Now().Add(time.Minute)}
+				return
+			}
 		}
 		for _, v := range n.confState.Voters {
 			if vm, ok := n.members[v]; ok && v != l && vm.Name == lm.Name {

@@ -445,7 +445,7 @@ func (n *Node) restore() error {
 	// configuration does not name (a new member, or one that rejoins under
 	// a new id) joins, waiting for the leader to add it.
 	if fresh && (n.cfg.Join || !slices.Contains(n.cfg.Peers, n.cfg.ID)) {
-		n.log.Info("joining an existing group: waiting for its leader (add this node as a learner: POST /ha/membership/add)")
+		n.log.Info("joining an existing group as a new member: waiting for its leader to add this node (a rejoin asks by itself; a new node needs POST /ha/membership/add)")
 	} else if fresh {
 		peers := make([]raft.Peer, len(n.cfg.Peers))
 		for i, id := range n.cfg.Peers {

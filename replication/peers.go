@@ -55,7 +55,7 @@ type PeerTransport struct {
 	unknownTo   atomic.Uint64
 
 	probeMu sync.Mutex
-	probes  map[string]uint64 // ClusterLive: commit index each peer answered
+	probes  map[string]probeReply // LostData: what each leader answered
 
 	snaps    snapServer // the leader's side of snapshot fetches
 	fetchMu  sync.Mutex
@@ -165,7 +165,13 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 						match = f.Match
 					}
 				}
-				p.tr.Send(from, binary.LittleEndian.AppendUint64([]byte{peerProbeReply}, match))
+				member := byte(0)
+				for _, m := range n.Members() {
+					if m.Name == from && (st.IsVoter(m.ID) || st.IsLearner(m.ID)) {
+						member = 1
+					}
+				}
+				p.tr.Send(from, append(binary.LittleEndian.AppendUint64([]byte{peerProbeReply}, match), member))
 			}
 		}
 		return
@@ -180,8 +186,12 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 			st := n.Status()
 			known := false
 			for _, old := range n.Members() {
-				if old.Name == m.Name && old.ID != m.ID && st.IsVoter(old.ID) {
-					known = true
+				if old.Name == m.Name && old.ID != m.ID && (st.IsVoter(old.ID) || st.IsLearner(old.ID)) {
+					// The table's entry (addresses, priority as added),
+					// under the new id.
+					id := m.ID
+					m, known = old, true
+					m.ID = id
 				}
 			}
 			if _, ok := n.Member(m.ID); !ok && known {
@@ -190,10 +200,10 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 		}
 		return
 	case peerProbeReply:
-		if len(msg) == 9 {
+		if len(msg) == 10 {
 			p.probeMu.Lock()
 			if p.probes != nil {
-				p.probes[from] = binary.LittleEndian.Uint64(msg[1:])
+				p.probes[from] = probeReply{match: binary.LittleEndian.Uint64(msg[1:]), member: msg[9] == 1}
 			}
 			p.probeMu.Unlock()
 		}
@@ -245,11 +255,13 @@ func (p *PeerTransport) Handle(from string, msg []byte) {
 // Raft id with an empty log (it could vote twice in a term; raft needs a
 // voter to keep what it acknowledged): it rejoins under a new id. match is
 // the highest index the leader knows this node acknowledged (0 if none, or
-// if the leader was elected since). Only when no leader answers (a new
-// group, or most of it down) does the node bootstrap.
-func (p *PeerTransport) LostData(wait time.Duration) (leader string, match uint64, lost bool) {
+// if the leader was elected since); member whether its name is in the
+// leader's table (a node started to join, --ha-join, that is not a member
+// yet waits to be added under its name's id). Only when no leader answers
+// (a new group, or most of it down) does the node bootstrap.
+func (p *PeerTransport) LostData(wait time.Duration) (leader string, match uint64, member, answered bool) {
 	p.probeMu.Lock()
-	p.probes = map[string]uint64{}
+	p.probes = map[string]probeReply{}
 	p.probeMu.Unlock()
 	defer func() {
 		p.probeMu.Lock()
@@ -262,15 +274,22 @@ func (p *PeerTransport) LostData(wait time.Duration) (leader string, match uint6
 		}
 		time.Sleep(100 * time.Millisecond)
 		p.probeMu.Lock()
-		for name, m := range p.probes {
-			leader, match, lost = name, m, true
+		for name, r := range p.probes {
+			leader, match, member, answered = name, r.match, r.member, true
 		}
 		p.probeMu.Unlock()
-		if lost {
-			return leader, match, lost
+		if answered {
+			return leader, match, member, true
 		}
 	}
-	return "", 0, false
+	return "", 0, false, false
+}
+
+// probeReply is a leader's answer to LostData: the highest index it knows
+// the asker acknowledged, and whether the asker's name is a member.
+type probeReply struct {
+	match  uint64
+	member bool
 }
 
 // isMember reports whether name is one of the group's nodes.

@@ -45,6 +45,10 @@ func (n *Node) publishStatus() {
 		n.serving = true
 	}
 	st.Ready = n.Fault() == nil && caughtUp
+	if n.HA() && len(n.confState.Voters) > 0 && !slices.Contains(n.confState.Voters, n.cfg.ID) && !slices.Contains(n.confState.Learners, n.cfg.ID) {
+		// Removed (or not added yet): it serves nobody.
+		st.Role, st.Ready = "removed", false
+	}
 	if n.Fault() != nil {
 		// A faulted node takes no part any more (its loop no longer
 		// ticks): it must not go on reporting itself as the leader.

@@ -254,14 +254,15 @@ func raftIdentity(o options, c *clusterConfig, peers *peerStreams, log *slog.Log
 		return c.self.ID, false, nil // data from before the file: the name's hash
 	}
 	id, rejoin := c.self.ID, false
-	if !o.haJoin {
-		if leader, match, lost := peers.raft.LostData(1500 * time.Millisecond); lost {
-			var b [8]byte
-			_, _ = rand.Read(b[:])
-			id, rejoin = replication.RaftID(c.self.Name+"#"+hex.EncodeToString(b[:])), true
-			log.Warn("this node's data directory is empty, but its cluster has a leader: it rejoins under a new Raft id as a learner, and replaces its old self once caught up (it may have lost its data: it must not vote under its old id)",
-				"leader", leader, "old_log_end_known_to_leader", match, "new_raft_id", fmt.Sprintf("%x", id))
-		}
+	// A node started to join (--ha-join) that is not a member yet keeps
+	// its name's id and waits to be added; every other empty node that a
+	// leader answers rejoins under a new id.
+	if leader, match, member, answered := peers.raft.LostData(1500 * time.Millisecond); answered && (member || !o.haJoin) {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		id, rejoin = replication.RaftID(c.self.Name+"#"+hex.EncodeToString(b[:])), true
+		log.Warn("this node's data directory is empty, but its cluster has a leader: it rejoins under a new Raft id as a learner, and replaces its old self once caught up (it may have lost its data: it must not vote under its old id)",
+			"leader", leader, "old_log_end_known_to_leader", match, "new_raft_id", fmt.Sprintf("%x", id))
 	}
 	if err := vfs.WriteFileAtomic(vfs.Default, o.data, raftIDFile, []byte(strconv.FormatUint(id, 16)+"\n")); err != nil {
 		return 0, false, err

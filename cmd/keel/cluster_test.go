@@ -626,13 +626,20 @@ func TestClusterMembership(t *testing.T) {
 	c.start(3)
 	c.args = c.args[:len(c.args)-1]
 	lead := c.nodes[c.leader()].url()
+	// admin sends a membership change, again while the answer is a 409
+	// that says to retry (a change not applied yet; a learner catching up).
 	admin := func(op, body string) map[string]any {
 		t.Helper()
-		m, status, err := call("POST", lead+"/ha/membership/"+op+"?timeout_ms=10000", body)
-		if err != nil || status != 200 || m["ok"] != true {
-			t.Fatalf("%s %s: %d %v %v", op, body, status, m, err)
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			m, status, err := call("POST", lead+"/ha/membership/"+op+"?timeout_ms=10000", body)
+			if err == nil && status == 200 && m["ok"] == true {
+				return m
+			}
+			if status != 409 || m["error"] != "change_in_progress" && m["error"] != "learner_not_ready" || time.Now().After(deadline) {
+				t.Fatalf("%s %s: %d %v %v", op, body, status, m, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		return m
 	}
 	m := admin("add", fmt.Sprintf(`{"node_id":"node4","advertise_addr":"127.0.0.1:%d"}`, n4.raftPort))
 	if m["role"] != "learner" || m["node_id"] != "node4" || m["index"].(float64) <= 0 {
@@ -642,7 +649,7 @@ func TestClusterMembership(t *testing.T) {
 		t.Fatalf("adding node4 again: %d, want 409", status)
 	}
 	c.waitReady(30 * time.Second) // node4 knows the leader and applied what it learned
-	if m := admin("promote", `{"node_id":"node4"}`); m["role"] != "voter" {
+	if m := admin("promote", `{"node_id":"node4"}`); m["role"] != "voter" { // once caught up
 		t.Fatalf("promote: %v", m)
 	}
 	if m := admin("remove", `{"node_id":"node3"}`); m["removed"] != true {
@@ -660,6 +667,27 @@ func TestClusterMembership(t *testing.T) {
 		}
 	}
 	checkVoters("after the changes")
+	// node4, added by hand, loses its disk and is restarted as it was
+	// started (--ha-join): it rejoins under a new id and replaces itself.
+	c.nodes[3].proc.kill9(t)
+	if err := os.RemoveAll(n4.data); err != nil {
+		t.Fatal(err)
+	}
+	c.args = append(c.args, "--ha-join")
+	c.start(3)
+	c.args = c.args[:len(c.args)-1]
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		voters, nodes, joint, err := membershipOf(c.nodes[c.leader()].url())
+		if err == nil && strings.Join(voters, ",") == "node1,node2,node4" && nodes == 3 && !joint && strings.Contains(n4.proc.log(), "rejoined the cluster") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the wiped node4 did not rejoin: %v %d %v %v; its log:\n%s", voters, nodes, joint, err, n4.proc.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	checkVoters("after node4 rejoined")
 	// The membership survives a kill -9 of every node (node4 is not in
 	// the others' RF_HA_NODES: they reach it at the address it joined with).
 	for _, i := range []int{0, 1, 3} {
