@@ -254,10 +254,11 @@ func raftIdentity(o options, c *clusterConfig, peers *peerStreams, log *slog.Log
 		return c.self.ID, false, nil // data from before the file: the name's hash
 	}
 	id, rejoin := c.self.ID, false
-	// A node started to join (--ha-join) that is not a member yet keeps
-	// its name's id and waits to be added; every other empty node that a
+	// A node started to join (--ha-join) keeps its name's id and waits to
+	// be added, unless the leader knows it once acknowledged entries (it
+	// was added and has lost its data since); every other empty node that a
 	// leader answers rejoins under a new id.
-	if leader, match, member, answered := peers.raft.LostData(1500 * time.Millisecond); answered && (member || !o.haJoin) {
+	if leader, match, member, answered := peers.raft.LostData(1500 * time.Millisecond); answered && (!o.haJoin || member && match > 0) {
 		var b [8]byte
 		_, _ = rand.Read(b[:])
 		id, rejoin = replication.RaftID(c.self.Name+"#"+hex.EncodeToString(b[:])), true
