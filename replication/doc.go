@@ -5,8 +5,9 @@
 // applying committed entries to the engine's state machine and answering
 // the proposers, state checkpoints and WAL truncation, and the deadline
 // reaper for waiting proposals. The WAL is a logstore.Log of its own
-// (record types RecordRaftEntry and RecordRaftState), written by the loop
-// directly.
+// (record types RecordRaftEntry and RecordRaftState), written by the
+// appender goroutine: raft's asynchronous storage writes (appender.go), so
+// the loop steps acknowledgements and applies while an fsync runs.
 //
 // Replication does not know the command schema: Propose takes a Command
 // that encodes itself given the request id replication assigns, the state
@@ -15,7 +16,9 @@
 //
 // A single node is a one-voter group. A cluster member (Config.Members,
 // Send; PeerTransport carries the messages over netio) also has:
-//   - the leader sending appends before its own WAL write (ready.go);
+//   - the leader sending appends before its own WAL write (ready.go), and
+//     committing as soon as a follower's acknowledgement arrives, while
+//     its own next write runs (appender.go);
 //   - queued proposals answered ErrNotLeader once another node leads;
 //   - linearizable reads by ReadIndex (read.go);
 //   - snapshots: a follower behind the leader's retained log fetches the

@@ -14,16 +14,19 @@ import (
 // closeDrainMax bounds how long Close waits for in-flight writes.
 const closeDrainMax = 10 * time.Second
 
-// loop is the only goroutine that touches the RawNode, the WAL's append
-// side and the Store's apply side. Each turn: take every waiting proposal
-// into as few entries as fit, then handle Ready until there is none: persist
-// (one write + one fdatasync), apply committed entries, answer proposers,
-// Advance. Proposals that arrive during the fsync wait for the next turn,
-// which is what makes one fsync serve many requests.
+// loop is the only goroutine that touches the RawNode and the Store's
+// apply side. Each turn: take every waiting proposal into as few entries as
+// fit, then handle Ready until there is none: send to peers, hand the
+// append to the appender (appender.go), apply committed entries and answer
+// their proposers. While an append is being written, proposals wait in the
+// queue and are taken together once it is back, which is what makes one
+// fsync serve many requests; messages from peers are stepped meanwhile, so
+// a follower's acknowledgement commits as soon as it arrives.
 //
 // The goroutine only waits for the next event; begin and turn do the work
-// and never block, so tests drive them directly (harness_test.go), on a
-// fake clock, with no goroutine and no sleep.
+// and never block (but for a full appender), so tests drive them directly
+// (harness_test.go), on a fake clock, with no goroutine and no sleep: there
+// the loop writes appends itself.
 func (n *Node) loop() {
 	defer close(n.done)
 	ticker := time.NewTicker(n.cfg.TickInterval)
@@ -53,6 +56,8 @@ func (n *Node) loop() {
 			n.turn(loopEvent{kind: eventCheckpointDone, err: err})
 		case m := <-n.steps:
 			n.turn(loopEvent{kind: eventStep, msg: m})
+		case jobs := <-n.appendDone:
+			n.turn(loopEvent{kind: eventAppended, appended: jobs})
 		case r := <-n.reads:
 			n.turn(loopEvent{kind: eventRead, read: r})
 		case sn := <-n.snapshots:
@@ -77,6 +82,7 @@ type loopEvent struct {
 	read     *readReq       // eventRead: the first waiting read
 	snap     stagedSnapshot // eventSnapshot: a fetched snapshot
 	conf     *confReq       // eventConf: a membership change
+	appended []*appendJob   // eventAppended: appends the appender wrote
 }
 
 type eventKind uint8
@@ -91,26 +97,42 @@ const (
 	eventRead                                // linearizable reads are waiting (the first is taken)
 	eventSnapshot                            // a snapshot's data is staged: step its MsgSnap
 	eventConf                                // a membership change to propose
+	eventAppended                            // the appender wrote appends
 )
 
-// begin runs once before the first turn.
+// begin runs once before the first turn. It waits for its own appends:
+// what the WAL replays and the election of a single voter are applied
+// before the node serves (a single voter commits its log with its first
+// entry as leader).
 func (n *Node) begin() {
 	n.lastCkpt = n.now()
 	// Apply what is committed first (on a fresh node, the bootstrap
 	// configuration: raft refuses to campaign with it pending), then
 	// campaign at once: a single voter needs no election timeout, which
 	// cost 100 ms to 2 s at startup.
-	n.handleReadies()
+	n.settleReadies()
 	n.campaign()
 	if n.cfg.BootstrapLeader && n.fresh && len(n.cfg.Peers) > 1 {
 		// The first start of a new group: this node was asked to lead it,
 		// so nobody waits an election timeout for the first leader.
 		_ = n.rn.Campaign()
 	}
-	n.handleReadies()
+	n.settleReadies()
 	n.publishStatus() // serving now, not at the first tick
 	if n.checkpointFirst {
 		n.startStateCheckpoint(true)
+	}
+}
+
+// settleReadies handles Readies until there is none and no append is in
+// flight.
+func (n *Node) settleReadies() {
+	for {
+		n.handleReadies()
+		if n.appendInflight == 0 || n.Fault() != nil {
+			return
+		}
+		n.drainAppends()
 	}
 }
 
@@ -130,10 +152,13 @@ func (n *Node) turn(ev loopEvent) {
 	case eventCheckpointDone:
 		n.finishStateCheckpoint(ev.err)
 	case eventRocketSync:
+		// The batch is read first: the appender may write another while
+		// the sync runs, which this sync need not cover.
+		batch := n.wal.LastBatch()
 		if err := n.wal.Sync(); err != nil {
 			n.setFault(err)
 		} else {
-			n.setLastSynced(n.wal.LastBatch())
+			n.setLastSynced(max(batch, n.lastSynced))
 		}
 	case eventStep:
 		if n.Fault() != nil {
@@ -154,6 +179,8 @@ func (n *Node) turn(ev loopEvent) {
 		n.takeStagedSnapshot(ev.snap)
 	case eventConf:
 		n.proposeConf(ev.conf)
+	case eventAppended:
+		n.takeAppended(ev.appended)
 	}
 	n.handleReadies()
 	n.dropStagedSnapshot() // stepped this turn and not installed: raft ignored it
@@ -195,11 +222,12 @@ func (n *Node) failQueuedIfFollower() {
 // now is the loop's clock (Config.Clock).
 func (n *Node) now() time.Time { return n.cfg.Clock() }
 
-// queueIfLeader returns the proposal queue while this node leads and has
-// no fault; otherwise nil, so proposals wait (up to their deadline) for an
-// election instead of being dropped.
+// queueIfLeader returns the proposal queue while this node leads, has no
+// fault and no append of its own is being written; otherwise nil, so
+// proposals wait (up to their deadline) for an election instead of being
+// dropped, or for the append, to join the next one.
 func (n *Node) queueIfLeader() chan *waiter {
-	if n.Fault() != nil || n.rn.BasicStatus().RaftState != raft.StateLeader {
+	if n.appendInflight > 0 || n.Fault() != nil || n.rn.BasicStatus().RaftState != raft.StateLeader {
 		return nil
 	}
 	return n.queue
@@ -229,10 +257,12 @@ func (n *Node) drainAndStop() {
 			n.proposeBatch(p)
 		default:
 		}
-		for stepped := true; stepped; { // every acknowledgement from peers that is here
+		for stepped := true; stepped; { // every acknowledgement from peers, and append written, that is here
 			select {
 			case m := <-n.steps:
 				_ = n.rn.Step(m)
+			case jobs := <-n.appendDone:
+				n.takeAppended(jobs)
 			default:
 				stepped = false
 			}
@@ -240,11 +270,19 @@ func (n *Node) drainAndStop() {
 		n.handleReadies()
 		// Done when nothing waits, or when this node no longer leads: what
 		// it proposed is answered by its deadline (it may still commit).
-		if len(n.queue) == 0 && n.waiters.len() == 0 || n.rn.BasicStatus().RaftState != raft.StateLeader {
+		if len(n.queue) == 0 && n.waiters.len() == 0 && n.appendInflight == 0 || n.rn.BasicStatus().RaftState != raft.StateLeader {
 			break
 		}
 		if !n.rn.HasReady() {
-			time.Sleep(time.Millisecond)
+			if n.appendInflight > 0 {
+				select {
+				case jobs := <-n.appendDone:
+					n.takeAppended(jobs)
+				case <-time.After(time.Millisecond):
+				}
+			} else {
+				time.Sleep(time.Millisecond)
+			}
 			// Ticks keep their pace (TickInterval): ticking every
 			// millisecond would shrink a group's heartbeat and CheckQuorum
 			// windows to nothing.
@@ -253,6 +291,14 @@ func (n *Node) drainAndStop() {
 				lastTick = time.Now()
 			}
 		}
+	}
+	// Every append handed over is written (or failed) before the WAL
+	// closes: a vote or an acknowledgement already sent is on disk anyway,
+	// and the last checkpoint then covers what was applied.
+	n.drainAppends()
+	if n.appendQ != nil {
+		close(n.appendQ)
+		<-n.appenderExited
 	}
 	switch {
 	case n.Fault() == nil && !n.skipFinalCheckpoint:

@@ -185,10 +185,10 @@ func (n *Node) proposeConf(req *confReq) {
 	}
 	cc.Context = b
 	// Every earlier Ready was handled this turn, so raft's log ends where
-	// storage does: the change goes at the next index. Raft turns it into
+	// the last append handed over does: the change goes at the next index. Raft turns it into
 	// an empty entry when an earlier change is not applied yet (just after
 	// an election): applyEntryAt then answers it.
-	last, _ := n.storage.LastIndex()
+	last := n.lastLogIndex
 	if err := n.rn.ProposeConfChange(cc); err != nil {
 		fail(fmt.Errorf("%w: %v", ErrNotLeader, err))
 		return
@@ -354,7 +354,7 @@ func (n *Node) replaceRejoined(st raft.Status) {
 					return
 				}
 				n.log.Info("removing a learner that lost its data; its new identity goes on", "node", lm.Name, "old_raft_id", fmt.Sprintf("%x", v), "new_raft_id", fmt.Sprintf("%x", l))
-				last, _ := n.storage.LastIndex()
+				last := n.lastLogIndex
 				n.confWaiting = &confReq{done: make(chan confResult, 1), index: last + 1, deadline: time.Now().Add(time.Minute)}
 				return
 			}
@@ -373,7 +373,7 @@ func (n *Node) replaceRejoined(st raft.Status) {
 				}
 				n.log.Info("replacing a member that lost its data by its new identity", "node", lm.Name,
 					"old_raft_id", fmt.Sprintf("%x", v), "new_raft_id", fmt.Sprintf("%x", l))
-				last, _ := n.storage.LastIndex()
+				last := n.lastLogIndex
 				n.confWaiting = &confReq{done: make(chan confResult, 1), index: last + 1, deadline: time.Now().Add(time.Minute)} // id 0: the change carries none
 				return
 			}

@@ -191,8 +191,9 @@ const stepQueueMax = 4096
 // Node runs one Raft group member: it turns proposals into Raft entries,
 // persists them through the WAL (HardState and entries in one batch, one
 // fdatasync), applies committed entries to the Store and answers the
-// proposers. One goroutine (loop) owns the RawNode, the WAL appends and the
-// Store's apply side.
+// proposers. One goroutine (loop) owns the RawNode and the Store's apply
+// side; another (the appender) writes the WAL, handing each write back to
+// the loop.
 type Node struct {
 	cfg     Config
 	wal     *logstore.Log
@@ -219,6 +220,12 @@ type Node struct {
 	skipFinalCheckpoint bool       // tests: stop as a crash would, without a checkpoint
 	ckptDone            chan error // a background checkpoint's result, for the loop
 
+	// The appender goroutine (appender.go); nil until Start, and then the
+	// loop writes appends itself.
+	appendQ        chan *appendJob
+	appendDone     chan []*appendJob
+	appenderExited chan struct{}
+
 	replayed  int  // Raft entries after the state checkpoint, replayed at open
 	fresh     bool // Open bootstrapped a new group
 	timings   *loopTimings
@@ -240,16 +247,20 @@ type Node struct {
 // Everything other goroutines read is published through Status and the
 // atomics of Node.
 type loopState struct {
-	prevHS          raftpb.HardState
+	prevHS          raftpb.HardState // the HardState last written (or learned at open)
+	submittedHS     raftpb.HardState // the HardState last handed to the appender
+	walConfirmed    uint64           // the WAL's next offset after the last append taken back: later appends go after it
+	appendInflight  int              // jobs handed to the appender and not taken back
+	lastLogIndex    uint64           // index of the last entry handed to the appender: the end of raft's log once every Ready is handled
 	confState       raftpb.ConfState
 	marks           []walMark // where each unapplied entry went in the WAL, by index
-	unpersisted     []*waiter // proposed, waiting for the next persist
+	unpersisted     []*waiter // proposed, waiting to be handed to the appender
 	walSinceCkpt    int64     // WAL bytes written since the last state checkpoint
 	lastCkpt        time.Time
 	startupCommit   uint64 // the commit index found at open: serving once applied
 	campaignedTerm  uint64
 	results         []engine.Result // reused per entry
-	marshalBuf      []byte          // persist's reusable entry-marshalling buffer
+	marshalBuf      []byte          // the loop's reusable entry-marshalling buffer (appends written on the loop)
 	logSizes        []entrySize     // index and size of the entries in raft's log (groups: what compaction keeps)
 	lastSynced      uint64          // last WAL batch made durable
 	checkpoints     uint64          // state checkpoints written
@@ -420,7 +431,9 @@ func (n *Node) restore() error {
 			return err
 		}
 	}
-	n.prevHS, n.marks, n.startupCommit = hs, r.marks, hs.Commit
+	n.prevHS, n.submittedHS, n.marks, n.startupCommit = hs, hs, r.marks, hs.Commit
+	n.walConfirmed = n.wal.NextOffset()
+	n.lastLogIndex, _ = n.storage.LastIndex()
 	n.setLastSynced(n.wal.LastBatch())
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        n.cfg.ID,
@@ -435,6 +448,7 @@ func (n *Node) restore() error {
 		CheckQuorum:               true,
 		StepDownOnRemoval:         true, // a leader removed from the group hands over at once
 		PreVote:                   true,
+		AsyncStorageWrites:        true, // appender.go
 		Logger:                    raftLogger{n.log},
 	})
 	if err != nil {
@@ -464,6 +478,7 @@ func (n *Node) restore() error {
 // Start runs the loop.
 func (n *Node) Start() {
 	n.started = true
+	n.startAppender()
 	go n.loop()
 }
 

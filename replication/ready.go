@@ -1,13 +1,9 @@
 package replication
 
 import (
-	"fmt"
-	"time"
-
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
-	"keel/engine/logstore"
 	"keel/invariant"
 )
 
@@ -20,146 +16,73 @@ func (n *Node) handleReadies() {
 	}
 }
 
-// handleReady follows raft's contract: persist, (send), apply, Advance.
+// handleReady takes one Ready (raft accepts it at once: asynchronous
+// storage writes, appender.go): messages to peers go out now (a leader's
+// appends, before its own write: the Raft thesis, section 10.2.1; raft
+// holds back whatever vouches for unwritten state, a follower's
+// acknowledgement or a vote, as responses of the append), the append goes
+// to the appender, committed entries are applied here.
 func (n *Node) handleReady() error {
 	rd := n.rn.Ready()
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		// Before the entries of the same Ready, which follow it.
-		if err := n.installSnapshot(rd.Snapshot, rd.HardState); err != nil {
-			return err
-		}
-	}
-	// The leader sends its appends before its own write: followers write
-	// in parallel with it (the Raft thesis, section 10.2.1; etcd's server
-	// does the same). Safe because nothing is applied, and so no client
-	// answered, before this node's own write below is durable too: a
-	// committed entry is then on a majority's disks. Every other role
-	// sends only after the write (a vote or an append acknowledged before
-	// its fsync could be lost by a crash).
-	leading := n.rn.BasicStatus().RaftState == raft.StateLeader
-	if leading && len(rd.Messages) > 0 && n.cfg.Send != nil {
-		n.cfg.Send(rd.Messages)
-	}
-	// A commit-only HardState is not written: the commit index is
-	// re-learned after a restart, and an unsynced write between synced
-	// batches would break the WAL's "only the last batch can be torn" rule.
-	if raft.MustSync(rd.HardState, n.prevHS, len(rd.Entries)) {
-		if err := n.persist(rd.HardState, rd.Entries); err != nil {
-			return err
-		}
-	}
-	if !raft.IsEmptyHardState(rd.HardState) {
-		n.prevHS = rd.HardState
-		if err := n.storage.SetHardState(rd.HardState); err != nil {
-			return err
-		}
-	}
-	if err := n.storage.Append(rd.Entries); err != nil {
-		return err
-	}
-	n.trackLogSizes(rd.Entries)
-	if len(rd.Entries) > 0 {
-		now := time.Now()
-		for _, w := range n.unpersisted {
-			w.persisted = now
-		}
-		clear(n.unpersisted)
-		n.unpersisted = n.unpersisted[:0]
-	}
-	// A follower's messages go out only now, after the HardState and
-	// entries they vouch for are durable (raft's Ready contract).
-	if !leading && len(rd.Messages) > 0 && n.cfg.Send != nil {
-		n.cfg.Send(rd.Messages)
-	}
-	var snapsSent []uint64
+	var peers []raftpb.Message
+	var appendMsg, applyMsg *raftpb.Message
 	for i := range rd.Messages {
-		if rd.Messages[i].Type == raftpb.MsgSnap {
-			snapsSent = append(snapsSent, rd.Messages[i].To)
+		switch m := &rd.Messages[i]; m.To {
+		case raft.LocalAppendThread:
+			appendMsg = m
+		case raft.LocalApplyThread:
+			applyMsg = m
+		default:
+			peers = append(peers, *m)
 		}
 	}
-	if err := n.apply(rd.CommittedEntries); err != nil {
-		return err
+	if len(peers) > 0 && n.cfg.Send != nil {
+		n.cfg.Send(peers)
+	}
+	for i := range peers {
+		// The MsgSnap only tells the follower to fetch the snapshot; raft
+		// may go back to probing it at once. Until it has installed the
+		// snapshot it rejects appends, and raft offers the snapshot again;
+		// the follower ignores offers while a fetch runs.
+		if peers[i].Type == raftpb.MsgSnap {
+			n.rn.ReportSnapshot(peers[i].To, raft.SnapshotFinish)
+		}
+	}
+	if appendMsg != nil {
+		if appendMsg.Snapshot != nil {
+			if err := n.appendSnapshot(*appendMsg); err != nil {
+				return err
+			}
+		} else {
+			n.submitAppend(*appendMsg)
+		}
+	}
+	if applyMsg != nil && n.Fault() == nil {
+		if err := n.apply(applyMsg.Entries); err != nil {
+			return err
+		}
+		n.deliverResponses(applyMsg.Responses)
 	}
 	n.readStates(rd.ReadStates)
-	n.rn.Advance(rd)
-	// The MsgSnap only tells the follower to fetch the snapshot; raft may
-	// go back to probing it at once. Until it has installed the snapshot it
-	// rejects appends, and raft offers the snapshot again; the follower
-	// ignores offers while a fetch runs.
-	for _, to := range snapsSent {
-		n.rn.ReportSnapshot(to, raft.SnapshotFinish)
-	}
 	return nil
 }
 
-// persist writes one Ready's HardState and entries as WAL batches, each
-// made durable before the next is written.
-func (n *Node) persist(hs raftpb.HardState, ents []raftpb.Entry) error {
-	var recs []logstore.Record
-	var pending []walMark
-	size := 0
-	flush := func() error {
-		if len(recs) == 0 {
-			return nil
-		}
-		t0 := time.Now()
-		first, batch, err := n.wal.AppendBatch(recs, !n.cfg.Rocket)
-		if err != nil {
-			return fmt.Errorf("replication: persist: %w", err)
-		}
-		n.timings.recordFsync(time.Since(t0).Microseconds(), len(n.unpersisted))
-		for i := range pending {
-			pending[i].batch = batch
-			pending[i].walOffset += first
-		}
-		n.addMarks(pending)
-		if !n.cfg.Rocket {
-			n.setLastSynced(batch)
-		}
-		n.walSinceCkpt += int64(size)
-		recs, pending, size = recs[:0], pending[:0], 0
-		return nil
+// appendSnapshot installs the snapshot an append carries, on the loop,
+// once every earlier append is written, then writes the append's entries
+// and HardState and delivers its responses.
+func (n *Node) appendSnapshot(m raftpb.Message) error {
+	n.drainAppends()
+	if err := n.Fault(); err != nil {
+		return err
 	}
-	n.marshalBuf = n.marshalBuf[:0]
-	for i := range ents {
-		// Marshalled into one reused buffer: recs point into it until the
-		// batch is written, and appends never move what is already there
-		// (a full buffer is replaced, not grown).
-		sz := ents[i].Size()
-		if cap(n.marshalBuf)-len(n.marshalBuf) < sz {
-			n.marshalBuf = make([]byte, 0, max(sz, min(2*cap(n.marshalBuf), marshalBufKeepBytes)))
-		}
-		start := len(n.marshalBuf)
-		n.marshalBuf = n.marshalBuf[:start+sz]
-		b := n.marshalBuf[start : start+sz : start+sz]
-		if _, err := ents[i].MarshalToSizedBuffer(b); err != nil {
-			return err
-		}
-		if size+len(b) > n.walBatchBytes() && len(recs) > 0 {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-		pending = append(pending, walMark{index: ents[i].Index, walOffset: uint64(len(recs))})
-		recs = append(recs, logstore.Record{Type: logstore.RecordRaftEntry, Payload: b})
-		size += len(b)
+	if err := n.installSnapshot(*m.Snapshot, hardStateOf(&m)); err != nil {
+		return err
 	}
-	// The HardState goes last, in the same batch as the last entries: if a
-	// Ready is split over several batches and a crash cuts it short, the
-	// commit index never points past the entries that reached the disk.
-	if !raft.IsEmptyHardState(hs) {
-		b, err := hs.Marshal()
-		if err != nil {
-			return err
-		}
-		recs = append(recs, logstore.Record{Type: logstore.RecordRaftState, Payload: b})
-		size += len(b)
-	}
-	err := flush()
-	if cap(n.marshalBuf) > marshalBufKeepBytes {
-		n.marshalBuf = nil // an occasional huge Ready does not stay resident
-	}
-	return err
+	n.walConfirmed = n.wal.NextOffset()
+	n.lastLogIndex = m.Snapshot.Metadata.Index
+	m.Snapshot = nil
+	n.appendNow(n.newAppendJob(m))
+	return nil
 }
 
 // marshalBufKeepBytes is the largest entry-marshalling buffer the loop

@@ -32,7 +32,10 @@ func (n *Node) startStateCheckpoint(wait bool) {
 	}
 	start := time.Now()
 	applied, _ := n.store.Applied()
-	replayFrom := n.wal.NextOffset()
+	// Appends may be in flight on the appender: they go after walConfirmed,
+	// and the HardState saved is the one written (raft's may be newer and
+	// not on disk yet; a newer one written later is replayed after it).
+	replayFrom := n.walConfirmed
 	keep := len(n.marks)
 	for i, m := range n.marks {
 		if m.index > applied {
@@ -41,7 +44,9 @@ func (n *Node) startStateCheckpoint(wait bool) {
 		}
 	}
 	compactTo := n.compactionIndex(applied)
-	st := replicationState{replayFrom: replayFrom, hardState: n.rn.BasicStatus().HardState, confState: n.confState,
+	hs := n.prevHS
+	hs.Commit = max(hs.Commit, applied)
+	st := replicationState{replayFrom: replayFrom, hardState: hs, confState: n.confState,
 		members: n.membersList(), confIndex: n.confIndex}
 	capture := n.store.Capture(st.encode())
 	n.marks = append(n.marks[:0], n.marks[keep:]...)
