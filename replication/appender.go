@@ -113,10 +113,14 @@ func (n *Node) newAppendJob(m raftpb.Message) *appendJob {
 // delivers its responses at once.
 func (n *Node) submitAppend(m raftpb.Message) {
 	j := n.newAppendJob(m)
-	if n.appendQ == nil || n.appendInflight == 0 && len(m.Entries) == 0 && !j.writeHS {
-		// Nothing to write (a commit index moved) and nothing before it
-		// in flight: its responses are due now. A round trip through the
-		// appender would hold the leader's next proposals for nothing.
+	if n.appendQ == nil || n.appendInflight == 0 && (len(m.Entries) == 0 && !j.writeHS || n.alone()) {
+		// Written here, now: without an appender (the deterministic
+		// harness drives the loop by hand); when there is nothing to write
+		// (a commit index moved) and nothing before it in flight, so its
+		// responses are due now; and on a member with nobody to hear from
+		// while it syncs, where the two hand-overs between goroutines cost
+		// a single node 15% of its produces (36.4K/35.6K against 43.0K/41.8K
+		// req/s, keel bench produce-64, alternated).
 		n.appendNow(j)
 		return
 	}
@@ -125,6 +129,14 @@ func (n *Node) submitAppend(m raftpb.Message) {
 	}
 	n.appendInflight++
 	n.appendQ <- j
+}
+
+// alone reports whether this member is the group's only member: no
+// acknowledgement can arrive while its own write runs.
+func (n *Node) alone() bool {
+	cs := &n.confState
+	return !n.appendAloneAsync && len(cs.Voters) == 1 && cs.Voters[0] == n.cfg.ID && len(cs.Learners) == 0 &&
+		len(cs.VotersOutgoing) == 0 && len(cs.LearnersNext) == 0
 }
 
 // appendNow writes j on the loop and delivers its responses.

@@ -299,6 +299,7 @@ func (h *harness) holdAppends() {
 	h.n.appendDone = make(chan []*appendJob, appendInflightMax)
 	h.n.appenderExited = make(chan struct{})
 	close(h.n.appenderExited) // there is no goroutine to wait for
+	h.n.appendAloneAsync = true
 }
 
 // writeHeld writes every job handed over so far, as the appender would,

@@ -218,6 +218,7 @@ type Node struct {
 
 	started             bool       // Start was called
 	skipFinalCheckpoint bool       // tests: stop as a crash would, without a checkpoint
+	appendAloneAsync    bool       // tests: a lone member's appends go through the appender too
 	ckptDone            chan error // a background checkpoint's result, for the loop
 
 	// The appender goroutine (appender.go); nil until Start, and then the

@@ -24,6 +24,13 @@ type testNode struct {
 
 func openNode(t *testing.T, dir string, cfg Config) testNode {
 	t.Helper()
+	return openNodeWith(t, dir, cfg, false)
+}
+
+// openNodeWith opens a node; with appenderAlone, its appends go through
+// the appender goroutine although it is alone (as a cluster member's do).
+func openNodeWith(t *testing.T, dir string, cfg Config, appenderAlone bool) testNode {
+	t.Helper()
 	io, err := ring.OpenKind(ring.KindSyscall)
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +45,7 @@ func openNode(t *testing.T, dir string, cfg Config) testNode {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
+	n.appendAloneAsync = appenderAlone
 	n.Start()
 	waitReady(t, n)
 	return testNode{n: n, store: store}
@@ -129,7 +137,13 @@ func readValues(t *testing.T, s *engine.Store, topic string) []string {
 // TestNodeConcurrentProduce: concurrent proposals all apply, durable, with
 // dense distinct offsets, and share fsyncs.
 func TestNodeConcurrentProduce(t *testing.T) {
-	tn := openNode(t, t.TempDir(), Config{})
+	for _, appender := range []bool{false, true} {
+		t.Run(fmt.Sprintf("appender=%v", appender), func(t *testing.T) { testNodeConcurrentProduce(t, appender) })
+	}
+}
+
+func testNodeConcurrentProduce(t *testing.T, appender bool) {
+	tn := openNodeWith(t, t.TempDir(), Config{}, appender)
 	defer tn.close(t)
 	const writers, each = 16, 50
 	var mu sync.Mutex
@@ -179,19 +193,22 @@ func TestNodeConcurrentProduce(t *testing.T) {
 // offsets continuing.
 func TestNodeRecoversFromWAL(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		cfg  Config
+		name     string
+		cfg      Config
+		appender bool // through the appender goroutine, as a cluster member
 	}{
-		{"no checkpoint", Config{CheckpointBytes: 1 << 40}},
-		{"checkpoint every 2000 bytes", Config{CheckpointBytes: 2000}},
+		{"no checkpoint", Config{CheckpointBytes: 1 << 40}, false},
+		{"checkpoint every 2000 bytes", Config{CheckpointBytes: 2000}, false},
+		{"checkpoint every 2000 bytes, appender", Config{CheckpointBytes: 2000}, true},
 		// Small WAL segments: checkpoints drop (rename, shrink, unlink)
 		// sealed segments while writes go on.
-		{"small WAL segments", Config{CheckpointBytes: 2000, WALSegmentBytes: 8 << 10, EntryBytesMax: 4 << 10}},
+		{"small WAL segments", Config{CheckpointBytes: 2000, WALSegmentBytes: 8 << 10, EntryBytesMax: 4 << 10}, false},
+		{"small WAL segments, appender", Config{CheckpointBytes: 2000, WALSegmentBytes: 8 << 10, EntryBytesMax: 4 << 10}, true},
 	} {
 		cfg := tc.cfg
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tn := openNode(t, dir, cfg)
+			tn := openNodeWith(t, dir, cfg, tc.appender)
 			var want []string
 			for i := 0; i < 200; i++ {
 				v := fmt.Sprintf("v%d", i)

@@ -61,8 +61,13 @@ func (e *FaultError) Unwrap() error { return e.Err }
 // produce-64 (100 connections, 2026-11-22) the syscall backend answered
 // 77.3K/71.2K/69.9K durable produces/s against io_uring's 69.2K/60.6K/62.2K,
 // and at 33,000/s its server p99 was 0.95/0.82 ms against 1.45/1.00 ms.
-// io_uring earns its place once writes are submitted without waiting
-// (pipelined group commits); until then it is opt-in.
+// Measured again once a cluster's WAL writes ran on their own goroutine,
+// overlapping the followers' and the stepping of their acknowledgements
+// (2026-11-30, alternated, 8 s each, 100 connections): 3 nodes, syscall
+// 24,153/25,645 req/s against io_uring's 21,096/21,726; 1 node, syscall
+// 42,456/38,573 against 34,474/38,302. Each WAL still writes one batch at
+// a time (the next waits for the fdatasync of the last: the batch it then
+// writes is larger), so io_uring has nothing to overlap; it is opt-in.
 const DefaultKind = KindSyscall
 
 // Open returns the backend named by KEEL_IO_BACKEND, or DefaultKind when
