@@ -18,19 +18,20 @@ import (
 // (from a seeded rand). Nothing runs on its own: no goroutine, no tick, no
 // sleep. Time passes when the test ticks.
 type testCluster struct {
-	t       *testing.T
-	members map[uint64]*harness
-	ids     []uint64
-	inbox   []inFlight         // sent, not yet delivered
-	cut     map[[2]uint64]bool // directed links that drop what they carry
-	down    map[uint64]bool    // members stopped (their messages are dropped)
-	dirs    map[uint64]string
-	faults  netFaults
-	config  []Member // names and priorities given to every member (none: ids only)
-	concern int      // Config.WriteConcern of every member
-	rng     *rand.Rand
-	round   int // delivery rounds so far
-	stats   netStats
+	t        *testing.T
+	members  map[uint64]*harness
+	ids      []uint64
+	inbox    []inFlight         // sent, not yet delivered
+	cut      map[[2]uint64]bool // directed links that drop what they carry
+	down     map[uint64]bool    // members stopped (their messages are dropped)
+	dirs     map[uint64]string
+	faults   netFaults
+	config   []Member // names and priorities given to every member (none: ids only)
+	concern  int      // Config.WriteConcern of every member
+	bootLead uint64   // the member started with Config.BootstrapLeader (0: none)
+	rng      *rand.Rand
+	round    int // delivery rounds so far
+	stats    netStats
 }
 
 // inFlight is a message on the network, due at a delivery round.
@@ -61,9 +62,14 @@ func newTestClusterPrio(t *testing.T, n int, prio []int) *testCluster {
 
 // newTestClusterPrioConcern also sets every member's write concern.
 func newTestClusterPrioConcern(t *testing.T, n int, prio []int, concern int) *testCluster {
+	return newTestClusterWith(t, n, prio, concern, 0)
+}
+
+// newTestClusterWith also names the member that bootstraps as leader.
+func newTestClusterWith(t *testing.T, n int, prio []int, concern int, bootLead uint64) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, members: map[uint64]*harness{}, cut: map[[2]uint64]bool{}, down: map[uint64]bool{}, dirs: map[uint64]string{},
-		rng: rand.New(rand.NewPCG(1, uint64(n))), concern: concern}
+		rng: rand.New(rand.NewPCG(1, uint64(n))), concern: concern, bootLead: bootLead}
 	for i := 1; i <= n; i++ {
 		c.ids = append(c.ids, uint64(i))
 		m := Member{ID: uint64(i), Name: fmt.Sprintf("n%d", i)}
@@ -82,7 +88,8 @@ func newTestClusterPrioConcern(t *testing.T, n int, prio []int, concern int) *te
 
 // start opens member id on its directory (fresh, or as it was left).
 func (c *testCluster) start(id uint64) {
-	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Members: c.config, Send: c.send, WriteConcern: c.concern}, nil)
+	c.members[id] = newHarness(c.t, c.dirs[id], Config{ID: id, Peers: c.ids, Members: c.config, Send: c.send, WriteConcern: c.concern,
+		BootstrapLeader: id == c.bootLead}, nil)
 	c.down[id] = false
 }
 
@@ -335,4 +342,31 @@ func TestGroupConfigRefused(t *testing.T) {
 			t.Errorf("%s: %v", c.name, err)
 		}
 	}
+}
+
+// TestBootstrapLeaderCampaignsAgain: the member asked to lead a new group
+// campaigns at its first start; when that campaign is lost (its peers were
+// not listening yet), it campaigns again two ticks later, and leads before
+// any other member's election timeout (10 ticks) makes that one leader
+// (whom priority would make hand leadership back, seconds later).
+func TestBootstrapLeaderCampaignsAgain(t *testing.T) {
+	c := newTestClusterWith(t, 3, nil, 0, 1)
+	if len(c.inbox) == 0 {
+		t.Fatal("the bootstrap leader sent no pre-vote at start")
+	}
+	c.inbox = nil // lost
+	for tick := 1; tick <= 4; tick++ {
+		c.tickAll()
+		c.stabilize()
+		for _, id := range c.ids {
+			if c.members[id].n.Status().Role != "leader" {
+				continue
+			}
+			if id != 1 {
+				t.Fatalf("member %d leads after %d ticks, want the bootstrap leader 1", id, tick)
+			}
+			return
+		}
+	}
+	t.Fatal("no leader 4 ticks after the bootstrap leader's campaign was lost")
 }

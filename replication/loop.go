@@ -146,6 +146,7 @@ func (n *Node) turn(ev loopEvent) {
 		if n.Fault() == nil {
 			n.rn.Tick()
 			n.campaign()
+			n.bootstrapCampaign()
 			n.refreshProgress()
 			n.confDropped(0, true) // a change nobody waits for any more
 		}
@@ -245,6 +246,29 @@ func (n *Node) campaign() {
 		_ = n.rn.Campaign()
 	}
 }
+
+// bootstrapCampaign campaigns again, every other tick, while the node asked
+// to lead a new group (BootstrapLeader, first start) knows no leader: its
+// first campaign, at start, is lost when its peers are not listening yet,
+// and another node's election timeout would then make that one leader, to
+// be handed back (priority) only seconds later, under load. Pre-votes do
+// not raise the term: nothing is disrupted. Bounded by bootstrapTicksMax.
+func (n *Node) bootstrapCampaign() {
+	if !n.cfg.BootstrapLeader || !n.fresh || n.bootstrapTicks >= bootstrapTicksMax {
+		return
+	}
+	st := n.rn.BasicStatus()
+	if st.Lead != raft.None {
+		n.bootstrapTicks = bootstrapTicksMax // a leader is known: done for good
+		return
+	}
+	if n.bootstrapTicks++; n.bootstrapTicks%2 == 0 && st.RaftState != raft.StateCandidate {
+		_ = n.rn.Campaign()
+	}
+}
+
+// bootstrapTicksMax bounds the ticks bootstrapCampaign runs for.
+const bootstrapTicksMax = 100
 
 // drainAndStop proposes what is queued, runs until it is applied (bounded
 // by closeDrainMax), checkpoints and returns.

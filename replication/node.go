@@ -260,6 +260,7 @@ type loopState struct {
 	lastCkpt        time.Time
 	startupCommit   uint64 // the commit index found at open: serving once applied
 	campaignedTerm  uint64
+	bootstrapTicks  int             // ticks bootstrapCampaign has seen
 	results         []engine.Result // reused per entry
 	marshalBuf      []byte          // the loop's reusable entry-marshalling buffer (appends written on the loop)
 	logSizes        []entrySize     // index and size of the entries in raft's log (groups: what compaction keeps)
