@@ -16,7 +16,7 @@ FUZZTIME ?= 300000x
 # Packages with goroutines of their own: tested again under the race detector.
 RACE_PKGS := ./ring/... ./engine/... ./replication/... ./httpfront/... ./netio/... ./bench/...
 
-.PHONY: all build run test vet fmt-check race fuzz bench bench-engine cross clean
+.PHONY: all build run test vet fmt-check race fuzz bench bench-engine bench-cluster cross clean
 
 all: build
 
@@ -63,6 +63,19 @@ BENCH_OUT ?= bench/results/latest
 bench: bench-engine build
 	mkdir -p $(dir $(BENCH_OUT))
 	./$(BIN) bench --duration 10s --connections 100 --rate-fraction 0.5 --restart-messages 1000000,8000000 --out $(BENCH_OUT)
+
+# The cluster against NATS JetStream R3 with fsync on every write, in one
+# run: keel bench --cluster 3 (a single node, then 3 local nodes; closed
+# loop and at half rate; a follower catching up 8M messages, killed and
+# then wiped), then the same load shape against a 3-node JetStream cluster
+# (bench/competitors/nats, a module of its own). nats-server is built from
+# the Go module proxy into bin/. Several minutes.
+NATS_VERSION ?= v2.14.9
+bench-cluster: build
+	GOBIN=$(CURDIR)/bin GOFLAGS= $(GO) install github.com/nats-io/nats-server/v2@$(NATS_VERSION)
+	mkdir -p $(dir $(BENCH_OUT))
+	./$(BIN) bench --duration 10s --connections 100 --rate-fraction 0.5 --noop=false --cluster 3 --catchup-messages 8000000 --out $(BENCH_OUT)-cluster produce-64
+	cd bench/competitors/nats && GOFLAGS= $(GO) run . --nats-server $(CURDIR)/bin/nats-server --nodes 3 --connections 100 --duration 10s
 
 cross:
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags='-checklinkname=0 -s -w' -o bin/keel-linux-arm64 ./cmd/keel
