@@ -74,7 +74,7 @@ NATS_VERSION ?= v2.14.9
 bench-cluster: build
 	GOBIN=$(CURDIR)/bin GOFLAGS= $(GO) install github.com/nats-io/nats-server/v2@$(NATS_VERSION)
 	mkdir -p $(dir $(BENCH_OUT))
-	./$(BIN) bench --duration 10s --connections 100 --rate-fraction 0.5 --noop=false --cluster 3 --catchup-messages 8000000 --out $(BENCH_OUT)-cluster produce-64
+	./$(BIN) bench --duration 10s --connections 100 --rate-fraction 0.5 --noop=false --cluster 3 --catchup-messages 8000000 --out $(BENCH_OUT) produce-64
 	cd bench/competitors/nats && GOFLAGS= $(GO) run . --nats-server $(CURDIR)/bin/nats-server --nodes 3 --connections 100 --duration 10s
 
 cross:
