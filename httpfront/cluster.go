@@ -2,6 +2,7 @@ package httpfront
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"strconv"
@@ -333,6 +334,8 @@ func (s *Server) membershipError(ctx *fasthttp.RequestCtx, err error) *apiError 
 		return &apiError{status: 503, code: "commit_timeout", message: "the change was not applied before the timeout; it may still be (GET /ha/membership)", retryAfter: 1}
 	case errors.Is(err, replication.ErrUnknownMember):
 		return &apiError{status: 404, code: "unknown_member", message: "no member has that node_id"}
+	case errors.Is(err, replication.ErrClusterFull):
+		return &apiError{status: 409, code: "cluster_full", message: fmt.Sprintf("a cluster has at most %d members (voters and learners): remove one first", replication.MembersMax)}
 	case errors.Is(err, replication.ErrMemberExists):
 		return &apiError{status: 409, code: "member_exists", message: "a member with that node_id exists"}
 	case errors.Is(err, replication.ErrNotLearner):

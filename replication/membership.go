@@ -31,6 +31,7 @@ var (
 	ErrLastVoter        = errors.New("replication: the last voter cannot be removed")
 	ErrLearnerBehind    = errors.New("replication: the learner has not caught up yet")
 	ErrConcernTooHigh   = errors.New("replication: removing this voter leaves fewer voters than the write concern")
+	ErrClusterFull      = fmt.Errorf("replication: a cluster has at most %d members", MembersMax)
 )
 
 // promoteLagMax is how far (entries) a learner may be behind the commit
@@ -112,6 +113,12 @@ func (n *Node) changeMembership(req confReq, deadline time.Time) (uint64, error)
 	}
 }
 
+// MembersMax is the most members (voters and learners) AddLearner lets a
+// cluster have: Keel's clusters are of 1 to 7 nodes. A member that rejoins
+// under a new id (it lost its data) is added beside its old identity for
+// the time of its catch-up, so a cluster of 7 can hold 8 then.
+const MembersMax = 7
+
 // proposeConf proposes a membership change, on the loop.
 func (n *Node) proposeConf(req *confReq) {
 	fail := func(err error) { req.done <- confResult{err: err} }
@@ -139,6 +146,10 @@ func (n *Node) proposeConf(req *confReq) {
 		ctx.Member = &m
 		cc.Changes = []raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeAddLearnerNode, NodeID: m.ID}}
 	case confAdd:
+		if len(n.confState.Voters)+len(n.confState.Learners) >= MembersMax {
+			fail(ErrClusterFull)
+			return
+		}
 		if known || slices.Contains(n.confState.Voters, req.member.ID) || slices.Contains(n.confState.Learners, req.member.ID) {
 			fail(ErrMemberExists)
 			return
