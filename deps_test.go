@@ -13,7 +13,7 @@ import (
 // allowedImports is the dependency direction of design.md:
 // cmd → httpfront → replication → engine → ring, with netio a leaf used by
 // httpfront and replication, invariant a leaf every layer may assert with,
-// and bench speaking only HTTP.
+// and bench and chaos speaking only HTTP.
 var allowedImports = map[string][]string{
 	"cmd/keel":           {"httpfront", "replication", "engine", "ring", "netio", "bench", "invariant"},
 	"httpfront":          {"replication", "engine", "netio", "ring", "invariant"},
@@ -26,6 +26,7 @@ var allowedImports = map[string][]string{
 	"ring":               {"invariant"},
 	"netio":              {},
 	"bench":              {},
+	"chaos":              {}, // the chaos suite: starts keel processes, speaks HTTP to them
 	"invariant":          {},
 }
 
