@@ -1,0 +1,309 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// node is one keel process of the cluster.
+type node struct {
+	name     string
+	raftPort int // its own raft listener; HTTP on raftPort+1
+	data     string
+	spec     string // its RF_HA_NODES: peers at the proxies of its links to them
+	logPath  string
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	paused   bool
+}
+
+func (n *node) url() string { return fmt.Sprintf("http://127.0.0.1:%d", n.raftPort+1) }
+
+func (n *node) running() bool {
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// cluster is n keel processes on loopback with a cuttable proxy on every
+// directed raft link (i dials j through links[{i,j}]). Clients talk to
+// each node's own HTTP port.
+type cluster struct {
+	bin     string
+	nodes   []*node
+	links   map[[2]int]*linkProxy
+	forward []*linkProxy // HTTP forwarders beside each link proxy (never cut): redirects name a peer's proxy port + 1
+}
+
+// freePortPair finds p with p and p+1 free on 127.0.0.1, below the
+// ephemeral range (a restarted node must get its port back).
+func freePortPair(used map[int]bool) (int, error) {
+	for p := 20000 + os.Getpid()%5000*2; p < 31000; p += 2 {
+		if used[p] || used[p+1] {
+			continue
+		}
+		a, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		b, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
+		a.Close()
+		if err != nil {
+			continue
+		}
+		b.Close()
+		used[p], used[p+1] = true, true
+		return p, nil
+	}
+	return 0, errors.New("chaos: no free port pair below 31000")
+}
+
+// startCluster starts n nodes (node1 bootstraps as leader; priorities
+// fall from node1), data and logs under dir.
+func startCluster(bin, dir string, n int) (*cluster, error) {
+	c := &cluster{bin: bin, links: map[[2]int]*linkProxy{}}
+	used := map[int]bool{}
+	for i := range n {
+		p, err := freePortPair(used)
+		if err != nil {
+			return nil, err
+		}
+		name := fmt.Sprintf("node%d", i+1)
+		c.nodes = append(c.nodes, &node{name: name, raftPort: p, data: filepath.Join(dir, name), logPath: filepath.Join(dir, name+".log")})
+	}
+	for i, nd := range c.nodes {
+		var spec []string
+		for j, peer := range c.nodes {
+			port := peer.raftPort
+			if i != j {
+				var err error
+				if port, err = freePortPair(used); err != nil {
+					c.stop()
+					return nil, err
+				}
+				lp, err := newLinkProxy(fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", peer.raftPort))
+				if err != nil {
+					c.stop()
+					return nil, err
+				}
+				c.links[[2]int{i, j}] = lp
+				fw, err := newLinkProxy(fmt.Sprintf("127.0.0.1:%d", port+1), fmt.Sprintf("127.0.0.1:%d", peer.raftPort+1))
+				if err != nil {
+					c.stop()
+					return nil, err
+				}
+				c.forward = append(c.forward, fw)
+			}
+			spec = append(spec, fmt.Sprintf("%s:127.0.0.1:%d:%d", peer.name, port, 100-10*j))
+		}
+		nd.spec = strings.Join(spec, ",")
+	}
+	for i := range c.nodes {
+		if err := c.start(i); err != nil {
+			c.stop()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// start runs node i (again) on its data directory, configured as Ayder's
+// scripts configure a member; its log is appended to.
+func (c *cluster) start(i int) error {
+	nd := c.nodes[i]
+	logf, err := os.OpenFile(nd.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.bin, "serve", "--data", nd.data, "--log-level", "info", "--checkpoint-bytes", "4194304")
+	cmd.Env = append(os.Environ(), "RF_HA_ENABLED=1", "RF_HA_NODE_ID="+nd.name, "RF_HA_NODES="+nd.spec)
+	if i == 0 {
+		cmd.Env = append(cmd.Env, "RF_HA_BOOTSTRAP_LEADER=1")
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlives the suite
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("chaos: start %s: %w", nd.name, err)
+	}
+	nd.cmd, nd.exited, nd.paused = cmd, make(chan struct{}), false
+	go func(exited chan struct{}) {
+		cmd.Wait()
+		logf.Close()
+		close(exited)
+	}(nd.exited)
+	return nil
+}
+
+// kill sends SIGKILL to node i and waits for it to exit.
+func (c *cluster) kill(i int) {
+	nd := c.nodes[i]
+	if !nd.running() {
+		return
+	}
+	nd.cmd.Process.Signal(syscall.SIGKILL)
+	<-nd.exited
+	nd.paused = false
+}
+
+// pause stops (SIGSTOP) or resumes (SIGCONT) node i.
+func (c *cluster) pause(i int, stop bool) {
+	nd := c.nodes[i]
+	if !nd.running() {
+		return
+	}
+	sig := syscall.SIGCONT
+	if stop {
+		sig = syscall.SIGSTOP
+	}
+	nd.cmd.Process.Signal(sig)
+	nd.paused = stop
+}
+
+// cut cuts (or heals) the links between every node of a and every node of b,
+// both directions.
+func (c *cluster) cut(a, b []int, cut bool) {
+	for _, x := range a {
+		for _, y := range b {
+			if lp := c.links[[2]int{x, y}]; lp != nil {
+				lp.setCut(cut)
+			}
+			if lp := c.links[[2]int{y, x}]; lp != nil {
+				lp.setCut(cut)
+			}
+		}
+	}
+}
+
+// healAll heals every link, resumes paused nodes and starts stopped ones.
+func (c *cluster) healAll() error {
+	for _, lp := range c.links {
+		lp.setCut(false)
+	}
+	for i, nd := range c.nodes {
+		if nd.paused {
+			c.pause(i, false)
+		}
+		if !nd.running() {
+			if err := c.start(i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// stop kills every node and closes the proxies.
+func (c *cluster) stop() {
+	for i := range c.nodes {
+		if c.nodes[i].paused {
+			c.pause(i, false)
+		}
+		c.kill(i)
+	}
+	for _, lp := range c.links {
+		lp.close()
+	}
+	for _, fw := range c.forward {
+		fw.close()
+	}
+}
+
+var httpc = &http.Client{
+	Timeout:       5 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second},
+}
+
+// token is the bearer token a node with no tokens configured accepts.
+const token = "dev"
+
+// do sends one request with the token.
+func do(method, u string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	return httpc.Do(req)
+}
+
+// haNumber reads one unlabeled line of node i's /metrics_ha.
+func (c *cluster) haNumber(ctx context.Context, i int, name string) (int64, error) {
+	req, _ := http.NewRequestWithContext(ctx, "GET", c.nodes[i].url()+"/metrics_ha", nil)
+	resp, err := httpc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("chaos: %s has no %s", c.nodes[i].name, name)
+}
+
+// leader returns the running, unpaused node that reports itself leader
+// (-1 when none does).
+func (c *cluster) leader(ctx context.Context) int {
+	for i, nd := range c.nodes {
+		if !nd.running() || nd.paused {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		role, err := c.haNumber(cctx, i, "ramforge_ha_role")
+		cancel()
+		if err == nil && role == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// settle waits until every node is ready and has applied the leader's
+// commit index, bounded by within.
+func (c *cluster) settle(ctx context.Context, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if l := c.leader(ctx); l >= 0 {
+			commit, err := c.haNumber(ctx, l, "ramforge_ha_commit_index")
+			if err == nil {
+				all := true
+				for i := range c.nodes {
+					applied, err := c.haNumber(ctx, i, "ramforge_ha_applied_index")
+					if err != nil || applied < commit {
+						all = false
+						break
+					}
+				}
+				if all {
+					return nil
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("chaos: the cluster did not settle within %s (every node applying the leader's commit index)", within)
+}
