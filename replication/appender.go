@@ -8,6 +8,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 
 	"keel/engine/logstore"
+	"keel/engine/record"
 )
 
 // Log appends run off the loop, on the appender goroutine: etcd raft's
@@ -69,6 +70,7 @@ func (n *Node) startAppender() {
 func (n *Node) appender() {
 	defer close(n.appenderExited)
 	var buf []byte
+	var failed error // once a group failed, no later one is written: the WAL would have a hole
 	for j := range n.appendQ {
 		jobs := []*appendJob{j}
 	more:
@@ -83,7 +85,14 @@ func (n *Node) appender() {
 				break more
 			}
 		}
-		n.writeJobs(jobs, &buf)
+		if failed == nil {
+			n.writeJobs(jobs, &buf)
+			failed = jobs[0].err
+		} else {
+			for _, j := range jobs {
+				j.err = failed
+			}
+		}
 		n.appendDone <- jobs // never blocks: its capacity is the bound on jobs in flight
 	}
 }
@@ -212,12 +221,15 @@ func (n *Node) writeJobs(jobs []*appendJob, buf *[]byte) {
 			if _, merr := ents[i].MarshalToSizedBuffer(b); merr != nil && err == nil {
 				err = merr
 			}
-			if size+len(b) > n.walBatchBytes() && len(recs) > 0 {
+			// Counted as on disk, headers and padding included: the log
+			// refuses a batch past its limit by that count (a group of many
+			// small entries is far larger than its payloads).
+			if size+record.FrameBytes(len(b)) > n.walBatchBytes() && len(recs) > 0 {
 				flush()
 			}
 			pending = append(pending, pendingMark{job: j, mark: walMark{index: ents[i].Index, walOffset: uint64(len(recs))}})
 			recs = append(recs, logstore.Record{Type: logstore.RecordRaftEntry, Payload: b})
-			size += len(b)
+			size += record.FrameBytes(len(b))
 			j.bytes += int64(len(b))
 			wrote = true
 		}
@@ -231,7 +243,7 @@ func (n *Node) writeJobs(jobs []*appendJob, buf *[]byte) {
 				err = merr
 			}
 			recs = append(recs, logstore.Record{Type: logstore.RecordRaftState, Payload: b})
-			size += len(b)
+			size += record.FrameBytes(len(b))
 			j.bytes += int64(len(b))
 			wrote = true
 		}
@@ -289,6 +301,9 @@ func (n *Node) finishAppend(j *appendJob) error {
 	}
 	if err := n.storage.Append(j.msg.Entries); err != nil {
 		return err
+	}
+	if len(j.msg.Entries) > 0 {
+		n.lastStableIndex = j.msg.Entries[len(j.msg.Entries)-1].Index
 	}
 	n.trackLogSizes(j.msg.Entries)
 	if len(j.waiters) > 0 {

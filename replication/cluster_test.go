@@ -370,3 +370,34 @@ func TestBootstrapLeaderCampaignsAgain(t *testing.T) {
 	}
 	t.Fatal("no leader 4 ticks after the bootstrap leader's campaign was lost")
 }
+
+// TestFollowerReadyWithAppendInFlight: a follower whose append is still
+// being written learns that the entry is committed (the leader had it
+// acknowledged by the other follower) before it can apply it; it is not
+// behind, and stays ready. Once its write is back it applies the entry.
+// Its acknowledgement goes out only after the write.
+func TestFollowerReadyWithAppendInFlight(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.campaign(1)
+	c.members[3].holdAppends()
+	w := c.members[1].propose(produceCmd("t", "", "v"))
+	c.stabilize()
+	if out, err := c.members[1].answer(w); err != nil || out.Err != nil {
+		t.Fatalf("produce: %+v %v", out, err)
+	}
+	st := c.members[3].n.Status()
+	if st.Commit <= st.Applied {
+		t.Fatalf("member 3: commit %d, applied %d: want the commit index ahead while its write is held", st.Commit, st.Applied)
+	}
+	if !st.Ready {
+		t.Fatalf("member 3 not ready with its own write in flight: %+v", st)
+	}
+	if match := c.members[1].n.rn.Status().Progress[3].Match; match >= st.Commit {
+		t.Fatalf("member 3 acknowledged index %d before its write was done", match)
+	}
+	c.members[3].deliver(c.members[3].writeHeld())
+	c.stabilize()
+	if st := c.members[3].n.Status(); st.Applied < st.Commit || !st.Ready {
+		t.Fatalf("member 3 after its write: %+v", st)
+	}
+}

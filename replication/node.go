@@ -253,6 +253,7 @@ type loopState struct {
 	walConfirmed    uint64           // the WAL's next offset after the last append taken back: later appends go after it
 	appendInflight  int              // jobs handed to the appender and not taken back
 	lastLogIndex    uint64           // index of the last entry handed to the appender: the end of raft's log once every Ready is handled
+	lastStableIndex uint64           // index of the last entry written (taken back from the appender)
 	confState       raftpb.ConfState
 	marks           []walMark // where each unapplied entry went in the WAL, by index
 	unpersisted     []*waiter // proposed, waiting to be handed to the appender
@@ -436,6 +437,7 @@ func (n *Node) restore() error {
 	n.prevHS, n.submittedHS, n.marks, n.startupCommit = hs, hs, r.marks, hs.Commit
 	n.walConfirmed = n.wal.NextOffset()
 	n.lastLogIndex, _ = n.storage.LastIndex()
+	n.lastStableIndex = n.lastLogIndex
 	n.setLastSynced(n.wal.LastBatch())
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        n.cfg.ID,

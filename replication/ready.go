@@ -79,7 +79,7 @@ func (n *Node) appendSnapshot(m raftpb.Message) error {
 		return err
 	}
 	n.walConfirmed = n.wal.NextOffset()
-	n.lastLogIndex = m.Snapshot.Metadata.Index
+	n.lastLogIndex, n.lastStableIndex = m.Snapshot.Metadata.Index, m.Snapshot.Metadata.Index
 	m.Snapshot = nil
 	n.appendNow(n.newAppendJob(m))
 	return nil

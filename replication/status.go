@@ -35,10 +35,13 @@ func (n *Node) publishStatus() {
 	}
 	// Caught up: a single voter once it leads with what it had committed
 	// applied; a member of a group once it knows a leader (or leads) and
-	// has applied everything committed that it knows of.
+	// has applied everything committed that it knows of and has written
+	// (with writes in flight, raft's commit index runs ahead of the
+	// entries on this node's disk, which it cannot apply yet: a healthy
+	// node under load is not behind).
 	caughtUp := bs.RaftState == raft.StateLeader && applied >= n.startupCommit
 	if n.HA() {
-		caughtUp = bs.Lead != raft.None && applied >= max(n.startupCommit, bs.Commit)
+		caughtUp = bs.Lead != raft.None && applied >= max(n.startupCommit, min(bs.Commit, n.lastStableIndex))
 	}
 	first := caughtUp && !n.serving && n.Fault() == nil // a faulted node never starts serving
 	if first {
