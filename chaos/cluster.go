@@ -48,8 +48,8 @@ func (n *node) running() bool {
 type cluster struct {
 	bin     string
 	nodes   []*node
-	links   map[[2]int]*linkProxy
-	forward []*linkProxy // HTTP forwarders beside each link proxy (never cut): redirects name a peer's proxy port + 1
+	links   map[[2]int]*LinkProxy
+	forward []*LinkProxy // HTTP forwarders beside each link proxy (never cut): redirects name a peer's proxy port + 1
 }
 
 // freePortPair finds p with p and p+1 free on 127.0.0.1, below the
@@ -78,7 +78,7 @@ func freePortPair(used map[int]bool) (int, error) {
 // startCluster starts n nodes (node1 bootstraps as leader; priorities
 // fall from node1), data and logs under dir.
 func startCluster(bin, dir string, n int) (*cluster, error) {
-	c := &cluster{bin: bin, links: map[[2]int]*linkProxy{}}
+	c := &cluster{bin: bin, links: map[[2]int]*LinkProxy{}}
 	used := map[int]bool{}
 	for i := range n {
 		p, err := freePortPair(used)
@@ -98,13 +98,13 @@ func startCluster(bin, dir string, n int) (*cluster, error) {
 					c.stop()
 					return nil, err
 				}
-				lp, err := newLinkProxy(fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", peer.raftPort))
+				lp, err := NewLinkProxy(fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", peer.raftPort))
 				if err != nil {
 					c.stop()
 					return nil, err
 				}
 				c.links[[2]int{i, j}] = lp
-				fw, err := newLinkProxy(fmt.Sprintf("127.0.0.1:%d", port+1), fmt.Sprintf("127.0.0.1:%d", peer.raftPort+1))
+				fw, err := NewLinkProxy(fmt.Sprintf("127.0.0.1:%d", port+1), fmt.Sprintf("127.0.0.1:%d", peer.raftPort+1))
 				if err != nil {
 					c.stop()
 					return nil, err
@@ -183,10 +183,10 @@ func (c *cluster) cut(a, b []int, cut bool) {
 	for _, x := range a {
 		for _, y := range b {
 			if lp := c.links[[2]int{x, y}]; lp != nil {
-				lp.setCut(cut)
+				lp.SetCut(cut)
 			}
 			if lp := c.links[[2]int{y, x}]; lp != nil {
-				lp.setCut(cut)
+				lp.SetCut(cut)
 			}
 		}
 	}
@@ -195,7 +195,7 @@ func (c *cluster) cut(a, b []int, cut bool) {
 // healAll heals every link, resumes paused nodes and starts stopped ones.
 func (c *cluster) healAll() error {
 	for _, lp := range c.links {
-		lp.setCut(false)
+		lp.SetCut(false)
 	}
 	for i, nd := range c.nodes {
 		if nd.paused {
@@ -219,10 +219,10 @@ func (c *cluster) stop() {
 		c.kill(i)
 	}
 	for _, lp := range c.links {
-		lp.close()
+		lp.Close()
 	}
 	for _, fw := range c.forward {
-		fw.close()
+		fw.Close()
 	}
 }
 

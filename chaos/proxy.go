@@ -6,11 +6,11 @@ import (
 	"sync"
 )
 
-// linkProxy forwards one directed node-to-node link (a listener that
+// LinkProxy forwards one directed node-to-node link (a listener that
 // stands for the target's raft port in the dialing node's RF_HA_NODES)
 // and can be cut: while cut, it closes every connection it carries and
 // refuses new ones, as a network partition would.
-type linkProxy struct {
+type LinkProxy struct {
 	ln     net.Listener
 	target string
 
@@ -20,19 +20,19 @@ type linkProxy struct {
 	wg    sync.WaitGroup
 }
 
-// newLinkProxy listens on addr and forwards to target.
-func newLinkProxy(addr, target string) (*linkProxy, error) {
+// NewLinkProxy listens on addr and forwards to target until Close.
+func NewLinkProxy(addr, target string) (*LinkProxy, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	p := &linkProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &LinkProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.serve()
 	return p, nil
 }
 
-func (p *linkProxy) serve() {
+func (p *LinkProxy) serve() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
@@ -71,14 +71,14 @@ func (p *linkProxy) serve() {
 	}
 }
 
-func (p *linkProxy) isCut() bool {
+func (p *LinkProxy) isCut() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.cut
 }
 
-// setCut cuts (true) or heals (false) the link.
-func (p *linkProxy) setCut(cut bool) {
+// SetCut cuts (true) or heals (false) the link.
+func (p *LinkProxy) SetCut(cut bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = cut
@@ -89,9 +89,9 @@ func (p *linkProxy) setCut(cut bool) {
 	}
 }
 
-// close stops the proxy and closes what it carries.
-func (p *linkProxy) close() {
+// Close stops the proxy and closes what it carries.
+func (p *LinkProxy) Close() {
 	p.ln.Close()
-	p.setCut(true)
+	p.SetCut(true)
 	p.wg.Wait()
 }

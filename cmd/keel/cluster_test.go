@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"keel/chaos"
 )
 
 // clusterNode is one member of a test cluster: a real keel process on
@@ -33,8 +35,8 @@ type testClusterProcs struct {
 	t       *testing.T
 	bin     string
 	nodes   []*clusterNode
-	proxies map[[2]int]*linkProxy // [from, to] → the raft link from node from to node to
-	args    []string              // more flags for every node
+	proxies map[[2]int]*chaos.LinkProxy // [from, to] → the raft link from node from to node to
+	args    []string                    // more flags for every node
 }
 
 // portPair returns a free port p with p+1 free too (raft port, HTTP port).
@@ -71,7 +73,7 @@ func newClusterProcs(t *testing.T, n int, extra ...string) *testClusterProcs {
 // node's RF_HA_NODES names its peers at their proxies.
 func newClusterProcsOpts(t *testing.T, n int, withProxies bool, extra ...string) *testClusterProcs {
 	t.Helper()
-	c := &testClusterProcs{t: t, bin: buildBinary(t), proxies: map[[2]int]*linkProxy{}, args: extra}
+	c := &testClusterProcs{t: t, bin: buildBinary(t), proxies: map[[2]int]*chaos.LinkProxy{}, args: extra}
 	root := t.TempDir()
 	for i := 1; i <= n; i++ {
 		node := &clusterNode{name: fmt.Sprintf("node%d", i), raftPort: portPair(t), data: filepath.Join(root, fmt.Sprintf("node%d", i))}
@@ -125,7 +127,7 @@ func (c *testClusterProcs) start(i int) {
 func (c *testClusterProcs) isolate(k int, cut bool) {
 	for link, p := range c.proxies {
 		if link[0] == k || link[1] == k {
-			p.setCut(cut)
+			p.SetCut(cut)
 		}
 	}
 }
