@@ -23,6 +23,7 @@ type Config struct {
 	Duration   time.Duration // how long the workload and the nemesis run
 	Producers  int           // concurrent appenders
 	Readers    int           // concurrent readers
+	Rate       int           // operations per second, all clients together (0: as fast as they go); bounds the history the checker searches
 	Partitions int           // of the one topic written
 	Hold       time.Duration // a fault lasts 0.5 to 1.5 times this
 	Rest       time.Duration // between two faults: 0.5 to 1.5 times this
@@ -70,7 +71,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	if err := c.settle(ctx, time.Minute); err != nil {
 		return sum, err
 	}
-	w := &workload{c: c, topic: "chaos", partitions: cfg.Partitions, start: time.Now(), opBudget: 8 * time.Second,
+	w := &workload{c: c, topic: "chaos", partitions: cfg.Partitions, start: time.Now(), opBudget: 8 * time.Second, pace: pace(cfg),
 		known: make([]atomic.Int64, cfg.Partitions)}
 	if err := createTopic(ctx, c, w.topic, cfg.Partitions); err != nil {
 		return sum, err
@@ -147,6 +148,14 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	fmt.Fprintln(&txt, sum.Line())
 	os.WriteFile(filepath.Join(cfg.Dir, "summary.txt"), []byte(txt.String()), 0o644)
 	return sum, nil
+}
+
+// pace is the time between two operations of one client for cfg.Rate.
+func pace(cfg Config) time.Duration {
+	if cfg.Rate <= 0 {
+		return 0
+	}
+	return time.Duration(cfg.Producers+cfg.Readers) * time.Second / time.Duration(cfg.Rate)
 }
 
 // createTopic creates the workload's topic on the leader.

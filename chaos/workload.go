@@ -22,6 +22,7 @@ type workload struct {
 	partitions int
 	start      time.Time
 	opBudget   time.Duration // how long an append is retried with its key
+	pace       time.Duration // a client starts an operation at most this often (0: back to back)
 
 	mu  sync.Mutex
 	ops []Op
@@ -71,7 +72,9 @@ const (
 // key (as a careful client does) for opBudget.
 func (w *workload) producer(ctx context.Context, id int, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, uint64(id)))
+	next := time.Now()
 	for seq := 0; ctx.Err() == nil; seq++ {
+		next = w.wait(ctx, next)
 		p := rng.IntN(w.partitions)
 		key := fmt.Sprintf("p%d-%d", id, seq)
 		op := Op{Process: id, Kind: OpAppend, Partition: p, Key: key, Call: w.now()}
@@ -155,7 +158,9 @@ func (w *workload) produce(i, p int, key string) (attempt, int64, string) {
 // just past it) from the leader, until ctx ends.
 func (w *workload) reader(ctx context.Context, id int, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, uint64(id)))
+	next := time.Now()
 	for ctx.Err() == nil {
+		next = w.wait(ctx, next)
 		p := rng.IntN(w.partitions)
 		known := w.known[p].Load()
 		offset := known - 2 + int64(rng.IntN(4)) // around the end
@@ -183,8 +188,22 @@ func (w *workload) reader(ctx context.Context, id int, seed uint64) {
 		}
 		op.Return = w.now()
 		w.record(op)
-		sleepCtx(ctx, time.Duration(rng.IntN(5))*time.Millisecond)
 	}
+}
+
+// wait sleeps until next (a client's pace) and returns the time of the one
+// after; a client that fell behind does not catch up in a burst.
+func (w *workload) wait(ctx context.Context, next time.Time) time.Time {
+	if w.pace <= 0 {
+		return next
+	}
+	if d := time.Until(next); d > 0 {
+		sleepCtx(ctx, d)
+	}
+	if floor := time.Now().Add(-w.pace); next.Before(floor) {
+		next = floor
+	}
+	return next.Add(w.pace)
 }
 
 // consumePage is the part of a consume answer the suite reads.
