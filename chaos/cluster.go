@@ -46,10 +46,11 @@ func (n *node) running() bool {
 // directed raft link (i dials j through links[{i,j}]). Clients talk to
 // each node's own HTTP port.
 type cluster struct {
-	bin     string
-	nodes   []*node
-	links   map[[2]int]*LinkProxy
-	forward []*LinkProxy // HTTP forwarders beside each link proxy (never cut): redirects name a peer's proxy port + 1
+	bin       string
+	smallDisk int // the node whose data directory is a small tmpfs (disk-full nemesis); -1: none
+	nodes     []*node
+	links     map[[2]int]*LinkProxy
+	forward   []*LinkProxy // HTTP forwarders beside each link proxy (never cut): redirects name a peer's proxy port + 1
 }
 
 // freePortPair finds p with p and p+1 free on 127.0.0.1, below the
@@ -76,9 +77,13 @@ func freePortPair(used map[int]bool) (int, error) {
 }
 
 // startCluster starts n nodes (node1 bootstraps as leader; priorities
-// fall from node1), data and logs under dir.
-func startCluster(bin, dir string, n int) (*cluster, error) {
-	c := &cluster{bin: bin, links: map[[2]int]*LinkProxy{}}
+// fall from node1), data and logs under dir. With diskFull, the last
+// node1's data directory is a small tmpfs (diskfull.go: node1 leads most of
+// the time, having the highest priority, so clients see its 507s and the
+// cluster fails over); when it cannot be
+// mounted, note says why and the run goes on without it.
+func startCluster(bin, dir string, n int, diskFull bool, note func(string)) (*cluster, error) {
+	c := &cluster{bin: bin, links: map[[2]int]*LinkProxy{}, smallDisk: -1}
 	used := map[int]bool{}
 	for i := range n {
 		p, err := freePortPair(used)
@@ -114,6 +119,13 @@ func startCluster(bin, dir string, n int) (*cluster, error) {
 			spec = append(spec, fmt.Sprintf("%s:127.0.0.1:%d:%d", peer.name, port, 100-10*j))
 		}
 		nd.spec = strings.Join(spec, ",")
+	}
+	if diskFull {
+		if err := mountSmallDisk(c.nodes[0].data); err != nil {
+			note("disk-full nemesis skipped: " + err.Error())
+		} else {
+			c.smallDisk = 0
+		}
 	}
 	for i := range c.nodes {
 		if err := c.start(i); err != nil {
@@ -223,6 +235,10 @@ func (c *cluster) stop() {
 	}
 	for _, fw := range c.forward {
 		fw.Close()
+	}
+	if c.smallDisk >= 0 {
+		unmountSmallDisk(c.nodes[c.smallDisk].data)
+		c.smallDisk = -1
 	}
 }
 

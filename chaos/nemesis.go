@@ -79,6 +79,12 @@ var faults = []fault{
 		c.cut(a, b, true)
 		return fmt.Sprintf("bridge %s between %s and %s", c.nodes[bridge].name, names(c, a), names(c, b)), func() error { c.cut(a, b, false); return nil }
 	}},
+	{"disk-full", func(ctx context.Context, c *cluster, rng *rand.Rand) (string, func() error) {
+		if c.smallDisk < 0 || !c.nodes[c.smallDisk].running() {
+			return "", nil
+		}
+		return diskFullFault(c, c.smallDisk)
+	}},
 }
 
 func others(n int, except []int) []int {
@@ -112,7 +118,7 @@ func nemesis(ctx context.Context, c *cluster, rng *rand.Rand, hold, rest time.Du
 		f := faults[rng.IntN(len(faults))]
 		what, end := f.begin(ctx, c, rng)
 		if end == nil {
-			fmt.Fprintf(log, "%s %s: skipped (no leader now)\n", stamp(), f.name)
+			fmt.Fprintf(log, "%s %s: skipped (no leader, or no small disk)\n", stamp(), f.name)
 			continue
 		}
 		count++

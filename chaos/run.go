@@ -27,6 +27,7 @@ type Config struct {
 	Partitions int           // of the one topic written
 	Hold       time.Duration // a fault lasts 0.5 to 1.5 times this
 	Rest       time.Duration // between two faults: 0.5 to 1.5 times this
+	DiskFull   bool          // one node's data on a small tmpfs, and the disk-full nemesis (needs root; skipped with a note otherwise)
 	Seed       uint64
 	Timeout    time.Duration // porcupine's budget per partition
 }
@@ -36,6 +37,7 @@ type Summary struct {
 	Nodes     int     `json:"nodes"`
 	Seed      uint64  `json:"seed"`
 	Faults    int     `json:"faults"`
+	DiskFull  int64   `json:"disk_full_answers"` // writes answered 507 disk_full
 	DurationS float64 `json:"duration_s"`
 	Result
 }
@@ -63,7 +65,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 		return sum, err
 	}
 	start := time.Now()
-	c, err := startCluster(cfg.Bin, cfg.Dir, cfg.Nodes)
+	c, err := startCluster(cfg.Bin, cfg.Dir, cfg.Nodes, cfg.DiskFull, progress)
 	if err != nil {
 		return sum, err
 	}
@@ -96,7 +98,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	}
 	faults, nerr := nemesis(runCtx, c, rand.New(rand.NewPCG(cfg.Seed, 7)), cfg.Hold, cfg.Rest, w.start, nlog)
 	wg.Wait()
-	sum.Faults = faults
+	sum.Faults, sum.DiskFull = faults, w.diskFull.Load()
 	if nerr != nil {
 		return sum, nerr
 	}
@@ -141,7 +143,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	}
 	var txt strings.Builder
 	fmt.Fprintf(&txt, "nodes %d, seed %d, %.0f s\n", sum.Nodes, sum.Seed, sum.DurationS)
-	fmt.Fprintf(&txt, "appends: %d acknowledged, %d unknown, %d refused; reads: %d\n", sum.AppendsOK, sum.AppendsUnknown, sum.AppendsFailed, sum.Reads)
+	fmt.Fprintf(&txt, "appends: %d acknowledged, %d unknown, %d refused; reads: %d; 507 disk_full answers: %d\n", sum.AppendsOK, sum.AppendsUnknown, sum.AppendsFailed, sum.Reads, sum.DiskFull)
 	for _, v := range sum.Violations {
 		fmt.Fprintf(&txt, "VIOLATION %s\n", v)
 	}

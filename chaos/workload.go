@@ -27,8 +27,9 @@ type workload struct {
 	mu  sync.Mutex
 	ops []Op
 
-	known []atomic.Int64 // per partition: one past the highest offset acknowledged
-	hint  atomic.Int32   // the node that last answered as leader
+	known    []atomic.Int64 // per partition: one past the highest offset acknowledged
+	hint     atomic.Int32   // the node to try first: the last that answered as leader
+	diskFull atomic.Int64   // 507 disk_full answers
 }
 
 func (w *workload) now() int64 { return time.Since(w.start).Nanoseconds() }
@@ -98,6 +99,9 @@ func (w *workload) producer(ctx context.Context, id int, seed uint64) {
 					}
 				case attemptUnknown:
 					unknown, op.Error = true, note
+					// The next round starts at the next node: this one may be
+					// stopped, cut off or out of disk.
+					w.hint.CompareAndSwap(int32(i), int32((i+1)%len(w.c.nodes)))
 				default:
 					op.Error = note
 				}
@@ -144,6 +148,9 @@ func (w *workload) produce(i, p int, key string) (attempt, int64, string) {
 		Error   string `json:"error"`
 	}
 	_ = json.Unmarshal(b, &ans)
+	if resp.StatusCode == 507 {
+		w.diskFull.Add(1)
+	}
 	switch {
 	case resp.StatusCode == 200 && ans.OK && ans.Durable:
 		return attemptOK, ans.Offset, ""
