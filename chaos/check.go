@@ -5,6 +5,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -28,9 +29,21 @@ type Result struct {
 	AppendsUnknown int         `json:"appends_unknown"` // no answer; resolved from the final logs where the key is there
 	AppendsFailed  int         `json:"appends_failed"`
 	Reads          int         `json:"reads_ok"`
+	CommitsOK      int         `json:"commits_ok"`
+	CommitReads    int         `json:"commit_reads_ok"`
 	Violations     []Violation `json:"violations"`
 
 	models map[int]porcupine.LinearizationInfo // per partition, for Visualize
+}
+
+// FinalCommits is each node's committed offset of every (group,
+// partition) at the end (-1: none).
+type FinalCommits map[string]map[GroupPartition]int64
+
+// GroupPartition names one committed offset.
+type GroupPartition struct {
+	Group     string
+	Partition int
 }
 
 // FinalLogs is what each node holds at the end, once healed and caught up:
@@ -45,7 +58,12 @@ type FinalLogs map[string]map[int][]string
 // partition; a check that runs out of time is reported as undecided).
 // Unknown appends whose key is in the final log are taken as done at that
 // offset (at some time after their call); the others as never done.
-func Check(ops []Op, finals FinalLogs, timeout time.Duration) Result {
+//
+// Commits: each (group, partition)'s history is linearizable as a register
+// that keeps the largest offset committed, and every node ends with at
+// least the largest acknowledged commit and at most the largest attempted
+// one (committed offsets never move back).
+func Check(ops []Op, finals FinalLogs, commits FinalCommits, timeout time.Duration) Result {
 	res := Result{Operations: len(ops), models: map[int]porcupine.LinearizationInfo{}}
 	nodes := make([]string, 0, len(finals))
 	for n := range finals {
@@ -53,7 +71,19 @@ func Check(ops []Op, finals FinalLogs, timeout time.Duration) Result {
 	}
 	sort.Strings(nodes)
 	byPart := map[int][]Op{}
+	byCommit := map[GroupPartition][]Op{}
 	for _, op := range ops {
+		if op.Kind == OpCommit || op.Kind == OpReadCommit {
+			gp := GroupPartition{op.Group, op.Partition}
+			byCommit[gp] = append(byCommit[gp], op)
+			switch {
+			case op.Kind == OpCommit && op.Outcome == OK:
+				res.CommitsOK++
+			case op.Kind == OpReadCommit && op.Outcome == OK:
+				res.CommitReads++
+			}
+			continue
+		}
 		byPart[op.Partition] = append(byPart[op.Partition], op)
 		switch {
 		case op.Kind == OpAppend && op.Outcome == OK:
@@ -78,7 +108,53 @@ func Check(ops []Op, finals FinalLogs, timeout time.Duration) Result {
 	for _, p := range slices.Sorted(mapKeys(parts)) {
 		res.Violations = append(res.Violations, checkPartition(&res, p, byPart[p], finals, nodes, timeout)...)
 	}
+	gps := slices.SortedFunc(mapKeys(byCommit), func(a, b GroupPartition) int {
+		if a.Group != b.Group {
+			return strings.Compare(a.Group, b.Group)
+		}
+		return a.Partition - b.Partition
+	})
+	for _, gp := range gps {
+		res.Violations = append(res.Violations, checkCommits(gp, byCommit[gp], commits, timeout)...)
+	}
 	return res
+}
+
+func checkCommits(gp GroupPartition, ops []Op, commits FinalCommits, timeout time.Duration) []Violation {
+	var vs []Violation
+	add := func(kind, format string, args ...any) {
+		vs = append(vs, Violation{Kind: kind, Partition: gp.Partition, Detail: fmt.Sprintf("group %s: ", gp.Group) + fmt.Sprintf(format, args...)})
+	}
+	acked, tried := int64(-1), int64(-1)
+	for _, op := range ops {
+		if op.Kind != OpCommit {
+			continue
+		}
+		if op.Outcome == OK {
+			acked = max(acked, op.Offset)
+		}
+		if op.Outcome != Fail {
+			tried = max(tried, op.Offset)
+		}
+	}
+	for _, n := range slices.Sorted(mapKeys(commits)) {
+		c, ok := commits[n][gp]
+		if !ok {
+			c = -1
+		}
+		if c < acked {
+			add("commit_moved_back", "node %s holds committed offset %d, below the acknowledged commit of %d", n, c, acked)
+		}
+		if c > tried {
+			add("commit_invented", "node %s holds committed offset %d, above every commit sent (%d)", n, c, tried)
+		}
+	}
+	if out := porcupine.CheckOperationsTimeout(commitModel(), commitOps(ops), timeout); out == porcupine.Illegal {
+		add("not_linearizable", "the commits and reads of the committed offset are not linearizable as a register keeping the largest value")
+	} else if out == porcupine.Unknown {
+		add("undecided", "the commit check ran out of its %s", timeout)
+	}
+	return vs
 }
 
 func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {

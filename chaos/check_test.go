@@ -81,7 +81,7 @@ func TestCheck(t *testing.T) {
 			three("a"), "duplicate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := Check(tc.ops.ops, tc.finals, 10*time.Second)
+			res := Check(tc.ops.ops, tc.finals, nil, 10*time.Second)
 			if got := kinds(res.Violations); got != tc.want {
 				t.Fatalf("violations %q, want %q: %v", got, tc.want, res.Violations)
 			}
@@ -108,7 +108,7 @@ func TestCheckScales(t *testing.T) {
 		now += 10
 	}
 	start := time.Now()
-	res := Check(b.ops, FinalLogs{"n1": {0: log}, "n2": {0: log}}, time.Minute)
+	res := Check(b.ops, FinalLogs{"n1": {0: log}, "n2": {0: log}}, nil, time.Minute)
 	if len(res.Violations) != 0 {
 		t.Fatalf("violations: %v", res.Violations[:min(3, len(res.Violations))])
 	}
@@ -141,5 +141,36 @@ func TestLogState(t *testing.T) {
 	}
 	if s.push("x").h1 == s.push("y").h1 {
 		t.Fatal("different logs hash the same")
+	}
+}
+
+func TestCheckCommits(t *testing.T) {
+	commit := func(id int, off int64, call, ret int64, out Outcome) Op {
+		return Op{ID: id, Kind: OpCommit, Group: "g", Offset: off, Call: call, Return: ret, Outcome: out}
+	}
+	read := func(id int, off int64, call, ret int64) Op {
+		return Op{ID: id, Kind: OpReadCommit, Group: "g", Offset: off, Call: call, Return: ret, Outcome: OK}
+	}
+	gp := GroupPartition{"g", 0}
+	at := func(c int64) FinalCommits { return FinalCommits{"n1": {gp: c}, "n2": {gp: c}} }
+	for _, tc := range []struct {
+		name  string
+		ops   []Op
+		final FinalCommits
+		want  string
+	}{
+		{"commits up, a lower one ignored", []Op{commit(0, 5, 0, 10, OK), commit(1, 3, 11, 20, OK), read(2, 5, 21, 30)}, at(5), ""},
+		{"concurrent commits, read either", []Op{commit(0, 5, 0, 100, OK), commit(1, 7, 0, 100, OK), read(2, 5, 50, 60), read(3, 7, 101, 110)}, at(7), ""},
+		{"an unknown commit that took effect later", []Op{commit(0, 9, 0, 10, Unknown), read(1, -1, 20, 30), read(2, 9, 40, 50)}, at(9), ""},
+		{"a commit that moved back", []Op{commit(0, 5, 0, 10, OK), read(1, 3, 20, 30)}, at(5), "not_linearizable"},
+		{"a node below the acknowledged commit", []Op{commit(0, 5, 0, 10, OK)}, FinalCommits{"n1": {gp: 5}, "n2": {gp: 4}}, "commit_moved_back"},
+		{"a node above every commit sent", []Op{commit(0, 5, 0, 10, OK)}, at(6), "commit_invented,commit_invented"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Check(tc.ops, nil, tc.final, 10*time.Second)
+			if got := kinds(res.Violations); got != tc.want {
+				t.Fatalf("violations %q, want %q: %v", got, tc.want, res.Violations)
+			}
+		})
 	}
 }

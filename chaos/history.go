@@ -30,6 +30,12 @@ const (
 	// OpRead reads the message at one offset of a partition (linearizable:
 	// on the leader, consume with offset and limit 1).
 	OpRead OpKind = "read"
+	// OpCommit commits a consumer group's offset of a partition (the
+	// stored offset is the largest committed: a lower one is ignored).
+	OpCommit OpKind = "commit"
+	// OpReadCommit reads a group's committed offset of a partition (the
+	// committed_offset of a consume on the leader; -1 for none).
+	OpReadCommit OpKind = "read_commit"
 )
 
 // Outcome says whether an operation took effect.
@@ -49,8 +55,9 @@ type Op struct {
 	Process   int     `json:"process"` // the workload client that ran it (porcupine's ClientId)
 	Kind      OpKind  `json:"kind"`
 	Partition int     `json:"partition"`
-	Key       string  `json:"key,omitempty"` // append: the idempotency key, also the value
-	Offset    int64   `json:"offset"`        // append: the offset acknowledged; read: the offset asked
+	Key       string  `json:"key,omitempty"`   // append: the idempotency key, also the value
+	Group     string  `json:"group,omitempty"` // commit, read_commit
+	Offset    int64   `json:"offset"`          // append: the offset acknowledged; read: the offset asked; commit: the offset committed; read_commit: the offset read
 	Acked     []int64 `json:"acked,omitempty"`
 	Value     string  `json:"value,omitempty"` // read: the value found
 	Found     bool    `json:"found,omitempty"` // read: a message was at the offset (else it was past the end)

@@ -200,3 +200,73 @@ func porcupineOps(ops []Op, resolved map[int]int64) []porcupine.Operation {
 	}
 	return out
 }
+
+// The porcupine model of one group's committed offset of one partition: a
+// register that keeps the largest value written (Keel ignores a commit
+// lower than the stored one). A commit of unknown outcome may or may not
+// have happened.
+
+type commitInput struct {
+	read   bool
+	offset int64 // commit
+}
+
+type commitOutput struct {
+	unknown bool  // commit: no answer
+	offset  int64 // read: the committed offset (-1: none)
+}
+
+func commitModel() porcupine.Model {
+	nm := porcupine.NondeterministicModel{
+		Init: func() []any { return []any{int64(-1)} },
+		Step: func(state, input, output any) []any {
+			s, in, out := state.(int64), input.(commitInput), output.(commitOutput)
+			switch {
+			case in.read:
+				if out.offset == s {
+					return []any{s}
+				}
+				return nil
+			case out.unknown:
+				return []any{s, max(s, in.offset)}
+			default:
+				return []any{max(s, in.offset)}
+			}
+		},
+		DescribeOperation: func(input, output any) string {
+			in, out := input.(commitInput), output.(commitOutput)
+			switch {
+			case in.read:
+				return fmt.Sprintf("committed → %d", out.offset)
+			case out.unknown:
+				return fmt.Sprintf("commit(%d) → ?", in.offset)
+			default:
+				return fmt.Sprintf("commit(%d)", in.offset)
+			}
+		},
+		DescribeState: func(state any) string { return fmt.Sprint(state.(int64)) },
+	}
+	return nm.ToModel()
+}
+
+// commitOps turns one (group, partition)'s commit operations into
+// porcupine's.
+func commitOps(ops []Op) []porcupine.Operation {
+	var out []porcupine.Operation
+	for _, op := range ops {
+		if op.Outcome == Fail || op.Kind == OpReadCommit && op.Outcome != OK {
+			continue
+		}
+		p := porcupine.Operation{ClientId: op.Process, Call: op.Call, Return: op.Return, Metadata: op.ID}
+		if op.Kind == OpReadCommit {
+			p.Input, p.Output = commitInput{read: true}, commitOutput{offset: op.Offset}
+		} else {
+			p.Input, p.Output = commitInput{offset: op.Offset}, commitOutput{}
+			if op.Outcome == Unknown {
+				p.Output, p.Return = commitOutput{unknown: true}, math.MaxInt64
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}

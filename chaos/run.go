@@ -23,6 +23,7 @@ type Config struct {
 	Duration   time.Duration // how long the workload and the nemesis run
 	Producers  int           // concurrent appenders
 	Readers    int           // concurrent readers
+	Committers int           // concurrent committers of consumer offsets (sharing two groups)
 	Rate       int           // operations per second, all clients together (0: as fast as they go); bounds the history the checker searches
 	Partitions int           // of the one topic written
 	Hold       time.Duration // a fault lasts 0.5 to 1.5 times this
@@ -78,7 +79,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	if err := createTopic(ctx, c, w.topic, cfg.Partitions); err != nil {
 		return sum, err
 	}
-	progress(fmt.Sprintf("%d nodes up; workload of %d producers and %d readers on %d partitions for %s, faults every ~%s", cfg.Nodes, cfg.Producers, cfg.Readers, cfg.Partitions, cfg.Duration, cfg.Rest+cfg.Hold))
+	progress(fmt.Sprintf("%d nodes up; workload of %d producers, %d readers and %d committers on %d partitions for %s, faults every ~%s", cfg.Nodes, cfg.Producers, cfg.Readers, cfg.Committers, cfg.Partitions, cfg.Duration, cfg.Rest+cfg.Hold))
 
 	nlog, err := os.Create(filepath.Join(cfg.Dir, "nemesis.log"))
 	if err != nil {
@@ -95,6 +96,10 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	for i := range cfg.Readers {
 		wg.Add(1)
 		go func() { defer wg.Done(); w.reader(runCtx, cfg.Producers+i, cfg.Seed) }()
+	}
+	for i := range cfg.Committers {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.committer(runCtx, cfg.Producers+cfg.Readers+i, cfg.Seed) }()
 	}
 	faults, nerr := nemesis(runCtx, c, rand.New(rand.NewPCG(cfg.Seed, 7)), cfg.Hold, cfg.Rest, w.start, nlog)
 	wg.Wait()
@@ -124,12 +129,26 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 			finals[nd.name][p] = keys
 		}
 	}
-	progress("final logs read from every node; checking")
+	commits := FinalCommits{}
+	for i, nd := range c.nodes {
+		commits[nd.name] = map[GroupPartition]int64{}
+		for _, g := range commitGroups {
+			for p := range cfg.Partitions {
+				v, status, err := w.committed(i, g, p, true)
+				if err != nil || status != 200 {
+					gaps = append(gaps, Violation{Kind: "unreadable", Partition: p, Detail: fmt.Sprintf("group %s on %s: status %d %v", g, nd.name, status, err)})
+					continue
+				}
+				commits[nd.name][GroupPartition{g, p}] = v
+			}
+		}
+	}
+	progress("final logs and committed offsets read from every node; checking")
 	if f, err := os.Create(filepath.Join(cfg.Dir, "history.jsonl")); err == nil {
 		WriteHistory(f, ops)
 		f.Close()
 	}
-	sum.Result = Check(ops, finals, cfg.Timeout)
+	sum.Result = Check(ops, finals, commits, cfg.Timeout)
 	sum.Violations = append(gaps, sum.Violations...)
 	for _, p := range sum.Partitions() {
 		if f, err := os.Create(filepath.Join(cfg.Dir, fmt.Sprintf("timeline-p%d.html", p))); err == nil {
@@ -143,7 +162,8 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	}
 	var txt strings.Builder
 	fmt.Fprintf(&txt, "nodes %d, seed %d, %.0f s\n", sum.Nodes, sum.Seed, sum.DurationS)
-	fmt.Fprintf(&txt, "appends: %d acknowledged, %d unknown, %d refused; reads: %d; 507 disk_full answers: %d\n", sum.AppendsOK, sum.AppendsUnknown, sum.AppendsFailed, sum.Reads, sum.DiskFull)
+	fmt.Fprintf(&txt, "appends: %d acknowledged, %d unknown, %d refused; reads: %d; commits: %d acknowledged, %d reads of them; 507 disk_full answers: %d\n",
+		sum.AppendsOK, sum.AppendsUnknown, sum.AppendsFailed, sum.Reads, sum.CommitsOK, sum.CommitReads, sum.DiskFull)
 	for _, v := range sum.Violations {
 		fmt.Fprintf(&txt, "VIOLATION %s\n", v)
 	}
@@ -157,7 +177,7 @@ func pace(cfg Config) time.Duration {
 	if cfg.Rate <= 0 {
 		return 0
 	}
-	return time.Duration(cfg.Producers+cfg.Readers) * time.Second / time.Duration(cfg.Rate)
+	return time.Duration(cfg.Producers+cfg.Readers+cfg.Committers) * time.Second / time.Duration(cfg.Rate)
 }
 
 // createTopic creates the workload's topic on the leader.

@@ -294,3 +294,126 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-t.C:
 	}
 }
+
+// commitGroups are the consumer groups the committers share.
+var commitGroups = []string{"g0", "g1"}
+
+// committer commits offsets at or below the acknowledged end of a
+// partition for one of commitGroups (retried, as an append is, until
+// acknowledged or given up), then reads the group's committed offset from
+// the leader, until ctx ends. Several committers share the groups, so
+// lower commits (ignored by Keel) race higher ones.
+func (w *workload) committer(ctx context.Context, id int, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, uint64(id)))
+	next := time.Now()
+	for ctx.Err() == nil {
+		next = w.wait(ctx, next)
+		g, p := commitGroups[rng.IntN(len(commitGroups))], rng.IntN(w.partitions)
+		known := w.known[p].Load()
+		if known == 0 {
+			continue
+		}
+		off := max(0, known-rng.Int64N(50)) // at most the log end: known is one past an acknowledged offset
+		op := Op{Process: id, Kind: OpCommit, Group: g, Partition: p, Offset: off, Call: w.now()}
+		body := fmt.Sprintf(`{"topic":%q,"group":%q,"partition":%d,"offset":%d}`, w.topic, g, p, off)
+		unknown := false
+		for deadline := time.Now().Add(w.opBudget); time.Now().Before(deadline) && op.Outcome != OK && ctx.Err() == nil; {
+			for _, i := range w.nodeOrder(rng) {
+				op.Attempts++
+				op.Node = w.c.nodes[i].name
+				res, note := w.commit(i, body)
+				if res == attemptOK {
+					op.Outcome, op.Error = OK, ""
+					w.hint.Store(int32(i))
+					break
+				}
+				op.Error = note
+				if res == attemptUnknown {
+					unknown = true
+					w.hint.CompareAndSwap(int32(i), int32((i+1)%len(w.c.nodes)))
+					break
+				}
+			}
+			if op.Outcome != OK {
+				sleepCtx(ctx, time.Duration(20+rng.IntN(80))*time.Millisecond)
+			}
+		}
+		op.Return = w.now()
+		if op.Outcome != OK {
+			op.Outcome = Fail
+			if unknown {
+				op.Outcome = Unknown
+			}
+		}
+		w.record(op)
+
+		rd := Op{Process: id, Kind: OpReadCommit, Group: g, Partition: p, Outcome: Fail, Call: w.now()}
+		for _, i := range w.nodeOrder(rng) {
+			c, status, err := w.committed(i, g, p, false)
+			rd.Node = w.c.nodes[i].name
+			if err == nil && status == 200 {
+				rd.Outcome, rd.Offset = OK, c
+				break
+			}
+			if status != 307 {
+				break
+			}
+		}
+		rd.Return = w.now()
+		w.record(rd)
+	}
+}
+
+// commit sends one attempt of a commit to node i.
+func (w *workload) commit(i int, body string) (attempt, string) {
+	resp, err := do("POST", w.c.nodes[i].url()+"/broker/commit?timeout_ms=2000", strings.NewReader(body))
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return attemptRefused, "connection refused"
+		}
+		return attemptUnknown, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var ans struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error"`
+	}
+	_ = json.Unmarshal(b, &ans)
+	switch {
+	case resp.StatusCode == 200 && ans.OK:
+		return attemptOK, ""
+	case resp.StatusCode == 307 || resp.StatusCode >= 400 && resp.StatusCode < 500:
+		return attemptRefused, fmt.Sprintf("%d %s", resp.StatusCode, ans.Error)
+	default:
+		return attemptUnknown, fmt.Sprintf("%d %s", resp.StatusCode, ans.Error)
+	}
+}
+
+// committed reads group g's committed offset of partition p on node i
+// (-1 for none; stale: the node's own applied data).
+func (w *workload) committed(i int, g string, p int, stale bool) (int64, int, error) {
+	u := fmt.Sprintf("%s/broker/consume/%s/%s/%d?limit=1", w.c.nodes[i].url(), w.topic, url.PathEscape(g), p)
+	if stale {
+		u += "&stale=1"
+	}
+	resp, err := do("GET", u, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return 0, resp.StatusCode, nil
+	}
+	var ans struct {
+		Committed *int64 `json:"committed_offset"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil {
+		return 0, 200, fmt.Errorf("chaos: consume answer: %w", err)
+	}
+	if ans.Committed == nil {
+		return -1, 200, nil
+	}
+	return *ans.Committed, 200, nil
+}
