@@ -86,10 +86,12 @@ bench-cluster: build
 # chaos: 3 nodes then 5, 4 minutes each; chaos-short: 3 nodes, 100 s (CI).
 CHAOS_DIR ?= $(CURDIR)/chaos-runs/$(shell date -u +%Y%m%d-%H%M%S)
 chaos:
-	KEEL_CHAOS=long KEEL_CHAOS_DIR=$(CHAOS_DIR) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 30m ./chaos
+	@KEEL_CHAOS=long KEEL_CHAOS_DIR=$(CHAOS_DIR) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 30m ./chaos; \
+	rc=$$?; echo "run directory: $(CHAOS_DIR)"; cat $(CHAOS_DIR)/verdict.txt 2>/dev/null || echo "CHAOS: NOT FINISHED"; exit $$rc
 
 chaos-short:
-	KEEL_CHAOS=short KEEL_CHAOS_DIR=$(CHAOS_DIR) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 10m ./chaos
+	@KEEL_CHAOS=short KEEL_CHAOS_DIR=$(CHAOS_DIR) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 10m ./chaos; \
+	rc=$$?; echo "run directory: $(CHAOS_DIR)"; cat $(CHAOS_DIR)/verdict.txt 2>/dev/null || echo "CHAOS: NOT FINISHED"; exit $$rc
 
 cross:
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags='-checklinkname=0 -s -w' -o bin/keel-linux-arm64 ./cmd/keel

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -37,10 +40,18 @@ func TestChaos(t *testing.T) {
 	if root == "" {
 		root = filepath.Join(os.TempDir(), "keel-chaos-"+time.Now().UTC().Format("20060102-150405"))
 	}
-	seed := uint64(time.Now().UnixNano())
+	seed, seedFrom := uint64(time.Now().UnixNano()), "the time"
 	if s := os.Getenv("KEEL_CHAOS_SEED"); s != "" {
-		fmt.Sscan(s, &seed)
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("KEEL_CHAOS_SEED=%q: want a decimal number (the seed a run printed)", s)
+		}
+		seed, seedFrom = v, "KEEL_CHAOS_SEED"
 	}
+	// Ctrl-C or SIGTERM ends the run cleanly: nodes stopped, the small
+	// disk unmounted (its contents copied into the run directory first).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	bin := filepath.Join(root, "keel")
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		t.Fatal(err)
@@ -54,9 +65,10 @@ func TestChaos(t *testing.T) {
 	for k, cfg := range runs {
 		cfg.Bin, cfg.Seed, cfg.Timeout = bin, seed+uint64(k), 2*time.Minute
 		cfg.Dir = filepath.Join(root, fmt.Sprintf("run%d-%dnodes", k+1, cfg.Nodes))
-		t.Logf("run %d: %d nodes, seed %d, in %s", k+1, cfg.Nodes, cfg.Seed, cfg.Dir)
-		sum, err := Run(context.Background(), cfg, func(s string) { t.Logf("run %d: %s", k+1, s) })
+		t.Logf("run %d: %d nodes, seed %d (from %s), in %s", k+1, cfg.Nodes, cfg.Seed, seedFrom, cfg.Dir)
+		sum, err := Run(ctx, cfg, func(s string) { t.Logf("run %d: %s", k+1, s) })
 		if err != nil {
+			writeVerdict(root, fmt.Sprintf("CHAOS: NOT FINISHED (run %d: %v)", k+1, err))
 			t.Fatalf("run %d: %v (run directory %s)", k+1, err, cfg.Dir)
 		}
 		for _, v := range sum.Violations {
@@ -69,8 +81,15 @@ func TestChaos(t *testing.T) {
 		total.Violations = append(total.Violations, sum.Violations...)
 	}
 	t.Logf("run directory: %s", root)
+	writeVerdict(root, total.Line())
 	fmt.Println(total.Line())
 	if !total.Green() {
 		t.Fail()
 	}
+}
+
+// writeVerdict writes the run's last line to root/verdict.txt, which the
+// Makefile prints after go test's own last lines.
+func writeVerdict(root, line string) {
+	os.WriteFile(filepath.Join(root, "verdict.txt"), []byte(line+"\n"), 0o644)
 }

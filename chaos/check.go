@@ -64,7 +64,7 @@ type FinalLogs map[string]map[int][]string
 // least the largest acknowledged commit and at most the largest attempted
 // one (committed offsets never move back).
 func Check(ops []Op, finals FinalLogs, commits FinalCommits, timeout time.Duration) Result {
-	res := Result{Operations: len(ops), models: map[int]porcupine.LinearizationInfo{}}
+	res := Result{Operations: len(ops), Violations: []Violation{}, models: map[int]porcupine.LinearizationInfo{}}
 	nodes := make([]string, 0, len(finals))
 	for n := range finals {
 		nodes = append(nodes, n)

@@ -237,7 +237,7 @@ func (c *cluster) stop() {
 		fw.Close()
 	}
 	if c.smallDisk >= 0 {
-		unmountSmallDisk(c.nodes[c.smallDisk].data)
+		keepSmallDisk(c.nodes[c.smallDisk].data)
 		c.smallDisk = -1
 	}
 }
@@ -303,6 +303,9 @@ func (c *cluster) leader(ctx context.Context) int {
 func (c *cluster) settle(ctx context.Context, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("chaos: interrupted: %w", err)
+		}
 		if l := c.leader(ctx); l >= 0 {
 			commit, err := c.haNumber(ctx, l, "ramforge_ha_commit_index")
 			if err == nil {

@@ -49,6 +49,24 @@ func unmountSmallDisk(dir string) error {
 	return nil
 }
 
+// keepSmallDisk copies the small disk's files into the run directory and
+// unmounts it: they are left where they were, on the real disk.
+func keepSmallDisk(dir string) error {
+	os.Remove(filepath.Join(dir, fillerName))
+	saved := dir + ".saved"
+	out, err := exec.Command("cp", "-a", dir, saved).CombinedOutput()
+	if uerr := unmountSmallDisk(dir); uerr != nil {
+		return uerr
+	}
+	if err != nil {
+		return fmt.Errorf("copy %s: %v: %s", dir, err, bytes.TrimSpace(out))
+	}
+	if err := os.Remove(dir); err != nil { // the empty mount point
+		return err
+	}
+	return os.Rename(saved, dir)
+}
+
 // fillerName is the file that fills a node's disk.
 const fillerName = "chaos-disk-filler"
 

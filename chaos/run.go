@@ -107,6 +107,9 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	if nerr != nil {
 		return sum, nerr
 	}
+	if err := ctx.Err(); err != nil {
+		return sum, fmt.Errorf("chaos: interrupted: %w", err)
+	}
 	ops := w.history()
 	progress(fmt.Sprintf("workload done: %d operations, %d faults; healing", len(ops), faults))
 
@@ -183,7 +186,7 @@ func pace(cfg Config) time.Duration {
 // createTopic creates the workload's topic on the leader.
 func createTopic(ctx context.Context, c *cluster, topic string, partitions int) error {
 	body, _ := json.Marshal(map[string]any{"name": topic, "partitions": partitions})
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
 		l := c.leader(ctx)
 		if l < 0 {
 			continue
