@@ -15,10 +15,10 @@ import (
 
 // profiles are the runs `make chaos-short` (CI) and `make chaos` make.
 var profiles = map[string][]Config{
-	"short": {{Nodes: 3, Duration: 100 * time.Second, Producers: 12, Readers: 4, Committers: 2, Partitions: 4, Rate: 1000, DiskFull: true, Hold: 2 * time.Second, Rest: time.Second}},
+	"short": {{Nodes: 3, Duration: 100 * time.Second, Producers: 12, Readers: 4, Committers: 2, Partitions: 4, Rate: 1000, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second}},
 	"long": {
-		{Nodes: 3, Duration: 4 * time.Minute, Producers: 16, Readers: 6, Committers: 2, Partitions: 4, Rate: 600, DiskFull: true, Hold: 2 * time.Second, Rest: time.Second},
-		{Nodes: 5, Duration: 4 * time.Minute, Producers: 16, Readers: 6, Committers: 2, Partitions: 4, Rate: 600, DiskFull: true, Hold: 2 * time.Second, Rest: time.Second},
+		{Nodes: 3, Duration: 4 * time.Minute, Producers: 16, Readers: 6, Committers: 2, Partitions: 4, Rate: 600, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second},
+		{Nodes: 5, Duration: 4 * time.Minute, Producers: 16, Readers: 6, Committers: 2, Partitions: 4, Rate: 600, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second},
 	},
 }
 

@@ -48,9 +48,12 @@ func (n *node) running() bool {
 type cluster struct {
 	bin       string
 	smallDisk int // the node whose data directory is a small tmpfs (disk-full nemesis); -1: none
-	nodes     []*node
-	links     map[[2]int]*LinkProxy
-	forward   []*LinkProxy // HTTP forwarders beside each link proxy (never cut): redirects name a peer's proxy port + 1
+
+	topic      string // the workload's topic and its partition count (the corruption nemesis reads it back)
+	partitions int
+	nodes      []*node
+	links      map[[2]int]*LinkProxy
+	forward    []*LinkProxy // HTTP forwarders beside each link proxy (never cut): redirects name a peer's proxy port + 1
 }
 
 // freePortPair finds p with p and p+1 free on 127.0.0.1, below the
@@ -144,7 +147,7 @@ func (c *cluster) start(i int) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(c.bin, "serve", "--data", nd.data, "--log-level", "info", "--checkpoint-bytes", "4194304")
+	cmd := exec.Command(c.bin, "serve", "--data", nd.data, "--log-level", "info", "--checkpoint-bytes", "1048576")
 	cmd.Env = append(os.Environ(), "RF_HA_ENABLED=1", "RF_HA_NODE_ID="+nd.name, "RF_HA_NODES="+nd.spec)
 	if i == 0 {
 		cmd.Env = append(cmd.Env, "RF_HA_BOOTSTRAP_LEADER=1")

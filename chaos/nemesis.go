@@ -15,6 +15,10 @@ type fault struct {
 	begin func(ctx context.Context, c *cluster, rng *rand.Rand) (what string, end func() error)
 }
 
+// corruptFaultName names the corruption nemesis (corrupt.go), which
+// nemesis sets up with its log: its end says what the damaged node did.
+const corruptFaultName = "corrupt-follower"
+
 // faults is every nemesis the suite runs.
 var faults = []fault{
 	{"kill-leader", func(ctx context.Context, c *cluster, rng *rand.Rand) (string, func() error) {
@@ -107,7 +111,8 @@ func names(c *cluster, is []int) string {
 
 // nemesis injects a fault, waits, undoes it, rests, until ctx ends; every
 // step goes to log. It returns the number of faults injected.
-func nemesis(ctx context.Context, c *cluster, rng *rand.Rand, hold, rest time.Duration, start time.Time, log io.Writer) (int, error) {
+// With corrupt, the corruption nemesis is one of the choices.
+func nemesis(ctx context.Context, c *cluster, rng *rand.Rand, hold, rest time.Duration, start time.Time, log io.Writer, corrupt bool) (int, error) {
 	count := 0
 	stamp := func() string { return fmt.Sprintf("%8.3fs", time.Since(start).Seconds()) }
 	for ctx.Err() == nil {
@@ -116,6 +121,11 @@ func nemesis(ctx context.Context, c *cluster, rng *rand.Rand, hold, rest time.Du
 			break
 		}
 		f := faults[rng.IntN(len(faults))]
+		if corrupt && rng.IntN(len(faults)+1) == 0 {
+			f = fault{corruptFaultName, func(ctx context.Context, c *cluster, rng *rand.Rand) (string, func() error) {
+				return corruptFault(ctx, c, rng, func(s string) { fmt.Fprintf(log, "%s %s\n", stamp(), s) })
+			}}
+		}
 		what, end := f.begin(ctx, c, rng)
 		if end == nil {
 			fmt.Fprintf(log, "%s %s: skipped (no leader, or no small disk)\n", stamp(), f.name)

@@ -29,6 +29,7 @@ type Config struct {
 	Hold       time.Duration // a fault lasts 0.5 to 1.5 times this
 	Rest       time.Duration // between two faults: 0.5 to 1.5 times this
 	DiskFull   bool          // one node's data on a small tmpfs, and the disk-full nemesis (needs root; skipped with a note otherwise)
+	Corrupt    bool          // the corruption nemesis: torn partition tails and flipped bits in a stopped follower's files
 	Seed       uint64
 	Timeout    time.Duration // porcupine's budget per partition
 }
@@ -76,6 +77,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	}
 	w := &workload{c: c, topic: "chaos", partitions: cfg.Partitions, start: time.Now(), opBudget: 8 * time.Second, pace: pace(cfg),
 		known: make([]atomic.Int64, cfg.Partitions)}
+	c.topic, c.partitions = w.topic, cfg.Partitions
 	if err := createTopic(ctx, c, w.topic, cfg.Partitions); err != nil {
 		return sum, err
 	}
@@ -101,7 +103,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 		wg.Add(1)
 		go func() { defer wg.Done(); w.committer(runCtx, cfg.Producers+cfg.Readers+i, cfg.Seed) }()
 	}
-	faults, nerr := nemesis(runCtx, c, rand.New(rand.NewPCG(cfg.Seed, 7)), cfg.Hold, cfg.Rest, w.start, nlog)
+	faults, nerr := nemesis(runCtx, c, rand.New(rand.NewPCG(cfg.Seed, 7)), cfg.Hold, cfg.Rest, w.start, nlog, cfg.Corrupt)
 	wg.Wait()
 	sum.Faults, sum.DiskFull = faults, w.diskFull.Load()
 	if nerr != nil {

@@ -262,23 +262,27 @@ func getPage(u string) (consumePage, int, error) {
 
 // readAll reads partition p of node i from offset 0 to its end (its own
 // applied data), checking offsets are dense.
-func (w *workload) readAll(i, p int) ([]string, error) {
+func (w *workload) readAll(i, p int) ([]string, error) { return w.c.readAll(i, w.topic, p) }
+
+// readAll reads partition p of topic on node i from offset 0 to its end
+// (its own applied data), checking offsets are dense.
+func (c *cluster) readAll(i int, topic string, p int) ([]string, error) {
 	var keys []string
 	for from := int64(0); ; {
-		u := fmt.Sprintf("%s/broker/consume/%s/chaos-final/%d?offset=%d&limit=1000&stale=1", w.c.nodes[i].url(), w.topic, p, from)
+		u := fmt.Sprintf("%s/broker/consume/%s/chaos-final/%d?offset=%d&limit=1000&stale=1", c.nodes[i].url(), topic, p, from)
 		page, status, err := getPage(u)
 		if err != nil {
 			return nil, err
 		}
 		if status != 200 {
-			return nil, fmt.Errorf("chaos: reading %s partition %d at %d: status %d", w.c.nodes[i].name, p, from, status)
+			return nil, fmt.Errorf("chaos: reading %s partition %d at %d: status %d", c.nodes[i].name, p, from, status)
 		}
 		if len(page.Messages) == 0 {
 			return keys, nil
 		}
 		for _, m := range page.Messages {
 			if m.Offset != int64(len(keys)) {
-				return keys, fmt.Errorf("chaos: %s partition %d: offset %d follows %d: offsets are not dense", w.c.nodes[i].name, p, m.Offset, len(keys)-1)
+				return keys, fmt.Errorf("chaos: %s partition %d: offset %d follows %d: offsets are not dense", c.nodes[i].name, p, m.Offset, len(keys)-1)
 			}
 			keys = append(keys, m.Value)
 		}
