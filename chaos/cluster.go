@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -56,10 +57,16 @@ type cluster struct {
 	forward    []*LinkProxy // HTTP forwarders beside each link proxy (never cut): redirects name a peer's proxy port + 1
 }
 
-// freePortPair finds p with p and p+1 free on 127.0.0.1, below the
-// ephemeral range (a restarted node must get its port back).
-func freePortPair(used map[int]bool) (int, error) {
-	for p := 20000 + os.Getpid()%5000*2; p < 31000; p += 2 {
+// FreePortPair finds p with p and p+1 free on 127.0.0.1 and not in used
+// (which it adds them to), from a random place in 10000–32000: below
+// Linux's ephemeral range (32768–60999), so a client's outgoing connection
+// cannot take the port of a node that restarts, and spread out, so test
+// processes running at once rarely try the same ports.
+func FreePortPair(used map[int]bool) (int, error) {
+	const lo, hi = 10000, 32000
+	start := lo + rand.IntN((hi-lo)/2)*2
+	for k := 0; k < hi-lo; k += 2 {
+		p := lo + (start-lo+k)%(hi-lo)
 		if used[p] || used[p+1] {
 			continue
 		}
@@ -76,12 +83,12 @@ func freePortPair(used map[int]bool) (int, error) {
 		used[p], used[p+1] = true, true
 		return p, nil
 	}
-	return 0, errors.New("chaos: no free port pair below 31000")
+	return 0, errors.New("chaos: no free port pair in 10000-32000")
 }
 
 // startCluster starts n nodes (node1 bootstraps as leader; priorities
-// fall from node1), data and logs under dir. With diskFull, the last
-// node1's data directory is a small tmpfs (diskfull.go: node1 leads most of
+// fall from node1), data and logs under dir. With diskFull, node1's data
+// directory is a small tmpfs (diskfull.go: node1 leads most of
 // the time, having the highest priority, so clients see its 507s and the
 // cluster fails over); when it cannot be
 // mounted, note says why and the run goes on without it.
@@ -89,7 +96,7 @@ func startCluster(bin, dir string, n int, diskFull bool, note func(string)) (*cl
 	c := &cluster{bin: bin, links: map[[2]int]*LinkProxy{}, smallDisk: -1}
 	used := map[int]bool{}
 	for i := range n {
-		p, err := freePortPair(used)
+		p, err := FreePortPair(used)
 		if err != nil {
 			return nil, err
 		}
@@ -102,7 +109,7 @@ func startCluster(bin, dir string, n int, diskFull bool, note func(string)) (*cl
 			port := peer.raftPort
 			if i != j {
 				var err error
-				if port, err = freePortPair(used); err != nil {
+				if port, err = FreePortPair(used); err != nil {
 					c.stop()
 					return nil, err
 				}

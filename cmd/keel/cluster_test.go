@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -39,29 +38,23 @@ type testClusterProcs struct {
 	args    []string                    // more flags for every node
 }
 
-// portPair returns a free port p with p+1 free too (raft port, HTTP port).
+// portPair returns a free port p with p+1 free too (raft port, HTTP
+// port), never one this test binary handed out before.
 func portPair(t *testing.T) int {
 	t.Helper()
-	for range 200 {
-		// Below Linux's ephemeral range (32768-60999): a client's outgoing
-		// connection cannot take the port between this check and the node's
-		// bind (it did once, at the restart of a node).
-		p := 10000 + rand.Intn(22000)
-		a, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		b, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
-		a.Close()
-		if err != nil {
-			continue
-		}
-		b.Close()
-		return p
+	usedPortsMu.Lock()
+	defer usedPortsMu.Unlock()
+	p, err := chaos.FreePortPair(usedPorts)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port pair")
-	return 0
+	return p
 }
+
+var (
+	usedPortsMu sync.Mutex
+	usedPorts   = map[int]bool{}
+)
 
 func newClusterProcs(t *testing.T, n int, extra ...string) *testClusterProcs {
 	return newClusterProcsOpts(t, n, false, extra...)
