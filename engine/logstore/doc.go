@@ -10,8 +10,9 @@
 //   - Every record is a frame of package engine/record: length, CRC32C, type,
 //     flags, batch, offset, payload, 8-byte aligned; zeroed bytes never decode.
 //   - Log.AppendBatch writes one batch with one write and, when asked, one
-//     fdatasync. The caller is the group commit: replication's loop writes
-//     each Raft Ready as one WAL batch; partition logs are appended without
+//     fdatasync. The caller is the group commit: replication writes every
+//     Raft append waiting for the WAL as one batch (its loop, or its
+//     appender goroutine in a cluster); partition logs are appended without
 //     an fsync per batch (the WAL is their durable copy).
 //   - A storage fault (failed write or fsync) is sticky: the Log refuses every
 //     later append with the first fault, and fsync is never retried.
