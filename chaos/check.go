@@ -3,6 +3,7 @@ package chaos
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -105,10 +106,10 @@ func Check(ops []Op, finals FinalLogs, commits FinalCommits, timeout time.Durati
 			parts[p] = true
 		}
 	}
-	for _, p := range slices.Sorted(mapKeys(parts)) {
+	for _, p := range slices.Sorted(maps.Keys(parts)) {
 		res.Violations = append(res.Violations, checkPartition(&res, p, byPart[p], finals, nodes, timeout)...)
 	}
-	gps := slices.SortedFunc(mapKeys(byCommit), func(a, b GroupPartition) int {
+	gps := slices.SortedFunc(maps.Keys(byCommit), func(a, b GroupPartition) int {
 		if a.Group != b.Group {
 			return strings.Compare(a.Group, b.Group)
 		}
@@ -137,7 +138,7 @@ func checkCommits(gp GroupPartition, ops []Op, commits FinalCommits, timeout tim
 			tried = max(tried, op.Offset)
 		}
 	}
-	for _, n := range slices.Sorted(mapKeys(commits)) {
+	for _, n := range slices.Sorted(maps.Keys(commits)) {
 		c, ok := commits[n][gp]
 		if !ok {
 			c = -1
@@ -155,16 +156,6 @@ func checkCommits(gp GroupPartition, ops []Op, commits FinalCommits, timeout tim
 		add("undecided", "the commit check ran out of its %s", timeout)
 	}
 	return vs
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 func checkPartition(res *Result, p int, ops []Op, finals FinalLogs, nodes []string, timeout time.Duration) []Violation {
@@ -270,4 +261,4 @@ func (r Result) Visualize(p int, w io.Writer) error {
 }
 
 // Partitions lists the partitions checked.
-func (r Result) Partitions() []int { return slices.Sorted(mapKeys(r.models)) }
+func (r Result) Partitions() []int { return slices.Sorted(maps.Keys(r.models)) }

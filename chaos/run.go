@@ -127,7 +127,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	for i, nd := range c.nodes {
 		finals[nd.name] = map[int][]string{}
 		for p := range cfg.Partitions {
-			keys, err := w.readAll(i, p)
+			keys, err := c.readAll(i, w.topic, p)
 			if err != nil {
 				gaps = append(gaps, Violation{Kind: "gap", Partition: p, Detail: err.Error()})
 			}

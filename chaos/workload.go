@@ -260,10 +260,6 @@ func getPage(u string) (consumePage, int, error) {
 	return page, 200, nil
 }
 
-// readAll reads partition p of node i from offset 0 to its end (its own
-// applied data), checking offsets are dense.
-func (w *workload) readAll(i, p int) ([]string, error) { return w.c.readAll(i, w.topic, p) }
-
 // readAll reads partition p of topic on node i from offset 0 to its end
 // (its own applied data), checking offsets are dense.
 func (c *cluster) readAll(i int, topic string, p int) ([]string, error) {

@@ -24,16 +24,18 @@ func (n *Node) handleReadies() {
 // to the appender, committed entries are applied here.
 func (n *Node) handleReady() error {
 	rd := n.rn.Ready()
-	var peers []raftpb.Message
+	// The Ready's messages are ours once taken: the peers' are filtered in
+	// place (raft puts the two local ones last), the local ones copied out.
 	var appendMsg, applyMsg *raftpb.Message
-	for i := range rd.Messages {
-		switch m := &rd.Messages[i]; m.To {
+	peers := rd.Messages[:0]
+	for _, m := range rd.Messages {
+		switch m.To {
 		case raft.LocalAppendThread:
-			appendMsg = m
+			appendMsg = &m
 		case raft.LocalApplyThread:
-			applyMsg = m
+			applyMsg = &m
 		default:
-			peers = append(peers, *m)
+			peers = append(peers, m)
 		}
 	}
 	if len(peers) > 0 && n.cfg.Send != nil {
