@@ -18,8 +18,11 @@ type Result struct {
 	Count     int
 	Duplicate bool
 	Created   bool // CmdCreateTopic: the topic is new
-	Ignored   bool // CmdCommit: lower than the stored offset
+	Ignored   bool // CmdCommit: lower than the stored offset; CmdDeleteBefore by retention: the policy is gone
 	TimeMs    int64
+
+	Deleted    uint64 // CmdDeleteBefore: offsets that stopped being readable
+	FreedBytes int64  // CmdDeleteBefore: bytes of the segment files deleted (by the janitor, just after)
 }
 
 // entryStage collects the records of one entry per partition, so each
@@ -123,6 +126,10 @@ func (s *Store) applyCommand(c *Command, nowMs int64) Result {
 		return s.applyProduce(c, nowMs)
 	case CmdCommit:
 		return s.applyCommit(c)
+	case CmdDeleteBefore:
+		return s.applyDeleteBefore(c)
+	case CmdRetention:
+		return s.applyRetention(c)
 	}
 	return Result{Err: fmt.Errorf("%w: kind %d", errCommand, c.Kind)}
 }
@@ -162,6 +169,9 @@ func (s *Store) applyCreate(name string, partitions int, nowMs int64) Result {
 		return Result{Err: s.stage.fault}
 	}
 	s.mu.Lock()
+	for _, p := range t.Partitions {
+		p.setRetention(s.retentionDefault)
+	}
 	s.topics[name] = t
 	s.partitionsTotal += partitions
 	s.mu.Unlock()

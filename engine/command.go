@@ -20,6 +20,10 @@ import (
 //	          auto-create partitions uvarint (0: never) | partition key |
 //	          idempotency key | message count uvarint | (key | value)*
 //	commit  = topic | group | partition uvarint | offset uvarint
+//	delete-before = topic | partition uvarint | offset uvarint | reason u8
+//	retention = topic ("*": every topic) | partition zigzag-varint (-1: all) |
+//	          ttl ms zigzag-varint | max bytes zigzag-varint (for both:
+//	          -1 unchanged, 0 cleared)
 //
 // The leader's clock and the limits that change what apply does are written
 // into the entry, so that every replica, and a replay after a restart with
@@ -47,10 +51,23 @@ const (
 
 // Command kinds; the values are in the Raft log: never renumber.
 const (
-	CmdCreateTopic uint8 = 1
-	CmdProduce     uint8 = 2
-	CmdCommit      uint8 = 3
+	CmdCreateTopic  uint8 = 1
+	CmdProduce      uint8 = 2
+	CmdCommit       uint8 = 3
+	CmdDeleteBefore uint8 = 4
+	CmdRetention    uint8 = 5
 )
+
+// Reasons of a CmdDeleteBefore.
+const (
+	TrimByClient    uint8 = 0 // POST /broker/delete-before
+	TrimByRetention uint8 = 1 // the leader's retention sweep (applies only while a policy remains)
+	trimReasonMax         = TrimByRetention
+)
+
+// AllTopics names every topic in a CmdRetention (and the policy of topics
+// created later).
+const AllTopics = "*"
 
 // MessageIn is one message of a produce command.
 type MessageIn struct {
@@ -73,7 +90,11 @@ type Command struct {
 	Messages             []MessageIn
 
 	Group  string // CmdCommit
-	Offset uint64 // CmdCommit
+	Offset uint64 // CmdCommit, CmdDeleteBefore
+
+	Reason   uint8 // CmdDeleteBefore: TrimBy*
+	TTLMs    int64 // CmdRetention: -1 unchanged, 0 cleared
+	MaxBytes int64 // CmdRetention: -1 unchanged, 0 cleared
 }
 
 var errCommand = errors.New("engine: malformed command")
@@ -170,6 +191,14 @@ func AppendCommand(dst []byte, c *Command) []byte {
 		dst = appendString(dst, c.Group)
 		dst = binary.AppendUvarint(dst, uint64(c.Partition))
 		dst = binary.AppendUvarint(dst, c.Offset)
+	case CmdDeleteBefore:
+		dst = binary.AppendUvarint(dst, uint64(c.Partition))
+		dst = binary.AppendUvarint(dst, c.Offset)
+		dst = append(dst, c.Reason)
+	case CmdRetention:
+		dst = binary.AppendVarint(dst, int64(c.Partition))
+		dst = binary.AppendVarint(dst, c.TTLMs)
+		dst = binary.AppendVarint(dst, c.MaxBytes)
 	}
 	if len(dst)-start != body {
 		panic(fmt.Sprintf("engine: command body %d bytes, computed %d", len(dst)-start, body))
@@ -191,6 +220,10 @@ func commandBodyBytes(c *Command) int {
 		}
 	case CmdCommit:
 		n += bytesLen(len(c.Group)) + uvarintLen(uint64(c.Partition)) + uvarintLen(c.Offset)
+	case CmdDeleteBefore:
+		n += uvarintLen(uint64(c.Partition)) + uvarintLen(c.Offset) + 1
+	case CmdRetention:
+		n += varintLen(int64(c.Partition)) + varintLen(c.TTLMs) + varintLen(c.MaxBytes)
 	}
 	return n
 }
@@ -266,6 +299,26 @@ func DecodeCommand(b []byte, c *Command, intern func([]byte) string) ([]byte, er
 		}
 		c.Partition = int32(p)
 		c.Offset = d.uvarint()
+	case CmdDeleteBefore:
+		p := d.uvarint()
+		if p > 1<<31-1 {
+			d.fail()
+		}
+		c.Partition = int32(p)
+		c.Offset = d.uvarint()
+		if c.Reason = d.byte(); c.Reason > trimReasonMax {
+			d.fail()
+		}
+	case CmdRetention:
+		p := d.varint()
+		if p < -1 || p > 1<<31-1 {
+			d.fail()
+		}
+		c.Partition = int32(p)
+		c.TTLMs, c.MaxBytes = d.varint(), d.varint()
+		if c.TTLMs < -1 || c.MaxBytes < -1 {
+			d.fail()
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", errCommand, c.Kind)
 	}
@@ -302,6 +355,26 @@ func (d *decoder) varint() int64 {
 		return 0
 	}
 	d.b = d.b[n:]
+	return v
+}
+
+// int64 reads a non-negative int64 stored as a uvarint.
+func (d *decoder) int64() int64 {
+	v := d.uvarint()
+	if v > 1<<63-1 {
+		d.fail()
+		return 0
+	}
+	return int64(v)
+}
+
+func (d *decoder) byte() uint8 {
+	if len(d.b) < 1 {
+		d.fail()
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
 	return v
 }
 

@@ -170,7 +170,7 @@ func statePartitions(state []byte) ([]statePartition, error) {
 		return nil, err
 	}
 	d := decoder{b: p}
-	d.uvarint()
+	version := d.uvarint()
 	d.uvarint()
 	d.uvarint()
 	d.bytes()
@@ -185,6 +185,10 @@ func statePartitions(state []byte) ([]statePartition, error) {
 		for j := range parts {
 			next := d.uvarint()
 			d.uvarint()
+			if version >= 3 {
+				d.uvarint() // retention policy
+				d.uvarint()
+			}
 			out = append(out, statePartition{topic: name, partition: j, next: next})
 		}
 	}

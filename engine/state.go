@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -23,13 +24,16 @@ import (
 // payload (uvarint numbers, length-prefixed strings):
 //
 //	version | applied index | applied term | replication blob |
-//	topics: count, (name, partitions, created ms, rr, (next, start)*)* |
+//	topics: count, (name, partitions, created ms, rr,
+//	        (next, start, ttl ms, max bytes)*)* |
 //	offsets: count, (topic, group, partition, offset)* |
-//	idempotency: count, (key, partition, offset, count, time ms)*
+//	idempotency: count, (key, partition, offset, count, time ms)* |
+//	retention default: ttl ms, max bytes
 //
 // Version 2 stores each idempotency key as its 16-byte digest (see
 // idemKey); version 1 stored the composite key in full, and is digested
-// when loaded.
+// when loaded. Version 3 added the retention policies (per partition,
+// and the default for topics created later); earlier versions have none.
 //
 // Recovery loads it, cuts each partition back to its checkpointed end and
 // replays the Raft log after the applied index: restart time is bounded by
@@ -37,7 +41,7 @@ import (
 const (
 	stateFileName     = "state.ckpt"
 	stateMagic        = "KEELSTAT"
-	stateVersion      = 2
+	stateVersion      = 3
 	stateVersionMin   = 1
 	stateHeaderBytes  = len(stateMagic) + 12
 	statePayloadLimit = 1 << 34 // sanity bound (a version-1 idempotency table could hold ~1.3 GB at its limits)
@@ -70,7 +74,11 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 	}
 	b, err := s.cfg.FS.ReadFile(filepath.Join(cfg.Dir, stateFileName))
 	if errors.Is(err, os.ErrNotExist) {
-		return s, nil, removeStrayTopicDirs(s.cfg.FS, s.topicsDir(), s.topics)
+		if err := removeStrayTopicDirs(s.cfg.FS, s.topicsDir(), s.topics); err != nil {
+			return nil, nil, err
+		}
+		s.janitor = newJanitor(slog.Default())
+		return s, nil, nil
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("engine: read state checkpoint: %w", err)
@@ -85,6 +93,7 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		return nil, nil, err
 	}
 	s.recovery = s.summarizeRecovery()
+	s.janitor = newJanitor(slog.Default())
 	return s, blob, nil
 }
 
@@ -214,6 +223,9 @@ func (s *Store) encodeState(blob []byte) []byte {
 		for _, part := range t.Partitions {
 			p = binary.AppendUvarint(p, part.Log.NextOffset())
 			p = binary.AppendUvarint(p, part.Log.StartOffset())
+			pol := part.Retention()
+			p = binary.AppendUvarint(p, uint64(pol.TTLMs))
+			p = binary.AppendUvarint(p, uint64(pol.MaxBytes))
 		}
 	}
 	p = binary.AppendUvarint(p, uint64(len(s.offsets)))
@@ -232,6 +244,8 @@ func (s *Store) encodeState(blob []byte) []byte {
 		p = binary.AppendUvarint(p, uint64(e.count))
 		p = binary.AppendVarint(p, e.tsMs)
 	}
+	p = binary.AppendUvarint(p, uint64(s.retentionDefault.TTLMs))
+	p = binary.AppendUvarint(p, uint64(s.retentionDefault.MaxBytes))
 	out := make([]byte, 0, stateHeaderBytes+len(p))
 	out = append(out, stateMagic...)
 	out = binary.LittleEndian.AppendUint64(out, uint64(len(p)))
@@ -261,7 +275,7 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 	}
 	s.applied, s.appliedTerm = d.uvarint(), d.uvarint()
 	blob := append([]byte(nil), d.bytes()...)
-	if err := s.decodeTopics(&d, corrupt); err != nil {
+	if err := s.decodeTopics(&d, version, corrupt); err != nil {
 		return nil, err
 	}
 	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
@@ -278,13 +292,16 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 		s.idem.byKey[e.key] = e
 		s.idem.fifo = append(s.idem.fifo, e)
 	}
+	if version >= 3 {
+		s.retentionDefault = RetentionPolicy{TTLMs: d.int64(), MaxBytes: d.int64()}
+	}
 	if d.err != nil || len(d.b) != 0 {
 		return nil, corrupt("payload does not decode")
 	}
 	return blob, nil
 }
 
-func (s *Store) decodeTopics(d *decoder, corrupt func(string) error) error {
+func (s *Store) decodeTopics(d *decoder, version uint64, corrupt func(string) error) error {
 	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
 		name, parts := string(d.bytes()), d.int()
 		created, rr := d.varint(), d.uvarint()
@@ -300,6 +317,12 @@ func (s *Store) decodeTopics(d *decoder, corrupt func(string) error) error {
 		s.partitionsTotal += parts
 		for _, p := range t.Partitions {
 			next, start := d.uvarint(), d.uvarint()
+			if version >= 3 {
+				p.setRetention(RetentionPolicy{TTLMs: d.int64(), MaxBytes: d.int64()})
+			}
+			if d.err != nil {
+				return corrupt("bad partition record")
+			}
 			if err := restorePartition(p, next, start); err != nil {
 				return err
 			}

@@ -106,6 +106,11 @@ type Store struct {
 	offsets         map[offsetKey]uint64
 	applied         uint64
 	appliedTerm     uint64
+	// retentionDefault is the policy set for "*": topics created later
+	// start with it.
+	retentionDefault RetentionPolicy
+
+	janitor *janitor // deletes segment files below log starts
 
 	recovery RecoverySummary // what OpenStore found and did
 
@@ -141,6 +146,8 @@ type Partition struct {
 	Topic string
 	ID    int32
 	Log   *logstore.Log
+
+	policy partitionPolicy // retention
 
 	mu      sync.Mutex
 	changed chan struct{} // closed at the next append; nil while nobody waits
@@ -259,6 +266,7 @@ func (s *Store) Applied() (index, term uint64) {
 
 // Close closes every partition log (making it durable).
 func (s *Store) Close() error {
+	s.janitor.close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var first error

@@ -94,7 +94,7 @@ func needsLeader(ctx *fasthttp.RequestCtx, r *route) bool {
 	if ctx.IsPost() {
 		return r.post > 0
 	}
-	return r == &routeConsume && string(ctx.QueryArgs().Peek("stale")) != "1"
+	return (r == &routeConsume || r == &routeOffsets) && string(ctx.QueryArgs().Peek("stale")) != "1"
 }
 
 // notLeaderError is the answer to a proposal this node refused because it

@@ -24,6 +24,8 @@ type consumeQuery struct {
 	maxBytes  int
 	b64       bool
 	wait      time.Duration
+	fromTs    int64 // from_ts_ms: start at the first record at or after it
+	hasFromTs bool
 }
 
 // consume serves GET /broker/consume/{topic}/{group}/{partition}.
@@ -45,6 +47,12 @@ func (s *Server) consume(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 	committed, hasCommitted := s.store.Committed(topic, group, part.ID)
 	from := part.Log.StartOffset()
 	switch {
+	case q.hasFromTs:
+		var err error
+		if from, _, err = s.offsetForTime(part, q.fromTs); err != nil {
+			writeError(ctx, mapError(err))
+			return
+		}
 	case q.fromStart:
 	case q.hasOffset:
 		from = q.offset
@@ -225,6 +233,12 @@ func (s *Server) parseConsumeQuery(args *fasthttp.Args) (consumeQuery, *apiError
 		return q, e
 	}
 	q.limit, q.maxBytes, q.wait = int(limit), int(maxBytes), time.Duration(waitMs)*time.Millisecond
+	if q.fromTs, q.hasFromTs, e = queryInt(args, "from_ts_ms"); e != nil {
+		return q, e
+	}
+	if q.hasFromTs && q.hasOffset {
+		return q, errBadRequest("invalid_offset", "give offset or from_ts_ms, not both")
+	}
 	switch enc := string(args.Peek("encoding")); enc {
 	case "", "text", "utf8":
 	case "b64", "base64":
@@ -272,6 +286,22 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 	var decodeErr error
 	var cut bool         // the last message read did not fit and was taken back
 	var cutOffset uint64 // its offset: where the next page starts
+	// Records past the partition's TTL are skipped until the retention
+	// sweep deletes them: first by the time index (every record before
+	// the first one recent enough is expired), then one by one (a leader
+	// change may leave an older timestamp after a newer one).
+	expiredBefore, ttl := p.ExpiredBefore(time.Now().UnixMilli())
+	if ttl {
+		fresh, ok, err := p.Log.OffsetForTime(expiredBefore)
+		if err != nil {
+			return b, 0, from, false, err
+		}
+		if !ok {
+			fresh = end
+		}
+		from = max(from, fresh)
+	}
+	skippedTo := from // one past the last record skipped as expired
 	// The stored bytes read are at most the bytes written (every message
 	// gains at least its JSON field names), so the log's own budget never
 	// stops a page before the written budget does.
@@ -280,6 +310,10 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 		if err != nil {
 			decodeErr = err
 			return false
+		}
+		if ttl && m.TimestampMs < expiredBefore {
+			skippedTo = fr.Offset + 1
+			return true
 		}
 		before := len(b)
 		if count > 0 {
@@ -301,8 +335,9 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 	}
 	if count == 0 {
 		// Nothing returned: keep the caller's position (moved up to the log
-		// start if retention deleted what it asked for).
-		next = max(from, p.Log.StartOffset())
+		// start if retention deleted what it asked for, and past records
+		// skipped as expired).
+		next = max(from, skippedTo, p.Log.StartOffset())
 	}
 	truncated := count > 0 && count < q.limit && next < end
 	return b, count, next, truncated, err

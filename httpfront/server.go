@@ -258,6 +258,9 @@ var (
 	routeProduceBatch = route{"produce_ndjson", ScopeWrite, ScopeWrite, "POST", bodyBatch, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.produce(c, p.seg[2], true) }}
 	routeConsume      = route{"consume", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.consume(c, p.seg[2], p.seg[3], p.seg[4]) }}
 	routeCommit       = route{"commit", ScopeWrite, ScopeWrite, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
+	routeDeleteBefore = route{"delete_before", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.deleteBefore(c) }}
+	routeRetention    = route{"retention", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.retention(c) }}
+	routeOffsets      = route{"offsets", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.offsets(c, p.seg[2], p.seg[3]) }}
 	routeSealedStatus = route{"sealed_status", ScopeAdmin, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
 	routeMembership   = route{"ha_membership", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.membership(c) }}
 	routeMemberChange = route{"ha_membership_change", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.changeMembership(c, p.seg[2]) }}
@@ -390,6 +393,12 @@ func routeFor(p *pathParams) *route {
 		return &routeConsume
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "commit":
 		return &routeCommit
+	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "delete-before":
+		return &routeDeleteBefore
+	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "retention":
+		return &routeRetention
+	case len(seg) == 4 && seg[0] == "broker" && seg[1] == "offsets":
+		return &routeOffsets
 	case len(seg) == 3 && seg[0] == "admin" && seg[1] == "sealed" && seg[2] == "status":
 		return &routeSealedStatus
 	case len(seg) == 2 && seg[0] == "ha" && seg[1] == "membership":

@@ -164,10 +164,21 @@ func (s *Server) describeTopic(ctx *fasthttp.RequestCtx, name string) {
 		b = appendUintField(b, "log_start_offset", p.Log.StartOffset())
 		b = appendUintField(b, "log_end_offset", p.Log.NextOffset())
 		b = appendIntField(b, "bytes", p.Log.Bytes())
+		b = appendIntField(b, "segments", int64(len(p.Log.Segments())))
+		b = appendRetention(b, p.Retention())
 		b = append(b, '}')
 	}
 	b = append(b, ']')
-	b = append(appendKey(b, "retention"), `{"ttl_ms":0,"max_bytes":0}`...)
+	// The topic's policy, when every partition has the same one (else
+	// each partition's says).
+	pol := t.Partitions[0].Retention()
+	for _, p := range t.Partitions[1:] {
+		if p.Retention() != pol {
+			pol = engine.RetentionPolicy{TTLMs: -1, MaxBytes: -1}
+			break
+		}
+	}
+	b = appendRetention(b, pol)
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 

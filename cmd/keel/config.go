@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"keel/housekeeping"
 )
 
 // envNames returns the environment variables that may set a flag, in
@@ -56,6 +58,8 @@ type options struct {
 	idempotencyKeysMax   int
 	checkpointBytes      int64
 	checkpointInterval   time.Duration
+	segmentBytes         int64
+	retentionInterval    time.Duration
 	raftLogRetainBytes   int64
 	haInsecurePlaintext  bool
 	haJoin               bool
@@ -181,6 +185,8 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.idempotencyKeysMax, "idempotency-keys-max", 1_000_000, "most idempotency keys remembered (oldest dropped first)")
 	int64Var(&o.checkpointBytes, "checkpoint-bytes", 64<<20, "WAL bytes between state checkpoints (bounds restart time)")
 	durVar(&o.checkpointInterval, "checkpoint-interval", time.Minute, "longest time between state checkpoints while writes happen")
+	int64Var(&o.segmentBytes, "segment-bytes", 64<<20, "size at which a partition's active segment is sealed and a new one begun; retention and delete-before free whole sealed segments (at least --max-message-bytes + 64 KiB, at most 1 GiB)")
+	durVar(&o.retentionInterval, "retention-interval", housekeeping.RetentionIntervalDefault, "how often the leader checks partitions against their retention policies and trims whole expired or surplus segments (reads skip expired records in between)")
 	int64Var(&o.raftLogRetainBytes, "raft-log-retain-bytes", 64<<20, "cluster: applied Raft entries kept in memory so a lagging follower catches up from the log; one further behind gets a snapshot")
 	boolVar(&o.haInsecurePlaintext, "ha-insecure-plaintext", false, "cluster: allow node traffic without TLS on a raft address that is not loopback (anyone who reaches the port can then act as a node)", "RF_HA_INSECURE_PLAINTEXT")
 	durVar(&o.defaultTimeout, "write-timeout", 30*time.Second, "how long a write waits for durability when timeout_ms is absent")

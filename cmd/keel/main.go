@@ -20,6 +20,7 @@ import (
 
 	"keel/engine"
 	"keel/engine/logstore"
+	"keel/housekeeping"
 	"keel/httpfront"
 	"keel/replication"
 	"keel/ring"
@@ -155,7 +156,11 @@ func serveWith(o options, log *slog.Logger) error {
 	}
 	defer io.Close()
 	start := time.Now()
-	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: o.data, Limits: engine.EntryLimits{
+	if o.segmentBytes < int64(o.maxMessageBytes)+64<<10 || o.segmentBytes > 1<<30 {
+		return fmt.Errorf("--segment-bytes %d: must be at least --max-message-bytes + 64 KiB (%d) and at most 1 GiB", o.segmentBytes, int64(o.maxMessageBytes)+64<<10)
+	}
+	partitionCfg := logstore.LogConfig{SegmentBytes: o.segmentBytes, BatchBytesMax: int(min(o.segmentBytes, 8<<20))}
+	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: o.data, Partition: partitionCfg, Limits: engine.EntryLimits{
 		IdempotencyWindowMs: o.idempotencyWindow.Milliseconds(),
 		IdempotencyKeysMax:  o.idempotencyKeysMax,
 		PartitionsMax:       o.maxPartitions,
@@ -204,6 +209,8 @@ func serveWith(o options, log *slog.Logger) error {
 		}
 	}
 	node.Start()
+	sweeper := housekeeping.Start(housekeeping.Config{RetentionInterval: o.retentionInterval, Log: log}, node, store)
+	defer sweeper.Close()
 	// A single node leads at once; a cluster member needs its peers, which
 	// may not run yet: it listens now, and writes wait for a leader.
 	if cluster == nil && !node.WaitServing(time.Now().Add(startupServeMax)) {
@@ -242,7 +249,7 @@ func serveWith(o options, log *slog.Logger) error {
 		attrs = append(attrs, "node_id", cluster.self.Name, "raft_addr", cluster.self.RaftAddr, "members", len(cluster.members), "mtls", cluster.tls != nil)
 	}
 	log.Info("keel listening", attrs...)
-	return serveUntilSignal(srv, ln, node, store, log)
+	return serveUntilSignal(srv, ln, node, store, sweeper, log)
 }
 
 // logRecovery says what the node found and did at startup: what recovery
@@ -285,7 +292,7 @@ func listenHost(o options, haveTokens bool, log *slog.Logger) (string, bool, err
 
 // serveUntilSignal serves until SIGTERM/SIGINT, then shuts down within
 // the bounds above and returns.
-func serveUntilSignal(srv *httpfront.Server, ln net.Listener, node *replication.Node, store *engine.Store, log *slog.Logger) error {
+func serveUntilSignal(srv *httpfront.Server, ln net.Listener, node *replication.Node, store *engine.Store, sweeper *housekeeping.Sweeper, log *slog.Logger) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	served := make(chan error, 1)
@@ -312,6 +319,7 @@ func serveUntilSignal(srv *httpfront.Server, ln net.Listener, node *replication.
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("shutdown: connections still busy after the grace period are dropped", "grace", httpGraceMax.String())
 	}
+	sweeper.Close()
 	if err := node.Close(); err != nil {
 		return fmt.Errorf("close WAL: %w", err)
 	}

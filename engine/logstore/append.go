@@ -110,10 +110,18 @@ func (l *Log) encode(recs []Record, first, batch uint64, seg *segment) {
 		}
 		before := len(buf)
 		buf = record.AppendFrame(buf, Frame{Type: r.Type, Flags: flags, Batch: uint32(batch), Offset: first + uint64(i), Payload: r.Payload})
-		l.pendingIndex = append(l.pendingIndex, indexEntry{rel: uint32(first + uint64(i) - seg.base), pos: uint32(pos)})
+		l.pendingIndex = append(l.pendingIndex, pendingEntry{rel: uint32(first + uint64(i) - seg.base), pos: uint32(pos),
+			ts: frameTime(Frame{Type: r.Type, Payload: r.Payload})})
 		pos += int64(len(buf) - before)
 	}
 	l.encoded = buf
+}
+
+// pendingEntry is a record of a batch being written, for the index once
+// the write is published.
+type pendingEntry struct {
+	rel, pos uint32
+	ts       int64
 }
 
 // encodedKeepBytes is the largest encode buffer a log keeps between appends.
@@ -145,7 +153,7 @@ func putEncodeBuf(b []byte) { encodeBufs.Put(&b) }
 func (l *Log) publish(seg *segment, n, size int, batch uint64) {
 	l.mu.Lock()
 	for _, e := range l.pendingIndex {
-		seg.index.add(e.rel, int64(e.pos))
+		seg.index.add(e.rel, int64(e.pos), e.ts)
 	}
 	seg.size += int64(size)
 	seg.count += uint64(n)

@@ -63,7 +63,7 @@ type Log struct {
 	writeBehindFrom     int64         // active segment position from which writeback was not started
 	writeBehindFailures atomic.Uint64 // write-behind hints the kernel refused
 	encoded             []byte        // reusable encode buffer
-	pendingIndex        []indexEntry
+	pendingIndex        []pendingEntry
 	fault               error    // first storage fault; sticky
 	unsyncedDirs        []string // DeferDirSync: directories whose new names are not durable yet (guarded by mu)
 	closed              bool

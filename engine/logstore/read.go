@@ -47,6 +47,9 @@ func (l *Log) Read(from uint64, maxBytes int, fn func(Frame) bool) (next uint64,
 			budget -= len(fr.Payload)
 			return true, fn(fr) && budget > 0
 		}, nil)
+		if err != nil && l.detachedFrom(view.seg, err) {
+			continue // deleted under the reader: go on from the new start
+		}
 		if err != nil || stop {
 			return from, err
 		}

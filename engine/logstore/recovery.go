@@ -115,7 +115,7 @@ func scanSegment(path string, data []byte, base uint64, vouched int64, intervalB
 		}
 		switch classify(reg, st, newer) {
 		case verdictContinue:
-			res.index.add(uint32(res.count), pos)
+			res.index.add(uint32(res.count), pos, frameTime(fr))
 			res.count++
 			res.lastBatch, res.lastEnd, res.any = fr.Batch, fr.Flags&record.FlagBatchEnd != 0, true
 			pos += int64(n)

@@ -37,6 +37,15 @@ func AppendMessage(dst []byte, timestampMs int64, key, value []byte) []byte {
 // MessagePayloadBytes is the payload size of a message with this key and value.
 func MessagePayloadBytes(key, value []byte) int { return messageHeaderBytes + len(key) + len(value) }
 
+// MessageTimestamp reads the timestamp of a TypeMessage frame's payload
+// without decoding the rest.
+func MessageTimestamp(payload []byte) (int64, bool) {
+	if len(payload) < messageHeaderBytes {
+		return 0, false
+	}
+	return int64(binary.LittleEndian.Uint64(payload[0:8])), true
+}
+
 // DecodeMessage decodes a TypeMessage frame's payload.
 func DecodeMessage(offset uint64, payload []byte) (Message, error) {
 	if len(payload) < messageHeaderBytes {

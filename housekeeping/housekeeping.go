@@ -1,0 +1,144 @@
+// Package housekeeping runs the leader's periodic work: the decisions that
+// depend on time (retention today) are made on the leader, from its clock,
+// and written into the ordered log as ordinary commands, so every replica
+// applies the same decision at the same point (the state machine stays
+// deterministic: apply never reads a clock). Work that changes no state,
+// such as deleting segment files below a log start, runs on every node.
+package housekeeping
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"keel/engine"
+	"keel/replication"
+)
+
+// Config holds the sweep's settings.
+type Config struct {
+	// RetentionInterval is how often the leader checks every partition
+	// against its retention policy (0 = RetentionIntervalDefault).
+	RetentionInterval time.Duration
+	// ProposeTimeout bounds each proposal (0 = 10 s).
+	ProposeTimeout time.Duration
+	Log            *slog.Logger
+}
+
+// RetentionIntervalDefault is the retention sweep's default period. Reads
+// filter expired records in between, so the period only bounds how long
+// disk space waits to be given back.
+const RetentionIntervalDefault = 5 * time.Second
+
+// Proposer is what the sweep proposes through (*replication.Node).
+type Proposer interface {
+	Propose(c replication.Command, deadline time.Time) (replication.Outcome, error)
+	Status() replication.Status
+}
+
+// Sweeper runs the periodic work until Close.
+type Sweeper struct {
+	cfg   Config
+	node  Proposer
+	store *engine.Store
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+
+	mu    sync.Mutex
+	stats Stats
+}
+
+// Stats counts what the sweeper did.
+type Stats struct {
+	Sweeps          uint64 // retention checks run as leader
+	Trims           uint64 // trims applied (the log start moved)
+	TrimmedOffsets  uint64 // offsets that stopped being readable by those trims
+	TrimmedBytes    int64  // segment bytes those trims freed
+	ProposeFailures uint64 // proposals that failed (not leader any more, timeout, fault)
+}
+
+// Start runs a sweeper over store, proposing through node.
+func Start(cfg Config, node Proposer, store *engine.Store) *Sweeper {
+	if cfg.RetentionInterval <= 0 {
+		cfg.RetentionInterval = RetentionIntervalDefault
+	}
+	if cfg.ProposeTimeout <= 0 {
+		cfg.ProposeTimeout = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	s := &Sweeper{cfg: cfg, node: node, store: store, stop: make(chan struct{}), done: make(chan struct{})}
+	go s.run()
+	return s
+}
+
+func (s *Sweeper) run() {
+	defer close(s.done)
+	t := time.NewTicker(s.cfg.RetentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		s.Sweep()
+	}
+}
+
+// Sweep runs one retention check now: on the leader it proposes a trim
+// for every partition beyond its policy; on every node it hands segments
+// left below a log start to the store's janitor.
+func (s *Sweeper) Sweep() {
+	s.store.ReclaimBelowStart()
+	if st := s.node.Status(); st.Role != "leader" || !st.Serving {
+		return
+	}
+	s.mu.Lock()
+	s.stats.Sweeps++
+	s.mu.Unlock()
+	for _, c := range s.store.RetentionTrims(time.Now().UnixMilli()) {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		out, err := s.node.Propose(c, time.Now().Add(s.cfg.ProposeTimeout))
+		if err == nil {
+			err = out.Err
+		}
+		s.mu.Lock()
+		if err != nil {
+			s.stats.ProposeFailures++
+		} else if out.Deleted > 0 {
+			s.stats.Trims++
+			s.stats.TrimmedOffsets += out.Deleted
+			s.stats.TrimmedBytes += out.FreedBytes
+		}
+		s.mu.Unlock()
+		if err != nil {
+			if !errors.Is(err, replication.ErrNotLeader) && !errors.Is(err, replication.ErrStopped) {
+				s.cfg.Log.Warn("retention trim failed", "topic", c.Topic, "partition", c.Partition, "before", c.Offset, "err", err)
+			}
+			return // try again at the next sweep
+		}
+		s.cfg.Log.Debug("retention trim", "topic", c.Topic, "partition", c.Partition, "before", c.Offset,
+			"deleted", out.Deleted, "freed_bytes", out.FreedBytes)
+	}
+}
+
+// Stats returns what the sweeper did so far.
+func (s *Sweeper) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// Close stops the sweeper and waits for a sweep in progress.
+func (s *Sweeper) Close() {
+	s.once.Do(func() { close(s.stop) })
+	<-s.done
+}
