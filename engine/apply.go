@@ -23,6 +23,10 @@ type Result struct {
 
 	Deleted    uint64 // CmdDeleteBefore: offsets that stopped being readable
 	FreedBytes int64  // CmdDeleteBefore: bytes of the segment files deleted (by the janitor, just after)
+
+	CAS         uint64 // CmdKVPut: the new cas; CmdKVDelete: the deleted key's; ErrCASMismatch: the current one (0: no key)
+	ExpectedCAS uint64 // ErrCASMismatch: the cas the command asked for
+	KVDeleted   bool   // CmdKVDelete: a live key was deleted
 }
 
 // entryStage collects the records of one entry per partition, so each
@@ -130,6 +134,12 @@ func (s *Store) applyCommand(c *Command, nowMs int64) Result {
 		return s.applyDeleteBefore(c)
 	case CmdRetention:
 		return s.applyRetention(c)
+	case CmdKVPut:
+		return s.applyKVPut(c, nowMs)
+	case CmdKVDelete:
+		return s.applyKVDelete(c, nowMs)
+	case CmdKVExpire:
+		return s.applyKVExpire(c, nowMs)
 	}
 	return Result{Err: fmt.Errorf("%w: kind %d", errCommand, c.Kind)}
 }

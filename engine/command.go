@@ -24,6 +24,9 @@ import (
 //	retention = topic ("*": every topic) | partition zigzag-varint (-1: all) |
 //	          ttl ms zigzag-varint | max bytes zigzag-varint (for both:
 //	          -1 unchanged, 0 cleared)
+//	kv put  = namespace | key | value | cas given u8 | cas uvarint | ttl ms uvarint
+//	kv delete = namespace | key | cas given u8 | cas uvarint
+//	kv expire = namespace | count uvarint | (key | cas uvarint)*
 //
 // The leader's clock and the limits that change what apply does are written
 // into the entry, so that every replica, and a replay after a restart with
@@ -56,6 +59,9 @@ const (
 	CmdCommit       uint8 = 3
 	CmdDeleteBefore uint8 = 4
 	CmdRetention    uint8 = 5
+	CmdKVPut        uint8 = 6
+	CmdKVDelete     uint8 = 7
+	CmdKVExpire     uint8 = 8
 )
 
 // Reasons of a CmdDeleteBefore.
@@ -93,8 +99,24 @@ type Command struct {
 	Offset uint64 // CmdCommit, CmdDeleteBefore
 
 	Reason   uint8 // CmdDeleteBefore: TrimBy*
-	TTLMs    int64 // CmdRetention: -1 unchanged, 0 cleared
+	TTLMs    int64 // CmdRetention: -1 unchanged, 0 cleared; CmdKVPut: time to live (0 = none)
 	MaxBytes int64 // CmdRetention: -1 unchanged, 0 cleared
+
+	// CmdKVPut, CmdKVDelete (Topic is the namespace): the key, the value,
+	// and the compare-and-set condition when HasCAS.
+	KVKey   []byte
+	KVValue []byte
+	HasCAS  bool
+	CAS     uint64
+	// CmdKVExpire: keys to remove if they still hold this cas and are
+	// past their TTL when the entry applies.
+	KVExpired []KVVersion
+}
+
+// KVVersion is a key at one cas.
+type KVVersion struct {
+	Key []byte
+	CAS uint64
 }
 
 var errCommand = errors.New("engine: malformed command")
@@ -199,6 +221,22 @@ func AppendCommand(dst []byte, c *Command) []byte {
 		dst = binary.AppendVarint(dst, int64(c.Partition))
 		dst = binary.AppendVarint(dst, c.TTLMs)
 		dst = binary.AppendVarint(dst, c.MaxBytes)
+	case CmdKVPut, CmdKVDelete:
+		dst = appendBytes(dst, c.KVKey)
+		if c.Kind == CmdKVPut {
+			dst = appendBytes(dst, c.KVValue)
+		}
+		dst = append(dst, boolByte(c.HasCAS))
+		dst = binary.AppendUvarint(dst, c.CAS)
+		if c.Kind == CmdKVPut {
+			dst = binary.AppendUvarint(dst, uint64(c.TTLMs))
+		}
+	case CmdKVExpire:
+		dst = binary.AppendUvarint(dst, uint64(len(c.KVExpired)))
+		for _, v := range c.KVExpired {
+			dst = appendBytes(dst, v.Key)
+			dst = binary.AppendUvarint(dst, v.CAS)
+		}
 	}
 	if len(dst)-start != body {
 		panic(fmt.Sprintf("engine: command body %d bytes, computed %d", len(dst)-start, body))
@@ -224,6 +262,15 @@ func commandBodyBytes(c *Command) int {
 		n += uvarintLen(uint64(c.Partition)) + uvarintLen(c.Offset) + 1
 	case CmdRetention:
 		n += varintLen(int64(c.Partition)) + varintLen(c.TTLMs) + varintLen(c.MaxBytes)
+	case CmdKVPut:
+		n += bytesLen(len(c.KVKey)) + bytesLen(len(c.KVValue)) + 1 + uvarintLen(c.CAS) + uvarintLen(uint64(c.TTLMs))
+	case CmdKVDelete:
+		n += bytesLen(len(c.KVKey)) + 1 + uvarintLen(c.CAS)
+	case CmdKVExpire:
+		n += uvarintLen(uint64(len(c.KVExpired)))
+		for _, v := range c.KVExpired {
+			n += bytesLen(len(v.Key)) + uvarintLen(v.CAS)
+		}
 	}
 	return n
 }
@@ -319,6 +366,33 @@ func DecodeCommand(b []byte, c *Command, intern func([]byte) string) ([]byte, er
 		if c.TTLMs < -1 || c.MaxBytes < -1 {
 			d.fail()
 		}
+	case CmdKVPut, CmdKVDelete:
+		c.KVKey = d.bytes()
+		if c.Kind == CmdKVPut {
+			c.KVValue = d.bytes()
+		}
+		switch d.byte() {
+		case 0:
+		case 1:
+			c.HasCAS = true
+		default:
+			d.fail()
+		}
+		c.CAS = d.uvarint()
+		if !c.HasCAS && c.CAS != 0 {
+			d.fail() // one encoding per command
+		}
+		if c.Kind == CmdKVPut {
+			c.TTLMs = d.int64()
+		}
+	case CmdKVExpire:
+		count := d.uvarint()
+		if count > uint64(len(d.b)) {
+			d.fail()
+		}
+		for i := uint64(0); i < count && d.err == nil; i++ {
+			c.KVExpired = append(c.KVExpired, KVVersion{Key: d.bytes(), CAS: d.uvarint()})
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", errCommand, c.Kind)
 	}
@@ -396,6 +470,13 @@ func (d *decoder) bytes() []byte {
 	v := d.b[:n:n]
 	d.b = d.b[n:]
 	return v
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func appendBytes(dst, b []byte) []byte {

@@ -59,7 +59,7 @@ func (s *Store) SnapshotManifest() (state []byte, files []SnapshotFile, err erro
 		return nil, nil, err
 	}
 	for _, p := range parts {
-		rel := filepath.Join("topics", p.topic, strconv.Itoa(p.partition))
+		rel := p.rel
 		entries, err := s.cfg.FS.ReadDir(filepath.Join(s.cfg.Dir, rel))
 		if err != nil {
 			return nil, nil, fmt.Errorf("engine: snapshot: list %s: %w", rel, err)
@@ -101,17 +101,21 @@ func (s *Store) ReadSnapshotFile(rel string, off int64, buf []byte) (int, error)
 	return n, err
 }
 
-// validSnapshotRel accepts topics/<topic>/<partition>/<digits>.log only, so
-// a peer cannot read or write anything else through the snapshot calls.
+// validSnapshotRel accepts topics/<topic>/<partition>/<digits>.log and
+// kv/<namespace>/<digits>.log only, so a peer cannot read or write
+// anything else through the snapshot calls.
 func validSnapshotRel(rel string) bool {
 	f := strings.Split(rel, string(filepath.Separator))
-	if len(f) != 4 || f[0] != "topics" || !ValidTopicName(f[1]) {
+	switch {
+	case len(f) == 4 && f[0] == "topics" && ValidTopicName(f[1]):
+		if _, err := strconv.ParseUint(f[2], 10, 32); err != nil {
+			return false
+		}
+	case len(f) == 3 && f[0] == "kv" && ValidTopicName(f[1]):
+	default:
 		return false
 	}
-	if _, err := strconv.ParseUint(f[2], 10, 32); err != nil {
-		return false
-	}
-	base, ok := strings.CutSuffix(f[3], ".log")
+	base, ok := strings.CutSuffix(f[len(f)-1], ".log")
 	if !ok {
 		return false
 	}
@@ -157,13 +161,12 @@ func statePayload(b []byte) ([]byte, error) {
 }
 
 type statePartition struct {
-	topic     string
-	partition int
-	next      uint64
+	rel  string // the log's directory, relative to the store's
+	next uint64
 }
 
-// statePartitions lists the partitions a state checkpoint names, with the
-// end offset it vouches for.
+// statePartitions lists the partition and KV namespace logs a state
+// checkpoint names, with the end offset it vouches for.
 func statePartitions(state []byte) ([]statePartition, error) {
 	p, err := statePayload(state)
 	if err != nil {
@@ -189,7 +192,38 @@ func statePartitions(state []byte) ([]statePartition, error) {
 				d.uvarint() // retention policy
 				d.uvarint()
 			}
-			out = append(out, statePartition{topic: name, partition: j, next: next})
+			out = append(out, statePartition{rel: filepath.Join("topics", name, strconv.Itoa(j)), next: next})
+		}
+	}
+	if version >= 4 {
+		for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ { // offsets
+			d.bytes()
+			d.bytes()
+			d.uvarint()
+			d.uvarint()
+		}
+		for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ { // idempotency
+			d.bytes()
+			d.varint()
+			d.uvarint()
+			d.uvarint()
+			d.varint()
+		}
+		d.uvarint() // retention default
+		d.uvarint()
+		for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
+			name, next := string(d.bytes()), d.uvarint()
+			d.uvarint()
+			for j, keys := 0, d.uvarint(); uint64(j) < keys && d.err == nil; j++ {
+				d.bytes()
+				d.uvarint()
+				d.uvarint()
+				d.varint()
+			}
+			if !ValidTopicName(name) {
+				return nil, errors.New("engine: snapshot: bad kv namespace in the state checkpoint")
+			}
+			out = append(out, statePartition{rel: filepath.Join("kv", name), next: next})
 		}
 	}
 	if d.err != nil {
@@ -315,10 +349,15 @@ func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
 		}
 	}
 	g.files = nil
-	if err := vfs.EnsureDir(s.cfg.FS, filepath.Join(g.dir, "topics")); err != nil {
-		return err
+	// Both directories exist in the staging, even empty, so that the
+	// install replaces the store's (a namespace the leader does not have
+	// must not survive on the follower).
+	for _, sub := range []string{"topics", "kv"} {
+		if err := vfs.EnsureDir(s.cfg.FS, filepath.Join(g.dir, sub)); err != nil {
+			return err
+		}
+		dirs[filepath.Join(g.dir, sub)] = true
 	}
-	dirs[filepath.Join(g.dir, "topics")] = true
 	for d := range dirs {
 		if err := vfs.SyncDir(s.cfg.FS, d); err != nil {
 			return err
@@ -335,6 +374,10 @@ func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
 			p.Log.Close()
 		}
 	}
+	for _, n := range s.kvs {
+		n.part.Log.Close()
+	}
+	s.kvs = map[string]*KVNamespace{}
 	s.topics, s.partitionsTotal = map[string]*Topic{}, 0
 	s.offsets = map[offsetKey]uint64{}
 	s.idem = newIdempotencyTable()
@@ -356,17 +399,20 @@ func completeSnapshotInstall(fs vfs.FS, dir string) error {
 		return nil
 	}
 	staging := filepath.Join(dir, snapshotStaging)
-	topics, old := filepath.Join(dir, "topics"), filepath.Join(dir, "topics.old")
-	if _, err := fs.Stat(filepath.Join(staging, "topics")); err == nil {
-		if _, err := fs.Stat(topics); err == nil {
+	for _, sub := range []string{"topics", "kv"} {
+		cur, old := filepath.Join(dir, sub), filepath.Join(dir, sub+".old")
+		if _, err := fs.Stat(filepath.Join(staging, sub)); err != nil {
+			continue
+		}
+		if _, err := fs.Stat(cur); err == nil {
 			if err := fs.RemoveAll(old); err != nil {
 				return err
 			}
-			if err := fs.Rename(topics, old); err != nil {
+			if err := fs.Rename(cur, old); err != nil {
 				return fmt.Errorf("engine: snapshot: %w", err)
 			}
 		}
-		if err := fs.Rename(filepath.Join(staging, "topics"), topics); err != nil {
+		if err := fs.Rename(filepath.Join(staging, sub), cur); err != nil {
 			return fmt.Errorf("engine: snapshot: %w", err)
 		}
 	}
@@ -378,8 +424,10 @@ func completeSnapshotInstall(fs vfs.FS, dir string) error {
 	if err := vfs.SyncDir(fs, dir); err != nil {
 		return err
 	}
-	if err := fs.RemoveAll(old); err != nil {
-		return err
+	for _, sub := range []string{"topics", "kv"} {
+		if err := fs.RemoveAll(filepath.Join(dir, sub+".old")); err != nil {
+			return err
+		}
 	}
 	if err := fs.RemoveAll(staging); err != nil {
 		return err

@@ -49,6 +49,7 @@ func TestSnapshotInstall(t *testing.T) {
 		src.apply(1000+int64(i), produce("a", int32(i%2), "k"+string(rune('A'+i%26))+string(rune('a'+i/26)), "v"+string(rune('a'+i%26))))
 	}
 	src.apply(2000, Command{Kind: CmdCommit, Topic: "a", Group: "g", Partition: 1, Offset: 7})
+	src.apply(2001, kvPut("cfg", "a/b", "kv value", nil, 0), kvPut("cfg", "c", "gone", nil, 0), kvDel("cfg", "c", nil))
 	if err := src.s.Checkpoint([]byte("leader blob")); err != nil {
 		t.Fatal(err)
 	}
@@ -59,6 +60,7 @@ func TestSnapshotInstall(t *testing.T) {
 	dstDir := t.TempDir()
 	dst := newStoreHarness(t, dstDir)
 	dst.apply(500, Command{Kind: CmdCreateTopic, Topic: "stale", Partitions: 1}) // what the follower had
+	dst.apply(501, kvPut("stalekv", "k", "v", nil, 0))
 	g := copySnapshot(t, src.s, dst.s)
 	if err := dst.s.InstallSnapshot(g, []byte("follower blob")); err != nil {
 		t.Fatal(err)
@@ -81,6 +83,15 @@ func TestSnapshotInstall(t *testing.T) {
 		if off, ok := s.Committed("a", "g", 1); !ok || off != 7 {
 			t.Fatalf("%s: committed offset %d %v", how, off, ok)
 		}
+		if v, cas, ok := h.kvGet("cfg", "a/b", 0); !ok || v != "kv value" || cas != 1 {
+			t.Fatalf("%s: kv cfg/a/b = %q cas %d %v", how, v, cas, ok)
+		}
+		if _, _, ok := h.kvGet("cfg", "c", 0); ok {
+			t.Fatalf("%s: a deleted kv key came with the snapshot", how)
+		}
+		if _, ok := s.KV("stalekv"); ok {
+			t.Fatalf("%s: the follower's old kv namespace survived the install", how)
+		}
 	}
 	check(dst.s, "installed")
 	dst.index = wantIndex // the harness's own count follows the store's
@@ -90,7 +101,10 @@ func TestSnapshotInstall(t *testing.T) {
 		t.Fatalf("a key from before the snapshot was not remembered: %+v", res[0])
 	}
 	dst.s.Close()
-	for _, leftover := range []string{snapshotStaging, snapshotMarker, "topics.old"} {
+	if _, err := os.Stat(filepath.Join(dstDir, "kv", "stalekv")); !os.IsNotExist(err) {
+		t.Fatalf("the follower's old kv namespace is still on disk: %v", err)
+	}
+	for _, leftover := range []string{snapshotStaging, snapshotMarker, "topics.old", "kv.old"} {
 		if _, err := os.Stat(filepath.Join(dstDir, leftover)); !os.IsNotExist(err) {
 			t.Fatalf("%s left behind: %v", leftover, err)
 		}

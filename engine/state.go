@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/btree"
+
 	"keel/engine/logstore"
 	"keel/engine/record"
 	"keel/engine/vfs"
@@ -28,12 +30,14 @@ import (
 //	        (next, start, ttl ms, max bytes)*)* |
 //	offsets: count, (topic, group, partition, offset)* |
 //	idempotency: count, (key, partition, offset, count, time ms)* |
-//	retention default: ttl ms, max bytes
+//	retention default: ttl ms, max bytes |
+//	kv: count, (namespace, next, start, keys, (key, cas, offset, expires ms)*)*
 //
 // Version 2 stores each idempotency key as its 16-byte digest (see
 // idemKey); version 1 stored the composite key in full, and is digested
 // when loaded. Version 3 added the retention policies (per partition,
 // and the default for topics created later); earlier versions have none.
+// Version 4 added the KV namespaces.
 //
 // Recovery loads it, cuts each partition back to its checkpointed end and
 // replays the Raft log after the applied index: restart time is bounded by
@@ -41,7 +45,7 @@ import (
 const (
 	stateFileName     = "state.ckpt"
 	stateMagic        = "KEELSTAT"
-	stateVersion      = 3
+	stateVersion      = 4
 	stateVersionMin   = 1
 	stateHeaderBytes  = len(stateMagic) + 12
 	statePayloadLimit = 1 << 34 // sanity bound (a version-1 idempotency table could hold ~1.3 GB at its limits)
@@ -60,6 +64,7 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		io:      io,
 		topics:  map[string]*Topic{},
 		offsets: map[offsetKey]uint64{},
+		kvs:     map[string]*KVNamespace{},
 		idem:    newIdempotencyTable(),
 	}
 	if err := vfs.EnsureDir(cfg.FS, cfg.Dir); err != nil {
@@ -77,6 +82,9 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		if err := removeStrayTopicDirs(s.cfg.FS, s.topicsDir(), s.topics); err != nil {
 			return nil, nil, err
 		}
+		if err := removeStrayDirs(s.cfg.FS, s.kvDir(), func(name string) bool { return false }); err != nil {
+			return nil, nil, err
+		}
 		s.janitor = newJanitor(slog.Default())
 		return s, nil, nil
 	}
@@ -89,6 +97,10 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		return nil, nil, err
 	}
 	if err := removeStrayTopicDirs(s.cfg.FS, s.topicsDir(), s.topics); err != nil {
+		s.Close()
+		return nil, nil, err
+	}
+	if err := removeStrayDirs(s.cfg.FS, s.kvDir(), func(name string) bool { _, ok := s.kvs[name]; return ok }); err != nil {
 		s.Close()
 		return nil, nil, err
 	}
@@ -149,7 +161,11 @@ func (s *Store) Checkpoint(blob []byte) error {
 type StateCapture struct {
 	fs      vfs.FS
 	dir     string
-	state   []byte
+	state   []byte // the payload before the KV section
+	kvNames []string
+	kvTrees []*btree.BTreeG[kvItem] // clones: copy-on-write, encoded by Write
+	kvEnds  [][2]uint64             // each namespace log's next and start
+
 	syncs   []func() error // fsync each partition's active segment as of the capture
 	dirs    []string       // directories holding names of partitions created since the last capture
 	newLogs []newLogDirs   // those partitions
@@ -161,21 +177,31 @@ type StateCapture struct {
 func (s *Store) Capture(blob []byte) *StateCapture {
 	c := &StateCapture{fs: s.cfg.FS, dir: s.cfg.Dir, state: s.encodeState(blob)}
 	seen := map[string]bool{}
+	parts := []*Partition{}
 	for _, t := range s.Topics() {
-		for _, p := range t.Partitions {
-			// New partitions' directory names, each directory once (a
-			// topic's partitions share its directory and the topics one).
-			if dirs := p.Log.PendingDirs(); len(dirs) > 0 {
-				c.newLogs = append(c.newLogs, newLogDirs{p.Log, dirs})
-				for _, d := range dirs {
-					if !seen[d] {
-						seen[d] = true
-						c.dirs = append(c.dirs, d)
-					}
+		parts = append(parts, t.Partitions...)
+	}
+	s.kvMu.Lock() // Clone marks the tree copy-on-write
+	for _, n := range s.KVNamespaces() {
+		c.kvNames = append(c.kvNames, n.Name)
+		c.kvTrees = append(c.kvTrees, n.tree.Clone())
+		c.kvEnds = append(c.kvEnds, [2]uint64{n.part.Log.NextOffset(), n.part.Log.StartOffset()})
+		parts = append(parts, n.part)
+	}
+	s.kvMu.Unlock()
+	for _, p := range parts {
+		// New partitions' directory names, each directory once (a
+		// topic's partitions share its directory and the topics one).
+		if dirs := p.Log.PendingDirs(); len(dirs) > 0 {
+			c.newLogs = append(c.newLogs, newLogDirs{p.Log, dirs})
+			for _, d := range dirs {
+				if !seen[d] {
+					seen[d] = true
+					c.dirs = append(c.dirs, d)
 				}
 			}
-			c.syncs = append(c.syncs, p.Log.ActiveSyncer())
 		}
+		c.syncs = append(c.syncs, p.Log.ActiveSyncer())
 	}
 	return c
 }
@@ -204,7 +230,16 @@ func (c *StateCapture) Write() error {
 			return err
 		}
 	}
-	return vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, c.state)
+	return vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, frameState(appendKVState(c.state, c.kvNames, c.kvTrees, c.kvEnds)))
+}
+
+// frameState puts the header (magic, length, checksum) before a payload.
+func frameState(p []byte) []byte {
+	out := make([]byte, 0, stateHeaderBytes+len(p))
+	out = append(out, stateMagic...)
+	out = binary.LittleEndian.AppendUint64(out, uint64(len(p)))
+	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(p, record.Castagnoli))
+	return append(out, p...)
 }
 
 func (s *Store) encodeState(blob []byte) []byte {
@@ -246,11 +281,7 @@ func (s *Store) encodeState(blob []byte) []byte {
 	}
 	p = binary.AppendUvarint(p, uint64(s.retentionDefault.TTLMs))
 	p = binary.AppendUvarint(p, uint64(s.retentionDefault.MaxBytes))
-	out := make([]byte, 0, stateHeaderBytes+len(p))
-	out = append(out, stateMagic...)
-	out = binary.LittleEndian.AppendUint64(out, uint64(len(p)))
-	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(p, record.Castagnoli))
-	return append(out, p...)
+	return p // the KV section follows (StateCapture.Write)
 }
 
 // decodeState restores s from a state checkpoint and opens its partitions.
@@ -294,6 +325,11 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 	}
 	if version >= 3 {
 		s.retentionDefault = RetentionPolicy{TTLMs: d.int64(), MaxBytes: d.int64()}
+	}
+	if version >= 4 {
+		if err := s.decodeKVState(&d, corrupt); err != nil {
+			return nil, err
+		}
 	}
 	if d.err != nil || len(d.b) != 0 {
 		return nil, corrupt("payload does not decode")

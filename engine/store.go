@@ -112,6 +112,9 @@ type Store struct {
 
 	janitor *janitor // deletes segment files below log starts
 
+	kvs  map[string]*KVNamespace // guarded by mu
+	kvMu sync.RWMutex            // guards every namespace's index (written by apply only)
+
 	recovery RecoverySummary // what OpenStore found and did
 
 	idem  *idempotencyTable // apply goroutine only
@@ -277,6 +280,11 @@ func (s *Store) Close() error {
 			}
 		}
 	}
+	for _, n := range s.kvs {
+		if err := n.part.Log.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
 	return first
 }
 
@@ -318,6 +326,12 @@ func (t *Topic) partitionFor(c *Command) (int32, error) {
 }
 
 func removeStrayTopicDirs(fs vfs.FS, dir string, keep map[string]*Topic) error {
+	return removeStrayDirs(fs, dir, func(name string) bool { _, ok := keep[name]; return ok })
+}
+
+// removeStrayDirs removes the entries of dir that keep refuses: logs
+// created after the state checkpoint, which the WAL replay creates again.
+func removeStrayDirs(fs vfs.FS, dir string, keep func(name string) bool) error {
 	entries, err := fs.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -326,7 +340,7 @@ func removeStrayTopicDirs(fs vfs.FS, dir string, keep map[string]*Topic) error {
 		return fmt.Errorf("engine: list %s: %w", dir, err)
 	}
 	for _, e := range entries {
-		if _, ok := keep[e.Name()]; ok {
+		if keep(e.Name()) {
 			continue
 		}
 		// Created after the checkpoint: the WAL replay creates it again.

@@ -1,5 +1,5 @@
 // Package housekeeping runs the leader's periodic work: the decisions that
-// depend on time (retention today) are made on the leader, from its clock,
+// depend on time (retention trims, KV keys past their TTL) are made on the leader, from its clock,
 // and written into the ordered log as ordinary commands, so every replica
 // applies the same decision at the same point (the state machine stays
 // deterministic: apply never reads a clock). Work that changes no state,
@@ -56,8 +56,13 @@ type Stats struct {
 	Trims           uint64 // trims applied (the log start moved)
 	TrimmedOffsets  uint64 // offsets that stopped being readable by those trims
 	TrimmedBytes    int64  // segment bytes those trims freed
+	ExpiredKeys     uint64 // KV keys past their TTL removed
 	ProposeFailures uint64 // proposals that failed (not leader any more, timeout, fault)
 }
+
+// kvExpiriesPerSweep bounds the expired KV keys one sweep removes (the
+// rest wait for the next): readers already treat them as absent.
+const kvExpiriesPerSweep = 10_000
 
 // Start runs a sweeper over store, proposing through node.
 func Start(cfg Config, node Proposer, store *engine.Store) *Sweeper {
@@ -90,7 +95,8 @@ func (s *Sweeper) run() {
 }
 
 // Sweep runs one retention check now: on the leader it proposes a trim
-// for every partition beyond its policy; on every node it hands segments
+// for every partition beyond its policy and the removal of KV keys past
+// their TTL; on every node it hands segments
 // left below a log start to the store's janitor.
 func (s *Sweeper) Sweep() {
 	s.store.ReclaimBelowStart()
@@ -100,7 +106,9 @@ func (s *Sweeper) Sweep() {
 	s.mu.Lock()
 	s.stats.Sweeps++
 	s.mu.Unlock()
-	for _, c := range s.store.RetentionTrims(time.Now().UnixMilli()) {
+	cmds := s.store.RetentionTrims(time.Now().UnixMilli())
+	cmds = append(cmds, s.store.KVExpiries(time.Now().UnixMilli(), kvExpiriesPerSweep)...)
+	for _, c := range cmds {
 		select {
 		case <-s.stop:
 			return
@@ -113,6 +121,8 @@ func (s *Sweeper) Sweep() {
 		s.mu.Lock()
 		if err != nil {
 			s.stats.ProposeFailures++
+		} else if c.Kind == engine.CmdKVExpire {
+			s.stats.ExpiredKeys += uint64(out.Count)
 		} else if out.Deleted > 0 {
 			s.stats.Trims++
 			s.stats.TrimmedOffsets += out.Deleted
@@ -125,8 +135,10 @@ func (s *Sweeper) Sweep() {
 			}
 			return // try again at the next sweep
 		}
-		s.cfg.Log.Debug("retention trim", "topic", c.Topic, "partition", c.Partition, "before", c.Offset,
-			"deleted", out.Deleted, "freed_bytes", out.FreedBytes)
+		if c.Kind == engine.CmdDeleteBefore {
+			s.cfg.Log.Debug("retention trim", "topic", c.Topic, "partition", c.Partition, "before", c.Offset,
+				"deleted", out.Deleted, "freed_bytes", out.FreedBytes)
+		}
 	}
 }
 

@@ -147,3 +147,23 @@ func TestSweepOnlyOnLeader(t *testing.T) {
 		t.Fatalf("a follower swept: %+v, start %d", st, tp.Partitions[0].Log.StartOffset())
 	}
 }
+
+func TestSweepExpiresKVKeys(t *testing.T) {
+	node, store, _ := single(t)
+	propose(t, node, &engine.Command{Kind: engine.CmdKVPut, Topic: "ns", KVKey: []byte("short"), KVValue: []byte("v"), TTLMs: 30})
+	propose(t, node, &engine.Command{Kind: engine.CmdKVPut, Topic: "ns", KVKey: []byte("long"), KVValue: []byte("v"), TTLMs: 3_600_000})
+	time.Sleep(60 * time.Millisecond)
+	sw := Start(Config{RetentionInterval: time.Hour}, node, store)
+	defer sw.Close()
+	sw.Sweep()
+	n, _ := store.KV("ns")
+	if _, ok := store.KVLookup(n, []byte("short")); ok {
+		t.Fatal("an expired key is still indexed after the sweep")
+	}
+	if _, ok := store.KVLookup(n, []byte("long")); !ok {
+		t.Fatal("a live key was removed")
+	}
+	if got := sw.Stats().ExpiredKeys; got != 1 {
+		t.Fatalf("ExpiredKeys %d, want 1", got)
+	}
+}

@@ -91,10 +91,10 @@ func (s *Server) redirect(ctx *fasthttp.RequestCtx, m replication.Member) *apiEr
 // needsLeader reports whether request r must be served by the leader: every
 // write, and every consume that is not a stale read.
 func needsLeader(ctx *fasthttp.RequestCtx, r *route) bool {
-	if ctx.IsPost() {
+	if isWrite(ctx) {
 		return r.post > 0
 	}
-	return (r == &routeConsume || r == &routeOffsets) && string(ctx.QueryArgs().Peek("stale")) != "1"
+	return (r == &routeConsume || r == &routeOffsets || r == &routeKV || r == &routeKVList) && string(ctx.QueryArgs().Peek("stale")) != "1"
 }
 
 // notLeaderError is the answer to a proposal this node refused because it

@@ -74,6 +74,8 @@ func mapError(err error) *apiError {
 		return ae
 	case errors.Is(err, engine.ErrUnknownTopic):
 		return &apiError{status: 404, code: "unknown_topic", message: "the topic does not exist"}
+	case errors.Is(err, engine.ErrInvalidKey):
+		return errBadRequest("invalid_key", "a KV key is 1 to 1024 bytes")
 	case errors.Is(err, engine.ErrUnknownPartition):
 		return &apiError{status: 404, code: "unknown_partition", message: "the partition does not exist in this topic"}
 	case errors.Is(err, engine.ErrInvalidPartition):

@@ -44,6 +44,7 @@ const (
 	bodyJSON                    // small JSON objects: JSONBodyMax
 	bodyMessage                 // one message: MaxMessageBytes
 	bodyBatch                   // NDJSON: MaxBatchBytes
+	bodyKV                      // a KV value: MaxKVValueBytes
 )
 
 // intake is the per-request state of the steps above.
@@ -54,6 +55,9 @@ type intake struct {
 	reserved int64   // bytes taken from the in-flight budget
 }
 
+// isWrite reports whether the request's method changes state.
+func isWrite(ctx *fasthttp.RequestCtx) bool { return ctx.IsPost() || ctx.IsDelete() }
+
 // bodyLimit returns the largest body r takes.
 func (s *Server) bodyLimit(r *route) int {
 	switch r.body {
@@ -61,6 +65,8 @@ func (s *Server) bodyLimit(r *route) int {
 		return s.cfg.MaxMessageBytes
 	case bodyBatch:
 		return s.cfg.MaxBatchBytes
+	case bodyKV:
+		return s.cfg.MaxKVValueBytes
 	case bodyJSON:
 		return s.cfg.JSONBodyMax
 	}
@@ -77,6 +83,9 @@ func (s *Server) bodyTooLarge(r *route) *apiError {
 	case bodyBatch:
 		return &apiError{status: 413, code: "batch_too_large",
 			message: fmt.Sprintf("the body is larger than max_batch_bytes (%d); nothing was written", s.cfg.MaxBatchBytes)}
+	case bodyKV:
+		return &apiError{status: 413, code: "value_too_large",
+			message: fmt.Sprintf("the value is larger than max_kv_value_bytes (%d)", s.cfg.MaxKVValueBytes)}
 	case bodyJSON:
 		return &apiError{status: 413, code: "body_too_large",
 			message: fmt.Sprintf("the JSON body is larger than %d bytes", s.cfg.JSONBodyMax)}
@@ -90,7 +99,7 @@ func (s *Server) bodyTooLarge(r *route) *apiError {
 // rate-limited token pays once.
 func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, in *intake, charge bool) *apiError {
 	scope := r.scope
-	if ctx.IsPost() {
+	if isWrite(ctx) {
 		scope = r.post
 	}
 	if scope > 0 {

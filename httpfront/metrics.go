@@ -25,6 +25,8 @@ type metrics struct {
 	produced atomic.Uint64
 	consumed atomic.Uint64
 	commits  atomic.Uint64
+	kvPuts   atomic.Uint64
+	kvGets   atomic.Uint64
 
 	bodyBudgetRefused atomic.Uint64 // requests refused: BodyBytesInFlightMax was held
 	acceptRetries     atomic.Uint64 // accepts retried after EMFILE and the like
@@ -77,6 +79,19 @@ func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
 	w.sample("keel_consumed_messages_total", nil, s.metrics.consumed.Load())
 	w.help("keel_commits_total", "counter", "consumer offset commits acknowledged")
 	w.sample("keel_commits_total", nil, s.metrics.commits.Load())
+	w.help("keel_kv_puts_total", "counter", "KV puts acknowledged")
+	w.sample("keel_kv_puts_total", nil, s.metrics.kvPuts.Load())
+	w.help("keel_kv_gets_total", "counter", "KV values read")
+	w.sample("keel_kv_gets_total", nil, s.metrics.kvGets.Load())
+	w.help("keel_kv_keys", "gauge", "keys held by every KV namespace (expired ones not yet purged included)")
+	w.sample("keel_kv_keys", nil, uint64(s.store.KVKeys()))
+	janSegs, janBytes, janPending := s.store.JanitorStats()
+	w.help("keel_retention_deleted_segments_total", "counter", "segment files deleted below log starts (retention, delete-before)")
+	w.sample("keel_retention_deleted_segments_total", nil, uint64(janSegs))
+	w.help("keel_retention_freed_bytes_total", "counter", "bytes those segment files held")
+	w.sample("keel_retention_freed_bytes_total", nil, uint64(janBytes))
+	w.help("keel_retention_pending_deletions", "gauge", "sets of segments waiting to be deleted")
+	w.sample("keel_retention_pending_deletions", nil, uint64(janPending))
 	w.help("keel_body_bytes_in_flight", "gauge", "request bodies and consume answers held in memory now, bytes (limit: BodyBytesInFlightMax, 256 MiB)")
 	w.sample("keel_body_bytes_in_flight", nil, uint64(max(0, s.inFlight.Load())))
 	w.help("keel_accept_retries_total", "counter", "accepts that failed for lack of descriptors or memory and were retried after a pause")

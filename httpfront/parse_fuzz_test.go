@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"math/big"
+	"net/url"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
+
+	"keel/engine"
 )
 
 func TestSplitNDJSON(t *testing.T) {
@@ -225,6 +228,62 @@ func FuzzParseTokens(f *testing.F) {
 			if l := tk.Limit; l != nil && (l.RPS < 0 || l.Burst < 0 || l.Daily < 0 || l.RPS == 0 && l.Daily == 0 || l.RPS > 0 && l.Burst < 1) {
 				t.Fatalf("%q: bad limit %+v", s, *l)
 			}
+		}
+	})
+}
+
+// FuzzRetentionCommand: a retention body either parses into a command
+// that encodes and decodes to itself, or is refused with a 400.
+func FuzzRetentionCommand(f *testing.F) {
+	f.Add([]byte(`{"topic":"t","partition":0,"ttl_ms":60000,"max_bytes":104857600}`))
+	f.Add([]byte(`{"topic":"*","ttl_ms":0}`))
+	f.Add([]byte(`{"topic":"t","max_bytes":18446744073709551615}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		cmd, e := retentionCommand(body)
+		if e != nil {
+			if e.status != 400 {
+				t.Fatalf("error %+v", e)
+			}
+			return
+		}
+		if cmd.TTLMs < -1 || cmd.MaxBytes < -1 || cmd.TTLMs < 0 && cmd.MaxBytes < 0 || cmd.Partition < -1 {
+			t.Fatalf("command out of range: %+v", cmd)
+		}
+		var back engine.Command
+		if _, err := engine.DecodeCommand(engine.AppendCommand(nil, cmd), &back, nil); err != nil {
+			t.Fatalf("%+v does not decode: %v", cmd, err)
+		}
+		if back.Topic != cmd.Topic || back.Partition != cmd.Partition || back.TTLMs != cmd.TTLMs || back.MaxBytes != cmd.MaxBytes {
+			t.Fatalf("round trip %+v -> %+v", cmd, back)
+		}
+	})
+}
+
+// FuzzKVPath: a namespace and key escaped into a path come back as they
+// were, and any path either splits or is a 400.
+func FuzzKVPath(f *testing.F) {
+	f.Add("ns", "a/b/c")
+	f.Add("ns", "x/meta")
+	f.Add("n%zz", "%")
+	f.Fuzz(func(t *testing.T, ns, key string) {
+		if _, _, _, e := kvPath(ns + "/" + key); e != nil && e.status != 400 {
+			t.Fatalf("error %+v", e)
+		}
+		if strings.Contains(ns, "/") || key == "" {
+			return
+		}
+		// A client escapes each key segment; "/" stays the separator.
+		parts := strings.Split(key, "/")
+		for i := range parts {
+			parts[i] = url.PathEscape(parts[i])
+		}
+		raw := strings.Join(parts, "/")
+		if strings.HasSuffix(key, "/meta") {
+			raw = strings.Join(parts[:len(parts)-1], "/") + "%2Fmeta"
+		}
+		gotNS, gotKey, meta, e := kvPath(url.PathEscape(ns) + "/" + raw)
+		if e != nil || gotNS != ns || gotKey != key || meta {
+			t.Fatalf("(%q, %q) -> %q: (%q, %q, meta %v, %v)", ns, key, raw, gotNS, gotKey, meta, e)
 		}
 	})
 }

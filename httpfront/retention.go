@@ -67,48 +67,57 @@ func (s *Server) deleteBefore(ctx *fasthttp.RequestCtx) {
 // leaves that bound as it was; 0 clears it. "*" sets every topic's
 // partitions and the policy of topics created later.
 func (s *Server) retention(ctx *fasthttp.RequestCtx) {
+	cmd, e := retentionCommand(ctx.PostBody())
+	if e == nil {
+		e = s.retentionTargetExists(cmd)
+	}
+	if e != nil {
+		writeError(ctx, e)
+		return
+	}
+	if _, e := s.proposeAndWait(ctx, cmd); e != nil {
+		writeError(ctx, e)
+		return
+	}
+	b := append(make([]byte, 0, 64), '{')
+	b = appendBoolField(b, "ok", true)
+	b = appendBoolField(b, "ttl_applied", cmd.TTLMs >= 0)
+	b = appendBoolField(b, "size_applied", cmd.MaxBytes >= 0)
+	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+// retentionCommand parses a retention body into its command (Partition
+// -1: all; TTLMs, MaxBytes -1: unchanged), without looking at the store.
+func retentionCommand(body []byte) (*engine.Command, *apiError) {
 	var req struct {
 		Topic     *string         `json:"topic"`
 		Partition json.RawMessage `json:"partition"`
 		TTLMs     json.RawMessage `json:"ttl_ms"`
 		MaxBytes  json.RawMessage `json:"max_bytes"`
 	}
-	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
-		writeError(ctx, e)
-		return
+	if e := decodeJSONObject(body, &req); e != nil {
+		return nil, e
 	}
 	if req.Topic == nil {
-		writeError(ctx, errBadRequest("missing_fields", "the body is missing: topic"))
-		return
+		return nil, errBadRequest("missing_fields", "the body is missing: topic")
 	}
 	if req.TTLMs == nil && req.MaxBytes == nil {
-		writeError(ctx, errBadRequest("missing_fields", "the body needs ttl_ms or max_bytes (0 clears that bound)"))
-		return
+		return nil, errBadRequest("missing_fields", "the body needs ttl_ms or max_bytes (0 clears that bound)")
 	}
 	cmd := &engine.Command{Kind: engine.CmdRetention, Topic: *req.Topic, Partition: -1, TTLMs: -1, MaxBytes: -1}
 	all := *req.Topic == engine.AllTopics
 	if !all && !engine.ValidTopicName(*req.Topic) {
-		writeError(ctx, mapError(engine.ErrInvalidTopic))
-		return
+		return nil, mapError(engine.ErrInvalidTopic)
 	}
 	if req.Partition != nil && string(req.Partition) != "null" {
 		p, ok := jsonUint(req.Partition)
 		if !ok || p > math.MaxInt32 {
-			writeError(ctx, errBadRequest("invalid_partition", "partition must be a non-negative integer (omit it for every partition)"))
-			return
+			return nil, errBadRequest("invalid_partition", "partition must be a non-negative integer (omit it for every partition)")
 		}
 		if all {
-			writeError(ctx, errBadRequest("invalid_partition", `a partition cannot be named with "topic":"*"`))
-			return
-		}
-		if _, e := s.existingPartition(*req.Topic, p); e != nil {
-			writeError(ctx, e)
-			return
+			return nil, errBadRequest("invalid_partition", `a partition cannot be named with "topic":"*"`)
 		}
 		cmd.Partition = int32(p)
-	} else if _, ok := s.store.Topic(*req.Topic); !all && !ok {
-		writeError(ctx, mapError(engine.ErrUnknownTopic))
-		return
 	}
 	for _, f := range []struct {
 		raw  json.RawMessage
@@ -120,20 +129,27 @@ func (s *Server) retention(ctx *fasthttp.RequestCtx) {
 		}
 		v, ok := jsonUint(f.raw)
 		if !ok || v > math.MaxInt64 {
-			writeError(ctx, errBadRequest("invalid_"+f.name, f.name+" must be a non-negative 64-bit integer (0 clears it)"))
-			return
+			return nil, errBadRequest("invalid_"+f.name, f.name+" must be a non-negative 64-bit integer (0 clears it)")
 		}
 		*f.dst = int64(v)
 	}
-	if _, e := s.proposeAndWait(ctx, cmd); e != nil {
-		writeError(ctx, e)
-		return
+	return cmd, nil
+}
+
+// retentionTargetExists refuses a policy for a topic or partition that
+// does not exist (404) before anything is proposed.
+func (s *Server) retentionTargetExists(cmd *engine.Command) *apiError {
+	switch {
+	case cmd.Topic == engine.AllTopics:
+		return nil
+	case cmd.Partition >= 0:
+		_, e := s.existingPartition(cmd.Topic, uint64(cmd.Partition))
+		return e
 	}
-	b := append(make([]byte, 0, 64), '{')
-	b = appendBoolField(b, "ok", true)
-	b = appendBoolField(b, "ttl_applied", cmd.TTLMs >= 0)
-	b = appendBoolField(b, "size_applied", cmd.MaxBytes >= 0)
-	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+	if _, ok := s.store.Topic(cmd.Topic); !ok {
+		return mapError(engine.ErrUnknownTopic)
+	}
+	return nil
 }
 
 // offsets serves GET /broker/offsets/{topic}/{partition}[?timestamp_ms=T]:

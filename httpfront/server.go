@@ -57,6 +57,8 @@ type Config struct {
 	TrustedProxies []net.IP
 
 	MaxMessageBytes  int // one message (produce body, NDJSON line)
+	MaxKVValueBytes  int // one KV value (put body)
+	MaxKVKeys        int // keys of every KV namespace together (0 = no limit)
 	MaxBatchMessages int // lines in one NDJSON request
 	MaxBatchBytes    int // bytes of one NDJSON request
 	MaxKeyBytes      int // key and idempotency_key
@@ -94,6 +96,8 @@ func Defaults() Config {
 		DefaultPartitions:    8,
 		MaxPartitions:        engine.PartitionsMaxDefault,
 		MaxMessageBytes:      1 << 20,
+		MaxKVValueBytes:      1 << 20,
+		MaxKVKeys:            5_000_000,
 		MaxBatchMessages:     10000,
 		MaxBatchBytes:        4 << 20,
 		MaxKeyBytes:          1024,
@@ -173,7 +177,7 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 		DisablePreParseMultipartForm: true,
 		Name:                         "keel",
 		ReadBufferSize:               cfg.HeaderBytesMax,
-		MaxRequestBodySize:           max(cfg.MaxMessageBytes, cfg.MaxBatchBytes, cfg.JSONBodyMax),
+		MaxRequestBodySize:           max(cfg.MaxMessageBytes, cfg.MaxBatchBytes, cfg.JSONBodyMax, cfg.MaxKVValueBytes),
 		ReadTimeout:                  cfg.ReadTimeout,
 		WriteTimeout:                 cfg.ReadTimeout,
 		IdleTimeout:                  cfg.IdleTimeout,
@@ -260,6 +264,8 @@ var (
 	routeCommit       = route{"commit", ScopeWrite, ScopeWrite, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
 	routeDeleteBefore = route{"delete_before", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.deleteBefore(c) }}
 	routeRetention    = route{"retention", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.retention(c) }}
+	routeKV           = route{"kv", ScopeRead, ScopeWrite, "GET POST DELETE", bodyKV, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.kv(c, p.seg[1], p.seg[2], p.seg[3] == "meta") }}
+	routeKVList       = route{"kv_list", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.kvList(c, p.seg[1]) }}
 	routeOffsets      = route{"offsets", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.offsets(c, p.seg[2], p.seg[3]) }}
 	routeSealedStatus = route{"sealed_status", ScopeAdmin, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
 	routeMembership   = route{"ha_membership", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.membership(c) }}
@@ -324,7 +330,19 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 		raw = strings.TrimSuffix(raw, "/")
 	}
 	rest := strings.TrimPrefix(raw, "/")
-	for {
+	if kvRest, ok := strings.CutPrefix(rest, "kv/"); ok {
+		// A KV key is the rest of the path, slashes included (kv.go).
+		ns, key, meta, e := kvPath(kvRest)
+		if e != nil {
+			return nil, e
+		}
+		p.seg[0], p.seg[1], p.seg[2], p.n = "kv", ns, key, 3
+		if meta {
+			p.seg[3], p.n = "meta", 4
+		}
+		rest = ""
+	}
+	for rest != "" || p.n == 0 {
 		if p.n == maxPathSegments {
 			return nil, &apiError{status: 404, code: "not_found", message: "no such route"}
 		}
@@ -351,7 +369,8 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 	// sends a HEAD answer's headers (Content-Length included) and drops
 	// its body.
 	getLike := ctx.IsGet() || ctx.IsHead()
-	allowed := getLike && strings.Contains(r.methods, "GET") || ctx.IsPost() && strings.Contains(r.methods, "POST")
+	allowed := getLike && strings.Contains(r.methods, "GET") || ctx.IsPost() && strings.Contains(r.methods, "POST") ||
+		ctx.IsDelete() && strings.Contains(r.methods, "DELETE")
 	if !allowed {
 		methods := r.methods
 		if strings.Contains(methods, "GET") {
@@ -393,6 +412,10 @@ func routeFor(p *pathParams) *route {
 		return &routeConsume
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "commit":
 		return &routeCommit
+	case seg[0] == "kv" && len(seg) >= 3 && seg[2] != "":
+		return &routeKV
+	case seg[0] == "kv" && (len(seg) == 2 || len(seg) == 3 && seg[2] == ""):
+		return &routeKVList
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "delete-before":
 		return &routeDeleteBefore
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "retention":

@@ -59,6 +59,8 @@ type options struct {
 	checkpointBytes      int64
 	checkpointInterval   time.Duration
 	segmentBytes         int64
+	maxKVValueBytes      int
+	maxKVKeys            int
 	retentionInterval    time.Duration
 	raftLogRetainBytes   int64
 	haInsecurePlaintext  bool
@@ -185,6 +187,8 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.idempotencyKeysMax, "idempotency-keys-max", 1_000_000, "most idempotency keys remembered (oldest dropped first)")
 	int64Var(&o.checkpointBytes, "checkpoint-bytes", 64<<20, "WAL bytes between state checkpoints (bounds restart time)")
 	durVar(&o.checkpointInterval, "checkpoint-interval", time.Minute, "longest time between state checkpoints while writes happen")
+	intVar(&o.maxKVValueBytes, "max-kv-value-bytes", 1<<20, "largest KV value (put body)")
+	intVar(&o.maxKVKeys, "max-kv-keys", 5_000_000, "most KV keys of all namespaces together; about 60 bytes of memory each plus the key (0 = no limit)")
 	int64Var(&o.segmentBytes, "segment-bytes", 64<<20, "size at which a partition's active segment is sealed and a new one begun; retention and delete-before free whole sealed segments (at least --max-message-bytes + 64 KiB, at most 1 GiB)")
 	durVar(&o.retentionInterval, "retention-interval", housekeeping.RetentionIntervalDefault, "how often the leader checks partitions against their retention policies and trims whole expired or surplus segments (reads skip expired records in between)")
 	int64Var(&o.raftLogRetainBytes, "raft-log-retain-bytes", 64<<20, "cluster: applied Raft entries kept in memory so a lagging follower catches up from the log; one further behind gets a snapshot")

@@ -156,8 +156,11 @@ func serveWith(o options, log *slog.Logger) error {
 	}
 	defer io.Close()
 	start := time.Now()
-	if o.segmentBytes < int64(o.maxMessageBytes)+64<<10 || o.segmentBytes > 1<<30 {
-		return fmt.Errorf("--segment-bytes %d: must be at least --max-message-bytes + 64 KiB (%d) and at most 1 GiB", o.segmentBytes, int64(o.maxMessageBytes)+64<<10)
+	if need := int64(max(o.maxMessageBytes, o.maxKVValueBytes)) + 64<<10; o.segmentBytes < need || o.segmentBytes > 1<<30 {
+		return fmt.Errorf("--segment-bytes %d: must be at least --max-message-bytes and --max-kv-value-bytes + 64 KiB (%d) and at most 1 GiB", o.segmentBytes, need)
+	}
+	if o.maxKVValueBytes < 1 || o.maxKVValueBytes > 64<<20 {
+		return fmt.Errorf("--max-kv-value-bytes %d: must be from 1 to 64 MiB", o.maxKVValueBytes)
 	}
 	partitionCfg := logstore.LogConfig{SegmentBytes: o.segmentBytes, BatchBytesMax: int(min(o.segmentBytes, 8<<20))}
 	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: o.data, Partition: partitionCfg, Limits: engine.EntryLimits{
@@ -220,6 +223,7 @@ func serveWith(o options, log *slog.Logger) error {
 	cfg.Tokens, cfg.DevToken, cfg.Rocket = tokens, devToken, o.rocket
 	cfg.AutoCreateTopics, cfg.DefaultPartitions, cfg.MaxPartitions = o.autoCreateTopics, o.defaultPartitions, o.maxPartitions
 	cfg.MaxMessageBytes, cfg.MaxBatchMessages, cfg.MaxBatchBytes = o.maxMessageBytes, o.maxBatchMessages, o.maxBatchBytes
+	cfg.MaxKVValueBytes, cfg.MaxKVKeys = o.maxKVValueBytes, o.maxKVKeys
 	cfg.Limits = store.Limits()
 	cfg.MaxConns, cfg.MaxConnsPerIP = o.maxConns, o.maxConnsPerIP
 	for _, a := range strings.Split(o.trustedProxies, ",") {

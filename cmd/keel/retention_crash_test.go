@@ -35,7 +35,7 @@ func TestRetentionKill9(t *testing.T) {
 	bin := buildBinary(t)
 	data := t.TempDir()
 	port := freePort(t)
-	opts := keelOpts{args: []string{"--segment-bytes", fmt.Sprint(segment), "--max-message-bytes", "16384", "--retention-interval", "100ms"}}
+	opts := keelOpts{args: []string{"--segment-bytes", fmt.Sprint(segment), "--max-message-bytes", "16384", "--max-kv-value-bytes", "16384", "--retention-interval", "100ms"}}
 	p := startKeelOpts(t, bin, data, port, opts)
 	if _, code, err := call("POST", p.url+"/broker/topics", topicCreate); err != nil || code != 200 {
 		t.Fatalf("create topic: %d %v", code, err)

@@ -153,15 +153,22 @@ func (l *Log) recover() error {
 }
 
 func (l *Log) recoverEmpty(ckpt durableMark, haveCkpt bool) error {
+	// A mark whose start is its end describes a log emptied at that offset
+	// (TruncateTo below the start, cut short after its segments went).
+	base := uint64(0)
 	if haveCkpt && ckpt.NextOffset > 0 {
-		return &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
-			"the durable mark vouches for %d records but no segment files exist", ckpt.NextOffset)}
+		if ckpt.StartOffset != ckpt.NextOffset {
+			return &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
+				"the durable mark vouches for %d records but no segment files exist", ckpt.NextOffset)}
+		}
+		base = ckpt.NextOffset
 	}
-	seg, err := createSegmentSync(l.cfg.FS, l.dir, 0, l.cfg.IndexIntervalBytes, len(l.unsyncedDirs) == 0)
+	seg, err := createSegmentSync(l.cfg.FS, l.dir, base, l.cfg.IndexIntervalBytes, len(l.unsyncedDirs) == 0)
 	if err != nil {
 		return err
 	}
 	l.segs = []*segment{seg}
+	l.start, l.next = base, base
 	if len(l.unsyncedDirs) > 0 {
 		l.report.Segments = 1
 		// An empty file has nothing to fsync: only its name, which the
@@ -194,8 +201,9 @@ func (l *Log) recoverActive(base uint64, ckpt durableMark, haveCkpt bool) (*segm
 	}
 	vouched := int64(0)
 	if haveCkpt {
+		emptied := ckpt.StartOffset == ckpt.NextOffset && base == ckpt.NextOffset // resetEmptyAt, cut short before its last mark
 		switch {
-		case ckpt.ActiveBase > base:
+		case ckpt.ActiveBase > base && !emptied:
 			f.Close()
 			return nil, &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
 				"the durable mark names active segment %s, which is missing", segmentName(ckpt.ActiveBase))}

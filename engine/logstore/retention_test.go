@@ -200,3 +200,65 @@ func TestReadAcrossRemovedSegment(t *testing.T) {
 		}
 	}
 }
+
+// TruncateTo below the start (the start moved past a state checkpoint's
+// end after it was taken) leaves an empty log at that offset, also when a
+// crash cut the reset short at each of its steps.
+func TestTruncateBelowStart(t *testing.T) {
+	cfg := LogConfig{SegmentBytes: 4 << 10, IndexIntervalBytes: 256, BatchBytesMax: 1 << 10}
+	for _, crash := range []string{"none", "after the first mark", "segments gone", "new segment, old mark"} {
+		t.Run(crash, func(t *testing.T) {
+			dir := t.TempDir()
+			l := timedLog(t, dir, 300, func(o uint64) int64 { return int64(o) })
+			segs := l.Segments()
+			if _, _, err := l.AdvanceStart(segs[3].Base + 2); err != nil {
+				t.Fatal(err)
+			}
+			next := segs[1].Base + 5 // below the start
+			switch crash {
+			case "none":
+				if err := l.TruncateTo(next); err != nil {
+					t.Fatal(err)
+				}
+				l.Close()
+			default:
+				// Stop the process at the step: the mark as resetEmptyAt
+				// writes it first, then the files as the step left them.
+				l.appendMu.Lock()
+				if err := l.writeDurableMarkOf(durableMark{ActiveBase: l.active().base, NextOffset: next, Batch: l.batch, StartOffset: next}); err != nil {
+					t.Fatal(err)
+				}
+				l.appendMu.Unlock()
+				l.mu.Lock()
+				l.closeFiles()
+				l.mu.Unlock()
+				if crash != "after the first mark" {
+					for _, s := range segs {
+						os.Remove(filepath.Join(dir, segmentName(s.Base)))
+						os.Remove(filepath.Join(dir, indexName(s.Base)))
+					}
+				}
+				if crash == "new segment, old mark" {
+					if err := os.WriteFile(filepath.Join(dir, segmentName(next)), nil, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			l = mustOpen(t, dir, openBackend(t, ring.KindSyscall), cfg)
+			defer l.Close()
+			if err := l.TruncateTo(next); err != nil { // what recovery does again
+				t.Fatal(err)
+			}
+			if l.StartOffset() != next || l.NextOffset() != next {
+				t.Fatalf("after reset: start %d, end %d; want %d, %d", l.StartOffset(), l.NextOffset(), next, next)
+			}
+			p := record.AppendMessage(nil, 1, nil, []byte("again"))
+			if first, _, err := l.AppendBatch([]Record{{Type: RecordMessage, Payload: p}}, true); err != nil || first != next {
+				t.Fatalf("append after reset: first %d, %v", first, err)
+			}
+			if got := readAll(t, l, 0); len(got) != 1 {
+				t.Fatalf("read %d records after reset, want 1", len(got))
+			}
+		})
+	}
+}

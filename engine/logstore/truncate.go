@@ -29,8 +29,9 @@ func (l *Log) Checkpoint() error {
 
 // TruncateTo removes every record at or above next, so that NextOffset
 // becomes next. Recovery uses it to cut a partition back to the state a
-// state checkpoint describes before the WAL is replayed onto it. Truncating below
-// StartOffset is an error.
+// state checkpoint describes before the WAL is replayed onto it. Below
+// StartOffset (the start moved past next after that checkpoint: the replay
+// moves it again), the log becomes empty at next.
 func (l *Log) TruncateTo(next uint64) error {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
@@ -41,7 +42,7 @@ func (l *Log) TruncateTo(next uint64) error {
 		return nil
 	}
 	if next < l.start {
-		return fmt.Errorf("engine: truncate %s to %d: below the log start %d", l.dir, next, l.start)
+		return l.resetEmptyAt(next)
 	}
 	// Lower the durable mark before touching any file: a crash part-way then
 	// leaves a mark that vouches only for what survives the cut, and
@@ -63,6 +64,61 @@ func (l *Log) TruncateTo(next uint64) error {
 		return l.setFault(err)
 	}
 	if err := l.cutActiveAt(next, pos); err != nil {
+		return l.setFault(err)
+	}
+	return nil
+}
+
+// resetEmptyAt drops every segment and leaves an empty log whose start
+// and end are next. Each step survives a crash:
+//   - the durable mark first says start = end = next, naming the active
+//     segment as before with nothing vouched: a recovery then finds the
+//     old segments above next, and the same TruncateTo starts over (or,
+//     if the segment holding next is still first, cuts it at next);
+//   - segments go oldest first, so what remains never has a gap and the
+//     named active segment stays until last;
+//   - with every segment gone, recovery creates the empty one at next
+//     (recoverEmpty); once it exists, recovery accepts it (recoverActive);
+//   - a last mark names it.
+func (l *Log) resetEmptyAt(next uint64) error {
+	if err := l.writeDurableMarkOf(durableMark{ActiveBase: l.active().base, NextOffset: next, Batch: l.batch, StartOffset: next}); err != nil {
+		return l.setFault(err)
+	}
+	l.mu.Lock()
+	old := l.segs
+	l.segs = nil
+	l.mu.Unlock()
+	for _, s := range old {
+		sealedFiles.close(s)
+	}
+	// Every segment file in the directory, those detached below the start
+	// and not deleted yet included (else they would leave a gap).
+	bases, err := listSegments(l.cfg.FS, l.dir)
+	if err != nil {
+		return l.setFault(err)
+	}
+	for _, base := range bases {
+		if err := removeIfExists(l.cfg.FS, filepath.Join(l.dir, indexName(base))); err != nil {
+			return l.setFault(err)
+		}
+		if err := removeIfExists(l.cfg.FS, filepath.Join(l.dir, segmentName(base))); err != nil {
+			return l.setFault(err)
+		}
+		if err := vfs.SyncDir(l.cfg.FS, l.dir); err != nil {
+			return l.setFault(err)
+		}
+	}
+	seg, err := createSegment(l.cfg.FS, l.dir, next, l.cfg.IndexIntervalBytes)
+	if err != nil {
+		return l.setFault(err)
+	}
+	l.mu.Lock()
+	l.segs = []*segment{seg}
+	l.start, l.next = next, next
+	l.synced.seg, l.synced.size = nil, 0
+	l.mu.Unlock()
+	l.writeBehindFrom = 0
+	if err := l.writeDurableMark(); err != nil {
 		return l.setFault(err)
 	}
 	return nil
