@@ -122,7 +122,8 @@ func (s *Server) kvPut(ctx *fasthttp.RequestCtx, ns, key string) {
 	b := append(make([]byte, 0, 128), '{')
 	b = appendBoolField(b, "ok", true)
 	b = appendUintField(b, "cas", out.CAS)
-	b = appendDurability(b, out.Durable, out.Batch)
+	b = appendDurability(b, out.Durable)
+	b = appendUintField(b, "batch_id", out.Batch)
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 
@@ -149,7 +150,8 @@ func (s *Server) kvDelete(ctx *fasthttp.RequestCtx, ns, key string) {
 	b := append(make([]byte, 0, 128), '{')
 	b = appendBoolField(b, "ok", true)
 	b = appendBoolField(b, "deleted", out.KVDeleted)
-	b = appendDurability(b, out.Durable, out.Batch)
+	b = appendDurability(b, out.Durable)
+	b = appendUintField(b, "batch_id", out.Batch)
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 
@@ -348,8 +350,9 @@ func kvError(err error, current, expected uint64) *apiError {
 	return mapError(err)
 }
 
-// appendDurability appends the fields a durable write answers with.
-func appendDurability(b []byte, durable bool, batch uint64) []byte {
+// appendDurability appends the fields that say how durable a write is:
+// fsynced (and replicated) before the answer, or rocket mode.
+func appendDurability(b []byte, durable bool) []byte {
 	if durable {
 		b = appendBoolField(b, "sealed", true)
 		b = appendBoolField(b, "durable", true)
@@ -361,5 +364,5 @@ func appendDurability(b []byte, durable bool, batch uint64) []byte {
 		b = appendStringField(b, "mode", "rocket")
 		b = appendNullField(b, "synced")
 	}
-	return appendUintField(b, "batch_id", batch)
+	return b
 }

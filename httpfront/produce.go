@@ -185,17 +185,7 @@ func (s *Server) appendProduceResult(b []byte, out replication.Outcome, ndjson b
 	}
 	b = appendIntField(b, "partition", int64(out.Partition))
 	b = appendUintField(b, "batch_id", out.Batch)
-	if out.Durable {
-		b = appendBoolField(b, "sealed", true)
-		b = appendBoolField(b, "durable", true)
-		b = appendStringField(b, "mode", "sealed")
-		b = appendBoolField(b, "synced", true)
-	} else {
-		b = appendBoolField(b, "sealed", false)
-		b = appendBoolField(b, "durable", false)
-		b = appendStringField(b, "mode", "rocket")
-		b = appendNullField(b, "synced")
-	}
+	b = appendDurability(b, out.Durable)
 	return appendBoolField(b, "duplicate", out.Duplicate)
 }
 
