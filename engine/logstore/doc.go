@@ -4,7 +4,11 @@
 // Contract:
 //   - A Log is a sequence of records with dense offsets start, start+1, ...
 //     kept in segment files that roll at LogConfig.SegmentBytes and are then
-//     sealed (immutable, with a sparse index file beside them). Sealed
+//     sealed (immutable, with a sparse index file beside them: offsets to
+//     positions, and the newest timestamp before each entry, the time
+//     index of Log.OffsetForTime). The start moves up only by
+//     DeleteBefore, AdvanceStart (no I/O; the caller deletes the detached
+//     segments) or DropSegmentsBefore. Sealed
 //     segments keep no descriptor of their own: their files are opened on
 //     demand through a bounded, process-wide cache (filecache.go).
 //   - Every record is a frame of package engine/record: length, CRC32C, type,
