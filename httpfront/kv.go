@@ -104,24 +104,27 @@ func (s *Server) kvPut(ctx *fasthttp.RequestCtx, ns, key string) {
 		}
 	}
 	cmd := &engine.Command{Kind: engine.CmdKVPut, Topic: ns, KVKey: []byte(key), KVValue: ctx.PostBody(), HasCAS: hasCAS, CAS: cas, TTLMs: ttl}
-	deadline, e := s.deadlineFrom(ctx)
+	s.kvWrite(ctx, cmd, func(b []byte, out replication.Outcome) []byte {
+		s.metrics.kvPuts.Add(1)
+		return appendUintField(b, "cas", out.CAS)
+	})
+}
+
+// kvWrite proposes a put or a delete and answers it: the fields that
+// fields appends, then how durable the write is.
+func (s *Server) kvWrite(ctx *fasthttp.RequestCtx, cmd *engine.Command, fields func([]byte, replication.Outcome) []byte) {
+	out, e := s.proposeOutcome(ctx, cmd)
 	if e != nil {
 		writeError(ctx, e)
-		return
-	}
-	out, err := s.node.Propose(cmd, deadline)
-	if ae := s.proposeError(ctx, err); ae != nil {
-		writeError(ctx, ae)
 		return
 	}
 	if out.Err != nil {
 		writeError(ctx, kvError(out.Err, out.CAS, out.ExpectedCAS))
 		return
 	}
-	s.metrics.kvPuts.Add(1)
 	b := append(make([]byte, 0, 128), '{')
 	b = appendBoolField(b, "ok", true)
-	b = appendUintField(b, "cas", out.CAS)
+	b = fields(b, out)
 	b = appendDurability(b, out.Durable)
 	b = appendUintField(b, "batch_id", out.Batch)
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
@@ -133,26 +136,10 @@ func (s *Server) kvDelete(ctx *fasthttp.RequestCtx, ns, key string) {
 		writeError(ctx, e)
 		return
 	}
-	deadline, e := s.deadlineFrom(ctx)
-	if e != nil {
-		writeError(ctx, e)
-		return
-	}
-	out, err := s.node.Propose(&engine.Command{Kind: engine.CmdKVDelete, Topic: ns, KVKey: []byte(key), HasCAS: hasCAS, CAS: cas}, deadline)
-	if ae := s.proposeError(ctx, err); ae != nil {
-		writeError(ctx, ae)
-		return
-	}
-	if out.Err != nil {
-		writeError(ctx, kvError(out.Err, out.CAS, out.ExpectedCAS))
-		return
-	}
-	b := append(make([]byte, 0, 128), '{')
-	b = appendBoolField(b, "ok", true)
-	b = appendBoolField(b, "deleted", out.KVDeleted)
-	b = appendDurability(b, out.Durable)
-	b = appendUintField(b, "batch_id", out.Batch)
-	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
+	cmd := &engine.Command{Kind: engine.CmdKVDelete, Topic: ns, KVKey: []byte(key), HasCAS: hasCAS, CAS: cas}
+	s.kvWrite(ctx, cmd, func(b []byte, out replication.Outcome) []byte {
+		return appendBoolField(b, "deleted", out.KVDeleted)
+	})
 }
 
 // kvGet answers the value ({"value":"<base64>","cas":N}) or the metadata
@@ -322,19 +309,6 @@ func (s *Server) kvList(ctx *fasthttp.RequestCtx, ns string) {
 		b = appendJSONString(appendKey(b, "next_after"), []byte(last))
 	}
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
-}
-
-// proposeError maps a failed Propose (not a command error).
-func (s *Server) proposeError(ctx *fasthttp.RequestCtx, err error) *apiError {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, replication.ErrTimeout) && s.clustered():
-		return commitTimeout
-	case errors.Is(err, replication.ErrNotLeader):
-		return s.notLeaderError(ctx)
-	}
-	return mapError(err)
 }
 
 // kvError maps a KV command error; a cas mismatch carries the expected and

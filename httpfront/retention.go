@@ -3,6 +3,7 @@ package httpfront
 import (
 	"encoding/json"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -205,7 +206,9 @@ func (s *Server) offsetForTime(part *engine.Partition, tsMs int64) (uint64, bool
 	return off, true, nil
 }
 
-// missingFields is the 400 for required fields absent from a body.
+// missingFields is the 400 for required fields absent from a body: present
+// maps each required field to whether the body has it (named in a fixed
+// order).
 func missingFields(present map[string]bool) *apiError {
 	var missing []string
 	for _, name := range []string{"topic", "group", "partition", "offset", "before_offset"} {
@@ -216,14 +219,7 @@ func missingFields(present map[string]bool) *apiError {
 	if len(missing) == 0 {
 		return nil
 	}
-	msg := "the body is missing: "
-	for i, m := range missing {
-		if i > 0 {
-			msg += ", "
-		}
-		msg += m
-	}
-	return errBadRequest("missing_fields", msg)
+	return errBadRequest("missing_fields", "the body is missing: "+strings.Join(missing, ", "))
 }
 
 // appendRetention appends a partition's policy as "retention":{...}.

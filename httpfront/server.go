@@ -264,7 +264,7 @@ var (
 	routeCommit       = route{"commit", ScopeWrite, ScopeWrite, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.commit(c) }}
 	routeDeleteBefore = route{"delete_before", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.deleteBefore(c) }}
 	routeRetention    = route{"retention", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.retention(c) }}
-	routeKV           = route{"kv", ScopeRead, ScopeWrite, "GET POST DELETE", bodyKV, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.kv(c, p.seg[1], p.seg[2], p.seg[3] == "meta") }}
+	routeKV           = route{"kv", ScopeRead, ScopeWrite, "GET POST DELETE", bodyKV, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.kv(c, p.seg[1], p.seg[2], p.seg[3] == "meta") }} // seg[3]: "meta" after a key (match)
 	routeKVList       = route{"kv_list", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.kvList(c, p.seg[1]) }}
 	routeOffsets      = route{"offsets", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.offsets(c, p.seg[2], p.seg[3]) }}
 	routeSealedStatus = route{"sealed_status", ScopeAdmin, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
@@ -338,11 +338,11 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 		}
 		p.seg[0], p.seg[1], p.seg[2], p.n = "kv", ns, key, 3
 		if meta {
-			p.seg[3], p.n = "meta", 4
+			p.seg[3] = "meta"
 		}
-		rest = ""
+		return s.allowMethod(ctx, routeFor(p))
 	}
-	for rest != "" || p.n == 0 {
+	for {
 		if p.n == maxPathSegments {
 			return nil, &apiError{status: 404, code: "not_found", message: "no such route"}
 		}
@@ -361,7 +361,12 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 		}
 		rest = tail
 	}
-	r := routeFor(p)
+	return s.allowMethod(ctx, routeFor(p))
+}
+
+// allowMethod checks the request's method against route r (nil: no such
+// route).
+func (s *Server) allowMethod(ctx *fasthttp.RequestCtx, r *route) (*route, *apiError) {
 	if r == nil {
 		return nil, &apiError{status: 404, code: "not_found", message: "no such route"}
 	}
@@ -412,9 +417,9 @@ func routeFor(p *pathParams) *route {
 		return &routeConsume
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "commit":
 		return &routeCommit
-	case seg[0] == "kv" && len(seg) >= 3 && seg[2] != "":
+	case len(seg) == 3 && seg[0] == "kv" && seg[2] != "":
 		return &routeKV
-	case seg[0] == "kv" && (len(seg) == 2 || len(seg) == 3 && seg[2] == ""):
+	case len(seg) == 3 && seg[0] == "kv":
 		return &routeKVList
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "delete-before":
 		return &routeDeleteBefore

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -103,24 +102,31 @@ func (s *Server) roomForTopic(n int, deadline time.Time) *apiError {
 // proposeAndWait proposes cmd with the request's timeout_ms and maps every
 // failure (including a command error) to an API error.
 func (s *Server) proposeAndWait(ctx *fasthttp.RequestCtx, cmd *engine.Command) (engine.Result, *apiError) {
+	out, e := s.proposeOutcome(ctx, cmd)
+	if e == nil && out.Err != nil {
+		e = mapError(out.Err)
+	}
+	return out.Result, e
+}
+
+// proposeOutcome proposes cmd with the request's timeout_ms and maps a
+// failure to propose or to commit to an API error; a command error stays
+// in the outcome, for the caller to map.
+func (s *Server) proposeOutcome(ctx *fasthttp.RequestCtx, cmd *engine.Command) (replication.Outcome, *apiError) {
 	deadline, e := s.deadlineFrom(ctx)
 	if e != nil {
-		return engine.Result{}, e
+		return replication.Outcome{}, e
 	}
 	out, err := s.node.Propose(cmd, deadline)
 	switch {
+	case err == nil:
+		return out, nil
 	case errors.Is(err, replication.ErrTimeout) && s.clustered():
-		return out.Result, commitTimeout
+		return out, commitTimeout
 	case errors.Is(err, replication.ErrNotLeader):
-		return out.Result, s.notLeaderError(ctx)
+		return out, s.notLeaderError(ctx)
 	}
-	if err == nil {
-		err = out.Err
-	}
-	if err != nil {
-		return out.Result, mapError(err)
-	}
-	return out.Result, nil
+	return out, mapError(err)
 }
 
 func (s *Server) listTopics(ctx *fasthttp.RequestCtx) {
@@ -194,17 +200,8 @@ func (s *Server) commit(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, e)
 		return
 	}
-	var missing []string
-	for _, f := range []struct {
-		name    string
-		present bool
-	}{{"topic", req.Topic != nil}, {"group", req.Group != nil}, {"partition", req.Partition != nil}, {"offset", req.Offset != nil}} {
-		if !f.present {
-			missing = append(missing, f.name)
-		}
-	}
-	if len(missing) > 0 {
-		writeError(ctx, errBadRequest("missing_fields", "the body is missing: "+strings.Join(missing, ", ")))
+	if e := missingFields(map[string]bool{"topic": req.Topic != nil, "group": req.Group != nil, "partition": req.Partition != nil, "offset": req.Offset != nil}); e != nil {
+		writeError(ctx, e)
 		return
 	}
 	cmd, e := s.commitCommand(*req.Topic, *req.Group, req.Partition, req.Offset)
