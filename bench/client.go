@@ -50,6 +50,31 @@ func (c *Client) CreateTopic(name string, partitions int) error {
 	return nil
 }
 
+// PutKeys writes keys k0..k(n-1) of namespace ns with values of size
+// bytes, 16 at a time.
+func (c *Client) PutKeys(ns string, n, size int) error {
+	value := bytes.Repeat([]byte{'v'}, size)
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 16)
+	for i := range n {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			status, body, err := c.do("POST", fmt.Sprintf("/kv/%s/k%d", ns, i), value)
+			if err == nil && status != 200 {
+				err = fmt.Errorf("bench: put %s/k%d: %d %s", ns, i, status, truncate(body, 200))
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Fill makes sure partition 0 of topic holds at least n messages of 64 B,
 // writing NDJSON batches of 1000.
 func (c *Client) Fill(topic string, n int) error {

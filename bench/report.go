@@ -76,6 +76,7 @@ type Report struct {
 	Rows    []Row     `json:"rows"`
 	Restart []Restart `json:"restart,omitempty"`
 	CatchUp []CatchUp `json:"catch_up,omitempty"`
+	KVFill  []KVFill  `json:"kv_fill,omitempty"`
 	Disk    *DiskRun  `json:"disk,omitempty"`
 }
 
@@ -133,6 +134,13 @@ func (rep Report) WriteMarkdown(w io.Writer) {
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 		for _, r := range rep.Restart {
 			fmt.Fprintf(w, "| %s | %d | %.1f | %.3f | %.3f | %.0f | %.0f |\n", r.Name, r.Messages, r.LoadSec, r.ReadySec, r.ReadableSec, r.PeakRSSLoadMB, r.PeakRSSRestartMB)
+		}
+	}
+	if len(rep.KVFill) > 0 {
+		fmt.Fprintln(w, "\n| KV keys | value B | load s | puts/s | RSS MB (loaded, idle) | peak RSS MB (load) | data MB | to /ready after kill -9 s | RSS MB (restarted) |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+		for _, r := range rep.KVFill {
+			fmt.Fprintf(w, "| %d | %d | %.1f | %.0f | %.0f | %.0f | %.0f | %.3f | %.0f |\n", r.Keys, r.ValueBytes, r.LoadSec, r.PutsPerS, r.RSSLoadedMB, r.PeakRSSLoadMB, r.DataMB, r.ReadySec, r.RSSRestartMB)
 		}
 	}
 	if len(rep.CatchUp) > 0 {

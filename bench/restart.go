@@ -108,19 +108,7 @@ func (r RestartRun) start(data string) (*exec.Cmd, error) {
 }
 
 // peakRSSMB reads the peak resident set size (VmHWM) of a process.
-func peakRSSMB(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
+func peakRSSMB(pid int) float64 { return procStatusMB(pid, "VmHWM:") }
 
 // LoadNDJSON stores messages 64-byte messages in partition 0 of topic on
 // target with NDJSON (1000 per request, connections at a time), every

@@ -24,12 +24,20 @@ func Scenarios() []Scenario {
 		ndjsonScenario("ndjson-1000", 1000),
 		consumeScenario(),
 		mixedScenario(),
+		kvPutScenario(),
+		kvGetScenario(),
 	}
 }
 
-// ScenarioByName finds a standard scenario.
+// ExtraScenarios are run only when named: they need a server started
+// with particular flags (see each description).
+func ExtraScenarios() []Scenario {
+	return []Scenario{retainedScenario()}
+}
+
+// ScenarioByName finds a standard or extra scenario.
 func ScenarioByName(name string) (Scenario, bool) {
-	for _, s := range Scenarios() {
+	for _, s := range append(Scenarios(), ExtraScenarios()...) {
 		if s.Name == name {
 			return s, true
 		}
@@ -102,6 +110,65 @@ func mixedScenario() Scenario {
 			return consume.Request(worker, i)
 		},
 	}
+}
+
+const (
+	kvKeys      = 1000
+	kvGetNS     = "bench-kv-get"
+	kvValueSize = 64
+)
+
+func kvPutScenario() Scenario {
+	body := bytes.Repeat([]byte{'v'}, kvValueSize)
+	return Scenario{
+		Name:        "kv-put",
+		Description: fmt.Sprintf("durable KV put, %d B values over %d keys", kvValueSize, kvKeys),
+		Setup:       func(c *Client) error { return nil },
+		Request: func(worker, i int) Request {
+			return Request{Method: "POST", Path: fmt.Sprintf("/kv/bench-kv-put/k%d", (worker*7919+i)%kvKeys), Body: body, Check: durableCheck(1)}
+		},
+	}
+}
+
+var casKey = []byte(`"cas":`)
+
+func kvGetScenario() Scenario {
+	return Scenario{
+		Name:        "kv-get",
+		Description: fmt.Sprintf("KV get of %d B values over %d keys", kvValueSize, kvKeys),
+		Setup: func(c *Client) error {
+			return c.PutKeys(kvGetNS, kvKeys, kvValueSize)
+		},
+		Request: func(worker, i int) Request {
+			return Request{Method: "GET", Path: fmt.Sprintf("/kv/%s/k%d", kvGetNS, (worker*7919+i)%kvKeys), Check: func(status int, body []byte) (bool, int) {
+				return status == 200 && bytes.Contains(body, casKey), 1
+			}}
+		},
+	}
+}
+
+// retainedScenario is produce-64 onto a topic whose size policy keeps the
+// retention sweep trimming while it runs. Start the server with small
+// segments and a quick sweep, and compare its server percentiles with
+// produce-64 in the same run (BENCHMARKS.md):
+//
+//	keel serve --segment-bytes 1179648 --retention-interval 500ms
+//	keel bench --target http://127.0.0.1:1109 --rate-fraction 0.5 produce-64 produce-64-retained
+func retainedScenario() Scenario {
+	const topic = "bench-produce-64-retained"
+	sc := produceScenario("produce-64-retained", 64)
+	sc.Description = "produce-64 onto a topic with max_bytes 4 MiB: the retention sweep trims whole segments while it runs (needs a server with small --segment-bytes)"
+	sc.Setup = func(c *Client) error {
+		if err := c.CreateTopic(topic, 1); err != nil {
+			return err
+		}
+		status, body, err := c.do("POST", "/broker/retention", []byte(`{"topic":"`+topic+`","max_bytes":4194304}`))
+		if err != nil || status != 200 {
+			return fmt.Errorf("bench: retention on %s: %d %s %v", topic, status, truncate(body, 200), err)
+		}
+		return nil
+	}
+	return sc
 }
 
 func ndjsonBody(lines, size int) []byte {

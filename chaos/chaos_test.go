@@ -15,10 +15,10 @@ import (
 
 // profiles are the runs `make chaos-short` (CI) and `make chaos` make.
 var profiles = map[string][]Config{
-	"short": {{Nodes: 3, Duration: 100 * time.Second, Producers: 12, Readers: 4, Committers: 2, Partitions: 4, Rate: 1000, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second}},
+	"short": {{Nodes: 3, Duration: 100 * time.Second, Producers: 12, Readers: 4, Committers: 2, KVWriters: 2, Partitions: 4, Rate: 1000, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second}},
 	"long": {
-		{Nodes: 3, Duration: 4 * time.Minute, Producers: 16, Readers: 6, Committers: 2, Partitions: 4, Rate: 600, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second},
-		{Nodes: 5, Duration: 4 * time.Minute, Producers: 16, Readers: 6, Committers: 2, Partitions: 4, Rate: 600, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second},
+		{Nodes: 3, Duration: 4 * time.Minute, Producers: 16, Readers: 6, Committers: 2, KVWriters: 2, Partitions: 4, Rate: 600, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second},
+		{Nodes: 5, Duration: 4 * time.Minute, Producers: 16, Readers: 6, Committers: 2, KVWriters: 2, Partitions: 4, Rate: 600, DiskFull: true, Corrupt: true, Hold: 2 * time.Second, Rest: time.Second},
 	},
 }
 
@@ -74,8 +74,8 @@ func TestChaos(t *testing.T) {
 		for _, v := range sum.Violations {
 			t.Errorf("run %d: VIOLATION %s", k+1, v)
 		}
-		t.Logf("run %d: %d appends acknowledged, %d unknown, %d refused; %d reads; %d commits acknowledged, %d reads of them; %d answers 507 disk_full; %s",
-			k+1, sum.AppendsOK, sum.AppendsUnknown, sum.AppendsFailed, sum.Reads, sum.CommitsOK, sum.CommitReads, sum.DiskFull, sum.Line())
+		t.Logf("run %d: %d appends acknowledged, %d unknown, %d refused; %d reads; %d commits acknowledged, %d reads of them; kv: %d puts applied, %d cas mismatches, %d unknown, %d reads; %d answers 507 disk_full; %s",
+			k+1, sum.AppendsOK, sum.AppendsUnknown, sum.AppendsFailed, sum.Reads, sum.CommitsOK, sum.CommitReads, sum.KVPutsOK, sum.KVMismatches, sum.KVPutsUnknown, sum.KVReads, sum.DiskFull, sum.Line())
 		total.Operations += sum.Operations
 		total.Faults += sum.Faults
 		total.Violations = append(total.Violations, sum.Violations...)

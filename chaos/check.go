@@ -32,6 +32,10 @@ type Result struct {
 	Reads          int         `json:"reads_ok"`
 	CommitsOK      int         `json:"commits_ok"`
 	CommitReads    int         `json:"commit_reads_ok"`
+	KVReads        int         `json:"kv_reads_ok"`
+	KVPutsOK       int         `json:"kv_puts_ok"`       // applied
+	KVMismatches   int         `json:"kv_puts_mismatch"` // refused with cas_mismatch
+	KVPutsUnknown  int         `json:"kv_puts_unknown"`
 	Violations     []Violation `json:"violations"`
 
 	models map[int]porcupine.LinearizationInfo // per partition, for Visualize
@@ -60,6 +64,9 @@ type FinalLogs map[string]map[int][]string
 // Unknown appends whose key is in the final log are taken as done at that
 // offset (at some time after their call); the others as never done.
 //
+// KV: each key's reads and compare-and-set puts are linearizable as a
+// register (kv.go).
+//
 // Commits: each (group, partition)'s history is linearizable as a register
 // that keeps the largest offset committed, and every node ends with at
 // least the largest acknowledged commit and at most the largest attempted
@@ -73,7 +80,22 @@ func Check(ops []Op, finals FinalLogs, commits FinalCommits, timeout time.Durati
 	sort.Strings(nodes)
 	byPart := map[int][]Op{}
 	byCommit := map[GroupPartition][]Op{}
+	byKV := map[string][]Op{}
 	for _, op := range ops {
+		if op.Kind == OpKVRead || op.Kind == OpKVPut {
+			byKV[op.Key] = append(byKV[op.Key], op)
+			switch {
+			case op.Kind == OpKVRead && op.Outcome == OK:
+				res.KVReads++
+			case op.Outcome == OK && op.Mismatch:
+				res.KVMismatches++
+			case op.Outcome == OK:
+				res.KVPutsOK++
+			case op.Outcome == Unknown:
+				res.KVPutsUnknown++
+			}
+			continue
+		}
 		if op.Kind == OpCommit || op.Kind == OpReadCommit {
 			gp := GroupPartition{op.Group, op.Partition}
 			byCommit[gp] = append(byCommit[gp], op)
@@ -117,6 +139,9 @@ func Check(ops []Op, finals FinalLogs, commits FinalCommits, timeout time.Durati
 	})
 	for _, gp := range gps {
 		res.Violations = append(res.Violations, checkCommits(gp, byCommit[gp], commits, timeout)...)
+	}
+	for _, key := range slices.Sorted(maps.Keys(byKV)) {
+		res.Violations = append(res.Violations, checkKV(key, byKV[key], timeout)...)
 	}
 	return res
 }

@@ -174,3 +174,57 @@ func TestCheckCommits(t *testing.T) {
 		})
 	}
 }
+
+// kvRead and kvPut add KV operations to a history.
+func (b *h) kvRead(proc int, key string, call, ret int64, value string, cas int64) *h {
+	b.ops = append(b.ops, Op{ID: len(b.ops), Process: proc, Kind: OpKVRead, Key: key, Call: call, Return: ret, Outcome: OK, Value: value, CAS: cas, Found: cas > 0})
+	return b
+}
+
+func (b *h) kvPut(proc int, key string, call, ret int64, out Outcome, value string, expect, cas int64, mismatch bool) *h {
+	b.ops = append(b.ops, Op{ID: len(b.ops), Process: proc, Kind: OpKVPut, Key: key, Call: call, Return: ret, Outcome: out, Value: value, ExpectCAS: expect, CAS: cas, Mismatch: mismatch})
+	return b
+}
+
+func TestCheckKV(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ops  *h
+		want string // violation kinds
+	}{
+		{"create, update, read", new(h).
+			kvPut(1, "k", 0, 10, OK, "a", 0, 1, false).
+			kvPut(2, "k", 20, 30, OK, "b", 1, 2, false).
+			kvRead(1, "k", 40, 50, "b", 2), ""},
+		{"a loser sees the winner's cas", new(h).
+			kvPut(1, "k", 0, 10, OK, "a", 0, 1, false).
+			kvPut(2, "k", 5, 15, OK, "x", 0, 1, true), ""},
+		{"an unknown put that applied", new(h).
+			kvPut(1, "k", 0, 10, Unknown, "a", 0, 0, false).
+			kvRead(2, "k", 20, 30, "a", 1), ""},
+		{"an unknown put that did not apply", new(h).
+			kvPut(1, "k", 0, 10, Unknown, "a", 0, 0, false).
+			kvRead(2, "k", 20, 30, "", 0), ""},
+		{"two winners of one cas", new(h).
+			kvPut(1, "k", 0, 10, OK, "a", 0, 1, false).
+			kvPut(2, "k", 20, 30, OK, "b", 1, 2, false).
+			kvPut(3, "k", 40, 50, OK, "c", 1, 2, false), "not_linearizable"},
+		{"a stale read after a put completed", new(h).
+			kvPut(1, "k", 0, 10, OK, "a", 0, 1, false).
+			kvPut(2, "k", 20, 30, OK, "b", 1, 2, false).
+			kvRead(3, "k", 40, 50, "a", 1), "not_linearizable"},
+		{"a lost acknowledged put", new(h).
+			kvPut(1, "k", 0, 10, OK, "a", 0, 1, false).
+			kvRead(2, "k", 20, 30, "", 0), "not_linearizable"},
+		{"a mismatch naming a cas the key never had", new(h).
+			kvPut(1, "k", 0, 10, OK, "a", 0, 1, false).
+			kvPut(2, "k", 20, 30, OK, "x", 5, 3, true), "not_linearizable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Check(tc.ops.ops, FinalLogs{}, FinalCommits{}, 10*time.Second)
+			if got := kinds(res.Violations); got != tc.want {
+				t.Fatalf("violations %q, want %q: %v", got, tc.want, res.Violations)
+			}
+		})
+	}
+}

@@ -2,7 +2,8 @@
 // nemeses: kill -9, SIGSTOP, network partitions through proxies on every
 // node-to-node link) while a workload writes and reads over HTTP, records
 // what every operation saw, and checks the history: each partition's log
-// must be linearizable as an append-only log (porcupine, model.go), no
+// must be linearizable as an append-only log (porcupine, model.go), each
+// KV key as a compare-and-set register (kv.go), no
 // acknowledged write may be missing from any node after healing, no
 // idempotency key may sit at two offsets, offsets are dense and every node
 // holds the same log (check.go).
@@ -55,13 +56,16 @@ type Op struct {
 	Process   int     `json:"process"` // the workload client that ran it (porcupine's ClientId)
 	Kind      OpKind  `json:"kind"`
 	Partition int     `json:"partition"`
-	Key       string  `json:"key,omitempty"`   // append: the idempotency key, also the value
+	Key       string  `json:"key,omitempty"`   // append: the idempotency key, also the value; kv_read, kv_put: the KV key
 	Group     string  `json:"group,omitempty"` // commit, read_commit
 	Offset    int64   `json:"offset"`          // append: the offset acknowledged; read: the offset asked; commit: the offset committed; read_commit: the offset read
 	Acked     []int64 `json:"acked,omitempty"`
-	Value     string  `json:"value,omitempty"` // read: the value found
-	Found     bool    `json:"found,omitempty"` // read: a message was at the offset (else it was past the end)
-	Node      string  `json:"node,omitempty"`  // the node that answered last
+	Value     string  `json:"value,omitempty"`      // read, kv_read: the value found; kv_put: the value put
+	Found     bool    `json:"found,omitempty"`      // read: a message was at the offset (else it was past the end); kv_read: the key exists
+	ExpectCAS int64   `json:"expect_cas,omitempty"` // kv_put: the cas required (0: absent)
+	CAS       int64   `json:"cas,omitempty"`        // kv_read: the cas read (0: absent); kv_put: the new cas, or the current one on a mismatch
+	Mismatch  bool    `json:"mismatch,omitempty"`   // kv_put: refused with 409 cas_mismatch
+	Node      string  `json:"node,omitempty"`       // the node that answered last
 	Attempts  int     `json:"attempts,omitempty"`
 	Call      int64   `json:"call_ns"` // since the start of the run
 	Return    int64   `json:"return_ns"`

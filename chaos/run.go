@@ -24,6 +24,7 @@ type Config struct {
 	Producers  int           // concurrent appenders
 	Readers    int           // concurrent readers
 	Committers int           // concurrent committers of consumer offsets (sharing two groups)
+	KVWriters  int           // concurrent KV compare-and-set writers (sharing a few keys)
 	Rate       int           // operations per second, all clients together (0: as fast as they go); bounds the history the checker searches
 	Partitions int           // of the one topic written
 	Hold       time.Duration // a fault lasts 0.5 to 1.5 times this
@@ -81,7 +82,8 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	if err := createTopic(ctx, c, w.topic, cfg.Partitions); err != nil {
 		return sum, err
 	}
-	progress(fmt.Sprintf("%d nodes up; workload of %d producers, %d readers and %d committers on %d partitions for %s, faults every ~%s", cfg.Nodes, cfg.Producers, cfg.Readers, cfg.Committers, cfg.Partitions, cfg.Duration, cfg.Rest+cfg.Hold))
+	progress(fmt.Sprintf("%d nodes up; workload of %d producers, %d readers, %d committers and %d KV writers on %d partitions for %s, faults every ~%s",
+		cfg.Nodes, cfg.Producers, cfg.Readers, cfg.Committers, cfg.KVWriters, cfg.Partitions, cfg.Duration, cfg.Rest+cfg.Hold))
 
 	nlog, err := os.Create(filepath.Join(cfg.Dir, "nemesis.log"))
 	if err != nil {
@@ -102,6 +104,10 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	for i := range cfg.Committers {
 		wg.Add(1)
 		go func() { defer wg.Done(); w.committer(runCtx, cfg.Producers+cfg.Readers+i, cfg.Seed) }()
+	}
+	for i := range cfg.KVWriters {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.kvWriter(runCtx, cfg.Producers+cfg.Readers+cfg.Committers+i, cfg.Seed) }()
 	}
 	faults, nerr := nemesis(runCtx, c, rand.New(rand.NewPCG(cfg.Seed, 7)), cfg.Hold, cfg.Rest, w.start, nlog, cfg.Corrupt)
 	wg.Wait()
@@ -148,7 +154,11 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 			}
 		}
 	}
-	progress("final logs and committed offsets read from every node; checking")
+	if cfg.KVWriters > 0 {
+		gaps = append(gaps, w.finalKV(ctx)...)
+		ops = w.history() // with the final reads of the KV keys
+	}
+	progress("final logs, committed offsets and KV keys read from every node; checking")
 	if f, err := os.Create(filepath.Join(cfg.Dir, "history.jsonl")); err == nil {
 		WriteHistory(f, ops)
 		f.Close()
@@ -167,8 +177,8 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (Summary, error
 	}
 	var txt strings.Builder
 	fmt.Fprintf(&txt, "nodes %d, seed %d, %.0f s\n", sum.Nodes, sum.Seed, sum.DurationS)
-	fmt.Fprintf(&txt, "appends: %d acknowledged, %d unknown, %d refused; reads: %d; commits: %d acknowledged, %d reads of them; 507 disk_full answers: %d\n",
-		sum.AppendsOK, sum.AppendsUnknown, sum.AppendsFailed, sum.Reads, sum.CommitsOK, sum.CommitReads, sum.DiskFull)
+	fmt.Fprintf(&txt, "appends: %d acknowledged, %d unknown, %d refused; reads: %d; commits: %d acknowledged, %d reads of them; kv: %d puts applied, %d cas mismatches, %d unknown, %d reads; 507 disk_full answers: %d\n",
+		sum.AppendsOK, sum.AppendsUnknown, sum.AppendsFailed, sum.Reads, sum.CommitsOK, sum.CommitReads, sum.KVPutsOK, sum.KVMismatches, sum.KVPutsUnknown, sum.KVReads, sum.DiskFull)
 	for _, v := range sum.Violations {
 		fmt.Fprintf(&txt, "VIOLATION %s\n", v)
 	}
@@ -182,7 +192,7 @@ func pace(cfg Config) time.Duration {
 	if cfg.Rate <= 0 {
 		return 0
 	}
-	return time.Duration(cfg.Producers+cfg.Readers+cfg.Committers) * time.Second / time.Duration(cfg.Rate)
+	return time.Duration(cfg.Producers+cfg.Readers+cfg.Committers+cfg.KVWriters) * time.Second / time.Duration(cfg.Rate)
 }
 
 // createTopic creates the workload's topic on the leader.

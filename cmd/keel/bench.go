@@ -33,11 +33,13 @@ func benchCmd(args []string) int {
 	out := fs.String("out", "", "write the report to OUT.md and OUT.json")
 	restart := fs.String("restart-messages", "", "comma-separated message counts for restart-after-kill-9 runs (e.g. 1000000,8000000)")
 	diskProbe := fs.Duration("disk-probe", 5*time.Second, "after the scenarios, time single appends + fdatasync on the data directory's disk for this long (0 = skip; at most 1m)")
+	kvFill := fs.Int64("kv-fill-keys", 0, "put this many KV keys (--kv-fill-value-bytes each, 100 connections) into a fresh node, report its resident memory, kill -9 it and time the restart")
+	kvFillValue := fs.Int("kv-fill-value-bytes", 1024, "value size for --kv-fill-keys")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	cluster := fs.Int("cluster", 0, "also start a cluster of this many local nodes (2..7) and run the scenarios against its leader, after the single node, in the same run")
 	catchup := fs.Int64("catchup-messages", 0, "with --cluster: time a follower catching up after this many 64 B messages were written while it was down (killed, then wiped)")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: keel bench [flags] [scenario ...]   (default: every scenario)")
+		fmt.Fprintln(os.Stderr, "usage: keel bench [flags] [scenario ...]   (default: every scenario; \"none\": only the runs the flags ask for)")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -48,6 +50,10 @@ func benchCmd(args []string) int {
 	}
 	if *list {
 		for _, s := range bench.Scenarios() {
+			fmt.Printf("%-14s %s\n", s.Name, s.Description)
+		}
+		fmt.Println("run only when named:")
+		for _, s := range bench.ExtraScenarios() {
 			fmt.Printf("%-14s %s\n", s.Name, s.Description)
 		}
 		return 0
@@ -65,7 +71,7 @@ func benchCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "keel bench: --catchup-messages needs --cluster and at least 1000 messages")
 		return 2
 	}
-	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster, *catchup}); err != nil {
+	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster, *catchup, *kvFill, *kvFillValue}); err != nil {
 		fmt.Fprintln(os.Stderr, "keel bench:", err)
 		return 1
 	}
@@ -83,11 +89,16 @@ type benchOptions struct {
 	scenarios          []bench.Scenario
 	cluster            int
 	catchup            int64
+	kvFillKeys         int64
+	kvFillValueBytes   int
 }
 
 func pickScenarios(names []string) ([]bench.Scenario, error) {
 	if len(names) == 0 {
 		return bench.Scenarios(), nil
+	}
+	if len(names) == 1 && names[0] == "none" {
+		return nil, nil // only the runs flags ask for (restart, kv fill, catch-up)
 	}
 	var out []bench.Scenario
 	for _, n := range names {
@@ -176,6 +187,18 @@ func runBench(o benchOptions) error {
 		}
 		progress.Done("restart "+r.Name, fmt.Sprintf("ready in %.3f s, last offset readable in %.3f s, peak RSS %.0f MB", r.ReadySec, r.ReadableSec, r.PeakRSSRestartMB))
 		rep.Restart = append(rep.Restart, r)
+	}
+	if o.kvFillKeys > 0 {
+		port, err := freeLoopbackPort()
+		if err != nil {
+			return err
+		}
+		r, err := bench.KVFillRun{Binary: self, Port: port, Keys: o.kvFillKeys, ValueBytes: o.kvFillValueBytes, Connections: 100, Progress: progress}.Run()
+		if err != nil {
+			return err
+		}
+		progress.Done("kv fill", fmt.Sprintf("%d keys: RSS %.0f MB loaded, ready in %.3f s after kill -9", r.Keys, r.RSSLoadedMB, r.ReadySec))
+		rep.KVFill = append(rep.KVFill, r)
 	}
 	rep.WriteMarkdown(os.Stdout)
 	if o.out != "" {
