@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/btree"
 
@@ -78,8 +79,12 @@ type KVEntry struct {
 // Expired reports whether the entry is past its TTL at nowMs.
 func (e KVEntry) Expired(nowMs int64) bool { return e.ExpiresMs != 0 && e.ExpiresMs <= nowMs }
 
-// ValidKVKey reports whether key is a KV key: 1 to KVKeyBytesMax bytes.
-func ValidKVKey(key []byte) bool { return len(key) > 0 && len(key) <= KVKeyBytesMax }
+// ValidKVKey reports whether key is a KV key: 1 to KVKeyBytesMax bytes of
+// UTF-8 (keys are listed as JSON strings, which must give them back
+// exactly).
+func ValidKVKey(key []byte) bool {
+	return len(key) > 0 && len(key) <= KVKeyBytesMax && utf8.Valid(key)
+}
 
 func (s *Store) kvDir() string { return filepath.Join(s.cfg.Dir, "kv") }
 

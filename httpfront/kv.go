@@ -46,17 +46,23 @@ func (s *Server) kv(ctx *fasthttp.RequestCtx, ns, key string, meta bool) {
 		return
 	}
 	if !engine.ValidKVKey([]byte(key)) {
-		writeError(ctx, errBadRequest("invalid_key", "a key is 1 to "+strconv.Itoa(engine.KVKeyBytesMax)+" bytes"))
+		writeError(ctx, errBadRequest("invalid_key", "a key is 1 to "+strconv.Itoa(engine.KVKeyBytesMax)+" bytes of UTF-8"))
 		return
 	}
 	switch {
 	case ctx.IsPost():
 		if meta {
-			writeError(ctx, &apiError{status: 405, code: "method_not_allowed", message: "/meta is read-only; use GET"})
+			writeError(ctx, &apiError{status: 405, code: "method_not_allowed", message: "/meta is read-only; use GET (to write a key ending in /meta, encode its last slash: %2Fmeta)"})
 			return
 		}
 		s.kvPut(ctx, ns, key)
 	case ctx.IsDelete():
+		if meta {
+			// A key ending in /meta is written %2Fmeta: deleting "x/meta"
+			// here must not delete x.
+			writeError(ctx, &apiError{status: 405, code: "method_not_allowed", message: "/meta is read-only; to delete a key ending in /meta, encode its last slash (%2Fmeta)"})
+			return
+		}
 		s.kvDelete(ctx, ns, key)
 	default:
 		s.kvGet(ctx, ns, key, meta)

@@ -193,3 +193,29 @@ func TestKVKeyLimit(t *testing.T) {
 	ts.expect(ts.do("DELETE", "/kv/lim/k0", ""), 200, "")
 	ts.expect(ts.do("POST", "/kv/lim/k9", "v"), 200, "")
 }
+
+// Found by a newcomer's session: DELETE on /meta deleted the base key; a
+// key that is not UTF-8 listed lossily (its next_after looped); a
+// trailing slash was dropped from a key.
+func TestKVPathEdges(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.expect(ts.do("POST", "/kv/m/base", "B"), 200, "")
+	ts.expect(ts.do("POST", "/kv/m/base%2Fmeta", "BM"), 200, "")
+	ts.expect(ts.do("DELETE", "/kv/m/base/meta", ""), 405, "method_not_allowed")
+	if r := ts.do("GET", "/kv/m/base", ""); r.json["value"] != b64("B") {
+		t.Fatalf("base after DELETE .../meta: %s", r.body)
+	}
+	ts.expect(ts.do("DELETE", "/kv/m/base%2Fmeta", ""), 200, "")
+	ts.expect(ts.do("GET", "/kv/m/base%2Fmeta", ""), 404, "not_found")
+
+	ts.expect(ts.do("POST", "/kv/m/%FF%FE", "x"), 400, "invalid_key")
+
+	ts.expect(ts.do("POST", "/kv/m/dir/?cas=0", "slash"), 200, "")
+	ts.expect(ts.do("POST", "/kv/m/dir?cas=0", "plain"), 200, "")
+	if r := ts.do("GET", "/kv/m/dir%2F", ""); r.json["value"] != b64("slash") {
+		t.Fatalf("key with a trailing slash: %s", r.body)
+	}
+	if r := ts.do("GET", "/kv/m/", ""); r.num("count") != 3 {
+		t.Fatalf("list with a trailing slash: %s", r.body)
+	}
+}

@@ -326,12 +326,9 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 	if len(path) > 0 {
 		raw = unsafe.String(&path[0], len(path))
 	}
-	if len(raw) > 1 {
-		raw = strings.TrimSuffix(raw, "/")
-	}
-	rest := strings.TrimPrefix(raw, "/")
-	if kvRest, ok := strings.CutPrefix(rest, "kv/"); ok {
-		// A KV key is the rest of the path, slashes included (kv.go).
+	if kvRest, ok := strings.CutPrefix(raw, "/kv/"); ok && kvRest != "" {
+		// A KV key is the rest of the path, slashes included, a trailing
+		// one too (kv.go).
 		ns, key, meta, e := kvPath(kvRest)
 		if e != nil {
 			return nil, e
@@ -342,6 +339,10 @@ func (s *Server) match(ctx *fasthttp.RequestCtx, p *pathParams) (*route, *apiErr
 		}
 		return s.allowMethod(ctx, routeFor(p))
 	}
+	if len(raw) > 1 {
+		raw = strings.TrimSuffix(raw, "/")
+	}
+	rest := strings.TrimPrefix(raw, "/")
 	for {
 		if p.n == maxPathSegments {
 			return nil, &apiError{status: 404, code: "not_found", message: "no such route"}

@@ -175,16 +175,17 @@ func (s *Server) describeTopic(ctx *fasthttp.RequestCtx, name string) {
 		b = append(b, '}')
 	}
 	b = append(b, ']')
-	// The topic's policy, when every partition has the same one (else
-	// each partition's says).
-	pol := t.Partitions[0].Retention()
+	// The topic's policy when every partition has the same one; else
+	// null, and each partition's says.
+	pol, same := t.Partitions[0].Retention(), true
 	for _, p := range t.Partitions[1:] {
-		if p.Retention() != pol {
-			pol = engine.RetentionPolicy{TTLMs: -1, MaxBytes: -1}
-			break
-		}
+		same = same && p.Retention() == pol
 	}
-	b = appendRetention(b, pol)
+	if same {
+		b = appendRetention(b, pol)
+	} else {
+		b = appendNullField(b, "retention")
+	}
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 
