@@ -168,35 +168,30 @@ func (s *Store) KVList(n *KVNamespace, prefix, after string, limit int) (out []K
 // moves when a command applies, the log when its entry is flushed): the
 // read waits for it, at most a second.
 func (s *Store) KVValue(n *KVNamespace, e KVEntry, dst []byte) ([]byte, error) {
-	deadline := time.Now().Add(time.Second)
-	for {
-		changed := n.part.Changed()
-		if e.Offset < n.part.Log.NextOffset() {
-			break
+	if e.Offset >= n.part.Log.NextOffset() {
+		deadline := time.Now().Add(time.Second)
+		for {
+			changed := n.part.Changed()
+			if e.Offset < n.part.Log.NextOffset() {
+				break
+			}
+			t := time.NewTimer(time.Until(deadline))
+			select {
+			case <-changed:
+			case <-t.C:
+				return dst, fmt.Errorf("kv: version %d of %s not in the log after a second", e.Offset, n.Name)
+			}
+			t.Stop()
 		}
-		t := time.NewTimer(time.Until(deadline))
-		select {
-		case <-changed:
-		case <-t.C:
-			return dst, fmt.Errorf("kv: version %d of %s not in the log after a second", e.Offset, n.Name)
-		}
-		t.Stop()
 	}
-	var out []byte
 	var derr error
-	found := false
-	_, err := n.part.Log.Read(e.Offset, 1, func(fr logstore.Frame) bool {
-		found = fr.Offset == e.Offset
-		if !found {
-			return false
-		}
+	found, err := n.part.Log.ReadOne(e.Offset, func(fr logstore.Frame) {
 		m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 		if err != nil || len(m.Value) < kvVersionHeaderBytes {
 			derr = errKVVersionBad
-			return false
+			return
 		}
-		out = append(dst, m.Value[kvVersionHeaderBytes:]...)
-		return false
+		dst = append(dst, m.Value[kvVersionHeaderBytes:]...)
 	})
 	if err == nil {
 		err = derr
@@ -204,7 +199,7 @@ func (s *Store) KVValue(n *KVNamespace, e KVEntry, dst []byte) ([]byte, error) {
 	if err == nil && !found {
 		err = fmt.Errorf("kv: version %d of %s is below the log start", e.Offset, n.Name)
 	}
-	return out, err
+	return dst, err
 }
 
 // kvNamespaceFor returns the namespace, creating it (a command's first

@@ -180,7 +180,9 @@ func (s *Server) kvGet(ctx *fasthttp.RequestCtx, ns, key string, meta bool) {
 		var entry engine.KVEntry
 		live, expired := false, false
 		if nsOK {
-			changed = n.Changed() // before the lookup: no change is missed
+			if waitMs > 0 {
+				changed = n.Changed() // before the lookup: no change is missed
+			}
 			var held bool
 			entry, held = s.store.KVLookup(n, []byte(key))
 			expired = held && entry.Expired(time.Now().UnixMilli())

@@ -262,3 +262,22 @@ func TestTruncateBelowStart(t *testing.T) {
 		})
 	}
 }
+
+func TestReadOne(t *testing.T) {
+	l := timedLog(t, t.TempDir(), 300, func(o uint64) int64 { return int64(o) })
+	defer l.Close()
+	if _, _, err := l.AdvanceStart(50); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		offset uint64
+		found  bool
+	}{{0, false}, {49, false}, {50, true}, {123, true}, {299, true}, {300, false}, {1 << 40, false}} {
+		var got uint64
+		var ts int64
+		found, err := l.ReadOne(tc.offset, func(fr Frame) { got, ts = fr.Offset, frameTime(fr) })
+		if err != nil || found != tc.found || found && (got != tc.offset || ts != int64(tc.offset)) {
+			t.Fatalf("ReadOne(%d) = %v (offset %d, time %d), %v; want found %v", tc.offset, found, got, ts, err, tc.found)
+		}
+	}
+}
