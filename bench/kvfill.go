@@ -18,11 +18,11 @@ type KVFill struct {
 	ValueBytes    int     `json:"value_bytes"`
 	LoadSec       float64 `json:"load_s"`
 	PutsPerS      float64 `json:"puts_per_s"`
-	RSSLoadedMB   float64 `json:"rss_loaded_mb"`   // resident set after the load, idle
+	RSSLoadedMB   float64 `json:"rss_loaded_mb"`    // resident set after the load, idle
 	PeakRSSLoadMB float64 `json:"peak_rss_load_mb"` // peak during the load
-	DataMB        float64 `json:"data_mb"`         // the data directory on disk
-	ReadySec      float64 `json:"to_ready_s"`      // after kill -9
-	RSSRestartMB  float64 `json:"rss_restart_mb"`  // resident set once ready again
+	DataMB        float64 `json:"data_mb"`          // the data directory on disk
+	ReadySec      float64 `json:"to_ready_s"`       // after kill -9
+	RSSRestartMB  float64 `json:"rss_restart_mb"`   // resident set once ready again
 }
 
 // KVFillRun starts binary on a fresh data directory, puts Keys keys with
