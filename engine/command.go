@@ -20,7 +20,9 @@ import (
 //	          auto-create partitions uvarint (0: never) | partition key |
 //	          idempotency key | message count uvarint | (key | value)*
 //	commit  = topic | group | partition uvarint | offset uvarint
-//	delete-before = topic | partition uvarint | offset uvarint | reason u8
+//	delete-before = topic | partition uvarint | offset uvarint | reason u8 |
+//	          (retention reason only: ttl ms uvarint | max bytes uvarint,
+//	          the policy the trim was computed under)
 //	retention = topic ("*": every topic) | partition zigzag-varint (-1: all) |
 //	          ttl ms zigzag-varint | max bytes zigzag-varint (for both:
 //	          -1 unchanged, 0 cleared)
@@ -67,7 +69,7 @@ const (
 // Reasons of a CmdDeleteBefore.
 const (
 	TrimByClient    uint8 = 0 // POST /broker/delete-before
-	TrimByRetention uint8 = 1 // the leader's retention sweep (applies only while a policy remains)
+	TrimByRetention uint8 = 1 // the leader's retention sweep (applies only while the policy it was computed under is in force)
 	trimReasonMax         = TrimByRetention
 )
 
@@ -99,8 +101,8 @@ type Command struct {
 	Offset uint64 // CmdCommit, CmdDeleteBefore
 
 	Reason   uint8 // CmdDeleteBefore: TrimBy*
-	TTLMs    int64 // CmdRetention: -1 unchanged, 0 cleared; CmdKVPut: time to live (0 = none)
-	MaxBytes int64 // CmdRetention: -1 unchanged, 0 cleared
+	TTLMs    int64 // CmdRetention: -1 unchanged, 0 cleared; CmdKVPut: time to live (0 = none); CmdDeleteBefore by retention: the policy's
+	MaxBytes int64 // CmdRetention: -1 unchanged, 0 cleared; CmdDeleteBefore by retention: the policy's
 
 	// CmdKVPut, CmdKVDelete (Topic is the namespace): the key, the value,
 	// and the compare-and-set condition when HasCAS.
@@ -217,6 +219,10 @@ func AppendCommand(dst []byte, c *Command) []byte {
 		dst = binary.AppendUvarint(dst, uint64(c.Partition))
 		dst = binary.AppendUvarint(dst, c.Offset)
 		dst = append(dst, c.Reason)
+		if c.Reason == TrimByRetention {
+			dst = binary.AppendUvarint(dst, uint64(c.TTLMs))
+			dst = binary.AppendUvarint(dst, uint64(c.MaxBytes))
+		}
 	case CmdRetention:
 		dst = binary.AppendVarint(dst, int64(c.Partition))
 		dst = binary.AppendVarint(dst, c.TTLMs)
@@ -260,6 +266,9 @@ func commandBodyBytes(c *Command) int {
 		n += bytesLen(len(c.Group)) + uvarintLen(uint64(c.Partition)) + uvarintLen(c.Offset)
 	case CmdDeleteBefore:
 		n += uvarintLen(uint64(c.Partition)) + uvarintLen(c.Offset) + 1
+		if c.Reason == TrimByRetention {
+			n += uvarintLen(uint64(c.TTLMs)) + uvarintLen(uint64(c.MaxBytes))
+		}
 	case CmdRetention:
 		n += varintLen(int64(c.Partition)) + varintLen(c.TTLMs) + varintLen(c.MaxBytes)
 	case CmdKVPut:
@@ -355,6 +364,9 @@ func DecodeCommand(b []byte, c *Command, intern func([]byte) string) ([]byte, er
 		c.Offset = d.uvarint()
 		if c.Reason = d.byte(); c.Reason > trimReasonMax {
 			d.fail()
+		}
+		if c.Reason == TrimByRetention {
+			c.TTLMs, c.MaxBytes = d.int64(), d.int64()
 		}
 	case CmdRetention:
 		p := d.varint()

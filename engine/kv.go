@@ -56,13 +56,23 @@ type KVNamespace struct {
 	tree *btree.BTreeG[kvItem] // guarded by Store.kvMu
 }
 
-// kvItem is one live key in the index.
+// kvItem is one key in the index: live, expired (until purged), or a
+// deleted marker. A marker keeps a deleted key's last cas for
+// KVTombstoneRetentionMs, so that a key created again goes on above it and
+// a cas read from its earlier life does not match again (no ABA) unless
+// that read is older than the retention.
 type kvItem struct {
 	key       string
 	cas       uint64
-	offset    uint64 // of the current version in the namespace log
-	expiresMs int64  // 0: never
+	offset    uint64 // of the current version (a marker: of the tombstone) in the namespace log
+	expiresMs int64  // 0: never; a marker: when it is purged
+	deleted   bool   // a deleted marker
 }
+
+// KVTombstoneRetentionMs is how long a deleted or expired key's cas is
+// remembered (leader time; a constant, so that every replica purges
+// alike). The marker costs index memory meanwhile, and counts as a key.
+const KVTombstoneRetentionMs = 60 * 60 * 1000
 
 func kvLess(a, b kvItem) bool { return a.key < b.key }
 
@@ -125,6 +135,17 @@ func (s *Store) KVKeys() int {
 	return total
 }
 
+// KVHeld reports whether the index holds key in any form (live, expired
+// or a deleted marker): writing it adds no entry.
+func (s *Store) KVHeld(n *KVNamespace, key []byte) bool {
+	if n == nil {
+		return false
+	}
+	s.kvMu.RLock()
+	defer s.kvMu.RUnlock()
+	return n.tree.Has(kvItem{key: string(key)})
+}
+
 // KVLookup returns the key's entry, if the index holds it (it may be
 // expired: see KVEntry.Expired).
 func (s *Store) KVLookup(n *KVNamespace, key []byte) (KVEntry, bool) {
@@ -134,7 +155,10 @@ func (s *Store) KVLookup(n *KVNamespace, key []byte) (KVEntry, bool) {
 	s.kvMu.RLock()
 	it, ok := n.tree.Get(kvItem{key: string(key)})
 	s.kvMu.RUnlock()
-	return KVEntry{Key: it.key, CAS: it.cas, ExpiresMs: it.expiresMs, Offset: it.offset}, ok
+	if !ok || it.deleted {
+		return KVEntry{}, false
+	}
+	return KVEntry{Key: it.key, CAS: it.cas, ExpiresMs: it.expiresMs, Offset: it.offset}, true
 }
 
 // KVChanged returns a channel closed at the next change to the namespace.
@@ -152,6 +176,9 @@ func (s *Store) KVList(n *KVNamespace, prefix, after string, limit int) (out []K
 		}
 		if len(prefix) > 0 && (len(it.key) < len(prefix) || it.key[:len(prefix)] != prefix) {
 			return false
+		}
+		if it.deleted {
+			return true
 		}
 		if len(out) == limit {
 			more = true
@@ -243,7 +270,7 @@ func (s *Store) openKVNamespace(ns string) (*KVNamespace, error) {
 // current returns the key's live item at nowMs (absent when expired).
 func (n *KVNamespace) current(key []byte, nowMs int64) (kvItem, bool) {
 	it, ok := n.tree.Get(kvItem{key: string(key)})
-	if !ok || it.expiresMs != 0 && it.expiresMs <= nowMs {
+	if !ok || it.deleted || it.expiresMs != 0 && it.expiresMs <= nowMs {
 		return kvItem{}, false
 	}
 	return it, true
@@ -253,6 +280,10 @@ func (s *Store) applyKVPut(c *Command, nowMs int64) Result {
 	if !ValidKVKey(c.KVKey) {
 		return Result{Err: ErrInvalidKey}
 	}
+	if _, ok := s.KV(c.Topic); !ok && c.HasCAS && c.CAS != 0 {
+		// Refused before anything changes: no namespace for a 409.
+		return Result{Err: ErrCASMismatch, CAS: 0, ExpectedCAS: c.CAS}
+	}
 	n, err := s.kvNamespaceFor(c.Topic, true, nowMs)
 	if err != nil {
 		return Result{Err: err}
@@ -261,7 +292,11 @@ func (s *Store) applyKVPut(c *Command, nowMs int64) Result {
 	if c.HasCAS && (c.CAS == 0 && exists || c.CAS != 0 && (!exists || cur.cas != c.CAS)) {
 		return Result{Err: ErrCASMismatch, CAS: cur.cas, ExpectedCAS: c.CAS}
 	}
-	item := kvItem{key: string(c.KVKey), cas: cur.cas + 1}
+	prev := cur.cas
+	if held, ok := n.tree.Get(kvItem{key: string(c.KVKey)}); ok && !exists {
+		prev = held.cas // expired, or a deleted marker: go on above it
+	}
+	item := kvItem{key: string(c.KVKey), cas: prev + 1}
 	if c.TTLMs > 0 {
 		item.expiresMs = nowMs + c.TTLMs
 	}
@@ -291,13 +326,11 @@ func (s *Store) applyKVDelete(c *Command, nowMs int64) Result {
 	if !ok {
 		return Result{}
 	}
-	if _, held := n.tree.Get(kvItem{key: string(c.KVKey)}); !held {
+	held, ok := n.tree.Get(kvItem{key: string(c.KVKey)})
+	if !ok || held.deleted {
 		return Result{}
 	}
-	s.stageKV(n, nowMs, c.KVKey, nil)
-	s.kvMu.Lock()
-	n.tree.Delete(kvItem{key: string(c.KVKey)})
-	s.kvMu.Unlock()
+	s.markDeleted(n, held, nowMs)
 	return Result{KVDeleted: exists, CAS: cur.cas}
 }
 
@@ -312,13 +345,25 @@ func (s *Store) applyKVExpire(c *Command, nowMs int64) Result {
 		if !held || it.cas != v.CAS || it.expiresMs == 0 || it.expiresMs > nowMs {
 			continue // written again, or not expired at the leader's time
 		}
-		s.stageKV(n, nowMs, v.Key, nil)
-		s.kvMu.Lock()
-		n.tree.Delete(it)
-		s.kvMu.Unlock()
+		if it.deleted { // its retention passed: forget it
+			s.kvMu.Lock()
+			n.tree.Delete(it)
+			s.kvMu.Unlock()
+			continue
+		}
+		s.markDeleted(n, it, nowMs)
 		removed++
 	}
 	return Result{Count: removed}
+}
+
+// markDeleted writes a tombstone for it and keeps it as a deleted marker
+// until KVTombstoneRetentionMs after nowMs.
+func (s *Store) markDeleted(n *KVNamespace, it kvItem, nowMs int64) {
+	off := s.stageKV(n, nowMs, []byte(it.key), nil)
+	s.kvMu.Lock()
+	n.tree.ReplaceOrInsert(kvItem{key: it.key, cas: it.cas, offset: off, expiresMs: nowMs + KVTombstoneRetentionMs, deleted: true})
+	s.kvMu.Unlock()
 }
 
 // stageKV stages a version (or, with a nil version, a tombstone) of key
@@ -332,8 +377,9 @@ func (s *Store) stageKV(n *KVNamespace, nowMs int64, key, version []byte) uint64
 	return off
 }
 
-// KVExpiries returns CmdKVExpire commands for keys past their TTL at
-// nowMs (the proposing leader's clock), at most limit keys in all.
+// KVExpiries returns CmdKVExpire commands for keys past their TTL, and
+// deleted markers past their retention, at nowMs (the proposing leader's
+// clock), at most limit keys in all.
 func (s *Store) KVExpiries(nowMs int64, limit int) []*Command {
 	var out []*Command
 	for _, n := range s.KVNamespaces() {
@@ -357,21 +403,30 @@ func (s *Store) KVExpiries(nowMs int64, limit int) []*Command {
 	return out
 }
 
+// kvCapture is a namespace as of a state capture: its index is a clone
+// (copy-on-write), encoded later off the apply loop.
+type kvCapture struct {
+	name        string
+	tree        *btree.BTreeG[kvItem]
+	next, start uint64
+}
+
 // appendKVState appends the namespaces and their indexes to a state
 // checkpoint payload: count, (name, next, start, keys, (key, cas, offset,
-// expires ms)*)*. trees are clones taken at the capture.
-func appendKVState(p []byte, names []string, trees []*btree.BTreeG[kvItem], ends [][2]uint64) []byte {
-	p = binary.AppendUvarint(p, uint64(len(names)))
-	for i, name := range names {
-		p = appendString(p, name)
-		p = binary.AppendUvarint(p, ends[i][0])
-		p = binary.AppendUvarint(p, ends[i][1])
-		p = binary.AppendUvarint(p, uint64(trees[i].Len()))
-		trees[i].Ascend(func(it kvItem) bool {
+// expires ms, deleted u8)*)*.
+func appendKVState(p []byte, kvs []kvCapture) []byte {
+	p = binary.AppendUvarint(p, uint64(len(kvs)))
+	for _, c := range kvs {
+		p = appendString(p, c.name)
+		p = binary.AppendUvarint(p, c.next)
+		p = binary.AppendUvarint(p, c.start)
+		p = binary.AppendUvarint(p, uint64(c.tree.Len()))
+		c.tree.Ascend(func(it kvItem) bool {
 			p = appendString(p, it.key)
 			p = binary.AppendUvarint(p, it.cas)
 			p = binary.AppendUvarint(p, it.offset)
 			p = binary.AppendVarint(p, it.expiresMs)
+			p = append(p, boolByte(it.deleted))
 			return true
 		})
 	}
@@ -379,7 +434,7 @@ func appendKVState(p []byte, names []string, trees []*btree.BTreeG[kvItem], ends
 }
 
 // decodeKVState restores the namespaces of a state checkpoint.
-func (s *Store) decodeKVState(d *decoder, corrupt func(string) error) error {
+func (s *Store) decodeKVState(d *decoder, version uint64, corrupt func(string) error) error {
 	for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
 		name := string(d.bytes())
 		next, start, keys := d.uvarint(), d.uvarint(), d.uvarint()
@@ -395,6 +450,15 @@ func (s *Store) decodeKVState(d *decoder, corrupt func(string) error) error {
 		var prev string
 		for j := uint64(0); j < keys && d.err == nil; j++ {
 			it := kvItem{key: string(d.bytes()), cas: d.uvarint(), offset: d.uvarint(), expiresMs: d.varint()}
+			if version >= 5 {
+				switch d.byte() {
+				case 0:
+				case 1:
+					it.deleted = true
+				default:
+					return corrupt("bad kv index flag")
+				}
+			}
 			if j > 0 && it.key <= prev || it.offset >= next {
 				return corrupt("kv index out of order or past its log")
 			}

@@ -58,10 +58,14 @@ func TestKVCompareAndSet(t *testing.T) {
 		{"cas matches", kvPut("ns", "a/b", "3", u64(2), 0), nil, 3, "3"},
 		{"cas stale", kvPut("ns", "a/b", "x", u64(2), 0), ErrCASMismatch, 3, "3"},
 		{"cas on a missing key", kvPut("ns", "zz", "x", u64(5), 0), ErrCASMismatch, 0, "3"},
+		{"cas on a missing namespace", kvPut("none", "zz", "x", u64(5), 0), ErrCASMismatch, 0, "3"},
 		{"delete with a stale cas", kvDel("ns", "a/b", u64(1)), ErrCASMismatch, 3, "3"},
 		{"delete with the cas", kvDel("ns", "a/b", u64(3)), nil, 3, ""},
-		{"recreate starts at 1", kvPut("ns", "a/b", "4", u64(0), 0), nil, 1, "4"},
-		{"empty value", kvPut("ns", "a/b", "", nil, 0), nil, 2, ""},
+		// Above the cas the key had before its delete: a cas read then
+		// never matches again.
+		{"recreate goes on above the deleted cas", kvPut("ns", "a/b", "4", u64(0), 0), nil, 4, "4"},
+		{"the old cas does not match the new life", kvPut("ns", "a/b", "x", u64(1), 0), ErrCASMismatch, 4, "4"},
+		{"empty value", kvPut("ns", "a/b", "", nil, 0), nil, 5, ""},
 	}
 	for _, st := range steps {
 		r := h.apply(1000, st.cmd)[0]
@@ -100,8 +104,8 @@ func TestKVTTL(t *testing.T) {
 		t.Fatal("served after its TTL")
 	}
 	// At the leader's time in the entry, an expired key is absent: a
-	// create-only put succeeds and starts at cas 1.
-	if r := h.apply(1600, kvPut("ns", "t", "w", u64(0), 0))[0]; r.Err != nil || r.CAS != 1 {
+	// create-only put succeeds, above the expired cas.
+	if r := h.apply(1600, kvPut("ns", "t", "w", u64(0), 0))[0]; r.Err != nil || r.CAS != 2 {
 		t.Fatalf("create over an expired key: %+v", r)
 	}
 	h.apply(2000, kvPut("ns", "e1", "v", nil, 100), kvPut("ns", "e2", "v", nil, 100))
@@ -123,6 +127,26 @@ func TestKVTTL(t *testing.T) {
 	}
 	if v, _, ok := h.kvGet("ns", "e2", 1<<40); !ok || v != "again" {
 		t.Fatalf("e2 after the purge: %q %v", v, ok)
+	}
+	// e1 is a deleted marker (its cas goes on) until its retention
+	// passes; then a purge forgets it.
+	if r := h.apply(2400, kvPut("ns", "e1", "new life", u64(0), 0))[0]; r.CAS != 2 {
+		t.Fatalf("e1 recreated at cas %d, want 2", r.CAS)
+	}
+	h.apply(2500, kvDel("ns", "e1", nil))
+	keys := h.s.KVLen(n)
+	purge := h.s.KVExpiries(2500+KVTombstoneRetentionMs+1, 100)
+	if len(purge) == 0 {
+		t.Fatal("no purge of deleted markers past their retention")
+	}
+	for _, c := range purge {
+		h.apply(2500+KVTombstoneRetentionMs+1, *c)
+	}
+	if got := h.s.KVLen(n); got >= keys {
+		t.Fatalf("%d index entries after the markers' retention passed, %d before", got, keys)
+	}
+	if r := h.apply(2500+KVTombstoneRetentionMs+2, kvPut("ns", "e1", "third", u64(0), 0))[0]; r.CAS != 1 {
+		t.Fatalf("e1 after its marker was forgotten: cas %d, want 1", r.CAS)
 	}
 }
 
@@ -179,5 +203,9 @@ func TestKVListAndRestart(t *testing.T) {
 	h.reopenSmall()
 	if _, cas, _ := h.kvGet("ns", "k/005", 1001); cas != 3 {
 		t.Fatalf("k/005 cas %d after a second restart, want 3", cas)
+	}
+	// The deleted marker survives too: k/006 was deleted at cas 1.
+	if r := h.apply(1003, kvPut("ns", "k/006", "again", u64(0), 0))[0]; r.CAS != 2 {
+		t.Fatalf("k/006 recreated at cas %d after restarts, want 2 (above its deleted cas 1)", r.CAS)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"keel/engine/logstore"
 )
@@ -84,8 +85,9 @@ func (s *Store) applyDeleteBefore(c *Command) Result {
 		return Result{Err: ErrUnknownPartition}
 	}
 	p := t.Partitions[c.Partition]
-	if c.Reason == TrimByRetention && p.Retention().IsZero() {
-		// The policy was cleared after the sweep proposed this: keep it all.
+	if c.Reason == TrimByRetention && p.Retention() != (RetentionPolicy{TTLMs: c.TTLMs, MaxBytes: c.MaxBytes}) {
+		// The policy changed (or was cleared) after the sweep proposed
+		// this: the next sweep decides under the new one.
 		return Result{Partition: c.Partition, Ignored: true}
 	}
 	// Records staged by earlier commands of this entry reach the log
@@ -165,7 +167,8 @@ func (s *Store) RetentionTrims(nowMs int64) []*Command {
 				target = max(target, sg.Next)
 			}
 			if target > start {
-				out = append(out, &Command{Kind: CmdDeleteBefore, Topic: t.Name, Partition: p.ID, Offset: target, Reason: TrimByRetention})
+				out = append(out, &Command{Kind: CmdDeleteBefore, Topic: t.Name, Partition: p.ID, Offset: target, Reason: TrimByRetention,
+					TTLMs: pol.TTLMs, MaxBytes: pol.MaxBytes})
 			}
 		}
 	}
@@ -189,18 +192,25 @@ func (s *Store) ReclaimBelowStart() {
 
 // janitor deletes detached segment files on its own goroutine, oldest
 // first, so that neither the apply loop nor a request waits for a file
-// system that frees blocks slowly.
+// system that frees blocks slowly. A set that fails stays first and is
+// tried again (a later set of the same log must not go first: that would
+// leave a gap between the older files and the rest of the log).
 type janitor struct {
 	mu      sync.Mutex
 	pending []logstore.Detached
+	epoch   uint64 // moved by dropAndPause: a set taken before is stale
 	wake    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
+	work    sync.Mutex // held while a set is removed, and by dropAndPause's caller
 	log     *slog.Logger
 
 	freed   atomic.Int64 // bytes given back to the disk so far
 	removed atomic.Int64 // segments deleted so far
 }
+
+// janitorRetry is the pause before a failed set is tried again.
+const janitorRetry = time.Second
 
 func newJanitor(log *slog.Logger) *janitor {
 	j := &janitor{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), log: log}
@@ -230,28 +240,67 @@ func (j *janitor) run() {
 		case <-j.wake:
 		}
 		for {
+			select {
+			case <-j.stop:
+				return
+			default:
+			}
 			j.mu.Lock()
 			if len(j.pending) == 0 {
 				j.mu.Unlock()
 				break
 			}
-			d := j.pending[0]
-			j.pending = j.pending[1:]
+			d, epoch := j.pending[0], j.epoch
 			j.mu.Unlock()
-			if err := d.Remove(); err != nil {
-				// The files stay below the log start, unread; a restart
-				// deletes them (recovery trims to the checkpointed start).
-				j.log.Warn("deleting segments below the log start failed", "err", err)
+			j.work.Lock()
+			j.mu.Lock()
+			stale := j.epoch != epoch
+			j.mu.Unlock()
+			var err error
+			if !stale {
+				err = d.Remove()
+			}
+			j.work.Unlock()
+			if stale {
 				continue
 			}
+			if err != nil {
+				// Left first: files below a log start are never read, and
+				// the next try finishes the set (Remove skips what is gone).
+				j.log.Warn("deleting segments below the log start failed; trying again", "err", err, "retry_in", janitorRetry.String())
+				select {
+				case <-j.stop:
+					return
+				case <-time.After(janitorRetry):
+				}
+				continue
+			}
+			j.mu.Lock()
+			if j.epoch == epoch && len(j.pending) > 0 {
+				j.pending = j.pending[1:]
+			}
+			j.mu.Unlock()
 			j.freed.Add(d.Bytes())
 			j.removed.Add(int64(d.Len()))
 		}
 	}
 }
 
-// close stops the janitor; segments still pending stay on disk below
-// their log's start, and the next open deletes them.
+// dropAndPause forgets every pending set and waits for the one being
+// removed; nothing is removed until the returned function is called. A
+// snapshot install calls it: the logs it replaces are deleted whole, and
+// the paths of their detached segments may name the new logs' files.
+func (j *janitor) dropAndPause() (resume func()) {
+	j.mu.Lock()
+	j.pending, j.epoch = nil, j.epoch+1
+	j.mu.Unlock()
+	j.work.Lock()
+	return j.work.Unlock
+}
+
+// close stops the janitor (after the set being removed, if any); sets
+// still pending stay on disk below their log's start, and the next open
+// deletes them (recovery trims each log to its checkpointed start).
 func (j *janitor) close() {
 	if j == nil {
 		return // the store did not open

@@ -261,8 +261,19 @@ func TestRetentionTrims(t *testing.T) {
 	if trims := h.s.RetentionTrims(11150); len(trims) != 0 {
 		t.Fatalf("trims after trimming: %+v", trims)
 	}
-	// A trim proposed before the policy was cleared keeps everything.
+	// A trim proposed before the policy changed keeps everything: a
+	// raised TTL, then a clear.
 	trims = h.s.RetentionTrims(1 << 40)
+	h.apply(4, Command{Kind: CmdRetention, Topic: "a", Partition: 0, TTLMs: 1 << 50, MaxBytes: -1})
+	start0 := h.partition("a", 0).Log.StartOffset()
+	for _, c := range trims {
+		if c.Partition != 0 {
+			continue
+		}
+		if r := h.apply(5, *c)[0]; !r.Ignored || h.partition("a", 0).Log.StartOffset() != start0 {
+			t.Fatalf("trim under a lower TTL applied after the TTL was raised: %+v", r)
+		}
+	}
 	h.apply(4, Command{Kind: CmdRetention, Topic: "a", Partition: -1, TTLMs: 0, MaxBytes: 0})
 	start := h.partition("a", 0).Log.StartOffset()
 	for _, c := range trims {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -64,20 +65,39 @@ func (s *Store) SnapshotManifest() (state []byte, files []SnapshotFile, err erro
 		if err != nil {
 			return nil, nil, fmt.Errorf("engine: snapshot: list %s: %w", rel, err)
 		}
+		// Segments starting at or below the checkpoint's end hold what it
+		// vouches for; later ones come again through the Raft log. When
+		// none does (the start moved past the end after the checkpoint,
+		// and the segments below were deleted), the first one goes, so
+		// that the follower's log exists and is cut back to an empty log
+		// at the end (TruncateTo).
+		var first *SnapshotFile
+		firstBase := uint64(math.MaxUint64)
+		n := len(files)
 		for _, e := range entries {
 			name := e.Name()
 			base, ok := strings.CutSuffix(name, ".log")
 			if !ok {
 				continue // index files, durable marks: the follower rebuilds them
 			}
-			if b, err := strconv.ParseUint(base, 10, 64); err != nil || b >= p.next && b > 0 {
-				continue // a segment wholly past the checkpoint: not needed
+			b, err := strconv.ParseUint(base, 10, 64)
+			if err != nil {
+				continue
 			}
 			info, err := e.Info()
 			if err != nil {
 				return nil, nil, fmt.Errorf("engine: snapshot: stat %s: %w", name, err)
 			}
-			files = append(files, SnapshotFile{Rel: filepath.Join(rel, name), Size: info.Size()})
+			f := SnapshotFile{Rel: filepath.Join(rel, name), Size: info.Size()}
+			if b < firstBase {
+				firstBase, first = b, &f
+			}
+			if b <= p.next {
+				files = append(files, f)
+			}
+		}
+		if len(files) == n && first != nil {
+			files = append(files, *first)
 		}
 	}
 	return state, files, nil
@@ -219,6 +239,9 @@ func statePartitions(state []byte) ([]statePartition, error) {
 				d.uvarint()
 				d.uvarint()
 				d.varint()
+				if version >= 5 {
+					d.byte() // deleted
+				}
 			}
 			if !ValidTopicName(name) {
 				return nil, errors.New("engine: snapshot: bad kv namespace in the state checkpoint")
@@ -251,11 +274,7 @@ func withBlob(state, blob []byte) ([]byte, error) {
 	q = binary.AppendUvarint(q, term)
 	q = appendBytes(q, blob)
 	q = append(q, d.b...)
-	out := make([]byte, 0, stateHeaderBytes+len(q))
-	out = append(out, stateMagic...)
-	out = binary.LittleEndian.AppendUint64(out, uint64(len(q)))
-	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(q, record.Castagnoli))
-	return append(out, q...), nil
+	return frameState(q), nil
 }
 
 // SnapshotStaging receives a snapshot's files before InstallSnapshot
@@ -363,6 +382,10 @@ func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
 			return err
 		}
 	}
+	// The logs being replaced go whole: the janitor forgets their
+	// detached segments (whose paths may name the new logs' files) and
+	// waits until the install is done.
+	defer s.janitor.dropAndPause()()
 	// Decided: from here a crash finishes the install at the next open.
 	if err := vfs.WriteFileAtomic(s.cfg.FS, s.cfg.Dir, snapshotMarker, nil); err != nil {
 		return err

@@ -9,8 +9,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/google/btree"
-
 	"keel/engine/logstore"
 	"keel/engine/record"
 	"keel/engine/vfs"
@@ -31,13 +29,14 @@ import (
 //	offsets: count, (topic, group, partition, offset)* |
 //	idempotency: count, (key, partition, offset, count, time ms)* |
 //	retention default: ttl ms, max bytes |
-//	kv: count, (namespace, next, start, keys, (key, cas, offset, expires ms)*)*
+//	kv: count, (namespace, next, start, keys,
+//	    (key, cas, offset, expires ms, deleted u8)*)*
 //
 // Version 2 stores each idempotency key as its 16-byte digest (see
 // idemKey); version 1 stored the composite key in full, and is digested
 // when loaded. Version 3 added the retention policies (per partition,
 // and the default for topics created later); earlier versions have none.
-// Version 4 added the KV namespaces.
+// Version 4 added the KV namespaces; version 5 their deleted markers.
 //
 // Recovery loads it, cuts each partition back to its checkpointed end and
 // replays the Raft log after the applied index: restart time is bounded by
@@ -45,7 +44,7 @@ import (
 const (
 	stateFileName     = "state.ckpt"
 	stateMagic        = "KEELSTAT"
-	stateVersion      = 4
+	stateVersion      = 5
 	stateVersionMin   = 1
 	stateHeaderBytes  = len(stateMagic) + 12
 	statePayloadLimit = 1 << 34 // sanity bound (a version-1 idempotency table could hold ~1.3 GB at its limits)
@@ -126,19 +125,24 @@ const cutPathsMax = 10
 
 func (s *Store) summarizeRecovery() RecoverySummary {
 	var sum RecoverySummary
+	var parts []*Partition
 	for _, t := range s.topics {
-		for _, p := range t.Partitions {
-			r := p.Log.Recovery()
-			sum.Logs++
-			sum.Segments += r.Segments
-			sum.ScannedBytes += r.ScannedBytes
-			sum.ScannedRecords += r.ScannedRecords
-			if r.CutBytes > 0 {
-				sum.CutLogs++
-				sum.CutBytes += r.CutBytes
-				if len(sum.CutPaths) < cutPathsMax {
-					sum.CutPaths = append(sum.CutPaths, p.Log.Dir())
-				}
+		parts = append(parts, t.Partitions...)
+	}
+	for _, n := range s.kvs {
+		parts = append(parts, n.part)
+	}
+	for _, p := range parts {
+		r := p.Log.Recovery()
+		sum.Logs++
+		sum.Segments += r.Segments
+		sum.ScannedBytes += r.ScannedBytes
+		sum.ScannedRecords += r.ScannedRecords
+		if r.CutBytes > 0 {
+			sum.CutLogs++
+			sum.CutBytes += r.CutBytes
+			if len(sum.CutPaths) < cutPathsMax {
+				sum.CutPaths = append(sum.CutPaths, p.Log.Dir())
 			}
 		}
 	}
@@ -159,12 +163,10 @@ func (s *Store) Checkpoint(blob []byte) error {
 // goroutine and written later (possibly on another goroutine, while
 // applying goes on).
 type StateCapture struct {
-	fs      vfs.FS
-	dir     string
-	state   []byte // the payload before the KV section
-	kvNames []string
-	kvTrees []*btree.BTreeG[kvItem] // clones: copy-on-write, encoded by Write
-	kvEnds  [][2]uint64             // each namespace log's next and start
+	fs    vfs.FS
+	dir   string
+	state []byte      // the payload before the KV section
+	kvs   []kvCapture // encoded by Write
 
 	syncs   []func() error // fsync each partition's active segment as of the capture
 	dirs    []string       // directories holding names of partitions created since the last capture
@@ -183,9 +185,7 @@ func (s *Store) Capture(blob []byte) *StateCapture {
 	}
 	s.kvMu.Lock() // Clone marks the tree copy-on-write
 	for _, n := range s.KVNamespaces() {
-		c.kvNames = append(c.kvNames, n.Name)
-		c.kvTrees = append(c.kvTrees, n.tree.Clone())
-		c.kvEnds = append(c.kvEnds, [2]uint64{n.part.Log.NextOffset(), n.part.Log.StartOffset()})
+		c.kvs = append(c.kvs, kvCapture{name: n.Name, tree: n.tree.Clone(), next: n.part.Log.NextOffset(), start: n.part.Log.StartOffset()})
 		parts = append(parts, n.part)
 	}
 	s.kvMu.Unlock()
@@ -230,7 +230,7 @@ func (c *StateCapture) Write() error {
 			return err
 		}
 	}
-	return vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, frameState(appendKVState(c.state, c.kvNames, c.kvTrees, c.kvEnds)))
+	return vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, frameState(appendKVState(c.state, c.kvs)))
 }
 
 // frameState puts the header (magic, length, checksum) before a payload.
@@ -327,7 +327,7 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 		s.retentionDefault = RetentionPolicy{TTLMs: d.int64(), MaxBytes: d.int64()}
 	}
 	if version >= 4 {
-		if err := s.decodeKVState(&d, corrupt); err != nil {
+		if err := s.decodeKVState(&d, version, corrupt); err != nil {
 			return nil, err
 		}
 	}

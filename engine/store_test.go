@@ -404,7 +404,7 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add(AppendCommand(nil, &c))
 	c2 := Command{Kind: CmdCommit, Topic: "t", Group: "g", Offset: 9}
 	f.Add(AppendCommand(nil, &c2))
-	c3 := Command{Kind: CmdDeleteBefore, Topic: "t", Partition: 3, Offset: 1 << 40, Reason: TrimByRetention}
+	c3 := Command{Kind: CmdDeleteBefore, Topic: "t", Partition: 3, Offset: 1 << 40, Reason: TrimByRetention, TTLMs: 60000}
 	f.Add(AppendCommand(nil, &c3))
 	c4 := Command{Kind: CmdRetention, Topic: AllTopics, Partition: -1, TTLMs: 60000, MaxBytes: -1}
 	f.Add(AppendCommand(nil, &c4))

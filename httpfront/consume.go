@@ -305,28 +305,37 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 	// The stored bytes read are at most the bytes written (every message
 	// gains at least its JSON field names), so the log's own budget never
 	// stops a page before the written budget does.
-	next, err := p.Log.Read(from, q.maxBytes, func(fr logstore.Frame) bool {
-		m, err := record.DecodeMessage(fr.Offset, fr.Payload)
-		if err != nil {
-			decodeErr = err
-			return false
+	var next uint64
+	var err error
+	// Expired records skipped use up a read's byte budget: while a page
+	// is empty and records were skipped, read on from past them.
+	for read := from; ; read = next {
+		next, err = p.Log.Read(read, q.maxBytes, func(fr logstore.Frame) bool {
+			m, err := record.DecodeMessage(fr.Offset, fr.Payload)
+			if err != nil {
+				decodeErr = err
+				return false
+			}
+			if ttl && m.TimestampMs < expiredBefore {
+				skippedTo = fr.Offset + 1
+				return true
+			}
+			before := len(b)
+			if count > 0 {
+				b = append(b, ',')
+			}
+			b = appendMessage(b, p.ID, m, q.b64)
+			if count > 0 && len(b)-base > q.maxBytes {
+				b, cut, cutOffset = b[:before], true, fr.Offset
+				return false
+			}
+			count++
+			return count < q.limit && len(b)-base < q.maxBytes
+		})
+		if count > 0 || err != nil || decodeErr != nil || cut || next <= read || next >= end || skippedTo <= read {
+			break
 		}
-		if ttl && m.TimestampMs < expiredBefore {
-			skippedTo = fr.Offset + 1
-			return true
-		}
-		before := len(b)
-		if count > 0 {
-			b = append(b, ',')
-		}
-		b = appendMessage(b, p.ID, m, q.b64)
-		if count > 0 && len(b)-base > q.maxBytes {
-			b, cut, cutOffset = b[:before], true, fr.Offset
-			return false
-		}
-		count++
-		return count < q.limit && len(b)-base < q.maxBytes
-	})
+	}
 	if err == nil {
 		err = decodeErr
 	}

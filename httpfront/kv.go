@@ -104,7 +104,7 @@ func (s *Server) kvPut(ctx *fasthttp.RequestCtx, ns, key string) {
 	if s.cfg.MaxKVKeys > 0 && s.store.KVKeys() >= s.cfg.MaxKVKeys {
 		// Checked before proposing (each key costs index memory); an
 		// overwrite of an existing key still goes through.
-		if _, held := s.store.KVLookup(n, []byte(key)); !exists || !held {
+		if !s.store.KVHeld(n, []byte(key)) {
 			writeError(ctx, &apiError{status: 409, code: "too_many_keys", message: "the node holds --max-kv-keys keys; delete some or raise the limit"})
 			return
 		}

@@ -190,8 +190,11 @@ func TestKVKeyLimit(t *testing.T) {
 	ts.expect(ts.do("POST", "/kv/lim/k9", "v"), 409, "too_many_keys")
 	ts.expect(ts.do("POST", "/kv/other/k", "v"), 409, "too_many_keys")
 	ts.expect(ts.do("POST", "/kv/lim/k1", "overwrite"), 200, "")
+	// A deleted key keeps its cas (and its place in the index) for an
+	// hour: it can be written again, a new key cannot.
 	ts.expect(ts.do("DELETE", "/kv/lim/k0", ""), 200, "")
-	ts.expect(ts.do("POST", "/kv/lim/k9", "v"), 200, "")
+	ts.expect(ts.do("POST", "/kv/lim/k9", "v"), 409, "too_many_keys")
+	ts.expect(ts.do("POST", "/kv/lim/k0", "again"), 200, "")
 }
 
 // Found by a newcomer's session: DELETE on /meta deleted the base key; a
@@ -209,6 +212,7 @@ func TestKVPathEdges(t *testing.T) {
 	ts.expect(ts.do("GET", "/kv/m/base%2Fmeta", ""), 404, "not_found")
 
 	ts.expect(ts.do("POST", "/kv/m/%FF%FE", "x"), 400, "invalid_key")
+	ts.expect(ts.do("GET", "/kv/m//meta", ""), 400, "invalid_key")
 
 	ts.expect(ts.do("POST", "/kv/m/dir/?cas=0", "slash"), 200, "")
 	ts.expect(ts.do("POST", "/kv/m/dir?cas=0", "plain"), 200, "")

@@ -418,8 +418,8 @@ func routeFor(p *pathParams) *route {
 		return &routeConsume
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "commit":
 		return &routeCommit
-	case len(seg) == 3 && seg[0] == "kv" && seg[2] != "":
-		return &routeKV
+	case len(seg) == 3 && seg[0] == "kv" && (seg[2] != "" || p.seg[3] == "meta"):
+		return &routeKV // an empty key with /meta: 400 invalid_key
 	case len(seg) == 3 && seg[0] == "kv":
 		return &routeKVList
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "delete-before":

@@ -159,8 +159,8 @@ func serveWith(o options, log *slog.Logger) error {
 	if need := int64(max(o.maxMessageBytes, o.maxKVValueBytes)) + 64<<10; o.segmentBytes < need || o.segmentBytes > 1<<30 {
 		return fmt.Errorf("--segment-bytes %d: must be at least --max-message-bytes and --max-kv-value-bytes + 64 KiB (%d) and at most 1 GiB", o.segmentBytes, need)
 	}
-	if o.maxKVValueBytes < 1 || o.maxKVValueBytes > 64<<20 {
-		return fmt.Errorf("--max-kv-value-bytes %d: must be from 1 to 64 MiB", o.maxKVValueBytes)
+	if o.maxKVValueBytes < 1 || o.maxKVValueBytes > 6<<20 {
+		return fmt.Errorf("--max-kv-value-bytes %d: want 1..%d (one replicated entry, and one partition batch, hold 8 MiB)", o.maxKVValueBytes, 6<<20)
 	}
 	partitionCfg := logstore.LogConfig{SegmentBytes: o.segmentBytes, BatchBytesMax: int(min(o.segmentBytes, 8<<20))}
 	store, blob, err := engine.OpenStore(engine.StoreConfig{Dir: o.data, Partition: partitionCfg, Limits: engine.EntryLimits{

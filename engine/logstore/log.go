@@ -201,9 +201,8 @@ func (l *Log) recoverActive(base uint64, ckpt durableMark, haveCkpt bool) (*segm
 	}
 	vouched := int64(0)
 	if haveCkpt {
-		emptied := ckpt.StartOffset == ckpt.NextOffset && base == ckpt.NextOffset // resetEmptyAt, cut short before its last mark
 		switch {
-		case ckpt.ActiveBase > base && !emptied:
+		case ckpt.ActiveBase > base:
 			f.Close()
 			return nil, &CorruptionError{Path: l.dir, Reason: fmt.Sprintf(
 				"the durable mark names active segment %s, which is missing", segmentName(ckpt.ActiveBase))}

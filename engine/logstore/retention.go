@@ -138,6 +138,8 @@ func (d Detached) Remove() error {
 		if err := vfs.SyncDir(d.fs, d.dir); err != nil {
 			return err
 		}
+		// Out of the log now: a file a failure leaves here is a .tmp
+		// file, which OpenLog removes; a retry of the set skips it.
 		if err := removeGently(d.fs, doomed); err != nil {
 			return err
 		}

@@ -225,7 +225,7 @@ func TestTruncateBelowStart(t *testing.T) {
 				// Stop the process at the step: the mark as resetEmptyAt
 				// writes it first, then the files as the step left them.
 				l.appendMu.Lock()
-				if err := l.writeDurableMarkOf(durableMark{ActiveBase: l.active().base, NextOffset: next, Batch: l.batch, StartOffset: next}); err != nil {
+				if err := l.writeDurableMarkOf(durableMark{ActiveBase: min(l.active().base, next), NextOffset: next, Batch: l.batch, StartOffset: next}); err != nil {
 					t.Fatal(err)
 				}
 				l.appendMu.Unlock()

@@ -71,17 +71,17 @@ func (l *Log) TruncateTo(next uint64) error {
 
 // resetEmptyAt drops every segment and leaves an empty log whose start
 // and end are next. Each step survives a crash:
-//   - the durable mark first says start = end = next, naming the active
-//     segment as before with nothing vouched: a recovery then finds the
-//     old segments above next, and the same TruncateTo starts over (or,
-//     if the segment holding next is still first, cuts it at next);
-//   - segments go oldest first, so what remains never has a gap and the
-//     named active segment stays until last;
+//   - the durable mark first says start = end = next, with nothing vouched,
+//     naming as active segment the lower of the current one and next
+//     (never a segment above any that may exist later): a recovery then
+//     finds the old segments, and the same TruncateTo starts over (or, if
+//     the segment holding next is still first, cuts it at next);
+//   - segments go oldest first, so what remains never has a gap;
 //   - with every segment gone, recovery creates the empty one at next
-//     (recoverEmpty); once it exists, recovery accepts it (recoverActive);
+//     (recoverEmpty);
 //   - a last mark names it.
 func (l *Log) resetEmptyAt(next uint64) error {
-	if err := l.writeDurableMarkOf(durableMark{ActiveBase: l.active().base, NextOffset: next, Batch: l.batch, StartOffset: next}); err != nil {
+	if err := l.writeDurableMarkOf(durableMark{ActiveBase: min(l.active().base, next), NextOffset: next, Batch: l.batch, StartOffset: next}); err != nil {
 		return l.setFault(err)
 	}
 	l.mu.Lock()
