@@ -25,7 +25,8 @@ import (
 //	          the policy the trim was computed under)
 //	retention = topic ("*": every topic) | partition zigzag-varint (-1: all) |
 //	          ttl ms zigzag-varint | max bytes zigzag-varint (for both:
-//	          -1 unchanged, 0 cleared)
+//	          -1 unchanged, 0 cleared) | cleanup u8 (0 unchanged, else
+//	          CleanupDelete + 1 or CleanupCompact + 1)
 //	kv put  = namespace | key | value | cas given u8 | cas uvarint | ttl ms uvarint
 //	kv delete = namespace | key | cas given u8 | cas uvarint
 //	kv expire = namespace | count uvarint | (key | cas uvarint)*
@@ -101,6 +102,7 @@ type Command struct {
 	Offset uint64 // CmdCommit, CmdDeleteBefore
 
 	Reason   uint8 // CmdDeleteBefore: TrimBy*
+	Cleanup  uint8 // CmdRetention: 0 unchanged, else the policy's Cleanup + 1
 	TTLMs    int64 // CmdRetention: -1 unchanged, 0 cleared; CmdKVPut: time to live (0 = none); CmdDeleteBefore by retention: the policy's
 	MaxBytes int64 // CmdRetention: -1 unchanged, 0 cleared; CmdDeleteBefore by retention: the policy's
 
@@ -227,6 +229,7 @@ func AppendCommand(dst []byte, c *Command) []byte {
 		dst = binary.AppendVarint(dst, int64(c.Partition))
 		dst = binary.AppendVarint(dst, c.TTLMs)
 		dst = binary.AppendVarint(dst, c.MaxBytes)
+		dst = append(dst, c.Cleanup)
 	case CmdKVPut, CmdKVDelete:
 		dst = appendBytes(dst, c.KVKey)
 		if c.Kind == CmdKVPut {
@@ -270,7 +273,7 @@ func commandBodyBytes(c *Command) int {
 			n += uvarintLen(uint64(c.TTLMs)) + uvarintLen(uint64(c.MaxBytes))
 		}
 	case CmdRetention:
-		n += varintLen(int64(c.Partition)) + varintLen(c.TTLMs) + varintLen(c.MaxBytes)
+		n += varintLen(int64(c.Partition)) + varintLen(c.TTLMs) + varintLen(c.MaxBytes) + 1
 	case CmdKVPut:
 		n += bytesLen(len(c.KVKey)) + bytesLen(len(c.KVValue)) + 1 + uvarintLen(c.CAS) + uvarintLen(uint64(c.TTLMs))
 	case CmdKVDelete:
@@ -376,6 +379,9 @@ func DecodeCommand(b []byte, c *Command, intern func([]byte) string) ([]byte, er
 		c.Partition = int32(p)
 		c.TTLMs, c.MaxBytes = d.varint(), d.varint()
 		if c.TTLMs < -1 || c.MaxBytes < -1 {
+			d.fail()
+		}
+		if c.Cleanup = d.byte(); c.Cleanup > CleanupCompact+1 {
 			d.fail()
 		}
 	case CmdKVPut, CmdKVDelete:

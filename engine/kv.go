@@ -471,6 +471,10 @@ func (s *Store) decodeKVState(d *decoder, version uint64, corrupt func(string) e
 		if err := restorePartition(ns.part, next, start); err != nil {
 			return err
 		}
+		ns.part.checkpointed.Store(next)
+		s.kvMu.Lock()
+		s.kvCheckpointed[name] = ns.tree.Clone()
+		s.kvMu.Unlock()
 	}
 	return nil
 }

@@ -19,23 +19,35 @@ import (
 // (Partition.ExpiredBefore), so an expired record is never served.
 
 // RetentionPolicy bounds a partition: records older than TTLMs and the
-// oldest whole segments beyond MaxBytes are deleted. 0 means no bound.
+// oldest whole segments beyond MaxBytes are deleted (0 means no bound);
+// with Cleanup CleanupCompact, sealed segments also keep only the newest
+// record of each key (log compaction, compact.go).
 type RetentionPolicy struct {
 	TTLMs    int64
 	MaxBytes int64
+	Cleanup  uint8
 }
 
-// IsZero reports whether the policy bounds nothing.
+// Cleanup policies.
+const (
+	CleanupDelete  uint8 = 0 // retention by age and size only
+	CleanupCompact uint8 = 1 // and log compaction
+)
+
+// IsZero reports whether the policy bounds nothing by age or size.
 func (p RetentionPolicy) IsZero() bool { return p.TTLMs == 0 && p.MaxBytes == 0 }
 
 // with returns p changed by a CmdRetention's fields (-1 unchanged, 0
 // cleared).
-func (p RetentionPolicy) with(ttlMs, maxBytes int64) RetentionPolicy {
+func (p RetentionPolicy) with(ttlMs, maxBytes int64, cleanup uint8) RetentionPolicy {
 	if ttlMs >= 0 {
 		p.TTLMs = ttlMs
 	}
 	if maxBytes >= 0 {
 		p.MaxBytes = maxBytes
+	}
+	if cleanup > 0 {
+		p.Cleanup = cleanup - 1
 	}
 	return p
 }
@@ -45,16 +57,18 @@ func (p RetentionPolicy) with(ttlMs, maxBytes int64) RetentionPolicy {
 type partitionPolicy struct {
 	ttlMs    atomic.Int64
 	maxBytes atomic.Int64
+	cleanup  atomic.Uint32
 }
 
 // Retention returns the partition's policy.
 func (p *Partition) Retention() RetentionPolicy {
-	return RetentionPolicy{TTLMs: p.policy.ttlMs.Load(), MaxBytes: p.policy.maxBytes.Load()}
+	return RetentionPolicy{TTLMs: p.policy.ttlMs.Load(), MaxBytes: p.policy.maxBytes.Load(), Cleanup: uint8(p.policy.cleanup.Load())}
 }
 
 func (p *Partition) setRetention(r RetentionPolicy) {
 	p.policy.ttlMs.Store(r.TTLMs)
 	p.policy.maxBytes.Store(r.MaxBytes)
+	p.policy.cleanup.Store(uint32(r.Cleanup))
 }
 
 // ExpiredBefore returns the timestamp (Unix ms) below which the
@@ -85,7 +99,7 @@ func (s *Store) applyDeleteBefore(c *Command) Result {
 		return Result{Err: ErrUnknownPartition}
 	}
 	p := t.Partitions[c.Partition]
-	if c.Reason == TrimByRetention && p.Retention() != (RetentionPolicy{TTLMs: c.TTLMs, MaxBytes: c.MaxBytes}) {
+	if pol := p.Retention(); c.Reason == TrimByRetention && (pol.TTLMs != c.TTLMs || pol.MaxBytes != c.MaxBytes) {
 		// The policy changed (or was cleared) after the sweep proposed
 		// this: the next sweep decides under the new one.
 		return Result{Partition: c.Partition, Ignored: true}
@@ -109,7 +123,7 @@ func (s *Store) applyRetention(c *Command) Result {
 	var parts []*Partition
 	if c.Topic == AllTopics {
 		s.mu.Lock()
-		s.retentionDefault = s.retentionDefault.with(c.TTLMs, c.MaxBytes)
+		s.retentionDefault = s.retentionDefault.with(c.TTLMs, c.MaxBytes, c.Cleanup)
 		s.mu.Unlock()
 		for _, t := range s.Topics() {
 			parts = append(parts, t.Partitions...)
@@ -128,7 +142,7 @@ func (s *Store) applyRetention(c *Command) Result {
 		}
 	}
 	for _, p := range parts {
-		p.setRetention(p.Retention().with(c.TTLMs, c.MaxBytes))
+		p.setRetention(p.Retention().with(c.TTLMs, c.MaxBytes, c.Cleanup))
 	}
 	return Result{Partition: c.Partition, Count: len(parts)}
 }

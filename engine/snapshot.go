@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/btree"
+
 	"keel/engine/record"
 	"keel/engine/vfs"
 )
@@ -212,6 +214,9 @@ func statePartitions(state []byte) ([]statePartition, error) {
 				d.uvarint() // retention policy
 				d.uvarint()
 			}
+			if version >= 6 {
+				d.byte() // cleanup
+			}
 			out = append(out, statePartition{rel: filepath.Join("topics", name, strconv.Itoa(j)), next: next})
 		}
 	}
@@ -231,6 +236,9 @@ func statePartitions(state []byte) ([]statePartition, error) {
 		}
 		d.uvarint() // retention default
 		d.uvarint()
+		if version >= 6 {
+			d.byte()
+		}
 		for i, n := 0, d.uvarint(); uint64(i) < n && d.err == nil; i++ {
 			name, next := string(d.bytes()), d.uvarint()
 			d.uvarint()
@@ -401,6 +409,9 @@ func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
 		n.part.Log.Close()
 	}
 	s.kvs = map[string]*KVNamespace{}
+	s.kvMu.Lock()
+	s.kvCheckpointed = map[string]*btree.BTreeG[kvItem]{}
+	s.kvMu.Unlock()
 	s.topics, s.partitionsTotal = map[string]*Topic{}, 0
 	s.offsets = map[offsetKey]uint64{}
 	s.idem = newIdempotencyTable()

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/btree"
+
 	"keel/engine/logstore"
 	"keel/engine/record"
 	"keel/engine/vfs"
@@ -25,10 +27,10 @@ import (
 //
 //	version | applied index | applied term | replication blob |
 //	topics: count, (name, partitions, created ms, rr,
-//	        (next, start, ttl ms, max bytes)*)* |
+//	        (next, start, ttl ms, max bytes, cleanup)*)* |
 //	offsets: count, (topic, group, partition, offset)* |
 //	idempotency: count, (key, partition, offset, count, time ms)* |
-//	retention default: ttl ms, max bytes |
+//	retention default: ttl ms, max bytes, cleanup |
 //	kv: count, (namespace, next, start, keys,
 //	    (key, cas, offset, expires ms, deleted u8)*)*
 //
@@ -36,7 +38,8 @@ import (
 // idemKey); version 1 stored the composite key in full, and is digested
 // when loaded. Version 3 added the retention policies (per partition,
 // and the default for topics created later); earlier versions have none.
-// Version 4 added the KV namespaces; version 5 their deleted markers.
+// Version 4 added the KV namespaces; version 5 their deleted markers;
+// version 6 the cleanup policy (log compaction).
 //
 // Recovery loads it, cuts each partition back to its checkpointed end and
 // replays the Raft log after the applied index: restart time is bounded by
@@ -44,7 +47,7 @@ import (
 const (
 	stateFileName     = "state.ckpt"
 	stateMagic        = "KEELSTAT"
-	stateVersion      = 5
+	stateVersion      = 6
 	stateVersionMin   = 1
 	stateHeaderBytes  = len(stateMagic) + 12
 	statePayloadLimit = 1 << 34 // sanity bound (a version-1 idempotency table could hold ~1.3 GB at its limits)
@@ -64,7 +67,9 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		topics:  map[string]*Topic{},
 		offsets: map[offsetKey]uint64{},
 		kvs:     map[string]*KVNamespace{},
-		idem:    newIdempotencyTable(),
+
+		kvCheckpointed: map[string]*btree.BTreeG[kvItem]{},
+		idem:           newIdempotencyTable(),
 	}
 	if err := vfs.EnsureDir(cfg.FS, cfg.Dir); err != nil {
 		return nil, nil, err
@@ -168,6 +173,8 @@ type StateCapture struct {
 	state []byte      // the payload before the KV section
 	kvs   []kvCapture // encoded by Write
 
+	ends    []capturedEnd // each log's end as of the capture: compaction's bound once durable
+	store   *Store
 	syncs   []func() error // fsync each partition's active segment as of the capture
 	dirs    []string       // directories holding names of partitions created since the last capture
 	newLogs []newLogDirs   // those partitions
@@ -177,7 +184,7 @@ type StateCapture struct {
 // partition holds its newest records. It is fast (no I/O); call it from the
 // apply goroutine, between entries.
 func (s *Store) Capture(blob []byte) *StateCapture {
-	c := &StateCapture{fs: s.cfg.FS, dir: s.cfg.Dir, state: s.encodeState(blob)}
+	c := &StateCapture{fs: s.cfg.FS, dir: s.cfg.Dir, state: s.encodeState(blob), store: s}
 	seen := map[string]bool{}
 	parts := []*Partition{}
 	for _, t := range s.Topics() {
@@ -202,6 +209,7 @@ func (s *Store) Capture(blob []byte) *StateCapture {
 			}
 		}
 		c.syncs = append(c.syncs, p.Log.ActiveSyncer())
+		c.ends = append(c.ends, capturedEnd{p, p.Log.NextOffset()})
 	}
 	return c
 }
@@ -230,7 +238,17 @@ func (c *StateCapture) Write() error {
 			return err
 		}
 	}
-	return vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, frameState(appendKVState(c.state, c.kvs)))
+	if err := vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, frameState(appendKVState(c.state, c.kvs))); err != nil {
+		return err
+	}
+	c.store.checkpointWritten(c)
+	return nil
+}
+
+// capturedEnd is a log's end at a state capture.
+type capturedEnd struct {
+	p    *Partition
+	next uint64
 }
 
 // frameState puts the header (magic, length, checksum) before a payload.
@@ -261,6 +279,7 @@ func (s *Store) encodeState(blob []byte) []byte {
 			pol := part.Retention()
 			p = binary.AppendUvarint(p, uint64(pol.TTLMs))
 			p = binary.AppendUvarint(p, uint64(pol.MaxBytes))
+			p = append(p, pol.Cleanup)
 		}
 	}
 	p = binary.AppendUvarint(p, uint64(len(s.offsets)))
@@ -281,6 +300,7 @@ func (s *Store) encodeState(blob []byte) []byte {
 	}
 	p = binary.AppendUvarint(p, uint64(s.retentionDefault.TTLMs))
 	p = binary.AppendUvarint(p, uint64(s.retentionDefault.MaxBytes))
+	p = append(p, s.retentionDefault.Cleanup)
 	return p // the KV section follows (StateCapture.Write)
 }
 
@@ -325,6 +345,9 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 	}
 	if version >= 3 {
 		s.retentionDefault = RetentionPolicy{TTLMs: d.int64(), MaxBytes: d.int64()}
+		if version >= 6 {
+			s.retentionDefault.Cleanup = d.byte()
+		}
 	}
 	if version >= 4 {
 		if err := s.decodeKVState(&d, version, corrupt); err != nil {
@@ -354,7 +377,11 @@ func (s *Store) decodeTopics(d *decoder, version uint64, corrupt func(string) er
 		for _, p := range t.Partitions {
 			next, start := d.uvarint(), d.uvarint()
 			if version >= 3 {
-				p.setRetention(RetentionPolicy{TTLMs: d.int64(), MaxBytes: d.int64()})
+				pol := RetentionPolicy{TTLMs: d.int64(), MaxBytes: d.int64()}
+				if version >= 6 {
+					pol.Cleanup = d.byte()
+				}
+				p.setRetention(pol)
 			}
 			if d.err != nil {
 				return corrupt("bad partition record")
@@ -362,6 +389,7 @@ func (s *Store) decodeTopics(d *decoder, version uint64, corrupt func(string) er
 			if err := restorePartition(p, next, start); err != nil {
 				return err
 			}
+			p.checkpointed.Store(next)
 		}
 	}
 	return nil

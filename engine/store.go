@@ -9,6 +9,9 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
+
+	"github.com/google/btree"
 
 	"keel/engine/logstore"
 	"keel/engine/vfs"
@@ -114,6 +117,13 @@ type Store struct {
 
 	kvs  map[string]*KVNamespace // guarded by mu
 	kvMu sync.RWMutex            // guards every namespace's index (written by apply only)
+	// kvCheckpointed holds each namespace's index as of the last durable
+	// state checkpoint (clones; guarded by kvMu): compaction keeps the
+	// versions they name too, so a snapshot of that checkpoint finds them.
+	kvCheckpointed map[string]*btree.BTreeG[kvItem]
+
+	compaction CompactionStats // guarded by compactMu
+	compactMu  sync.Mutex
 
 	recovery RecoverySummary // what OpenStore found and did
 
@@ -151,6 +161,12 @@ type Partition struct {
 	Log   *logstore.Log
 
 	policy partitionPolicy // retention
+
+	// checkpointed is the log's end in the last durable state checkpoint:
+	// compaction rewrites only below it, so recovery (which cuts back to
+	// it and replays) never cuts into a compacted segment.
+	checkpointed   atomic.Uint64
+	compactedBelow uint64 // compaction goroutine only: the bound of the last pass that left nothing to redo
 
 	mu      sync.Mutex
 	changed chan struct{} // closed at the next append; nil while nobody waits

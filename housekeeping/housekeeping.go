@@ -23,6 +23,13 @@ type Config struct {
 	RetentionInterval time.Duration
 	// ProposeTimeout bounds each proposal (0 = 10 s).
 	ProposeTimeout time.Duration
+	// CompactionInterval is how often every node compacts its topics
+	// with cleanup "compact" and its KV namespaces (0 =
+	// CompactionIntervalDefault).
+	CompactionInterval time.Duration
+	// TombstoneRetention is how long compaction keeps a key's newest
+	// record when it is a tombstone (0 = TombstoneRetentionDefault).
+	TombstoneRetention time.Duration
 	Log            *slog.Logger
 }
 
@@ -30,6 +37,12 @@ type Config struct {
 // filter expired records in between, so the period only bounds how long
 // disk space waits to be given back.
 const RetentionIntervalDefault = 5 * time.Second
+
+// Compaction defaults.
+const (
+	CompactionIntervalDefault = 30 * time.Second
+	TombstoneRetentionDefault = 24 * time.Hour
+)
 
 // Proposer is what the sweep proposes through (*replication.Node).
 type Proposer interface {
@@ -45,6 +58,9 @@ type Sweeper struct {
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
+
+	compactDone chan struct{}
+	compactMu   sync.Mutex // one compaction pass at a time
 
 	mu    sync.Mutex
 	stats Stats
@@ -75,9 +91,43 @@ func Start(cfg Config, node Proposer, store *engine.Store) *Sweeper {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Sweeper{cfg: cfg, node: node, store: store, stop: make(chan struct{}), done: make(chan struct{})}
+	if cfg.CompactionInterval <= 0 {
+		cfg.CompactionInterval = CompactionIntervalDefault
+	}
+	if cfg.TombstoneRetention <= 0 {
+		cfg.TombstoneRetention = TombstoneRetentionDefault
+	}
+	s := &Sweeper{cfg: cfg, node: node, store: store, stop: make(chan struct{}), done: make(chan struct{}), compactDone: make(chan struct{})}
 	go s.run()
+	go s.runCompaction()
 	return s
+}
+
+// runCompaction compacts on its own goroutine, so a long pass never
+// delays retention.
+func (s *Sweeper) runCompaction() {
+	defer close(s.compactDone)
+	t := time.NewTicker(s.cfg.CompactionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		s.Compact()
+	}
+}
+
+// Compact runs one compaction pass now (on every node: compaction changes
+// no state, see engine.Store.Compact). A failure is logged; the log it
+// met has a sticky fault and takes no more writes.
+func (s *Sweeper) Compact() {
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
+	if err := s.store.Compact(time.Now().UnixMilli(), s.cfg.TombstoneRetention.Milliseconds()); err != nil {
+		s.cfg.Log.Error("compaction failed", "err", err)
+	}
 }
 
 func (s *Sweeper) run() {
@@ -153,4 +203,5 @@ func (s *Sweeper) Stats() Stats {
 func (s *Sweeper) Close() {
 	s.once.Do(func() { close(s.stop) })
 	<-s.done
+	<-s.compactDone
 }

@@ -345,8 +345,8 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 	if count == 0 {
 		// Nothing returned: keep the caller's position (moved up to the log
 		// start if retention deleted what it asked for, and past records
-		// skipped as expired).
-		next = max(from, skippedTo, p.Log.StartOffset())
+		// skipped as expired or removed by compaction).
+		next = max(next, from, skippedTo, p.Log.StartOffset())
 	}
 	truncated := count > 0 && count < q.limit && next < end
 	return b, count, next, truncated, err

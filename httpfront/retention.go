@@ -84,6 +84,9 @@ func (s *Server) retention(ctx *fasthttp.RequestCtx) {
 	b = appendBoolField(b, "ok", true)
 	b = appendBoolField(b, "ttl_applied", cmd.TTLMs >= 0)
 	b = appendBoolField(b, "size_applied", cmd.MaxBytes >= 0)
+	if cmd.Cleanup > 0 {
+		b = appendBoolField(b, "cleanup_applied", true)
+	}
 	writeJSON(ctx, fasthttp.StatusOK, append(b, '}'))
 }
 
@@ -95,6 +98,7 @@ func retentionCommand(body []byte) (*engine.Command, *apiError) {
 		Partition json.RawMessage `json:"partition"`
 		TTLMs     json.RawMessage `json:"ttl_ms"`
 		MaxBytes  json.RawMessage `json:"max_bytes"`
+		Cleanup   *string         `json:"cleanup"`
 	}
 	if e := decodeJSONObject(body, &req); e != nil {
 		return nil, e
@@ -102,10 +106,16 @@ func retentionCommand(body []byte) (*engine.Command, *apiError) {
 	if req.Topic == nil {
 		return nil, errBadRequest("missing_fields", "the body is missing: topic")
 	}
-	if req.TTLMs == nil && req.MaxBytes == nil {
-		return nil, errBadRequest("missing_fields", "the body needs ttl_ms or max_bytes (0 clears that bound)")
+	if req.TTLMs == nil && req.MaxBytes == nil && req.Cleanup == nil {
+		return nil, errBadRequest("missing_fields", "the body needs ttl_ms, max_bytes (0 clears that bound) or cleanup")
 	}
 	cmd := &engine.Command{Kind: engine.CmdRetention, Topic: *req.Topic, Partition: -1, TTLMs: -1, MaxBytes: -1}
+	if req.Cleanup != nil {
+		var e *apiError
+		if cmd.Cleanup, e = parseCleanup(*req.Cleanup); e != nil {
+			return nil, e
+		}
+	}
 	all := *req.Topic == engine.AllTopics
 	if !all && !engine.ValidTopicName(*req.Topic) {
 		return nil, mapError(engine.ErrInvalidTopic)
@@ -227,5 +237,22 @@ func appendRetention(b []byte, pol engine.RetentionPolicy) []byte {
 	b = append(appendKey(b, "retention"), '{')
 	b = appendIntField(b, "ttl_ms", pol.TTLMs)
 	b = appendIntField(b, "max_bytes", pol.MaxBytes)
+	cleanup := "delete"
+	if pol.Cleanup == engine.CleanupCompact {
+		cleanup = "compact"
+	}
+	b = appendStringField(b, "cleanup", cleanup)
 	return append(b, '}')
+}
+
+// parseCleanup reads a cleanup policy as CmdRetention carries it (the
+// policy + 1).
+func parseCleanup(v string) (uint8, *apiError) {
+	switch v {
+	case "delete":
+		return engine.CleanupDelete + 1, nil
+	case "compact":
+		return engine.CleanupCompact + 1, nil
+	}
+	return 0, errBadRequest("invalid_cleanup", `cleanup must be "delete" or "compact"`)
 }

@@ -22,6 +22,7 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 	var req struct {
 		Name       *string         `json:"name"`
 		Partitions json.RawMessage `json:"partitions"`
+		Cleanup    *string         `json:"cleanup"`
 	}
 	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
 		writeError(ctx, e)
@@ -54,8 +55,21 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
+	var cleanup uint8
+	if req.Cleanup != nil {
+		var e *apiError
+		if cleanup, e = parseCleanup(*req.Cleanup); e != nil {
+			writeError(ctx, e)
+			return
+		}
+	}
 	cmd := &engine.Command{Kind: engine.CmdCreateTopic, Topic: *req.Name, Partitions: int(partitions)}
 	res, e := s.proposeAndWait(ctx, cmd)
+	if e == nil && cleanup > 0 {
+		// The topic exists now; its cleanup policy is a second command (a
+		// retry of the whole request sets the same).
+		_, e = s.proposeAndWait(ctx, &engine.Command{Kind: engine.CmdRetention, Topic: *req.Name, Partition: -1, TTLMs: -1, MaxBytes: -1, Cleanup: cleanup})
+	}
 	if e != nil {
 		writeError(ctx, e)
 		return

@@ -62,6 +62,8 @@ type options struct {
 	maxKVValueBytes      int
 	maxKVKeys            int
 	retentionInterval    time.Duration
+	compactionInterval   time.Duration
+	tombstoneRetention   time.Duration
 	raftLogRetainBytes   int64
 	haInsecurePlaintext  bool
 	haJoin               bool
@@ -190,6 +192,8 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.maxKVValueBytes, "max-kv-value-bytes", 1<<20, "largest KV value (put body)")
 	intVar(&o.maxKVKeys, "max-kv-keys", 5_000_000, "most KV keys of all namespaces together; about 60 bytes of memory each plus the key (0 = no limit)")
 	int64Var(&o.segmentBytes, "segment-bytes", 64<<20, "size at which a partition's active segment is sealed and a new one begun; retention and delete-before free whole sealed segments (at least --max-message-bytes + 64 KiB, at most 1 GiB)")
+	durVar(&o.compactionInterval, "compaction-interval", housekeeping.CompactionIntervalDefault, "how often each node compacts topics with cleanup compact and KV namespaces (sealed segments below the last state checkpoint)")
+	durVar(&o.tombstoneRetention, "compaction-tombstone-retention", housekeeping.TombstoneRetentionDefault, "how long compaction keeps a key's tombstone (a record with the key and an empty value) once it is the key's newest")
 	durVar(&o.retentionInterval, "retention-interval", housekeeping.RetentionIntervalDefault, "how often the leader checks partitions against their retention policies and trims whole expired or surplus segments (reads skip expired records in between)")
 	int64Var(&o.raftLogRetainBytes, "raft-log-retain-bytes", 64<<20, "cluster: applied Raft entries kept in memory so a lagging follower catches up from the log; one further behind gets a snapshot")
 	boolVar(&o.haInsecurePlaintext, "ha-insecure-plaintext", false, "cluster: allow node traffic without TLS on a raft address that is not loopback (anyone who reaches the port can then act as a node)", "RF_HA_INSECURE_PLAINTEXT")

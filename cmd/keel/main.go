@@ -212,7 +212,8 @@ func serveWith(o options, log *slog.Logger) error {
 		}
 	}
 	node.Start()
-	sweeper := housekeeping.Start(housekeeping.Config{RetentionInterval: o.retentionInterval, Log: log}, node, store)
+	sweeper := housekeeping.Start(housekeeping.Config{RetentionInterval: o.retentionInterval, CompactionInterval: o.compactionInterval,
+		TombstoneRetention: o.tombstoneRetention, Log: log}, node, store)
 	defer sweeper.Close()
 	// A single node leads at once; a cluster member needs its peers, which
 	// may not run yet: it listens now, and writes wait for a leader.

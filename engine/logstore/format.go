@@ -18,6 +18,7 @@ const (
 	RecordMessage   = record.TypeMessage
 	RecordRaftEntry = record.TypeRaftEntry
 	RecordRaftState = record.TypeRaftState
+	RecordHole      = record.TypeHole // written by Compact only
 )
 
 // CorruptionError reports data that an fsync vouched for but that no longer

@@ -58,7 +58,7 @@ func (l *Log) Read(from uint64, maxBytes int, fn func(Frame) bool) (next uint64,
 }
 
 // ReadOne calls fn with the record at offset, if the log holds it (false
-// otherwise), fetching from the segment only what lies between the nearest
+// otherwise: outside the log, or removed by compaction), fetching from the segment only what lies between the nearest
 // index entry and that record (about one index interval) instead of a
 // read's usual 64 KiB: a point lookup (a KV get) costs one small read. The
 // frame's payload is valid only during fn.
@@ -74,8 +74,9 @@ func (l *Log) ReadOne(offset uint64, fn func(Frame)) (bool, error) {
 		view.chunk = int(l.cfg.IndexIntervalBytes) + record.HeaderBytes
 		found := false
 		_, _, err := readSegment(view, offset, bufp, func(fr Frame) (bool, bool) {
-			found = true
-			fn(fr)
+			if found = fr.Offset == offset; found { // else offset is in a hole
+				fn(fr)
+			}
 			return true, false
 		}, nil)
 		if err != nil && l.detachedFrom(view.seg, err) {
@@ -134,6 +135,16 @@ func readSegment(v readView, from uint64, bufp *[]byte, fn func(Frame) (taken, m
 		if derr != nil || fr.Offset != want {
 			return want, false, &CorruptionError{Path: v.seg.path, Pos: pos, Reason: fmt.Sprintf(
 				"record %d does not decode on read (%v, offset field %d)", want, derr, fr.Offset)}
+		}
+		span, ok := record.Span(fr)
+		if !ok {
+			return want, false, &CorruptionError{Path: v.seg.path, Pos: pos, Reason: fmt.Sprintf("hole at %d has a bad span", want)}
+		}
+		if fr.Type == RecordHole {
+			// Offsets compaction removed: nothing to offer, read on.
+			pos += int64(n)
+			want += span
+			continue
 		}
 		if fr.Offset >= from {
 			if at != nil {

@@ -115,8 +115,9 @@ func scanSegment(path string, data []byte, base uint64, vouched int64, intervalB
 		}
 		switch classify(reg, st, newer) {
 		case verdictContinue:
+			span, _ := record.Span(fr) // frameAt checked it
 			res.index.add(uint32(res.count), pos, frameTime(fr))
-			res.count++
+			res.count += span
 			res.lastBatch, res.lastEnd, res.any = fr.Batch, fr.Flags&record.FlagBatchEnd != 0, true
 			pos += int64(n)
 			res.size = pos
@@ -141,6 +142,9 @@ func frameAt(data []byte, pos int64, want uint64) (frameState, Frame, int) {
 		return stateEOF, Frame{}, 0
 	}
 	fr, n, err := record.DecodeFrame(rest)
+	if _, ok := record.Span(fr); err == nil && !ok {
+		return stateBad, Frame{}, 0
+	}
 	switch {
 	case err == nil && fr.Offset == want:
 		return stateValid, fr, n
@@ -170,7 +174,7 @@ func newerBatchAfter(data []byte, pos int64, want uint64, res scanResult) bool {
 	seen := false
 	for q := pos + record.Align; q+record.HeaderBytes <= int64(len(data)); q += record.Align {
 		fr, _, err := record.DecodeFrame(data[q:])
-		if err != nil || fr.Offset < want || fr.Type != RecordMessage && fr.Type != RecordRaftEntry && fr.Type != RecordRaftState {
+		if err != nil || fr.Offset < want || fr.Type != RecordMessage && fr.Type != RecordRaftEntry && fr.Type != RecordRaftState && fr.Type != RecordHole {
 			continue
 		}
 		if res.any {

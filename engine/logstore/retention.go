@@ -176,13 +176,14 @@ func (l *Log) AdvanceStart(offset uint64) (moved uint64, d Detached, err error) 
 	return moved, d, nil
 }
 
-// detachedFrom reports whether seg left the log (AdvanceStart): a reader
-// that met its closed file then goes on from the new start.
+// detachedFrom reports whether seg left the log (AdvanceStart, or Compact
+// replacing it): a reader that met its closed file then looks again.
 func (l *Log) detachedFrom(seg *segment, err error) bool {
 	if !errors.Is(err, errSegmentClosed) && !errors.Is(err, os.ErrClosed) {
 		return false
 	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return len(l.segs) > 0 && seg.base < l.segs[0].base
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base >= seg.base })
+	return i == len(l.segs) || l.segs[i] != seg // deleted, or replaced by a compacted copy
 }

@@ -197,13 +197,19 @@ func (l *Log) positionOf(seg *segment, off uint64) (int64, error) {
 	pos := view.startPos
 	bufp := readBufPool.Get().(*[]byte)
 	defer readBufPool.Put(bufp)
-	found := false
+	found, at := false, uint64(0)
 	_, _, err := readSegment(view, off, bufp, func(fr Frame) (bool, bool) {
-		found = true
+		found, at = true, fr.Offset
 		return false, false
 	}, &pos)
 	if err != nil {
 		return 0, err
+	}
+	if found && at != off {
+		// off lies in a hole of a compacted segment (compaction only
+		// rewrites segments below the last state checkpoint, which a
+		// truncation never goes below).
+		return 0, fmt.Errorf("engine: cut %s at %d: inside a compacted range", seg.path, off)
 	}
 	if !found {
 		return view.size, nil

@@ -49,7 +49,8 @@ const (
 	TypeRaftState   uint8 = 3 // a Raft HardState (replication's WAL)
 	TypeDurableMark uint8 = 4 // the checkpoint file's one frame
 	TypeIndex       uint8 = 5 // a sealed segment's sparse index file
-	typeMax               = TypeIndex
+	TypeHole        uint8 = 6 // offsets a compaction removed (payload: HoleSpan)
+	typeMax               = TypeHole
 )
 
 // Frame flags.
@@ -80,6 +81,30 @@ var (
 	ErrPadding  = errors.New("frame: non-zero padding")
 	ErrCRC      = errors.New("frame: checksum mismatch")
 )
+
+// A hole frame stands for span consecutive offsets, from its own, whose
+// records log compaction removed: payload = span u64 LE (at least 1).
+const holePayloadBytes = 8
+
+// AppendHole appends a hole frame for offsets [offset, offset+span).
+func AppendHole(dst []byte, batch uint32, offset, span uint64) []byte {
+	var p [holePayloadBytes]byte
+	binary.LittleEndian.PutUint64(p[:], span)
+	return AppendFrame(dst, Frame{Type: TypeHole, Batch: batch, Offset: offset, Payload: p[:]})
+}
+
+// Span returns how many offsets a frame stands for: 1, or a hole's span.
+// A hole whose payload is not a span of at least 1 is not a valid frame.
+func Span(f Frame) (uint64, bool) {
+	if f.Type != TypeHole {
+		return 1, true
+	}
+	if len(f.Payload) != holePayloadBytes {
+		return 0, false
+	}
+	n := binary.LittleEndian.Uint64(f.Payload)
+	return n, n >= 1 && n <= 1<<40
+}
 
 // FrameBytes is the on-disk size of a frame with a payload of n bytes.
 func FrameBytes(n int) int {

@@ -1,0 +1,185 @@
+package engine
+
+import (
+	"fmt"
+
+	"github.com/google/btree"
+
+	"keel/engine/logstore"
+	"keel/engine/record"
+)
+
+// Log compaction keeps, in a topic with cleanup "compact", only the newest
+// record of each key in its sealed segments, and in a KV namespace only
+// the versions its index names. Compaction is local to each node (it
+// changes no state: which superseded records a reader still sees is not
+// part of the contract), runs off the apply loop, and rewrites only
+// segments below the log's end in the last durable state checkpoint, so
+// recovery never cuts into a compacted segment. Offsets are never
+// renumbered: removed records become holes that readers skip
+// (logstore.Log.Compact).
+//
+// A record with a key and an empty value is a tombstone: it is kept while
+// it is the key's newest record, until it is older than the tombstone
+// retention, so that consumers catching up learn of the delete.
+
+// CompactionStats counts what compaction did since the store opened.
+type CompactionStats struct {
+	Passes     uint64 // passes over a log that rewrote something
+	Segments   uint64 // segments rewritten
+	Removed    uint64 // records removed
+	FreedBytes int64  // bytes the rewrites saved
+	Skipped    uint64 // logs skipped: more keys than CompactionKeysMax
+}
+
+// CompactionKeysMax bounds the keys one pass over a topic partition
+// holds in memory (about 50 bytes plus the key each); a partition with
+// more is not compacted, and counted in CompactionStats.Skipped.
+const CompactionKeysMax = 4_000_000
+
+// CompactionStats returns what compaction did so far.
+func (s *Store) CompactionStats() CompactionStats {
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
+	return s.compaction
+}
+
+// checkpointWritten notes a durable state checkpoint: each log's end in
+// it, and the KV indexes it holds.
+func (s *Store) checkpointWritten(c *StateCapture) {
+	for _, e := range c.ends {
+		e.p.checkpointed.Store(e.next)
+	}
+	s.kvMu.Lock()
+	for _, k := range c.kvs {
+		s.kvCheckpointed[k.name] = k.tree
+	}
+	s.kvMu.Unlock()
+}
+
+// Compact runs one compaction pass over every topic partition with
+// cleanup "compact" and every KV namespace, at nowMs (this node's clock:
+// compaction changes no state), removing tombstones older than
+// tombstoneMs. Call it from one goroutine at a time.
+func (s *Store) Compact(nowMs, tombstoneMs int64) error {
+	for _, t := range s.Topics() {
+		for _, p := range t.Partitions {
+			if p.Retention().Cleanup != CleanupCompact {
+				continue
+			}
+			if err := s.compactPartition(p, nowMs, tombstoneMs); err != nil {
+				return fmt.Errorf("engine: compact %s/%d: %w", t.Name, p.ID, err)
+			}
+		}
+	}
+	for _, n := range s.KVNamespaces() {
+		if err := s.compactKV(n); err != nil {
+			return fmt.Errorf("engine: compact kv %s: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) compactPartition(p *Partition, nowMs, tombstoneMs int64) error {
+	below := p.checkpointed.Load()
+	if below <= p.compactedBelow {
+		return nil // nothing sealed and checkpointed since the last pass
+	}
+	// The newest offset of every key, over the whole log.
+	latest := map[string]uint64{}
+	tooMany := false
+	for from, end := p.Log.StartOffset(), p.Log.NextOffset(); from < end && !tooMany; {
+		next, err := p.Log.Read(from, 4<<20, func(fr logstore.Frame) bool {
+			m, err := record.DecodeMessage(fr.Offset, fr.Payload)
+			if err != nil || len(m.Key) == 0 {
+				return true
+			}
+			if _, ok := latest[string(m.Key)]; !ok && len(latest) >= CompactionKeysMax {
+				tooMany = true
+				return false
+			}
+			latest[string(m.Key)] = fr.Offset
+			return true
+		})
+		if err != nil {
+			return err
+		}
+		if next <= from {
+			break
+		}
+		from = next
+	}
+	if tooMany {
+		s.compactMu.Lock()
+		s.compaction.Skipped++
+		s.compactMu.Unlock()
+		return nil
+	}
+	tombstonesLeft := false
+	st, err := p.Log.Compact(below, func(fr logstore.Frame) bool {
+		m, err := record.DecodeMessage(fr.Offset, fr.Payload)
+		if err != nil || len(m.Key) == 0 {
+			return false // keyless records stay
+		}
+		if latest[string(m.Key)] != fr.Offset {
+			return true // a newer record of the key follows
+		}
+		if len(m.Value) == 0 {
+			if m.TimestampMs < nowMs-tombstoneMs {
+				return true
+			}
+			tombstonesLeft = true
+		}
+		return false
+	})
+	s.noteCompaction(st)
+	if err == nil && !tombstonesLeft {
+		p.compactedBelow = below
+	}
+	return err
+}
+
+func (s *Store) compactKV(n *KVNamespace) error {
+	below := n.part.checkpointed.Load()
+	if below <= n.part.compactedBelow {
+		return nil
+	}
+	s.kvMu.RLock()
+	ckpt := s.kvCheckpointed[n.Name]
+	s.kvMu.RUnlock()
+	named := func(t *btree.BTreeG[kvItem], key []byte, off uint64) bool {
+		if t == nil {
+			return false
+		}
+		it, ok := t.Get(kvItem{key: string(key)})
+		return ok && !it.deleted && it.offset == off
+	}
+	st, err := n.part.Log.Compact(below, func(fr logstore.Frame) bool {
+		m, err := record.DecodeMessage(fr.Offset, fr.Payload)
+		if err != nil {
+			return false
+		}
+		s.kvMu.RLock()
+		current := named(n.tree, m.Key, fr.Offset)
+		s.kvMu.RUnlock()
+		// ckpt is an immutable clone: read without the lock.
+		return !current && !named(ckpt, m.Key, fr.Offset)
+	})
+	s.noteCompaction(st)
+	if err == nil {
+		n.part.compactedBelow = below
+	}
+	return err
+}
+
+func (s *Store) noteCompaction(st logstore.CompactStats) {
+	if st.Segments == 0 {
+		return
+	}
+	s.compactMu.Lock()
+	s.compaction.Passes++
+	s.compaction.Segments += uint64(st.Segments)
+	s.compaction.Removed += st.Removed
+	s.compaction.FreedBytes += st.BytesBefore - st.BytesAfter
+	s.compactMu.Unlock()
+}

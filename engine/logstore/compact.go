@@ -1,0 +1,303 @@
+package logstore
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"keel/engine/record"
+	"keel/engine/vfs"
+)
+
+// Log compaction rewrites sealed segments without the records a caller
+// no longer needs (older versions of a key, old tombstones). Offsets are
+// never renumbered: the removed records become hole frames
+// (record.TypeHole), each standing for a run of consecutive offsets, so
+// every segment still covers its offsets densely, the sparse index still
+// maps offsets to positions, and recovery checks a compacted segment as
+// any other. Readers skip holes.
+//
+// A segment is rewritten into a .tmp file, fsynced and checked by a full
+// scan, then renamed over the original (atomic), the directory fsynced,
+// and its index file written again. A crash before the rename leaves a
+// .tmp file (OpenLog removes it); after it, an index file that no longer
+// matches the segment's size, so recovery scans the segment and writes
+// it again. The original's blocks are freed a megabyte at a time through
+// a descriptor kept open across the rename, as WAL segments are.
+
+// CompactStats says what Compact did.
+type CompactStats struct {
+	Segments    int    // segments rewritten
+	Removed     uint64 // records turned into holes
+	BytesBefore int64  // size of the rewritten segments before
+	BytesAfter  int64  // and after
+}
+
+// compactGainMin is the least share of a segment's bytes a rewrite must
+// save: below it the segment is left as it is.
+const compactGainMin = 0.1
+
+// Compact rewrites each sealed segment whose offsets all lie below below,
+// turning into holes the records drop reports (drop sees each record's
+// frame; its payload is valid only during the call). It returns what it
+// did. Appends go on meanwhile; only the swap of a rewritten segment
+// holds the append lock.
+func (l *Log) Compact(below uint64, drop func(Frame) bool) (CompactStats, error) {
+	var st CompactStats
+	l.mu.RLock()
+	var segs []*segment
+	for _, s := range l.segs {
+		if s.sealed && s.base+s.count <= below && s.base+s.count > l.start {
+			segs = append(segs, s)
+		}
+	}
+	l.mu.RUnlock()
+	for _, seg := range segs {
+		before, after, removed, err := l.compactSegment(seg, drop)
+		if err != nil {
+			return st, err
+		}
+		if after > 0 {
+			st.Segments++
+			st.Removed += removed
+			st.BytesBefore += before
+			st.BytesAfter += after
+		}
+	}
+	return st, nil
+}
+
+// compactSegment rewrites seg if that saves compactGainMin of it. after
+// is 0 when it was left alone.
+func (l *Log) compactSegment(seg *segment, drop func(Frame) bool) (before, after int64, removed uint64, err error) {
+	f, err := l.cfg.FS.OpenFile(seg.path, os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, 0, 0, nil // deleted meanwhile (retention)
+	}
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("engine: compact: open %s: %w", seg.path, err)
+	}
+	defer f.Close()
+	l.mu.RLock()
+	size := seg.size
+	l.mu.RUnlock()
+	if size == 0 {
+		return 0, 0, 0, nil
+	}
+	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("engine: compact: mmap %s: %w", seg.path, err)
+	}
+	defer syscall.Munmap(data)
+
+	// First pass: what a rewrite would save.
+	saved, err := compactPlan(data, seg, drop)
+	if err != nil || float64(saved) < compactGainMin*float64(size) {
+		return 0, 0, 0, err
+	}
+	tmp := seg.path + ".compact.tmp"
+	out, err := l.cfg.FS.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("engine: compact: %w", err)
+	}
+	w := bufio.NewWriterSize(out, 1<<20)
+	removed, err = compactWrite(data, seg, drop, w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		l.cfg.FS.Remove(tmp)
+		return 0, 0, 0, fmt.Errorf("engine: compact %s: %w", seg.path, err)
+	}
+	return l.swapCompacted(seg, tmp, size, removed)
+}
+
+// compactPlan walks a segment's frames and returns how many bytes
+// dropping would save (holes cost a frame each run).
+func compactPlan(data []byte, seg *segment, drop func(Frame) bool) (int64, error) {
+	var saved int64
+	inRun := false
+	err := walkFrames(data, seg, func(fr Frame, raw []byte) error {
+		gone := fr.Type == RecordHole || drop(fr)
+		if gone {
+			saved += int64(len(raw))
+			if !inRun {
+				saved -= int64(record.FrameBytes(8))
+			}
+		}
+		inRun = gone
+		return nil
+	})
+	return saved, err
+}
+
+// compactWrite writes the segment's frames to w: kept ones byte for byte,
+// dropped ones and existing holes merged into one hole per run.
+func compactWrite(data []byte, seg *segment, drop func(Frame) bool, w *bufio.Writer) (uint64, error) {
+	var removed uint64
+	var run struct {
+		on          bool
+		start, span uint64
+		batch       uint32
+	}
+	flush := func() error {
+		if !run.on {
+			return nil
+		}
+		run.on = false
+		_, err := w.Write(record.AppendHole(nil, run.batch, run.start, run.span))
+		return err
+	}
+	err := walkFrames(data, seg, func(fr Frame, raw []byte) error {
+		span, _ := record.Span(fr)
+		if fr.Type != RecordHole && !drop(fr) {
+			if err := flush(); err != nil {
+				return err
+			}
+			_, err := w.Write(raw)
+			return err
+		}
+		if fr.Type != RecordHole {
+			removed++
+		}
+		if !run.on {
+			run.on, run.start, run.span, run.batch = true, fr.Offset, 0, fr.Batch
+		}
+		run.span += span
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	return removed, err
+}
+
+// walkFrames calls fn for every frame of a sealed segment's bytes, with
+// the frame's raw bytes, checking offsets cover the segment densely.
+func walkFrames(data []byte, seg *segment, fn func(Frame, []byte) error) error {
+	want := seg.base
+	for pos := 0; pos < len(data); {
+		fr, n, err := record.DecodeFrame(data[pos:])
+		span, ok := record.Span(fr)
+		if err != nil || fr.Offset != want || !ok {
+			return &CorruptionError{Path: seg.path, Pos: int64(pos), Reason: fmt.Sprintf("record %d does not decode for compaction (%v)", want, err)}
+		}
+		if err := fn(fr, data[pos:pos+n]); err != nil {
+			return err
+		}
+		pos += n
+		want += span
+	}
+	if want != seg.base+seg.count {
+		return &CorruptionError{Path: seg.path, Reason: fmt.Sprintf("segment ends at %d, its index at %d", want, seg.base+seg.count)}
+	}
+	return nil
+}
+
+// swapCompacted checks the rewritten file by a full scan and puts it in
+// seg's place.
+func (l *Log) swapCompacted(seg *segment, tmp string, before int64, removed uint64) (int64, int64, uint64, error) {
+	tf, err := l.cfg.FS.OpenFile(tmp, os.O_RDONLY, 0)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	var res scanResult
+	info, err := tf.Stat()
+	if err == nil {
+		res, err = scanFile(tf, tmp, seg.base, info.Size(), l.cfg.IndexIntervalBytes, false)
+	}
+	tf.Close()
+	if err == nil && (res.cut || res.count != seg.count) {
+		err = fmt.Errorf("engine: compact %s: the rewrite covers %d offsets, the segment %d", seg.path, res.count, seg.count)
+	}
+	if err != nil {
+		l.cfg.FS.Remove(tmp)
+		return 0, 0, 0, err
+	}
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if err := l.appendable(); err != nil {
+		l.cfg.FS.Remove(tmp)
+		return 0, 0, 0, err
+	}
+	l.mu.RLock()
+	still := !l.detachedLocked(seg)
+	l.mu.RUnlock()
+	if !still { // deleted by retention meanwhile
+		l.cfg.FS.Remove(tmp)
+		return 0, 0, 0, nil
+	}
+	// The original's blocks are freed through this descriptor, gently,
+	// once it is out of the log.
+	old, err := l.cfg.FS.OpenFile(seg.path, os.O_WRONLY, 0)
+	if err != nil {
+		l.cfg.FS.Remove(tmp)
+		return 0, 0, 0, fmt.Errorf("engine: compact: %w", err)
+	}
+	if err := l.cfg.FS.Rename(tmp, seg.path); err != nil {
+		old.Close()
+		return 0, 0, 0, l.setFault(fmt.Errorf("engine: compact: replace %s: %w", seg.path, err))
+	}
+	go shrinkGently(old) // unlinked now: only this descriptor holds it
+	if err := vfs.SyncDir(l.cfg.FS, l.dir); err != nil {
+		return 0, 0, 0, l.setFault(err)
+	}
+	nf, err := l.cfg.FS.OpenFile(seg.path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, 0, 0, l.setFault(fmt.Errorf("engine: compact: reopen %s: %w", seg.path, err))
+	}
+	ns := &segment{fs: l.cfg.FS, base: seg.base, path: seg.path, file: nf, size: res.size, count: res.count,
+		lastBatch: res.lastBatch, index: res.index, sealed: true}
+	if err := writeIndexFile(l.cfg.FS, l.dir, ns); err != nil {
+		nf.Close()
+		return 0, 0, 0, l.setFault(err)
+	}
+	l.mu.Lock()
+	for i, s := range l.segs {
+		if s == seg {
+			l.segs[i] = ns
+		}
+	}
+	l.mu.Unlock()
+	sealedFiles.close(seg) // readers of the old copy look again (detachedFrom)
+	sealedFiles.adopt(ns)
+	return before, res.size, removed, nil
+}
+
+// detachedLocked reports whether seg is no longer one of the log's
+// segments. The caller holds l.mu.
+func (l *Log) detachedLocked(seg *segment) bool {
+	for _, s := range l.segs {
+		if s == seg {
+			return false
+		}
+	}
+	return true
+}
+
+// shrinkGently frees an unlinked file's blocks a step at a time through
+// f, then closes it (see removeGently). It is best effort: if a step
+// fails, closing f frees the rest at once.
+func shrinkGently(f *os.File) {
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return
+	}
+	for size := st.Size(); size > removeStepBytes; {
+		size -= removeStepBytes
+		if f.Truncate(size) != nil {
+			return
+		}
+		time.Sleep(removeStepPause)
+	}
+}
