@@ -50,7 +50,7 @@ func TestCompactTopic(t *testing.T) {
 		r := h.apply(ts, keyed("c", "", "keyless"))[0]
 		keyless[r.Offset] = true
 	}
-	latest["k0"] = h.apply(2000, keyed("c", "k0", ""))[0].Offset     // an old tombstone
+	latest["k0"] = h.apply(2000, keyed("c", "k0", ""))[0].Offset    // an old tombstone
 	latest["k1"] = h.apply(900_000, keyed("c", "k1", ""))[0].Offset // a recent one
 	for i := range 100 {
 		h.apply(900_001+int64(i), keyed("c", fmt.Sprintf("tail%d", i), pad))

@@ -30,7 +30,7 @@ type Config struct {
 	// TombstoneRetention is how long compaction keeps a key's newest
 	// record when it is a tombstone (0 = TombstoneRetentionDefault).
 	TombstoneRetention time.Duration
-	Log            *slog.Logger
+	Log                *slog.Logger
 }
 
 // RetentionIntervalDefault is the retention sweep's default period. Reads
