@@ -32,7 +32,7 @@ func Scenarios() []Scenario {
 // ExtraScenarios are run only when named: they need a server started
 // with particular flags (see each description).
 func ExtraScenarios() []Scenario {
-	return []Scenario{retainedScenario()}
+	return []Scenario{retainedScenario(), compactedScenario()}
 }
 
 // ScenarioByName finds a standard or extra scenario.
@@ -169,6 +169,34 @@ func retainedScenario() Scenario {
 		return nil
 	}
 	return sc
+}
+
+// compactedScenario is produce-64 with keys (1,000 of them, so each is
+// overwritten again and again) onto a topic with cleanup compact: every
+// node's compaction rewrites its sealed segments while it runs. Start
+// the server with small segments and frequent compaction and compare with
+// produce-64 in the same run (BENCHMARKS.md):
+//
+//	keel serve --segment-bytes 1179648 --compaction-interval 1s --checkpoint-bytes 4194304
+//	keel bench --target http://127.0.0.1:1109 --rate-fraction 0.5 produce-64 produce-64-compacted
+func compactedScenario() Scenario {
+	const topic = "bench-produce-64-compacted"
+	body := bytes.Repeat([]byte{'x'}, 64)
+	return Scenario{
+		Name:        "produce-64-compacted",
+		Description: "produce-64 with 1,000 keys onto a topic with cleanup compact: compaction rewrites segments while it runs (needs a server with small --segment-bytes and --compaction-interval)",
+		Setup: func(c *Client) error {
+			status, b, err := c.do("POST", "/broker/topics", []byte(`{"name":"`+topic+`","partitions":1,"cleanup":"compact"}`))
+			if err != nil || status != 200 {
+				return fmt.Errorf("bench: create %s: %d %s %v", topic, status, truncate(b, 200), err)
+			}
+			return nil
+		},
+		Request: func(worker, i int) Request {
+			return Request{Method: "POST", Path: fmt.Sprintf("/broker/topics/%s/produce?partition=0&timing=1&key=k%d", topic, (worker*7919+i)%1000),
+				Body: body, Check: durableCheck(1), ServerTiming: true}
+		},
+	}
 }
 
 func ndjsonBody(lines, size int) []byte {

@@ -223,3 +223,35 @@ func TestKVPathEdges(t *testing.T) {
 		t.Fatalf("list with a trailing slash: %s", r.body)
 	}
 }
+
+// /admin/sealed/status advances with every durable change of this issue:
+// a KV put and delete, a retention policy, a delete-before, a cleanup.
+func TestSealedStatusAdvancesForRetentionAndKV(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"s","partitions":1}`), 200, "")
+	ts.expect(ts.do("POST", "/broker/topics/s/produce?partition=0", "m"), 200, "")
+	last := ts.do("GET", "/admin/sealed/status", "").num("last_synced_batch_id")
+	for _, w := range []struct{ method, path, body string }{
+		{"POST", "/kv/s/k", "v"},
+		{"DELETE", "/kv/s/k", ""},
+		{"POST", "/broker/retention", `{"topic":"s","ttl_ms":60000}`},
+		{"POST", "/broker/retention", `{"topic":"s","cleanup":"compact"}`},
+		{"POST", "/broker/delete-before", `{"topic":"s","partition":0,"before_offset":1}`},
+	} {
+		ts.expect(ts.do(w.method, w.path, w.body), 200, "")
+		now := ts.do("GET", "/admin/sealed/status", "").num("last_synced_batch_id")
+		if now <= last {
+			t.Fatalf("%s %s: last_synced_batch_id %v, was %v", w.method, w.path, now, last)
+		}
+		last = now
+	}
+	if r := ts.do("GET", "/broker/topics/s", ""); r.json["retention"].(map[string]any)["cleanup"] != "compact" {
+		t.Fatalf("cleanup not shown: %s", r.body)
+	}
+	ts.expect(ts.do("POST", "/broker/retention", `{"topic":"s","cleanup":"shred"}`), 400, "invalid_cleanup")
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"s2","cleanup":7}`), 400, "invalid_json")
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"s3","cleanup":"never"}`), 400, "invalid_cleanup")
+	if r := ts.do("GET", "/broker/topics/s3", ""); r.status != 404 {
+		t.Fatalf("a refused create made the topic: %s", r.body)
+	}
+}
