@@ -42,10 +42,11 @@ const (
 )
 
 // SnapshotFile is one file of a snapshot: a path relative to the store's
-// directory and its size in bytes.
+// directory and its size in bytes, and which file it was when listed.
 type SnapshotFile struct {
 	Rel  string
 	Size int64
+	info os.FileInfo
 }
 
 // SnapshotManifest returns the last durable state checkpoint (its bytes)
@@ -90,7 +91,7 @@ func (s *Store) SnapshotManifest() (state []byte, files []SnapshotFile, err erro
 			if err != nil {
 				return nil, nil, fmt.Errorf("engine: snapshot: stat %s: %w", name, err)
 			}
-			f := SnapshotFile{Rel: filepath.Join(rel, name), Size: info.Size()}
+			f := SnapshotFile{Rel: filepath.Join(rel, name), Size: info.Size(), info: info}
 			if b < firstBase {
 				firstBase, first = b, &f
 			}
@@ -105,17 +106,36 @@ func (s *Store) SnapshotManifest() (state []byte, files []SnapshotFile, err erro
 	return state, files, nil
 }
 
+// ErrSnapshotFileChanged: a file of a manifest was replaced (compaction
+// rewrote it) or deleted (retention) since the manifest listed it; the
+// fetch must start again from a new manifest.
+var ErrSnapshotFileChanged = errors.New("engine: snapshot: a file changed since the manifest; fetch again")
+
 // ReadSnapshotFile reads part of a manifest's segment file at off into
-// buf; rel must be a path SnapshotManifest returned.
-func (s *Store) ReadSnapshotFile(rel string, off int64, buf []byte) (int, error) {
-	if !validSnapshotRel(rel) {
-		return 0, fmt.Errorf("engine: snapshot: %q is not a snapshot file", rel)
+// buf. It refuses with ErrSnapshotFileChanged when the file at that path
+// is no longer the one the manifest listed: a fetch never mixes two
+// versions of a segment.
+func (s *Store) ReadSnapshotFile(sf SnapshotFile, off int64, buf []byte) (int, error) {
+	if !validSnapshotRel(sf.Rel) {
+		return 0, fmt.Errorf("engine: snapshot: %q is not a snapshot file", sf.Rel)
 	}
-	f, err := s.cfg.FS.OpenFile(filepath.Join(s.cfg.Dir, rel), os.O_RDONLY, 0)
+	f, err := s.cfg.FS.OpenFile(filepath.Join(s.cfg.Dir, sf.Rel), os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, ErrSnapshotFileChanged
+	}
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
+	if sf.info != nil {
+		now, err := f.Stat()
+		if err != nil {
+			return 0, err
+		}
+		if !os.SameFile(now, sf.info) {
+			return 0, ErrSnapshotFileChanged
+		}
+	}
 	n, err := f.ReadAt(buf, off)
 	if errors.Is(err, io.EOF) && n > 0 {
 		err = nil

@@ -1,9 +1,12 @@
 package engine
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -25,7 +28,7 @@ func copySnapshot(t *testing.T, src, dst *Store) *SnapshotStaging {
 	buf := make([]byte, 100) // small chunks: the offsets matter
 	for _, f := range files {
 		for off := int64(0); off < f.Size; {
-			n, err := src.ReadSnapshotFile(f.Rel, off, buf[:min(int64(len(buf)), f.Size-off)])
+			n, err := src.ReadSnapshotFile(f, off, buf[:min(int64(len(buf)), f.Size-off)])
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -241,5 +244,36 @@ func TestSnapshotAfterStartPassedCheckpoint(t *testing.T) {
 	p := dst.partition("a", 0)
 	if p.Log.NextOffset() != 200 || p.Log.StartOffset() > 200 {
 		t.Fatalf("installed partition: start %d, end %d; want end 200 (the checkpoint's)", p.Log.StartOffset(), p.Log.NextOffset())
+	}
+}
+
+// A segment compaction replaces while a snapshot is being fetched must not
+// be read half old, half new: the read refuses and the fetch starts again.
+func TestSnapshotFileChangedByCompaction(t *testing.T) {
+	h := newSmallSegmentHarness(t, t.TempDir())
+	h.apply(1, Command{Kind: CmdCreateTopic, Topic: "c", Partitions: 1},
+		Command{Kind: CmdRetention, Topic: "c", Partition: -1, TTLMs: -1, MaxBytes: -1, Cleanup: CleanupCompact + 1})
+	for i := range 300 {
+		h.apply(int64(10+i), keyed("c", fmt.Sprintf("k%d", i%5), strings.Repeat("v", 60)))
+	}
+	if err := h.s.Checkpoint(nil); err != nil {
+		t.Fatal(err)
+	}
+	_, files, err := h.s.SnapshotManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if _, err := h.s.ReadSnapshotFile(files[0], 0, buf); err != nil {
+		t.Fatalf("read before compaction: %v", err)
+	}
+	if err := h.s.Compact(1<<40, 1); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.s.CompactionStats(); st.Segments == 0 {
+		t.Fatal("nothing compacted")
+	}
+	if _, err := h.s.ReadSnapshotFile(files[0], 0, buf); !errors.Is(err, ErrSnapshotFileChanged) {
+		t.Fatalf("read of a replaced file: %v, want ErrSnapshotFileChanged", err)
 	}
 }

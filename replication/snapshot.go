@@ -189,7 +189,7 @@ func (p *PeerTransport) serveSnapshot(from string, req []byte) {
 			if size > 0 {
 				start := len(b)
 				b = append(b, make([]byte, size)...)
-				k, err := n.store.ReadSnapshotFile(f.Rel, int64(off), b[start:])
+				k, err := n.store.ReadSnapshotFile(f, int64(off), b[start:])
 				if err != nil {
 					fail(err)
 					return

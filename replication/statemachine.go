@@ -34,7 +34,7 @@ type StateMachine interface {
 	// the files that go with it; a follower stages them and installs them
 	// with its own replication blob.
 	SnapshotManifest() (state []byte, files []engine.SnapshotFile, err error)
-	ReadSnapshotFile(rel string, off int64, buf []byte) (int, error)
+	ReadSnapshotFile(f engine.SnapshotFile, off int64, buf []byte) (int, error)
 	BeginSnapshot() (*engine.SnapshotStaging, error)
 	InstallSnapshot(g *engine.SnapshotStaging, blob []byte) error
 }
