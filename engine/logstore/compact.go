@@ -223,44 +223,62 @@ func (l *Log) swapCompacted(seg *segment, tmp string, before int64, removed uint
 		l.cfg.FS.Remove(tmp)
 		return 0, 0, 0, err
 	}
+	ns, old, err := l.swapLocked(seg, tmp, res)
+	if err != nil || ns == nil {
+		return 0, 0, 0, err
+	}
+	go shrinkGently(old) // unlinked now: only this descriptor holds it
+	// Durable after the swap, outside the append lock: a crash before the
+	// directory fsync leaves the old name or the new one (each a whole
+	// segment), and one before the index file a stale index file, which
+	// recovery notices (its size differs) and rebuilds by a scan.
+	if err := vfs.SyncDir(l.cfg.FS, l.dir); err != nil {
+		return 0, 0, 0, l.faultFromOutside(err)
+	}
+	l.mu.RLock() // copied under the lock, written without it: appends publish under l.mu
+	idx := encodeIndexFile(ns.base, sealedInfo{count: ns.count, size: ns.size, lastBatch: ns.lastBatch, index: ns.index})
+	l.mu.RUnlock()
+	if err := vfs.WriteFileAtomic(l.cfg.FS, l.dir, indexName(ns.base), idx); err != nil {
+		return 0, 0, 0, l.faultFromOutside(err)
+	}
+	return before, res.size, removed, nil
+}
+
+// swapLocked puts the checked rewrite tmp in seg's place: under the append
+// lock (no roll, truncation or start move meanwhile) but with no fsync,
+// so appends to the log wait for a rename and two opens at most. It
+// returns the new segment and a descriptor of the original for freeing
+// it, or nil when seg left the log meanwhile.
+func (l *Log) swapLocked(seg *segment, tmp string, res scanResult) (*segment, *os.File, error) {
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
 	if err := l.appendable(); err != nil {
 		l.cfg.FS.Remove(tmp)
-		return 0, 0, 0, err
+		return nil, nil, err
 	}
 	l.mu.RLock()
-	still := !l.detachedLocked(seg)
+	gone := l.detachedLocked(seg)
 	l.mu.RUnlock()
-	if !still { // deleted by retention meanwhile
+	if gone { // deleted by retention meanwhile
 		l.cfg.FS.Remove(tmp)
-		return 0, 0, 0, nil
+		return nil, nil, nil
 	}
-	// The original's blocks are freed through this descriptor, gently,
-	// once it is out of the log.
 	old, err := l.cfg.FS.OpenFile(seg.path, os.O_WRONLY, 0)
 	if err != nil {
 		l.cfg.FS.Remove(tmp)
-		return 0, 0, 0, fmt.Errorf("engine: compact: %w", err)
+		return nil, nil, fmt.Errorf("engine: compact: %w", err)
 	}
 	if err := l.cfg.FS.Rename(tmp, seg.path); err != nil {
 		old.Close()
-		return 0, 0, 0, l.setFault(fmt.Errorf("engine: compact: replace %s: %w", seg.path, err))
-	}
-	go shrinkGently(old) // unlinked now: only this descriptor holds it
-	if err := vfs.SyncDir(l.cfg.FS, l.dir); err != nil {
-		return 0, 0, 0, l.setFault(err)
+		return nil, nil, l.setFault(fmt.Errorf("engine: compact: replace %s: %w", seg.path, err))
 	}
 	nf, err := l.cfg.FS.OpenFile(seg.path, os.O_RDWR, 0)
 	if err != nil {
-		return 0, 0, 0, l.setFault(fmt.Errorf("engine: compact: reopen %s: %w", seg.path, err))
+		old.Close()
+		return nil, nil, l.setFault(fmt.Errorf("engine: compact: reopen %s: %w", seg.path, err))
 	}
 	ns := &segment{fs: l.cfg.FS, base: seg.base, path: seg.path, file: nf, size: res.size, count: res.count,
 		lastBatch: res.lastBatch, index: res.index, sealed: true}
-	if err := writeIndexFile(l.cfg.FS, l.dir, ns); err != nil {
-		nf.Close()
-		return 0, 0, 0, l.setFault(err)
-	}
 	l.mu.Lock()
 	for i, s := range l.segs {
 		if s == seg {
@@ -270,7 +288,14 @@ func (l *Log) swapCompacted(seg *segment, tmp string, before int64, removed uint
 	l.mu.Unlock()
 	sealedFiles.close(seg) // readers of the old copy look again (detachedFrom)
 	sealedFiles.adopt(ns)
-	return before, res.size, removed, nil
+	return ns, old, nil
+}
+
+// faultFromOutside records a storage fault met without the append lock.
+func (l *Log) faultFromOutside(err error) error {
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	return l.setFault(err)
 }
 
 // detachedLocked reports whether seg is no longer one of the log's
