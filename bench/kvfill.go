@@ -103,14 +103,7 @@ func (r KVFillRun) Run() (KVFill, error) {
 	return res, nil
 }
 
-func (r KVFillRun) start(data string) (*exec.Cmd, error) {
-	cmd := exec.Command(r.Binary, "serve", "--port", strconv.Itoa(r.Port), "--data", data, "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: start %s: %w", r.Binary, err)
-	}
-	return cmd, nil
-}
+func (r KVFillRun) start(data string) (*exec.Cmd, error) { return startServe(r.Binary, r.Port, data) }
 
 // rssMB reads the current resident set size (VmRSS) of a process.
 func rssMB(pid int) float64 { return procStatusMB(pid, "VmRSS:") }

@@ -98,11 +98,15 @@ func (r RestartRun) Run() (Restart, error) {
 	return res, nil
 }
 
-func (r RestartRun) start(data string) (*exec.Cmd, error) {
-	cmd := exec.Command(r.Binary, "serve", "--port", strconv.Itoa(r.Port), "--data", data, "--log-level", "warn")
+func (r RestartRun) start(data string) (*exec.Cmd, error) { return startServe(r.Binary, r.Port, data) }
+
+// startServe starts binary as a node on port with data, logging warnings
+// and errors only.
+func startServe(binary string, port int, data string) (*exec.Cmd, error) {
+	cmd := exec.Command(binary, "serve", "--port", strconv.Itoa(port), "--data", data, "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: start %s: %w", r.Binary, err)
+		return nil, fmt.Errorf("bench: start %s: %w", binary, err)
 	}
 	return cmd, nil
 }

@@ -98,16 +98,17 @@ func Start(cfg Config, node Proposer, store *engine.Store) *Sweeper {
 		cfg.TombstoneRetention = TombstoneRetentionDefault
 	}
 	s := &Sweeper{cfg: cfg, node: node, store: store, stop: make(chan struct{}), done: make(chan struct{}), compactDone: make(chan struct{})}
-	go s.run()
-	go s.runCompaction()
+	// Compaction has a goroutine of its own, so a long pass never delays
+	// retention.
+	go s.every(s.cfg.RetentionInterval, s.Sweep, s.done)
+	go s.every(s.cfg.CompactionInterval, s.Compact, s.compactDone)
 	return s
 }
 
-// runCompaction compacts on its own goroutine, so a long pass never
-// delays retention.
-func (s *Sweeper) runCompaction() {
-	defer close(s.compactDone)
-	t := time.NewTicker(s.cfg.CompactionInterval)
+// every calls fn every interval until Close, then closes done.
+func (s *Sweeper) every(interval time.Duration, fn func(), done chan struct{}) {
+	defer close(done)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -115,7 +116,7 @@ func (s *Sweeper) runCompaction() {
 			return
 		case <-t.C:
 		}
-		s.Compact()
+		fn()
 	}
 }
 
@@ -127,20 +128,6 @@ func (s *Sweeper) Compact() {
 	defer s.compactMu.Unlock()
 	if err := s.store.Compact(time.Now().UnixMilli(), s.cfg.TombstoneRetention.Milliseconds()); err != nil {
 		s.cfg.Log.Error("compaction failed", "err", err)
-	}
-}
-
-func (s *Sweeper) run() {
-	defer close(s.done)
-	t := time.NewTicker(s.cfg.RetentionInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		s.Sweep()
 	}
 }
 
