@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/google/btree"
 
@@ -32,6 +33,9 @@ type CompactionStats struct {
 	Skipped    uint64 // logs skipped: more keys than CompactionKeysMax
 }
 
+// snapshotQuiet is how long after the last snapshot read compaction waits.
+const snapshotQuiet = time.Minute
+
 // CompactionKeysMax bounds the keys one pass over a topic partition
 // holds in memory (about 50 bytes plus the key each); a partition with
 // more is not compacted, and counted in CompactionStats.Skipped.
@@ -52,9 +56,17 @@ func (s *Store) checkpointWritten(c *StateCapture) {
 	}
 	s.kvMu.Lock()
 	for _, k := range c.kvs {
-		s.kvCheckpointed[k.name] = k.tree
+		s.kvCheckpointed[k.name] = kvCheckpointed{tree: k.tree, next: k.next}
 	}
 	s.kvMu.Unlock()
+}
+
+// kvCheckpointed is a namespace in the last durable state checkpoint: its
+// log's end and its index, read together (compaction's bound and what it
+// must keep).
+type kvCheckpointed struct {
+	tree *btree.BTreeG[kvItem]
+	next uint64
 }
 
 // Compact runs one compaction pass over every topic partition with
@@ -62,6 +74,11 @@ func (s *Store) checkpointWritten(c *StateCapture) {
 // compaction changes no state), removing tombstones older than
 // tombstoneMs. Call it from one goroutine at a time.
 func (s *Store) Compact(nowMs, tombstoneMs int64) error {
+	if time.Since(time.UnixMilli(s.snapshotServed.Load())) < snapshotQuiet {
+		// A follower is fetching a snapshot: a rewrite would make it
+		// start over (ReadSnapshotFile refuses a replaced file).
+		return nil
+	}
 	for _, t := range s.Topics() {
 		for _, p := range t.Partitions {
 			if p.Retention().Cleanup != CleanupCompact {
@@ -140,13 +157,13 @@ func (s *Store) compactPartition(p *Partition, nowMs, tombstoneMs int64) error {
 }
 
 func (s *Store) compactKV(n *KVNamespace) error {
-	below := n.part.checkpointed.Load()
+	s.kvMu.RLock()
+	c := s.kvCheckpointed[n.Name]
+	s.kvMu.RUnlock()
+	below, ckpt := c.next, c.tree
 	if below <= n.part.compactedBelow {
 		return nil
 	}
-	s.kvMu.RLock()
-	ckpt := s.kvCheckpointed[n.Name]
-	s.kvMu.RUnlock()
 	named := func(t *btree.BTreeG[kvItem], key []byte, off uint64) bool {
 		if t == nil {
 			return false

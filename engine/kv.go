@@ -38,6 +38,9 @@ var (
 	ErrCASMismatch  = errors.New("kv: cas mismatch")
 	ErrInvalidKey   = errors.New("kv: invalid key")
 	ErrKVNotFound   = errors.New("kv: not found")
+	// ErrKVVersionGone: the version an entry named is no longer in the
+	// log (superseded since the lookup, and compacted away): look again.
+	ErrKVVersionGone = errors.New("kv: version no longer in the log")
 	errKVVersionBad = errors.New("kv: stored version does not decode")
 )
 
@@ -224,7 +227,7 @@ func (s *Store) KVValue(n *KVNamespace, e KVEntry, dst []byte) ([]byte, error) {
 		err = derr
 	}
 	if err == nil && !found {
-		err = fmt.Errorf("kv: version %d of %s is below the log start", e.Offset, n.Name)
+		err = fmt.Errorf("%w: %d of %s", ErrKVVersionGone, e.Offset, n.Name)
 	}
 	return dst, err
 }
@@ -473,7 +476,7 @@ func (s *Store) decodeKVState(d *decoder, version uint64, corrupt func(string) e
 		}
 		ns.part.checkpointed.Store(next)
 		s.kvMu.Lock()
-		s.kvCheckpointed[name] = ns.tree.Clone()
+		s.kvCheckpointed[name] = kvCheckpointed{tree: ns.tree.Clone(), next: next}
 		s.kvMu.Unlock()
 	}
 	return nil

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,8 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-
-	"github.com/google/btree"
+	"time"
 
 	"keel/engine/record"
 	"keel/engine/vfs"
@@ -54,6 +54,29 @@ type SnapshotFile struct {
 // checkpoint is read before the files are listed, so the files hold every
 // record it vouches for.
 func (s *Store) SnapshotManifest() (state []byte, files []SnapshotFile, err error) {
+	s.snapshotServed.Store(time.Now().UnixMilli())
+	// The state is read again after the files are listed: a checkpoint
+	// written in between (and a compaction against its bound) could have
+	// changed files the first one vouches for.
+	for range snapshotManifestTries {
+		if state, files, err = s.snapshotManifestOnce(); err != nil {
+			return nil, nil, err
+		}
+		again, err := s.cfg.FS.ReadFile(filepath.Join(s.cfg.Dir, stateFileName))
+		if err != nil {
+			return nil, nil, fmt.Errorf("engine: snapshot: read state checkpoint: %w", err)
+		}
+		if bytes.Equal(again, state) {
+			return state, files, nil
+		}
+	}
+	return nil, nil, errors.New("engine: snapshot: the state checkpoint kept changing while its files were listed")
+}
+
+// snapshotManifestTries bounds SnapshotManifest's attempts.
+const snapshotManifestTries = 5
+
+func (s *Store) snapshotManifestOnce() (state []byte, files []SnapshotFile, err error) {
 	state, err = s.cfg.FS.ReadFile(filepath.Join(s.cfg.Dir, stateFileName))
 	if err != nil {
 		return nil, nil, fmt.Errorf("engine: snapshot: read state checkpoint: %w", err)
@@ -116,6 +139,7 @@ var ErrSnapshotFileChanged = errors.New("engine: snapshot: a file changed since 
 // is no longer the one the manifest listed: a fetch never mixes two
 // versions of a segment.
 func (s *Store) ReadSnapshotFile(sf SnapshotFile, off int64, buf []byte) (int, error) {
+	s.snapshotServed.Store(time.Now().UnixMilli())
 	if !validSnapshotRel(sf.Rel) {
 		return 0, fmt.Errorf("engine: snapshot: %q is not a snapshot file", sf.Rel)
 	}
@@ -132,7 +156,10 @@ func (s *Store) ReadSnapshotFile(sf SnapshotFile, off int64, buf []byte) (int, e
 		if err != nil {
 			return 0, err
 		}
-		if !os.SameFile(now, sf.info) {
+		// The inode, and a size not below the listed one (the active
+		// segment grows; a rewrite, which may get the inode number of a
+		// file freed before it, is smaller than what it replaced).
+		if !os.SameFile(now, sf.info) || now.Size() < sf.info.Size() {
 			return 0, ErrSnapshotFileChanged
 		}
 	}
@@ -430,7 +457,7 @@ func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
 	}
 	s.kvs = map[string]*KVNamespace{}
 	s.kvMu.Lock()
-	s.kvCheckpointed = map[string]*btree.BTreeG[kvItem]{}
+	s.kvCheckpointed = map[string]kvCheckpointed{}
 	s.kvMu.Unlock()
 	s.topics, s.partitionsTotal = map[string]*Topic{}, 0
 	s.offsets = map[offsetKey]uint64{}

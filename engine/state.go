@@ -9,8 +9,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/google/btree"
-
 	"keel/engine/logstore"
 	"keel/engine/record"
 	"keel/engine/vfs"
@@ -68,7 +66,7 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		offsets: map[offsetKey]uint64{},
 		kvs:     map[string]*KVNamespace{},
 
-		kvCheckpointed: map[string]*btree.BTreeG[kvItem]{},
+		kvCheckpointed: map[string]kvCheckpointed{},
 		idem:           newIdempotencyTable(),
 	}
 	if err := vfs.EnsureDir(cfg.FS, cfg.Dir); err != nil {

@@ -11,8 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/google/btree"
-
 	"keel/engine/logstore"
 	"keel/engine/vfs"
 	"keel/ring"
@@ -120,7 +118,9 @@ type Store struct {
 	// kvCheckpointed holds each namespace's index as of the last durable
 	// state checkpoint (clones; guarded by kvMu): compaction keeps the
 	// versions they name too, so a snapshot of that checkpoint finds them.
-	kvCheckpointed map[string]*btree.BTreeG[kvItem]
+	kvCheckpointed map[string]kvCheckpointed
+
+	snapshotServed atomic.Int64 // Unix ms of the last snapshot manifest or read: compaction waits for quiet
 
 	compaction CompactionStats // guarded by compactMu
 	compactMu  sync.Mutex

@@ -237,6 +237,16 @@ func (s *Server) writeKV(ctx *fasthttp.RequestCtx, n *engine.KVNamespace, e engi
 		return
 	}
 	v, err := s.store.KVValue(n, e, nil)
+	for try := 0; errors.Is(err, engine.ErrKVVersionGone) && try < 3; try++ {
+		// Written again since the lookup, and the old version compacted
+		// away: the key's current version is newer.
+		var ok bool
+		if e, ok = s.store.KVLookup(n, []byte(e.Key)); !ok || e.Expired(time.Now().UnixMilli()) {
+			writeNotFound(ctx, ok)
+			return
+		}
+		v, err = s.store.KVValue(n, e, nil)
+	}
 	if err != nil {
 		writeError(ctx, mapError(err))
 		return

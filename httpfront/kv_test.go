@@ -255,3 +255,14 @@ func TestSealedStatusAdvancesForRetentionAndKV(t *testing.T) {
 		t.Fatalf("a refused create made the topic: %s", r.body)
 	}
 }
+
+func TestCreateWithCleanupDoesNotChangeAnExistingTopic(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"e","partitions":2}`), 200, "")
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"e","partitions":2,"cleanup":"compact"}`), 409, "topic_exists")
+	if r := ts.do("GET", "/broker/topics/e", ""); r.json["retention"].(map[string]any)["cleanup"] != "delete" {
+		t.Fatalf("policy changed by a create: %s", r.body)
+	}
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"f","partitions":1,"cleanup":"compact"}`), 200, "")
+	ts.expect(ts.do("POST", "/broker/topics", `{"name":"f","partitions":1,"cleanup":"compact"}`), 200, "") // the same again
+}

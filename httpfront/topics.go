@@ -63,11 +63,16 @@ func (s *Server) topics(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
+	if t, ok := s.store.Topic(*req.Name); ok && cleanup > 0 && t.Partitions[0].Retention().Cleanup != cleanup-1 {
+		// Creating is not changing: an existing topic keeps its policy.
+		writeError(ctx, &apiError{status: 409, code: "topic_exists", message: "the topic exists with another cleanup policy (change it with POST /broker/retention)"})
+		return
+	}
 	cmd := &engine.Command{Kind: engine.CmdCreateTopic, Topic: *req.Name, Partitions: int(partitions)}
 	res, e := s.proposeAndWait(ctx, cmd)
-	if e == nil && cleanup > 0 {
-		// The topic exists now; its cleanup policy is a second command (a
-		// retry of the whole request sets the same).
+	if e == nil && cleanup > 0 && res.Created {
+		// The new topic's cleanup policy is a second command (a retry of
+		// the whole request, which finds the topic, sets the same).
 		_, e = s.proposeAndWait(ctx, &engine.Command{Kind: engine.CmdRetention, Topic: *req.Name, Partition: -1, TTLMs: -1, MaxBytes: -1, Cleanup: cleanup})
 	}
 	if e != nil {

@@ -257,12 +257,21 @@ func (l *Log) setFault(err error) error {
 
 // Close makes everything durable, writes a durable mark and closes the files.
 func (l *Log) Close() error {
+	l.lifeMu.Lock()
+	defer l.lifeMu.Unlock()
 	l.appendMu.Lock()
 	defer l.appendMu.Unlock()
 	if l.closed {
 		return nil
 	}
 	l.closed = true
+	l.mu.Lock()
+	l.closedForLife = true
+	for _, f := range l.pinned {
+		f.Close()
+	}
+	l.pinned = nil
+	l.mu.Unlock()
 	var err error
 	if l.fault == nil {
 		if err = l.io.Sync(l.active().fd()); err == nil {

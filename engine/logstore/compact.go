@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"syscall"
+	"io"
 	"time"
 
 	"keel/engine/record"
@@ -56,6 +56,12 @@ func (l *Log) Compact(below uint64, drop func(Frame) bool) (CompactStats, error)
 	}
 	l.mu.RUnlock()
 	for _, seg := range segs {
+		l.appendMu.Lock()
+		err := l.appendable() // closed (a snapshot install): stop
+		l.appendMu.Unlock()
+		if err != nil {
+			return st, nil
+		}
 		before, after, removed, err := l.compactSegment(seg, drop)
 		if err != nil {
 			return st, err
@@ -87,11 +93,17 @@ func (l *Log) compactSegment(seg *segment, drop func(Frame) bool) (before, after
 	if size == 0 {
 		return 0, 0, 0, nil
 	}
-	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("engine: compact: mmap %s: %w", seg.path, err)
+	// Read, not mapped: retention may shrink the file under us (the
+	// janitor frees a detached segment gently), and a read of a mapping
+	// past a file's new end is a fault that kills the process. A short
+	// read means the segment left the log: leave it.
+	data := make([]byte, size)
+	if n, err := f.ReadAt(data, 0); int64(n) != size {
+		if errors.Is(err, io.EOF) {
+			return 0, 0, 0, nil
+		}
+		return 0, 0, 0, fmt.Errorf("engine: compact: read %s: %w", seg.path, err)
 	}
-	defer syscall.Munmap(data)
 
 	// First pass: what a rewrite would save.
 	saved, err := compactPlan(data, seg, drop)
@@ -148,13 +160,14 @@ func compactWrite(data []byte, seg *segment, drop func(Frame) bool, w *bufio.Wri
 		on          bool
 		start, span uint64
 		batch       uint32
+		flags       uint8
 	}
 	flush := func() error {
 		if !run.on {
 			return nil
 		}
 		run.on = false
-		_, err := w.Write(record.AppendHole(nil, run.batch, run.start, run.span))
+		_, err := w.Write(record.AppendHole(nil, run.batch, run.flags, run.start, run.span))
 		return err
 	}
 	err := walkFrames(data, seg, func(fr Frame, raw []byte) error {
@@ -170,9 +183,10 @@ func compactWrite(data []byte, seg *segment, drop func(Frame) bool, w *bufio.Wri
 			removed++
 		}
 		if !run.on {
-			run.on, run.start, run.span, run.batch = true, fr.Offset, 0, fr.Batch
+			run.on, run.start, run.span = true, fr.Offset, 0
 		}
 		run.span += span
+		run.batch, run.flags = fr.Batch, fr.Flags // the last replaced: the segment's last batch never moves back
 		return nil
 	})
 	if err == nil {
@@ -227,19 +241,27 @@ func (l *Log) swapCompacted(seg *segment, tmp string, before int64, removed uint
 	if err != nil || ns == nil {
 		return 0, 0, 0, err
 	}
-	go shrinkGently(old) // unlinked now: only this descriptor holds it
-	// Durable after the swap, outside the append lock: a crash before the
-	// directory fsync leaves the old name or the new one (each a whole
-	// segment), and one before the index file a stale index file, which
-	// recovery notices (its size differs) and rebuilds by a scan.
+	// Made durable after the swap, outside the append lock. Until the
+	// directory fsync the old name may still be what a power loss leaves,
+	// so the original is freed only after it (until then its descriptor
+	// is kept). A failure here is not a fault of the log: both files are
+	// whole, and an index file that does not match its segment is rebuilt
+	// by recovery.
 	if err := vfs.SyncDir(l.cfg.FS, l.dir); err != nil {
-		return 0, 0, 0, l.faultFromOutside(err)
+		l.keepOpen(old)
+		return 0, 0, 0, err
 	}
+	go shrinkGently(old) // unlinked, and durably so: only this descriptor holds it
+	l.lifeMu.RLock() // not once the log is closed (its directory may be another log's after a snapshot install)
+	defer l.lifeMu.RUnlock()
 	l.mu.RLock() // copied under the lock, written without it: appends publish under l.mu
+	gone := l.closedForLife || l.detachedLocked(ns)
 	idx := encodeIndexFile(ns.base, sealedInfo{count: ns.count, size: ns.size, lastBatch: ns.lastBatch, index: ns.index})
 	l.mu.RUnlock()
-	if err := vfs.WriteFileAtomic(l.cfg.FS, l.dir, indexName(ns.base), idx); err != nil {
-		return 0, 0, 0, l.faultFromOutside(err)
+	if !gone {
+		if err := vfs.WriteFileAtomic(l.cfg.FS, l.dir, indexName(ns.base), idx); err != nil {
+			return 0, 0, 0, err
+		}
 	}
 	return before, res.size, removed, nil
 }
@@ -259,7 +281,7 @@ func (l *Log) swapLocked(seg *segment, tmp string, res scanResult) (*segment, *o
 	l.mu.RLock()
 	gone := l.detachedLocked(seg)
 	l.mu.RUnlock()
-	if gone { // deleted by retention meanwhile
+	if gone { // deleted by retention meanwhile (the swap below holds l.mu; AdvanceStart needs the append lock held here)
 		l.cfg.FS.Remove(tmp)
 		return nil, nil, nil
 	}
@@ -268,34 +290,40 @@ func (l *Log) swapLocked(seg *segment, tmp string, res scanResult) (*segment, *o
 		l.cfg.FS.Remove(tmp)
 		return nil, nil, fmt.Errorf("engine: compact: %w", err)
 	}
+	// Under l.mu, so that no reader opens the path between the rename and
+	// the swap (it would read the new file at the old positions): a reader
+	// of the old copy finds its file closed, waits for l.mu, sees the
+	// segment replaced and looks again (detachedFrom).
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sealedFiles.close(seg)
 	if err := l.cfg.FS.Rename(tmp, seg.path); err != nil {
 		old.Close()
 		return nil, nil, l.setFault(fmt.Errorf("engine: compact: replace %s: %w", seg.path, err))
 	}
 	nf, err := l.cfg.FS.OpenFile(seg.path, os.O_RDWR, 0)
 	if err != nil {
-		old.Close()
+		l.keepOpen(old)
 		return nil, nil, l.setFault(fmt.Errorf("engine: compact: reopen %s: %w", seg.path, err))
 	}
 	ns := &segment{fs: l.cfg.FS, base: seg.base, path: seg.path, file: nf, size: res.size, count: res.count,
 		lastBatch: res.lastBatch, index: res.index, sealed: true}
-	l.mu.Lock()
 	for i, s := range l.segs {
 		if s == seg {
 			l.segs[i] = ns
 		}
 	}
-	l.mu.Unlock()
-	sealedFiles.close(seg) // readers of the old copy look again (detachedFrom)
 	sealedFiles.adopt(ns)
 	return ns, old, nil
 }
 
-// faultFromOutside records a storage fault met without the append lock.
-func (l *Log) faultFromOutside(err error) error {
-	l.appendMu.Lock()
-	defer l.appendMu.Unlock()
-	return l.setFault(err)
+// keepOpen holds f (an unlinked original whose unlink may not be durable)
+// until the log closes, so its blocks stay what its old name may still
+// point at after a power loss.
+func (l *Log) keepOpen(f *os.File) {
+	l.mu.Lock()
+	l.pinned = append(l.pinned, f)
+	l.mu.Unlock()
 }
 
 // detachedLocked reports whether seg is no longer one of the log's

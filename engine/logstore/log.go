@@ -67,6 +67,13 @@ type Log struct {
 	fault               error    // first storage fault; sticky
 	unsyncedDirs        []string // DeferDirSync: directories whose new names are not durable yet (guarded by mu)
 	closed              bool
+	pinned              []*os.File // originals of compacted segments held until close (guarded by mu; see keepOpen)
+
+	// lifeMu orders Close after work done outside the append lock on
+	// the log's directory (compaction's index file): Close takes it for
+	// writing and sets closedForLife.
+	lifeMu        sync.RWMutex
+	closedForLife bool // guarded by mu
 }
 
 // OpenLog opens (creating if needed) the log in dir and recovers it. It

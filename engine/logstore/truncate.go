@@ -198,14 +198,14 @@ func (l *Log) positionOf(seg *segment, off uint64) (int64, error) {
 	bufp := readBufPool.Get().(*[]byte)
 	defer readBufPool.Put(bufp)
 	found, at := false, uint64(0)
-	_, _, err := readSegment(view, off, bufp, func(fr Frame) (bool, bool) {
+	reached, _, err := readSegment(view, off, bufp, func(fr Frame) (bool, bool) {
 		found, at = true, fr.Offset
 		return false, false
 	}, &pos)
 	if err != nil {
 		return 0, err
 	}
-	if found && at != off {
+	if found && at != off || !found && reached != off {
 		// off lies in a hole of a compacted segment (compaction only
 		// rewrites segments below the last state checkpoint, which a
 		// truncation never goes below).

@@ -86,11 +86,12 @@ var (
 // records log compaction removed: payload = span u64 LE (at least 1).
 const holePayloadBytes = 8
 
-// AppendHole appends a hole frame for offsets [offset, offset+span).
-func AppendHole(dst []byte, batch uint32, offset, span uint64) []byte {
+// AppendHole appends a hole frame for offsets [offset, offset+span), with
+// the batch and flags of the last record it replaces.
+func AppendHole(dst []byte, batch uint32, flags uint8, offset, span uint64) []byte {
 	var p [holePayloadBytes]byte
 	binary.LittleEndian.PutUint64(p[:], span)
-	return AppendFrame(dst, Frame{Type: TypeHole, Batch: batch, Offset: offset, Payload: p[:]})
+	return AppendFrame(dst, Frame{Type: TypeHole, Flags: flags, Batch: batch, Offset: offset, Payload: p[:]})
 }
 
 // Span returns how many offsets a frame stands for: 1, or a hole's span.
