@@ -35,13 +35,13 @@ import (
 
 // KV errors.
 var (
-	ErrCASMismatch  = errors.New("kv: cas mismatch")
-	ErrInvalidKey   = errors.New("kv: invalid key")
-	ErrKVNotFound   = errors.New("kv: not found")
+	ErrCASMismatch = errors.New("kv: cas mismatch")
+	ErrInvalidKey  = errors.New("kv: invalid key")
+	ErrKVNotFound  = errors.New("kv: not found")
 	// ErrKVVersionGone: the version an entry named is no longer in the
 	// log (superseded since the lookup, and compacted away): look again.
 	ErrKVVersionGone = errors.New("kv: version no longer in the log")
-	errKVVersionBad = errors.New("kv: stored version does not decode")
+	errKVVersionBad  = errors.New("kv: stored version does not decode")
 )
 
 // KV limits.

@@ -4,8 +4,8 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"os"
 	"io"
+	"os"
 	"time"
 
 	"keel/engine/record"
@@ -252,7 +252,7 @@ func (l *Log) swapCompacted(seg *segment, tmp string, before int64, removed uint
 		return 0, 0, 0, err
 	}
 	go shrinkGently(old) // unlinked, and durably so: only this descriptor holds it
-	l.lifeMu.RLock() // not once the log is closed (its directory may be another log's after a snapshot install)
+	l.lifeMu.RLock()     // not once the log is closed (its directory may be another log's after a snapshot install)
 	defer l.lifeMu.RUnlock()
 	l.mu.RLock() // copied under the lock, written without it: appends publish under l.mu
 	gone := l.closedForLife || l.detachedLocked(ns)
