@@ -72,8 +72,9 @@ type kvCheckpointed struct {
 // Compact runs one compaction pass over every topic partition with
 // cleanup "compact" and every KV namespace, at nowMs (this node's clock:
 // compaction changes no state), removing tombstones older than
-// tombstoneMs. Call it from one goroutine at a time.
-func (s *Store) Compact(nowMs, tombstoneMs int64) error {
+// tombstoneMs. It returns early, between segments, once stop is closed
+// (nil: never). Call it from one goroutine at a time.
+func (s *Store) Compact(nowMs, tombstoneMs int64, stop <-chan struct{}) error {
 	if time.Since(time.UnixMilli(s.snapshotServed.Load())) < snapshotQuiet {
 		// A follower is fetching a snapshot: a rewrite would make it
 		// start over (ReadSnapshotFile refuses a replaced file).
@@ -84,28 +85,43 @@ func (s *Store) Compact(nowMs, tombstoneMs int64) error {
 			if p.Retention().Cleanup != CleanupCompact {
 				continue
 			}
-			if err := s.compactPartition(p, nowMs, tombstoneMs); err != nil {
+			if stopped(stop) {
+				return nil
+			}
+			if err := s.compactPartition(p, nowMs, tombstoneMs, stop); err != nil {
 				return fmt.Errorf("engine: compact %s/%d: %w", t.Name, p.ID, err)
 			}
 		}
 	}
 	for _, n := range s.KVNamespaces() {
-		if err := s.compactKV(n); err != nil {
+		if stopped(stop) {
+			return nil
+		}
+		if err := s.compactKV(n, stop); err != nil {
 			return fmt.Errorf("engine: compact kv %s: %w", n.Name, err)
 		}
 	}
 	return nil
 }
 
-func (s *Store) compactPartition(p *Partition, nowMs, tombstoneMs int64) error {
+func stopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Store) compactPartition(p *Partition, nowMs, tombstoneMs int64, stop <-chan struct{}) error {
 	below := p.checkpointed.Load()
-	if below <= p.compactedBelow {
-		return nil // nothing sealed and checkpointed since the last pass
+	if below <= p.compactedBelow && (p.tombstoneDueMs == 0 || nowMs < p.tombstoneDueMs) {
+		return nil // nothing sealed and checkpointed since the last pass, and no tombstone due
 	}
 	// The newest offset of every key, over the whole log.
 	latest := map[string]uint64{}
 	tooMany := false
-	for from, end := p.Log.StartOffset(), p.Log.NextOffset(); from < end && !tooMany; {
+	for from, end := p.Log.StartOffset(), p.Log.NextOffset(); from < end && !tooMany && !stopped(stop); {
 		next, err := p.Log.Read(from, 4<<20, func(fr logstore.Frame) bool {
 			m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 			if err != nil || len(m.Key) == 0 {
@@ -132,31 +148,36 @@ func (s *Store) compactPartition(p *Partition, nowMs, tombstoneMs int64) error {
 		s.compactMu.Unlock()
 		return nil
 	}
-	tombstonesLeft := false
-	st, err := p.Log.Compact(below, func(fr logstore.Frame) bool {
+	if stopped(stop) {
+		return nil
+	}
+	dueMs := int64(0) // the oldest kept tombstone's time to go
+	st, err := p.Log.Compact(below, stop, func(fr logstore.Frame) (bool, bool) {
 		m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 		if err != nil || len(m.Key) == 0 {
-			return false // keyless records stay
+			return false, false // keyless records stay
 		}
 		if latest[string(m.Key)] != fr.Offset {
-			return true // a newer record of the key follows
+			return true, false // a newer record of the key follows
 		}
 		if len(m.Value) == 0 {
 			if m.TimestampMs < nowMs-tombstoneMs {
-				return true
+				return true, true // a tombstone past its retention goes, however little else does
 			}
-			tombstonesLeft = true
+			if due := m.TimestampMs + tombstoneMs; dueMs == 0 || due < dueMs {
+				dueMs = due
+			}
 		}
-		return false
+		return false, false
 	})
 	s.noteCompaction(st)
-	if err == nil && !tombstonesLeft {
-		p.compactedBelow = below
+	if err == nil && !stopped(stop) {
+		p.compactedBelow, p.tombstoneDueMs = below, dueMs
 	}
 	return err
 }
 
-func (s *Store) compactKV(n *KVNamespace) error {
+func (s *Store) compactKV(n *KVNamespace, stop <-chan struct{}) error {
 	s.kvMu.RLock()
 	c := s.kvCheckpointed[n.Name]
 	s.kvMu.RUnlock()
@@ -171,19 +192,19 @@ func (s *Store) compactKV(n *KVNamespace) error {
 		it, ok := t.Get(kvItem{key: string(key)})
 		return ok && !it.deleted && it.offset == off
 	}
-	st, err := n.part.Log.Compact(below, func(fr logstore.Frame) bool {
+	st, err := n.part.Log.Compact(below, stop, func(fr logstore.Frame) (bool, bool) {
 		m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 		if err != nil {
-			return false
+			return false, false
 		}
 		s.kvMu.RLock()
 		current := named(n.tree, m.Key, fr.Offset)
 		s.kvMu.RUnlock()
 		// ckpt is an immutable clone: read without the lock.
-		return !current && !named(ckpt, m.Key, fr.Offset)
+		return !current && !named(ckpt, m.Key, fr.Offset), false
 	})
 	s.noteCompaction(st)
-	if err == nil {
+	if err == nil && !stopped(stop) {
 		n.part.compactedBelow = below
 	}
 	return err

@@ -58,7 +58,7 @@ func TestCompactTopic(t *testing.T) {
 	p := h.partition("c", 0)
 	end := p.Log.NextOffset()
 	before := p.Log.Bytes()
-	if err := h.s.Compact(900_000, 1000); err != nil {
+	if err := h.s.Compact(900_000, 1000, nil); err != nil {
 		t.Fatal(err)
 	}
 	if st := h.s.CompactionStats(); st.Segments != 0 {
@@ -68,7 +68,7 @@ func TestCompactTopic(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Tombstones older than 1 s at time 900,500 go; the recent one stays.
-	if err := h.s.Compact(900_500, 1000); err != nil {
+	if err := h.s.Compact(900_500, 1000, nil); err != nil {
 		t.Fatal(err)
 	}
 	st := h.s.CompactionStats()
@@ -114,6 +114,23 @@ func TestCompactTopic(t *testing.T) {
 	h.reopenSmall()
 	p = h.partition("c", 0)
 	check("after a restart")
+
+	// A pass asked to stop does nothing; once k1's tombstone is due, a pass
+	// runs again with no new data and removes it.
+	stop := make(chan struct{})
+	close(stop)
+	if err := h.s.Compact(902_000, 1000, stop); err != nil {
+		t.Fatal(err)
+	}
+	if _, kept := readRecords(t, p)[latest["k1"]]; !kept {
+		t.Fatal("a stopped pass removed the tombstone")
+	}
+	if err := h.s.Compact(902_000, 1000, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, kept := readRecords(t, p)[latest["k1"]]; kept {
+		t.Fatal("the tombstone is still there once due")
+	}
 }
 
 func TestCompactKV(t *testing.T) {
@@ -135,7 +152,7 @@ func TestCompactKV(t *testing.T) {
 	}
 	n, _ := h.s.KV("ns")
 	before := n.part.Log.Bytes()
-	if err := h.s.Compact(5000, 1000); err != nil {
+	if err := h.s.Compact(5000, 1000, nil); err != nil {
 		t.Fatal(err)
 	}
 	if after := n.part.Log.Bytes(); after >= before/2 {

@@ -267,14 +267,14 @@ func TestSnapshotFileChangedByCompaction(t *testing.T) {
 	if _, err := h.s.ReadSnapshotFile(files[0], 0, buf); err != nil {
 		t.Fatalf("read before compaction: %v", err)
 	}
-	if err := h.s.Compact(1<<40, 1); err != nil {
+	if err := h.s.Compact(1<<40, 1, nil); err != nil {
 		t.Fatal(err)
 	}
 	if st := h.s.CompactionStats(); st.Segments != 0 {
 		t.Fatal("compacted while a snapshot was being served")
 	}
 	h.s.snapshotServed.Store(0) // the fetch went quiet
-	if err := h.s.Compact(1<<40, 1); err != nil {
+	if err := h.s.Compact(1<<40, 1, nil); err != nil {
 		t.Fatal(err)
 	}
 	if st := h.s.CompactionStats(); st.Segments == 0 {

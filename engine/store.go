@@ -166,7 +166,8 @@ type Partition struct {
 	// compaction rewrites only below it, so recovery (which cuts back to
 	// it and replays) never cuts into a compacted segment.
 	checkpointed   atomic.Uint64
-	compactedBelow uint64 // compaction goroutine only: the bound of the last pass that left nothing to redo
+	compactedBelow uint64 // compaction goroutine only: the bound of the last pass
+	tombstoneDueMs int64  // compaction goroutine only: when the oldest tombstone that pass kept may go (0: none)
 
 	mu      sync.Mutex
 	changed chan struct{} // closed at the next append; nil while nobody waits

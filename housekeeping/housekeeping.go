@@ -126,7 +126,7 @@ func (s *Sweeper) every(interval time.Duration, fn func(), done chan struct{}) {
 func (s *Sweeper) Compact() {
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
-	if err := s.store.Compact(time.Now().UnixMilli(), s.cfg.TombstoneRetention.Milliseconds()); err != nil {
+	if err := s.store.Compact(time.Now().UnixMilli(), s.cfg.TombstoneRetention.Milliseconds(), s.stop); err != nil {
 		s.cfg.Log.Error("compaction failed", "err", err)
 	}
 }

@@ -36,16 +36,26 @@ type CompactStats struct {
 	BytesAfter  int64  // and after
 }
 
-// compactGainMin is the least share of a segment's bytes a rewrite must
-// save: below it the segment is left as it is.
-const compactGainMin = 0.1
+// CompactGainMin is the share of a segment's bytes a rewrite must save
+// for Compact to make it as a rule: below it the segment is left as it is.
+const CompactGainMin = 0.1
+
+// Drop says whether compaction removes a record (its frame; the payload
+// is valid only during the call), and whether it must go now even if
+// the segment's rewrite saves little.
+type Drop func(Frame) (drop, now bool)
 
 // Compact rewrites each sealed segment whose offsets all lie below below,
 // turning into holes the records drop reports (drop sees each record's
 // frame; its payload is valid only during the call). It returns what it
 // did. Appends go on meanwhile; only the swap of a rewritten segment
-// holds the append lock.
-func (l *Log) Compact(below uint64, drop func(Frame) bool) (CompactStats, error) {
+// holds the append lock. It returns early, between segments, once stop is
+// closed (nil: never).
+//
+// A segment is rewritten only when that saves at least CompactGainMin of
+// its bytes, or when drop says a record must go now (Drop's second
+// result: a tombstone whose retention passed).
+func (l *Log) Compact(below uint64, stop <-chan struct{}, drop Drop) (CompactStats, error) {
 	var st CompactStats
 	l.mu.RLock()
 	var segs []*segment
@@ -56,6 +66,11 @@ func (l *Log) Compact(below uint64, drop func(Frame) bool) (CompactStats, error)
 	}
 	l.mu.RUnlock()
 	for _, seg := range segs {
+		select {
+		case <-stop:
+			return st, nil
+		default:
+		}
 		l.appendMu.Lock()
 		err := l.appendable() // closed (a snapshot install): stop
 		l.appendMu.Unlock()
@@ -76,9 +91,9 @@ func (l *Log) Compact(below uint64, drop func(Frame) bool) (CompactStats, error)
 	return st, nil
 }
 
-// compactSegment rewrites seg if that saves compactGainMin of it. after
-// is 0 when it was left alone.
-func (l *Log) compactSegment(seg *segment, drop func(Frame) bool) (before, after int64, removed uint64, err error) {
+// compactSegment rewrites seg if that saves CompactGainMin of it, or a
+// record must go now. after is 0 when it was left alone.
+func (l *Log) compactSegment(seg *segment, drop Drop) (before, after int64, removed uint64, err error) {
 	f, err := l.cfg.FS.OpenFile(seg.path, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, 0, 0, nil // deleted meanwhile (retention)
@@ -106,8 +121,8 @@ func (l *Log) compactSegment(seg *segment, drop func(Frame) bool) (before, after
 	}
 
 	// First pass: what a rewrite would save.
-	saved, err := compactPlan(data, seg, drop)
-	if err != nil || float64(saved) < compactGainMin*float64(size) {
+	saved, urgent, err := compactPlan(data, seg, drop)
+	if err != nil || saved <= 0 || !urgent && float64(saved) < CompactGainMin*float64(size) {
 		return 0, 0, 0, err
 	}
 	tmp := seg.path + ".compact.tmp"
@@ -135,11 +150,15 @@ func (l *Log) compactSegment(seg *segment, drop func(Frame) bool) (before, after
 
 // compactPlan walks a segment's frames and returns how many bytes
 // dropping would save (holes cost a frame each run).
-func compactPlan(data []byte, seg *segment, drop func(Frame) bool) (int64, error) {
+func compactPlan(data []byte, seg *segment, drop Drop) (int64, bool, error) {
 	var saved int64
-	inRun := false
+	inRun, urgent := false, false
 	err := walkFrames(data, seg, func(fr Frame, raw []byte) error {
-		gone := fr.Type == RecordHole || drop(fr)
+		gone := fr.Type == RecordHole
+		if !gone {
+			d, now := drop(fr)
+			gone, urgent = d, urgent || d && now
+		}
 		if gone {
 			saved += int64(len(raw))
 			if !inRun {
@@ -149,12 +168,12 @@ func compactPlan(data []byte, seg *segment, drop func(Frame) bool) (int64, error
 		inRun = gone
 		return nil
 	})
-	return saved, err
+	return saved, urgent, err
 }
 
 // compactWrite writes the segment's frames to w: kept ones byte for byte,
 // dropped ones and existing holes merged into one hole per run.
-func compactWrite(data []byte, seg *segment, drop func(Frame) bool, w *bufio.Writer) (uint64, error) {
+func compactWrite(data []byte, seg *segment, drop Drop, w *bufio.Writer) (uint64, error) {
 	var removed uint64
 	var run struct {
 		on          bool
@@ -172,7 +191,7 @@ func compactWrite(data []byte, seg *segment, drop func(Frame) bool, w *bufio.Wri
 	}
 	err := walkFrames(data, seg, func(fr Frame, raw []byte) error {
 		span, _ := record.Span(fr)
-		if fr.Type != RecordHole && !drop(fr) {
+		if d, _ := drop(fr); fr.Type != RecordHole && !d {
 			if err := flush(); err != nil {
 				return err
 			}

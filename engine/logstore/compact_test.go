@@ -19,8 +19,8 @@ func TestCompact(t *testing.T) {
 	const n = 600
 	l := timedLog(t, dir, n, func(o uint64) int64 { return int64(o) })
 	before := l.Bytes()
-	dropOdd := func(fr Frame) bool { return fr.Offset%2 == 1 }
-	st, err := l.Compact(400, dropOdd)
+	dropOdd := func(fr Frame) (bool, bool) { return fr.Offset%2 == 1, false }
+	st, err := l.Compact(400, nil, dropOdd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestCompact(t *testing.T) {
 	check(l, "compacted")
 	// Again: nothing more to gain from odd offsets; dropping every
 	// multiple of 4 too merges with the runs.
-	if _, err := l.Compact(400, func(fr Frame) bool { return fr.Offset%4 == 2 }); err != nil {
+	if _, err := l.Compact(400, nil, func(fr Frame) (bool, bool) { return fr.Offset%4 == 2, false }); err != nil {
 		t.Fatal(err)
 	}
 	l.Close()
