@@ -17,10 +17,11 @@ import (
 var allowedImports = map[string][]string{
 	"cmd/keel":           {"httpfront", "replication", "engine", "ring", "netio", "bench", "invariant", "chaos", "housekeeping", "engine/logstore"}, // chaos: its link proxy, in the cluster tests
 	"housekeeping":       {"engine", "replication", "ring", "engine/logstore"},                                                                      // the leader's periodic proposals (retention trims); ring and logstore in its tests
-	"httpfront":          {"replication", "engine", "netio", "ring", "invariant"},
+	"httpfront":          {"replication", "engine", "engine/query", "netio", "ring", "invariant"},
 	"replication":        {"engine", "netio", "ring", "invariant"},
 	"engine":             {"ring", "invariant", "engine/record", "engine/logstore", "engine/vfs"},
 	"engine/logstore":    {"ring", "invariant", "engine/record", "engine/vfs"}, // segments, index, reads, recovery, truncation
+	"engine/query":       {"engine", "engine/logstore", "engine/record"},       // stream queries and joins: the read side only
 	"engine/record":      {},                                                   // the record codec: pure, imports no Keel package
 	"engine/vfs":         {},                                                   // the metadata I/O seam
 	"engine/vfs/vfstest": {"engine/vfs", "ring"},                               // test wrappers: failing calls, crashes (a Backend too)

@@ -45,6 +45,7 @@ const (
 	bodyMessage                 // one message: MaxMessageBytes
 	bodyBatch                   // NDJSON: MaxBatchBytes
 	bodyKV                      // a KV value: MaxKVValueBytes
+	bodyQuery                   // a stream query or join (inline schemas): QueryBodyMax
 )
 
 // intake is the per-request state of the steps above.
@@ -69,6 +70,8 @@ func (s *Server) bodyLimit(r *route) int {
 		return s.cfg.MaxKVValueBytes
 	case bodyJSON:
 		return s.cfg.JSONBodyMax
+	case bodyQuery:
+		return s.cfg.QueryBodyMax
 	}
 	return s.cfg.BodyTinyMax
 }
@@ -89,6 +92,9 @@ func (s *Server) bodyTooLarge(r *route) *apiError {
 	case bodyJSON:
 		return &apiError{status: 413, code: "body_too_large",
 			message: fmt.Sprintf("the JSON body is larger than %d bytes", s.cfg.JSONBodyMax)}
+	case bodyQuery:
+		return &apiError{status: 413, code: "body_too_large",
+			message: fmt.Sprintf("the query is larger than %d bytes (--query-body-max)", s.cfg.QueryBodyMax)}
 	}
 	return &apiError{status: 413, code: "body_too_large",
 		message: fmt.Sprintf("this route takes no body (at most %d bytes)", s.cfg.BodyTinyMax)}

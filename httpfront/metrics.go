@@ -28,6 +28,10 @@ type metrics struct {
 	kvPuts   atomic.Uint64
 	kvGets   atomic.Uint64
 
+	queries        atomic.Uint64 // stream queries and joins run
+	queriesRefused atomic.Uint64 // of which refused (bad request, limits, errors)
+	queryNs        atomic.Uint64 // time spent running them
+
 	bodyBudgetRefused atomic.Uint64 // requests refused: BodyBytesInFlightMax was held
 	acceptRetries     atomic.Uint64 // accepts retried after EMFILE and the like
 	connsRefused      atomic.Uint64 // connections refused over MaxConns or MaxConnsPerIP
@@ -83,6 +87,17 @@ func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
 	w.sample("keel_kv_puts_total", nil, s.metrics.kvPuts.Load())
 	w.help("keel_kv_gets_total", "counter", "KV values read")
 	w.sample("keel_kv_gets_total", nil, s.metrics.kvGets.Load())
+	w.help("keel_queries_total", "counter", "stream queries and joins run (POST /broker/query, /broker/join)")
+	w.sample("keel_queries_total", nil, s.metrics.queries.Load())
+	w.help("keel_queries_refused_total", "counter", "stream queries and joins answered with an error")
+	w.sample("keel_queries_refused_total", nil, s.metrics.queriesRefused.Load())
+	w.help("keel_query_seconds_total", "counter", "time spent running stream queries and joins")
+	w.sampleFloat("keel_query_seconds_total", float64(s.metrics.queryNs.Load())/1e9)
+	hits, misses := s.queries.SchemaStats()
+	w.help("keel_query_schema_cache_hits_total", "counter", "inline schemas found compiled in the cache")
+	w.sample("keel_query_schema_cache_hits_total", nil, hits)
+	w.help("keel_query_schema_cache_misses_total", "counter", "inline schemas compiled")
+	w.sample("keel_query_schema_cache_misses_total", nil, misses)
 	w.help("keel_kv_keys", "gauge", "keys held by every KV namespace (expired ones not yet purged included)")
 	w.sample("keel_kv_keys", nil, uint64(s.store.KVKeys()))
 	cs := s.store.CompactionStats()

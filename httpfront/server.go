@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"keel/engine"
+	"keel/engine/query"
 	"keel/replication"
 )
 
@@ -37,7 +38,16 @@ type Config struct {
 	Limits engine.EntryLimits
 
 	ConsumeBuildersMax int           // consume pages encoded at once (0: one per CPU, GOMAXPROCS)
-	PageSlotWaitMax    time.Duration // how long a read waits for one of them before 503
+	PageSlotWaitMax    time.Duration // how long a read waits for one of them (or a query slot) before 503
+
+	// Stream queries and joins (engine/query): QueriesMax run at once (0:
+	// half the CPUs, at least one), each bounded by QueryLimits; compiled
+	// schemas are cached, QuerySchemasMax of them; a query's body (inline
+	// schemas included) is at most QueryBodyMax bytes.
+	QueriesMax      int
+	QueryLimits     query.Limits
+	QuerySchemasMax int
+	QueryBodyMax    int
 
 	// New topics (explicit or auto-created) per second, node-wide, and the
 	// burst allowed: creating a topic's directories and files runs on the
@@ -115,6 +125,9 @@ func Defaults() Config {
 		BodyDrainUnauthMax:   64 << 10,
 		BodyDrainTime:        5 * time.Second,
 		PageSlotWaitMax:      5 * time.Second,
+		QueryLimits:          query.DefaultLimits(),
+		QuerySchemasMax:      128,
+		QueryBodyMax:         1 << 20,
 		TopicCreateRate:      20,
 		TopicCreateBurst:     2,
 		HeaderBytesMax:       16 << 10,
@@ -133,9 +146,11 @@ type Server struct {
 	srv     *fasthttp.Server
 	log     *slog.Logger
 
-	inFlight  atomic.Int64  // request body bytes held now (BodyBytesInFlightMax)
-	creates   *bucket       // TopicCreateRate
-	pageSlots chan struct{} // ConsumeBuildersMax
+	inFlight   atomic.Int64  // request body bytes held now (BodyBytesInFlightMax)
+	creates    *bucket       // TopicCreateRate
+	pageSlots  chan struct{} // ConsumeBuildersMax
+	querySlots chan struct{} // QueriesMax
+	queries    *query.Engine
 }
 
 // New returns a server over node and store.
@@ -154,6 +169,11 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 	}
 	s.cfg.ConsumeBuildersMax = cfg.ConsumeBuildersMax
 	s.pageSlots = make(chan struct{}, cfg.ConsumeBuildersMax)
+	if s.cfg.QueriesMax <= 0 {
+		s.cfg.QueriesMax = max(1, runtime.GOMAXPROCS(0)/2)
+	}
+	s.querySlots = make(chan struct{}, s.cfg.QueriesMax)
+	s.queries = query.New(store, query.NewSchemas(cfg.QuerySchemasMax), cfg.QueryLimits)
 	if cfg.TopicCreateRate > 0 {
 		s.creates = &bucket{limit: RateLimit{RPS: cfg.TopicCreateRate, Burst: max(1, cfg.TopicCreateBurst)}, tokens: max(1, cfg.TopicCreateBurst)}
 	}
@@ -269,6 +289,8 @@ var (
 	routeOffsets      = route{"offsets", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.offsets(c, p.seg[2], p.seg[3]) }}
 	routeSealedStatus = route{"sealed_status", ScopeAdmin, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.sealedStatus(c) }}
 	routeMembership   = route{"ha_membership", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.membership(c) }}
+	routeQuery        = route{"query", ScopeRead, ScopeRead, "POST", bodyQuery, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.streamQuery(c, s.queries.Query) }}
+	routeJoin         = route{"join", ScopeRead, ScopeRead, "POST", bodyQuery, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.streamQuery(c, s.queries.Join) }}
 	routeMemberChange = route{"ha_membership_change", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.changeMembership(c, p.seg[2]) }}
 )
 
@@ -428,6 +450,10 @@ func routeFor(p *pathParams) *route {
 		return &routeRetention
 	case len(seg) == 4 && seg[0] == "broker" && seg[1] == "offsets":
 		return &routeOffsets
+	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "query":
+		return &routeQuery
+	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "join":
+		return &routeJoin
 	case len(seg) == 3 && seg[0] == "admin" && seg[1] == "sealed" && seg[2] == "status":
 		return &routeSealedStatus
 	case len(seg) == 2 && seg[0] == "ha" && seg[1] == "membership":

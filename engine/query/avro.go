@@ -1,0 +1,466 @@
+package query
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+
+	"github.com/hamba/avro/v2"
+	"github.com/valyala/fastjson"
+)
+
+// avroDepthMax bounds how deeply nested a decoded Avro value may be
+// (recursive schemas could otherwise nest once per byte of the message).
+const avroDepthMax = 64
+
+// avroItemsMax bounds the items of one Avro array or map, so a claimed
+// block count in a hostile value cannot spin a decoder.
+const avroItemsMax = 1 << 20
+
+// avroConfig limits what the binary reader allocates for one bytes or
+// string value: no stored message is larger.
+var avroConfig = avro.Config{MaxByteSliceSize: 16 << 20, MaxSliceAllocSize: 16 << 20}.Freeze()
+
+// avroSchema is a compiled record schema (shared, read-only).
+type avroSchema struct {
+	rec      *avro.RecordSchema
+	defaults map[*avro.Field][]byte // each field's default as JSON (fields with one)
+}
+
+// compileAvro parses a record schema with hamba/avro, in a cache of its
+// own so that two requests naming the same record differently never see
+// each other's definitions.
+func compileAvro(text string) (*avroSchema, *Error) {
+	s, err := avro.ParseWithCache(text, "", &avro.SchemaCache{})
+	if err != nil {
+		return nil, badRequest("invalid_schema", "avro schema_text: %v", err)
+	}
+	rec, ok := s.(*avro.RecordSchema)
+	if !ok {
+		return nil, badRequest("invalid_schema", "avro schema_text: the schema must be a record (it is %s)", s.Type())
+	}
+	as := &avroSchema{rec: rec, defaults: map[*avro.Field][]byte{}}
+	if err := as.collectDefaults(rec, 0); err != nil {
+		return nil, badRequest("invalid_schema", "avro schema_text: %v", err)
+	}
+	return as, nil
+}
+
+// collectDefaults renders the default of every field reachable from rec
+// as JSON once, at compile time.
+func (as *avroSchema) collectDefaults(s avro.Schema, depth int) error {
+	if depth > avroDepthMax {
+		return nil
+	}
+	switch t := s.(type) {
+	case *avro.RecordSchema:
+		for _, f := range t.Fields() {
+			if _, seen := as.defaults[f]; seen {
+				continue
+			}
+			if f.HasDefault() {
+				b, err := defaultJSON(f.Default())
+				if err != nil {
+					return fmt.Errorf("field %s: default: %w", f.Name(), err)
+				}
+				as.defaults[f] = b
+			} else {
+				as.defaults[f] = nil
+			}
+			if err := as.collectDefaults(f.Type(), depth+1); err != nil {
+				return err
+			}
+		}
+	case *avro.ArraySchema:
+		return as.collectDefaults(t.Items(), depth+1)
+	case *avro.MapSchema:
+		return as.collectDefaults(t.Values(), depth+1)
+	case *avro.UnionSchema:
+		for _, b := range t.Types() {
+			if err := as.collectDefaults(b, depth+1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// defaultJSON renders a default as hamba/avro parsed it; bytes and fixed
+// defaults are strings of code points 0-255, as Avro's JSON encoding
+// writes them.
+func defaultJSON(v any) ([]byte, error) {
+	switch t := v.(type) {
+	case nil:
+		return []byte("null"), nil
+	case []byte:
+		return appendLatin1(nil, t), nil
+	}
+	return json.Marshal(v)
+}
+
+func appendLatin1(dst, b []byte) []byte {
+	r := make([]rune, len(b))
+	for i, c := range b {
+		r[i] = rune(c)
+	}
+	return appendJSONString(dst, []byte(string(r)))
+}
+
+// avroBinaryDecoder reads Avro binary values, decoding only the fields a
+// query uses and skipping the rest (a record's fields are sequential, so
+// skipping is all the work a field the query ignores costs).
+type avroBinaryDecoder struct {
+	s       *avroSchema
+	r       *avro.Reader
+	need    []bool // per record field: decoded?
+	refIdx  []int  // per fieldRef slot: record field index, or -1
+	refs    []*fieldRef
+	vals    []Value // per record field
+	raw     []byte
+	scratch []byte
+	sub     fastjson.Parser
+}
+
+func newAvroBinaryDecoder(s *avroSchema, fs *fieldSet) *avroBinaryDecoder {
+	fields := s.rec.Fields()
+	d := &avroBinaryDecoder{
+		s:    s,
+		r:    avro.NewReader(nil, 0, avro.WithReaderConfig(avroConfig)),
+		need: make([]bool, len(fields)),
+		vals: make([]Value, len(fields)),
+		refs: fs.refs,
+	}
+	for _, ref := range fs.refs {
+		i := avroFieldIndex(fields, ref.names)
+		if i < 0 && ref.path != nil {
+			i = avroFieldIndex(fields, ref.path[:1])
+		}
+		d.refIdx = append(d.refIdx, i)
+		if i >= 0 {
+			d.need[i] = true
+		}
+	}
+	return d
+}
+
+// avroFieldIndex finds the field carrying one of names (its name or an
+// alias the schema gives it).
+func avroFieldIndex(fields []*avro.Field, names []string) int {
+	for _, n := range names {
+		for i, f := range fields {
+			if f.Name() == n || contains(f.Aliases(), n) {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+func (d *avroBinaryDecoder) decode(value []byte) bool {
+	d.r.Reset(value)
+	d.r.Error = nil // Reset keeps the last value's error
+	d.raw, d.scratch = value, d.scratch[:0]
+	for i, f := range d.s.rec.Fields() {
+		if d.need[i] {
+			d.vals[i] = d.read(f.Type(), 0)
+		} else {
+			d.skip(f.Type(), 0)
+		}
+		if d.r.Error != nil {
+			return false
+		}
+	}
+	return d.atEnd()
+}
+
+// atEnd reports whether the value was read to its last byte: trailing
+// bytes mean the value was not written with this schema.
+func (d *avroBinaryDecoder) atEnd() bool {
+	d.r.Peek()
+	end := errors.Is(d.r.Error, io.EOF)
+	d.r.Error = nil
+	return end
+}
+
+func (d *avroBinaryDecoder) field(f *fieldRef) (Value, bool) {
+	i := d.refIdx[f.slot]
+	if i < 0 {
+		return Value{}, false
+	}
+	v := d.vals[i]
+	fields := d.s.rec.Fields()
+	if f.path != nil && avroFieldIndex(fields[i:i+1], f.names) < 0 {
+		return lookupPath(&d.sub, v, f.path[1:], &d.scratch)
+	}
+	return v, true
+}
+
+func (d *avroBinaryDecoder) appendObject(dst []byte) []byte {
+	d.r.Reset(d.raw)
+	d.r.Error = nil
+	out := d.appendJSON(dst, d.s.rec, 0)
+	if d.r.Error != nil {
+		return append(dst, "{}"...) // decoded once already: cannot happen
+	}
+	return out
+}
+
+// read decodes one value of schema s as a query Value.
+func (d *avroBinaryDecoder) read(s avro.Schema, depth int) Value {
+	r := d.r
+	switch s.Type() {
+	case avro.Null:
+		return Value{Kind: KindNull}
+	case avro.Boolean:
+		if r.ReadBool() {
+			return Value{Kind: KindBool, Num: 1}
+		}
+		return Value{Kind: KindBool}
+	case avro.Int, avro.Long:
+		var n int64
+		if s.Type() == avro.Int {
+			n = int64(r.ReadInt())
+		} else {
+			n = r.ReadLong()
+		}
+		start := len(d.scratch)
+		d.scratch = strconv.AppendInt(d.scratch, n, 10)
+		return Value{Kind: KindNumber, Num: float64(n), Text: d.scratch[start:]}
+	case avro.Float:
+		return d.float(float64(r.ReadFloat()))
+	case avro.Double:
+		return d.float(r.ReadDouble())
+	case avro.String, avro.Bytes:
+		return Value{Kind: KindString, Text: r.ReadBytes()}
+	case avro.Enum:
+		return Value{Kind: KindString, Text: []byte(d.symbol(s.(*avro.EnumSchema)))}
+	case avro.Fixed:
+		b := make([]byte, s.(*avro.FixedSchema).Size())
+		r.Read(b)
+		return Value{Kind: KindString, Text: b}
+	case avro.Union:
+		if b := d.branch(s.(*avro.UnionSchema)); b != nil && depth < avroDepthMax {
+			return d.read(b, depth+1)
+		}
+		r.ReportError("read", "union branch out of range or nested too deeply")
+		return Value{}
+	case avro.Ref:
+		return d.read(s.(*avro.RefSchema).Schema(), depth)
+	}
+	kind := KindObject
+	if s.Type() == avro.Array {
+		kind = KindArray
+	}
+	start := len(d.scratch)
+	d.scratch = d.appendJSON(d.scratch, s, depth)
+	return Value{Kind: kind, Text: d.scratch[start:]}
+}
+
+func (d *avroBinaryDecoder) float(f float64) Value {
+	start := len(d.scratch)
+	d.scratch = appendNumber(d.scratch, f)
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return Value{Kind: KindNull}
+	}
+	return Value{Kind: KindNumber, Num: f, Text: d.scratch[start:]}
+}
+
+func (d *avroBinaryDecoder) symbol(e *avro.EnumSchema) string {
+	i := int(d.r.ReadInt())
+	sym, ok := e.Symbol(i)
+	if !ok {
+		d.r.ReportError("read", "enum symbol out of range")
+	}
+	return sym
+}
+
+func (d *avroBinaryDecoder) branch(u *avro.UnionSchema) avro.Schema {
+	i := d.r.ReadLong()
+	types := u.Types()
+	if i < 0 || i >= int64(len(types)) {
+		return nil
+	}
+	return types[i]
+}
+
+// appendJSON appends one value of schema s as plain JSON: unions are
+// written untagged, bytes and fixed as strings of code points 0-255.
+func (d *avroBinaryDecoder) appendJSON(dst []byte, s avro.Schema, depth int) []byte {
+	r := d.r
+	if depth > avroDepthMax {
+		r.ReportError("read", "nested too deeply")
+		return dst
+	}
+	switch t := s.(type) {
+	case *avro.RecordSchema:
+		dst = append(dst, '{')
+		for i, f := range t.Fields() {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendJSONString(dst, []byte(f.Name()))
+			dst = append(dst, ':')
+			dst = d.appendJSON(dst, f.Type(), depth+1)
+		}
+		return append(dst, '}')
+	case *avro.ArraySchema:
+		dst = append(dst, '[')
+		n := 0
+		d.blocks(func() {
+			if n > 0 {
+				dst = append(dst, ',')
+			}
+			n++
+			dst = d.appendJSON(dst, t.Items(), depth+1)
+		})
+		return append(dst, ']')
+	case *avro.MapSchema:
+		dst = append(dst, '{')
+		n := 0
+		d.blocks(func() {
+			if n > 0 {
+				dst = append(dst, ',')
+			}
+			n++
+			dst = appendJSONString(dst, r.ReadBytes())
+			dst = append(dst, ':')
+			dst = d.appendJSON(dst, t.Values(), depth+1)
+		})
+		return append(dst, '}')
+	case *avro.UnionSchema:
+		b := d.branch(t)
+		if b == nil {
+			r.ReportError("read", "union branch out of range")
+			return dst
+		}
+		return d.appendJSON(dst, b, depth+1)
+	case *avro.RefSchema:
+		return d.appendJSON(dst, t.Schema(), depth+1)
+	case *avro.EnumSchema:
+		return appendJSONString(dst, []byte(d.symbol(t)))
+	case *avro.FixedSchema:
+		b := make([]byte, t.Size())
+		r.Read(b)
+		return appendLatin1(dst, b)
+	}
+	switch s.Type() {
+	case avro.Bytes:
+		return appendLatin1(dst, r.ReadBytes())
+	case avro.String:
+		return appendJSONString(dst, r.ReadBytes())
+	}
+	return d.read(s, depth).AppendJSON(dst)
+}
+
+// blocks calls item once per item of an array or map, block by block,
+// stopping at the first error or past avroItemsMax items.
+func (d *avroBinaryDecoder) blocks(item func()) {
+	r := d.r
+	total := 0
+	for r.Error == nil {
+		n, _ := r.ReadBlockHeader()
+		if n == 0 || r.Error != nil {
+			return
+		}
+		if n < 0 || total+int(n) > avroItemsMax {
+			r.ReportError("read", "array or map block count out of range")
+			return
+		}
+		total += int(n)
+		for i := int64(0); i < n && r.Error == nil; i++ {
+			item()
+		}
+	}
+}
+
+// skip reads past one value of schema s.
+func (d *avroBinaryDecoder) skip(s avro.Schema, depth int) {
+	r := d.r
+	if depth > avroDepthMax {
+		r.ReportError("skip", "nested too deeply")
+		return
+	}
+	switch t := s.(type) {
+	case *avro.RecordSchema:
+		for _, f := range t.Fields() {
+			d.skip(f.Type(), depth+1)
+		}
+		return
+	case *avro.ArraySchema:
+		d.skipBlocks(func() { d.skip(t.Items(), depth+1) })
+		return
+	case *avro.MapSchema:
+		d.skipBlocks(func() { r.SkipString(); d.skip(t.Values(), depth+1) })
+		return
+	case *avro.UnionSchema:
+		if b := d.branch(t); b != nil {
+			d.skip(b, depth+1)
+		} else {
+			r.ReportError("skip", "union branch out of range")
+		}
+		return
+	case *avro.RefSchema:
+		d.skip(t.Schema(), depth+1)
+		return
+	case *avro.FixedSchema:
+		r.SkipNBytes(t.Size())
+		return
+	}
+	switch s.Type() {
+	case avro.Boolean:
+		r.SkipBool()
+	case avro.Int, avro.Enum:
+		r.SkipInt()
+	case avro.Long:
+		r.SkipLong()
+	case avro.Float:
+		r.SkipFloat()
+	case avro.Double:
+		r.SkipDouble()
+	case avro.String, avro.Bytes:
+		n := r.ReadLong()
+		if n < 0 {
+			r.ReportError("skip", "negative length")
+			return
+		}
+		d.skipN(n)
+	}
+}
+
+// skipN skips n bytes; past the end of the value, the reader's error
+// becomes io.EOF and the value does not decode.
+func (d *avroBinaryDecoder) skipN(n int64) {
+	if n > int64(len(d.raw)) {
+		d.r.ReportError("skip", "length past the end of the value")
+		return
+	}
+	d.r.SkipNBytes(int(n))
+}
+
+// skipBlocks skips an array or map; a block that gives its size in
+// bytes is skipped in one step.
+func (d *avroBinaryDecoder) skipBlocks(item func()) {
+	r := d.r
+	total := 0
+	for r.Error == nil {
+		n, size := r.ReadBlockHeader()
+		if n == 0 || r.Error != nil {
+			return
+		}
+		if size > 0 {
+			d.skipN(size)
+			continue
+		}
+		if n < 0 || total+int(n) > avroItemsMax {
+			r.ReportError("skip", "array or map block count out of range")
+			return
+		}
+		total += int(n)
+		for i := int64(0); i < n && r.Error == nil; i++ {
+			item()
+		}
+	}
+}
