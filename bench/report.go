@@ -69,15 +69,16 @@ func quantilesMs(h *hdrhistogram.Histogram) Quantiles {
 
 // Report is a whole run.
 type Report struct {
-	Started time.Time `json:"started"`
-	Target  string    `json:"target"`
-	Machine string    `json:"machine"`
-	Command string    `json:"command"`
-	Rows    []Row     `json:"rows"`
-	Restart []Restart `json:"restart,omitempty"`
-	CatchUp []CatchUp `json:"catch_up,omitempty"`
-	KVFill  []KVFill  `json:"kv_fill,omitempty"`
-	Disk    *DiskRun  `json:"disk,omitempty"`
+	Started time.Time     `json:"started"`
+	Target  string        `json:"target"`
+	Machine string        `json:"machine"`
+	Command string        `json:"command"`
+	Rows    []Row         `json:"rows"`
+	Restart []Restart     `json:"restart,omitempty"`
+	CatchUp []CatchUp     `json:"catch_up,omitempty"`
+	KVFill  []KVFill      `json:"kv_fill,omitempty"`
+	Query   []QueryResult `json:"query,omitempty"`
+	Disk    *DiskRun      `json:"disk,omitempty"`
 }
 
 // CatchUp is the time a cluster follower took to catch up after missing
@@ -141,6 +142,13 @@ func (rep Report) WriteMarkdown(w io.Writer) {
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 		for _, r := range rep.KVFill {
 			fmt.Fprintf(w, "| %d | %d | %.1f | %.0f | %.0f | %.0f | %.0f | %.3f | %.0f |\n", r.Keys, r.ValueBytes, r.LoadSec, r.PutsPerS, r.RSSLoadedMB, r.PeakRSSLoadMB, r.DataMB, r.ReadySec, r.RSSRestartMB)
+		}
+	}
+	if len(rep.Query) > 0 {
+		fmt.Fprintln(w, "\n| stream query (one at a time, one core) | messages read | runs | median s | min s | msg/s (median) |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		for _, r := range rep.Query {
+			fmt.Fprintf(w, "| %s | %d | %d | %.3f | %.3f | %.0f |\n", r.Name, r.Messages, r.Runs, r.MedianSec, r.MinSec, r.MsgsPerSec)
 		}
 	}
 	if len(rep.CatchUp) > 0 {

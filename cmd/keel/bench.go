@@ -35,6 +35,9 @@ func benchCmd(args []string) int {
 	diskProbe := fs.Duration("disk-probe", 5*time.Second, "after the scenarios, time single appends + fdatasync on the data directory's disk for this long (0 = skip; at most 1m)")
 	kvFill := fs.Int64("kv-fill-keys", 0, "put this many KV keys (--kv-fill-value-bytes each, 100 connections) into a fresh node, report its resident memory, kill -9 it and time the restart")
 	kvFillValue := fs.Int("kv-fill-value-bytes", 1024, "value size for --kv-fill-keys")
+	queryMessages := fs.Int("query-messages", 0, "time stream queries (filter + group_by over this many stored orders of ~100 B, as JSON, Avro binary and Protobuf binary) and a join (--query-join-messages per side, 60 s window) on a fresh node")
+	queryJoin := fs.Int("query-join-messages", 100_000, "messages on each side of the join for --query-messages")
+	queryRuns := fs.Int("query-runs", 5, "runs of each query for --query-messages (the median is reported)")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	cluster := fs.Int("cluster", 0, "also start a cluster of this many local nodes (2..7) and run the scenarios against its leader, after the single node, in the same run")
 	catchup := fs.Int64("catchup-messages", 0, "with --cluster: time a follower catching up after this many 64 B messages were written while it was down (killed, then wiped)")
@@ -71,7 +74,7 @@ func benchCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "keel bench: --catchup-messages needs --cluster and at least 1000 messages")
 		return 2
 	}
-	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster, *catchup, *kvFill, *kvFillValue}); err != nil {
+	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster, *catchup, *kvFill, *kvFillValue, *queryMessages, *queryJoin, *queryRuns}); err != nil {
 		fmt.Fprintln(os.Stderr, "keel bench:", err)
 		return 1
 	}
@@ -91,6 +94,9 @@ type benchOptions struct {
 	catchup            int64
 	kvFillKeys         int64
 	kvFillValueBytes   int
+	queryMessages      int
+	queryJoinMessages  int
+	queryRuns          int
 }
 
 func pickScenarios(names []string) ([]bench.Scenario, error) {
@@ -199,6 +205,20 @@ func runBench(o benchOptions) error {
 		}
 		progress.Done("kv fill", fmt.Sprintf("%d keys: RSS %.0f MB loaded, ready in %.3f s after kill -9", r.Keys, r.RSSLoadedMB, r.ReadySec))
 		rep.KVFill = append(rep.KVFill, r)
+	}
+	if o.queryMessages > 0 {
+		port, err := freeLoopbackPort()
+		if err != nil {
+			return err
+		}
+		rs, err := bench.QueryRun{Binary: self, Port: port, Messages: o.queryMessages, JoinMessages: o.queryJoinMessages, Runs: o.queryRuns, Progress: progress}.Run()
+		rep.Query = rs
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			progress.Done("query", fmt.Sprintf("%s: %.0f msg/s (median %.3f s)", r.Name, r.MsgsPerSec, r.MedianSec))
+		}
 	}
 	rep.WriteMarkdown(os.Stdout)
 	if o.out != "" {

@@ -61,6 +61,13 @@ type options struct {
 	segmentBytes         int64
 	maxKVValueBytes      int
 	maxKVKeys            int
+	queriesMax           int
+	queryScanMax         int
+	queryRowsMax         int
+	queryGroupsMax       int
+	queryBodyMax         int
+	joinStateBytesMax    int64
+	joinPairsMax         int64
 	retentionInterval    time.Duration
 	compactionInterval   time.Duration
 	tombstoneRetention   time.Duration
@@ -191,6 +198,13 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	durVar(&o.checkpointInterval, "checkpoint-interval", time.Minute, "longest time between state checkpoints while writes happen")
 	intVar(&o.maxKVValueBytes, "max-kv-value-bytes", 1<<20, "largest KV value (put body)")
 	intVar(&o.maxKVKeys, "max-kv-keys", 5_000_000, "most KV keys of all namespaces together; about 60 bytes of memory each plus the key (0 = no limit)")
+	intVar(&o.queriesMax, "queries-max", 0, "stream queries and joins run at once, each on one CPU; more wait for a slot (at most 5 s, then 503) (0 = half the CPUs, at least 1)")
+	intVar(&o.queryScanMax, "query-scan-max", 1_000_000, "most messages a query or join reads from one source per request (and its default limit)")
+	intVar(&o.queryRowsMax, "query-rows-max", 10_000, "most rows a query (emit_rows) or join (max_rows) returns")
+	intVar(&o.queryGroupsMax, "query-groups-max", 100_000, "most aggregate groups (window x key) one query holds; past it, 413")
+	intVar(&o.queryBodyMax, "query-body-max", 1<<20, "largest query or join body, inline schemas included")
+	int64Var(&o.joinStateBytesMax, "join-state-bytes-max", 256<<20, "memory one join may hold for both sides (keys and the JSON it would emit); past it, 413")
+	int64Var(&o.joinPairsMax, "join-pairs-max", 100_000_000, "most candidate pairs (same key, within the window) one join compares; past it, 413")
 	int64Var(&o.segmentBytes, "segment-bytes", 64<<20, "size at which a partition's active segment is sealed and a new one begun; retention and delete-before free whole sealed segments (at least --max-message-bytes + 64 KiB, at most 1 GiB)")
 	durVar(&o.compactionInterval, "compaction-interval", housekeeping.CompactionIntervalDefault, "how often each node compacts topics with cleanup compact and KV namespaces (sealed segments below the last state checkpoint)")
 	durVar(&o.tombstoneRetention, "compaction-tombstone-retention", housekeeping.TombstoneRetentionDefault, "how long compaction keeps a key's tombstone (a record with the key and an empty value) once it is the key's newest")
@@ -256,6 +270,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--max-total-partitions, --max-conns, --max-conns-per-ip and --sealed-files-max must be 0 (derived) or more")
 	case o.readBuilders < 0:
 		return fmt.Errorf("--read-builders must be 0 (one per CPU) or more")
+	case o.queriesMax < 0 || o.queryScanMax < 1 || o.queryRowsMax < 0 || o.queryGroupsMax < 1 || o.queryBodyMax < 1024 || o.joinStateBytesMax < 1<<20 || o.joinPairsMax < 1:
+		return fmt.Errorf("--queries-max must be 0 (derived) or more; --query-scan-max, --query-groups-max and --join-pairs-max at least 1; --query-rows-max 0 or more; --query-body-max at least 1024; --join-state-bytes-max at least 1 MiB")
 	case o.topicCreateRate < 0 || o.topicCreateBurst < 1:
 		return fmt.Errorf("--topic-create-rate must be 0 (no limit) or more, --topic-create-burst at least 1")
 	case o.maxConsumerOffsets < 1 || o.maxConsumerOffsets > math.MaxInt32 || o.maxTotalPartitions > math.MaxInt32 ||

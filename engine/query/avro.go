@@ -408,11 +408,14 @@ func (d *avroBinaryDecoder) skip(s avro.Schema, depth int) {
 	case *avro.FixedSchema:
 		r.SkipNBytes(t.Size())
 		return
+	case *avro.EnumSchema:
+		d.symbol(t) // checks the index, as a full decode does
+		return
 	}
 	switch s.Type() {
 	case avro.Boolean:
-		r.SkipBool()
-	case avro.Int, avro.Enum:
+		r.ReadBool() // checks the byte is 0 or 1
+	case avro.Int:
 		r.SkipInt()
 	case avro.Long:
 		r.SkipLong()
@@ -440,19 +443,17 @@ func (d *avroBinaryDecoder) skipN(n int64) {
 	d.r.SkipNBytes(int(n))
 }
 
-// skipBlocks skips an array or map; a block that gives its size in
-// bytes is skipped in one step.
+// skipBlocks skips an array or map item by item. A block may give its
+// size in bytes, which would let it be skipped in one step, but then a
+// value whose items do not decode would pass here and fail in a full
+// decode: the query and its rows would disagree.
 func (d *avroBinaryDecoder) skipBlocks(item func()) {
 	r := d.r
 	total := 0
 	for r.Error == nil {
-		n, size := r.ReadBlockHeader()
+		n, _ := r.ReadBlockHeader()
 		if n == 0 || r.Error != nil {
 			return
-		}
-		if size > 0 {
-			d.skipN(size)
-			continue
 		}
 		if n < 0 || total+int(n) > avroItemsMax {
 			r.ReportError("skip", "array or map block count out of range")

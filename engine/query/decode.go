@@ -1,6 +1,9 @@
 package query
 
 import (
+	"errors"
+	"math"
+	"strconv"
 	"strings"
 
 	"github.com/valyala/fastjson"
@@ -129,10 +132,17 @@ func (d *jsonDecoder) value(x *fastjson.Value) Value {
 		s, _ := x.StringBytes()
 		return Value{Kind: KindString, Text: s}
 	case fastjson.TypeNumber:
+		// strconv, not fastjson's Float64, which can be off by one unit in
+		// the last place: a number must compare the same whichever
+		// encoding carried it.
 		start := len(d.scratch)
 		d.scratch = x.MarshalTo(d.scratch)
-		f, _ := x.Float64()
-		return Value{Kind: KindNumber, Num: f, Text: d.scratch[start:]}
+		text := d.scratch[start:]
+		f, err := strconv.ParseFloat(string(text), 64)
+		if err != nil && !errors.Is(err, strconv.ErrRange) {
+			f = math.NaN() // fastjson accepts NaN and Inf, which JSON does not have
+		}
+		return Value{Kind: KindNumber, Num: f, Text: text}
 	case fastjson.TypeTrue:
 		return Value{Kind: KindBool, Num: 1}
 	case fastjson.TypeFalse:

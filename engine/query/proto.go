@@ -253,7 +253,9 @@ func (d *protoDecoder) decodeWire(b []byte) bool {
 			return false
 		}
 		for slot, fd := range d.fields {
-			if fd.Number() == num {
+			if fd.Number() == num && typ == wireTypeOf(fd) {
+				// A value of another wire type is an unknown field to
+				// proto.Unmarshal, which keeps the field as it was.
 				v, ok := d.wireValue(fd, typ, b[:m])
 				if !ok {
 					return false
@@ -271,6 +273,19 @@ func (d *protoDecoder) decodeWire(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// wireTypeOf is the wire type a singular scalar field is written with.
+func wireTypeOf(fd protoreflect.FieldDescriptor) protowire.Type {
+	switch fd.Kind() {
+	case protoreflect.StringKind, protoreflect.BytesKind:
+		return protowire.BytesType
+	case protoreflect.FloatKind, protoreflect.Fixed32Kind, protoreflect.Sfixed32Kind:
+		return protowire.Fixed32Type
+	case protoreflect.DoubleKind, protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind:
+		return protowire.Fixed64Type
+	}
+	return protowire.VarintType
 }
 
 // wireValue decodes one scalar field's value (b holds exactly it).
@@ -398,9 +413,13 @@ func (d *protoDecoder) float(f float64) Value {
 // 0.10000000149011612), as protojson writes it.
 func (d *protoDecoder) float32(f float32) Value {
 	v := d.float(float64(f))
-	if v.Kind == KindNumber && math.Abs(v.Num) < 1e21 {
+	if v.Kind == KindNumber {
+		format := byte('f')
+		if math.Abs(v.Num) >= 1e21 {
+			format = 'g'
+		}
 		start := len(d.scratch)
-		d.scratch = strconv.AppendFloat(d.scratch, float64(f), 'f', -1, 32)
+		d.scratch = strconv.AppendFloat(d.scratch, float64(f), format, -1, 32)
 		v.Text = d.scratch[start:]
 		v.Num, _ = strconv.ParseFloat(string(v.Text), 64)
 	}
