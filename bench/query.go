@@ -82,7 +82,9 @@ func (r QueryRun) Run() ([]QueryResult, error) {
 			return nil, err
 		}
 	}
-	joinEnc := func(i int) []byte { return []byte(fmt.Sprintf(`{"user":"user-%d","seq":%d,"pad":"%s"}`, i%10000, i, strings.Repeat("p", 40))) }
+	joinEnc := func(i int) []byte {
+		return []byte(fmt.Sprintf(`{"user":"user-%d","seq":%d,"pad":"%s"}`, i%10000, i, strings.Repeat("p", 40)))
+	}
 	for _, side := range []string{"bench-join-left", "bench-join-right"} {
 		if err := r.fill(c, side, r.JoinMessages, joinEnc); err != nil {
 			return nil, err
