@@ -66,6 +66,7 @@ type options struct {
 	queryRowsMax         int
 	queryGroupsMax       int
 	queryBodyMax         int
+	querySchemasMax      int
 	joinStateBytesMax    int64
 	joinPairsMax         int64
 	retentionInterval    time.Duration
@@ -202,6 +203,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.queryScanMax, "query-scan-max", 1_000_000, "most messages a query or join reads from one source per request (and its default limit)")
 	intVar(&o.queryRowsMax, "query-rows-max", 10_000, "most rows a query (emit_rows) or join (max_rows) returns")
 	intVar(&o.queryGroupsMax, "query-groups-max", 100_000, "most aggregate groups (window x key) one query holds; past it, 413")
+	intVar(&o.querySchemasMax, "query-schemas-max", 128, "compiled Avro and Protobuf schemas of queries kept, by the hash of their text (least recently used dropped)")
 	intVar(&o.queryBodyMax, "query-body-max", 1<<20, "largest query or join body, inline schemas included")
 	int64Var(&o.joinStateBytesMax, "join-state-bytes-max", 256<<20, "memory one join may hold for both sides (keys and the JSON it would emit); past it, 413")
 	int64Var(&o.joinPairsMax, "join-pairs-max", 100_000_000, "most candidate pairs (same key, within the window) one join compares; past it, 413")
@@ -270,8 +272,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--max-total-partitions, --max-conns, --max-conns-per-ip and --sealed-files-max must be 0 (derived) or more")
 	case o.readBuilders < 0:
 		return fmt.Errorf("--read-builders must be 0 (one per CPU) or more")
-	case o.queriesMax < 0 || o.queryScanMax < 1 || o.queryRowsMax < 0 || o.queryGroupsMax < 1 || o.queryBodyMax < 1024 || o.joinStateBytesMax < 1<<20 || o.joinPairsMax < 1:
-		return fmt.Errorf("--queries-max must be 0 (derived) or more; --query-scan-max, --query-groups-max and --join-pairs-max at least 1; --query-rows-max 0 or more; --query-body-max at least 1024; --join-state-bytes-max at least 1 MiB")
+	case o.queriesMax < 0 || o.queryScanMax < 1 || o.queryRowsMax < 0 || o.queryGroupsMax < 1 || o.querySchemasMax < 1 || o.queryBodyMax < 1024 || o.joinStateBytesMax < 1<<20 || o.joinPairsMax < 1:
+		return fmt.Errorf("--queries-max must be 0 (derived) or more; --query-scan-max, --query-groups-max, --query-schemas-max and --join-pairs-max at least 1; --query-rows-max 0 or more; --query-body-max at least 1024; --join-state-bytes-max at least 1 MiB")
 	case o.topicCreateRate < 0 || o.topicCreateBurst < 1:
 		return fmt.Errorf("--topic-create-rate must be 0 (no limit) or more, --topic-create-burst at least 1")
 	case o.maxConsumerOffsets < 1 || o.maxConsumerOffsets > math.MaxInt32 || o.maxTotalPartitions > math.MaxInt32 ||

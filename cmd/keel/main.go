@@ -239,7 +239,7 @@ func serveWith(o options, log *slog.Logger) error {
 	}
 	cfg.TopicCreateRate, cfg.TopicCreateBurst = o.topicCreateRate, float64(o.topicCreateBurst)
 	cfg.ConsumeBuildersMax = o.readBuilders
-	cfg.QueriesMax, cfg.QueryBodyMax = o.queriesMax, o.queryBodyMax
+	cfg.QueriesMax, cfg.QueryBodyMax, cfg.QuerySchemasMax = o.queriesMax, o.queryBodyMax, o.querySchemasMax
 	cfg.QueryLimits.ScanMax, cfg.QueryLimits.RowsMax, cfg.QueryLimits.GroupsMax = o.queryScanMax, o.queryRowsMax, o.queryGroupsMax
 	cfg.QueryLimits.JoinStateBytesMax, cfg.QueryLimits.JoinPairsMax = o.joinStateBytesMax, o.joinPairsMax
 	cfg.DefaultTimeout, cfg.DataDir, cfg.IOBackend, cfg.Logger = o.defaultTimeout, o.data, string(io.Kind()), log

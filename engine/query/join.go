@@ -361,8 +361,10 @@ func (j *compiledJoin) appendRow(r *joinResult, l, rr *joinRecord, answerBytesMa
 	}
 	r.rows = append(r.rows, `{"key":`...)
 	r.rows = appendJSONString(r.rows, []byte(key))
-	r.rows = j.appendSide(r.rows, "left", j.left, l)
-	r.rows = j.appendSide(r.rows, "right", j.right, rr)
+	r.rows = appendTime(append(r.rows, `,"left_ts_ms":`...), l)
+	r.rows = appendTime(append(r.rows, `,"right_ts_ms":`...), rr)
+	r.rows = j.appendSide(append(r.rows, `,"left":`...), j.left, l)
+	r.rows = j.appendSide(append(r.rows, `,"right":`...), j.right, rr)
 	r.rows = append(r.rows, '}')
 	if len(r.rows) > answerBytesMax {
 		r.rows, r.truncated = r.rows[:before], true
@@ -374,18 +376,16 @@ func (j *compiledJoin) appendRow(r *joinResult, l, rr *joinRecord, answerBytesMa
 	}
 }
 
-func (j *compiledJoin) appendSide(dst []byte, name string, s *joinSide, rec *joinRecord) []byte {
-	dst = append(dst, ',', '"')
-	dst = append(dst, name...)
-	dst = append(dst, `_ts_ms":`...)
+func appendTime(dst []byte, rec *joinRecord) []byte {
 	if rec == nil {
-		dst = append(dst, "null"...)
-	} else {
-		dst = appendInt(dst, rec.ts)
+		return append(dst, "null"...)
 	}
-	dst = append(dst, ',', '"')
-	dst = append(dst, name...)
-	dst = append(dst, '"', ':')
+	return appendInt(dst, rec.ts)
+}
+
+// appendSide appends one side of a row: the record's JSON, or for an
+// outer row's missing side null ({} with missing_as "empty").
+func (j *compiledJoin) appendSide(dst []byte, s *joinSide, rec *joinRecord) []byte {
 	switch {
 	case rec != nil:
 		return append(dst, s.object(rec)...)
