@@ -15,6 +15,20 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
+// QueryIsolation is produce latency at a constant rate with no query
+// running, then with queries running back to back, in the same run: a
+// query must not delay the write path beyond the CPU it takes.
+type QueryIsolation struct {
+	Rate               float64 `json:"produce_rate"`
+	AloneP50Ms         float64 `json:"alone_p50_ms"`
+	AloneP99Ms         float64 `json:"alone_p99_ms"`
+	AloneServerP99Ms   float64 `json:"alone_server_p99_ms"`
+	QueriedP50Ms       float64 `json:"with_queries_p50_ms"`
+	QueriedP99Ms       float64 `json:"with_queries_p99_ms"`
+	QueriedServerP99Ms float64 `json:"with_queries_server_p99_ms"`
+	Queries            int     `json:"queries_meanwhile"`
+}
+
 // QueryResult is one stream query or join timed over stored messages.
 type QueryResult struct {
 	Name       string  `json:"name"`
@@ -50,10 +64,10 @@ const (
 var queryBenchCountries = []string{"DE", "FR", "US", "JP", "BR"}
 
 // Run performs the measurement. The server is always stopped on return.
-func (r QueryRun) Run() ([]QueryResult, error) {
+func (r QueryRun) Run() ([]QueryResult, *QueryIsolation, error) {
 	data, err := os.MkdirTemp("", "keel-bench-query")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.RemoveAll(data)
 	target := fmt.Sprintf("http://127.0.0.1:%d", r.Port)
@@ -62,11 +76,11 @@ func (r QueryRun) Run() ([]QueryResult, error) {
 	cmd := exec.Command(r.Binary, "serve", "--port", fmt.Sprint(r.Port), "--data", data, "--log-level", "warn", "--queries-max", "1")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	if _, err := c.WaitReady(time.Minute); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	avroSchema := avro.MustParse(QueryBenchAvroSchema)
 	encoders := []struct {
@@ -79,7 +93,7 @@ func (r QueryRun) Run() ([]QueryResult, error) {
 	}
 	for _, e := range encoders {
 		if err := r.fill(c, e.topic, r.Messages, e.enc); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	joinEnc := func(i int) []byte {
@@ -87,7 +101,7 @@ func (r QueryRun) Run() ([]QueryResult, error) {
 	}
 	for _, side := range []string{"bench-join-left", "bench-join-right"} {
 		if err := r.fill(c, side, r.JoinMessages, joinEnc); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	filter := `"filter":[{"field":"amount","op":"gt","value":100}],"aggregate":{"group_by":["country"],"measures":[{"op":"count"},{"op":"sum","field":"amount"},{"op":"avg","field":"amount"}]}`
@@ -110,11 +124,66 @@ func (r QueryRun) Run() ([]QueryResult, error) {
 	for _, cs := range cases {
 		res, err := r.time(c, cs.name, cs.path, cs.body, cs.messages)
 		if err != nil {
-			return out, err
+			return out, nil, err
 		}
 		out = append(out, res)
 	}
-	return out, nil
+	iso, err := r.isolation(target, c, cases[0].body)
+	return out, iso, err
+}
+
+// isolationRate is the produce rate of the isolation runs: a fraction
+// of what this machine sustains, so the latency measured is the write
+// path's, not a queue's.
+const isolationRate = 5000
+
+// isolation measures durable 64 B produce at isolationRate for 5 s with
+// no query running, then while one client runs queryBody back to back.
+func (r QueryRun) isolation(target string, c *Client, queryBody string) (*QueryIsolation, error) {
+	const topic = "bench-query-produce"
+	if err := c.CreateTopic(topic, 1); err != nil {
+		return nil, err
+	}
+	body := bytes.Repeat([]byte{'x'}, 64)
+	run := func() (Result, error) {
+		return Run(Load{Target: target, Token: "dev", Connections: 16, Duration: 5 * time.Second, Rate: isolationRate,
+			Next: func(int, int) Request {
+				return Request{Method: "POST", Path: "/broker/topics/" + topic + "/produce?partition=0&timing=1", Body: body, Check: durableCheck(1), ServerTiming: true}
+			}})
+	}
+	alone, err := run()
+	if err != nil {
+		return nil, err
+	}
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			if status, _, err := c.do("POST", "/broker/query", []byte(queryBody)); err == nil && status == 200 {
+				n++
+			}
+		}
+	}()
+	queried, err := run()
+	close(stop)
+	queries := <-done
+	if err != nil {
+		return nil, err
+	}
+	if alone.Errors+queried.Errors > 0 {
+		return nil, fmt.Errorf("bench: query isolation: %d produce errors: %s%s", alone.Errors+queried.Errors, alone.FirstError, queried.FirstError)
+	}
+	a, q := quantilesMs(alone.Latency), quantilesMs(queried.Latency)
+	as, qs := quantilesMs(alone.ServerLatency), quantilesMs(queried.ServerLatency)
+	return &QueryIsolation{Rate: isolationRate, AloneP50Ms: a.P50, AloneP99Ms: a.P99, AloneServerP99Ms: as.P99,
+		QueriedP50Ms: q.P50, QueriedP99Ms: q.P99, QueriedServerP99Ms: qs.P99, Queries: queries}, nil
 }
 
 // fill stores n messages made by enc in partition 0 of topic, 1000 per

@@ -69,16 +69,17 @@ func quantilesMs(h *hdrhistogram.Histogram) Quantiles {
 
 // Report is a whole run.
 type Report struct {
-	Started time.Time     `json:"started"`
-	Target  string        `json:"target"`
-	Machine string        `json:"machine"`
-	Command string        `json:"command"`
-	Rows    []Row         `json:"rows"`
-	Restart []Restart     `json:"restart,omitempty"`
-	CatchUp []CatchUp     `json:"catch_up,omitempty"`
-	KVFill  []KVFill      `json:"kv_fill,omitempty"`
-	Query   []QueryResult `json:"query,omitempty"`
-	Disk    *DiskRun      `json:"disk,omitempty"`
+	Started        time.Time       `json:"started"`
+	Target         string          `json:"target"`
+	Machine        string          `json:"machine"`
+	Command        string          `json:"command"`
+	Rows           []Row           `json:"rows"`
+	Restart        []Restart       `json:"restart,omitempty"`
+	CatchUp        []CatchUp       `json:"catch_up,omitempty"`
+	KVFill         []KVFill        `json:"kv_fill,omitempty"`
+	Query          []QueryResult   `json:"query,omitempty"`
+	QueryIsolation *QueryIsolation `json:"query_isolation,omitempty"`
+	Disk           *DiskRun        `json:"disk,omitempty"`
 }
 
 // CatchUp is the time a cluster follower took to catch up after missing
@@ -150,6 +151,12 @@ func (rep Report) WriteMarkdown(w io.Writer) {
 		for _, r := range rep.Query {
 			fmt.Fprintf(w, "| %s | %d | %d | %.3f | %.3f | %.0f |\n", r.Name, r.Messages, r.Runs, r.MedianSec, r.MinSec, r.MsgsPerSec)
 		}
+	}
+	if q := rep.QueryIsolation; q != nil {
+		fmt.Fprintf(w, "\nDurable 64 B produce at %.0f/s for 5 s, alone and while one client runs the JSON query back to back (%d queries meanwhile):\n", q.Rate, q.Queries)
+		fmt.Fprintln(w, "\n| produce | p50 ms | p99 ms | server p99 ms |")
+		fmt.Fprintln(w, "|---|---|---|---|")
+		fmt.Fprintf(w, "| alone | %.2f | %.2f | %.2f |\n| with queries | %.2f | %.2f | %.2f |\n", q.AloneP50Ms, q.AloneP99Ms, q.AloneServerP99Ms, q.QueriedP50Ms, q.QueriedP99Ms, q.QueriedServerP99Ms)
 	}
 	if len(rep.CatchUp) > 0 {
 		fmt.Fprintln(w, "\n| cluster follower catch-up | nodes | messages written meanwhile | load s | restart to caught up s |")

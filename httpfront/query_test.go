@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hamba/avro/v2"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -61,6 +62,14 @@ func TestQueryOverHTTP(t *testing.T) {
 	ts.expect(ts.do("POST", "/broker/query", big), 413, "body_too_large")
 	if m := ts.do("GET", "/metrics", ""); !strings.Contains(string(m.body), "keel_queries_total ") {
 		t.Fatal("no keel_queries_total in /metrics")
+	}
+	// Records past the partition's TTL are never read, before the
+	// retention sweep deletes them too.
+	ts.expect(ts.do("POST", "/broker/retention", `{"topic":"ev","ttl_ms":1}`), 200, "")
+	time.Sleep(20 * time.Millisecond)
+	r = ts.do("POST", "/broker/query", `{"source":{"topic":"ev","offset":-1},"transform":{"emit_rows":5}}`)
+	if src := r.json["source"].(map[string]any); src["consumed"] != 0.0 || src["next_offset"] != 11.0 || len(r.json["rows"].([]any)) != 0 {
+		t.Fatalf("expired records read: %s", r.body)
 	}
 }
 

@@ -211,8 +211,8 @@ func runBench(o benchOptions) error {
 		if err != nil {
 			return err
 		}
-		rs, err := bench.QueryRun{Binary: self, Port: port, Messages: o.queryMessages, JoinMessages: o.queryJoinMessages, Runs: o.queryRuns, Progress: progress}.Run()
-		rep.Query = rs
+		rs, iso, err := bench.QueryRun{Binary: self, Port: port, Messages: o.queryMessages, JoinMessages: o.queryJoinMessages, Runs: o.queryRuns, Progress: progress}.Run()
+		rep.Query, rep.QueryIsolation = rs, iso
 		if err != nil {
 			return err
 		}
