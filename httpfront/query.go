@@ -2,6 +2,7 @@ package httpfront
 
 import (
 	"errors"
+	"runtime/debug"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -23,22 +24,47 @@ func (s *Server) streamQuery(ctx *fasthttp.RequestCtx, run queryRun) {
 		writeError(ctx, e)
 		return
 	}
-	if e := s.takeQuerySlot(ctx); e != nil {
+	b, e := s.runQuery(ctx, run)
+	if e != nil {
+		s.metrics.queriesRefused.Add(1)
 		writeError(ctx, e)
 		return
 	}
-	start := time.Now()
-	b, err := run(ctx.PostBody())
-	<-s.querySlots
-	s.metrics.queries.Add(1)
-	s.metrics.queryNs.Add(uint64(time.Since(start)))
-	if err != nil {
+	// The answer is held until fasthttp has written it, like a consume
+	// page: it takes its bytes from the same budget, and when the budget
+	// is used up the query is refused rather than the writes after it.
+	if s.inFlight.Add(int64(len(b))) > s.cfg.BodyBytesInFlightMax {
+		s.inFlight.Add(-int64(len(b)))
+		s.metrics.bodyBudgetRefused.Add(1)
 		s.metrics.queriesRefused.Add(1)
-		writeError(ctx, queryError(err))
+		writeError(ctx, &apiError{status: 503, code: "overloaded", message: "the server holds its limit of answers in memory; retry shortly", retryAfter: 1})
 		return
 	}
-	s.inFlight.Add(int64(len(b)))
 	s.writeBudgeted(ctx, b)
+}
+
+// runQuery runs one query in a query slot. A panic in it (a decoder
+// meeting input no test foresaw) is logged and answered 500; a query only
+// reads, so the node goes on serving.
+func (s *Server) runQuery(ctx *fasthttp.RequestCtx, run queryRun) (b []byte, e *apiError) {
+	if e := s.takeQuerySlot(ctx); e != nil {
+		return nil, e
+	}
+	start := time.Now()
+	defer func() {
+		<-s.querySlots
+		s.metrics.queries.Add(1)
+		s.metrics.queryNs.Add(uint64(time.Since(start)))
+		if r := recover(); r != nil {
+			s.log.Error("query failed", "path", string(ctx.Path()), "panic", r, "stack", string(debug.Stack()))
+			b, e = nil, &apiError{status: 500, code: "internal", message: "an internal error; the server logged it"}
+		}
+	}()
+	b, err := run(ctx.PostBody())
+	if err != nil {
+		return nil, queryError(err)
+	}
+	return b, nil
 }
 
 func (s *Server) takeQuerySlot(ctx *fasthttp.RequestCtx) *apiError {
@@ -55,7 +81,6 @@ func (s *Server) takeQuerySlot(ctx *fasthttp.RequestCtx) *apiError {
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	s.metrics.bodyBudgetRefused.Add(1)
 	return &apiError{status: 503, code: "overloaded", message: "the node runs its limit of queries at once (--queries-max); retry shortly", retryAfter: 1}
 }
 

@@ -140,3 +140,21 @@ func TestCrossFormatJoinOverHTTP(t *testing.T) {
 		t.Fatalf("stats %v", st)
 	}
 }
+
+// TestQueryStopsAtScanBudget: past --query-scan-bytes-max a scan stops
+// early, says why, and next_offset is where to go on.
+func TestQueryStopsAtScanBudget(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.QueryLimits.ScanBytesMax = 50 })
+	for i := 0; i < 10; i++ {
+		ts.expect(ts.do("POST", "/broker/topics/s/produce?partition=0", fmt.Sprintf(`{"i":%d,"pad":"xxxxxxxxxx"}`, i)), 200, "")
+	}
+	r := ts.do("POST", "/broker/query", `{"source":{"topic":"s","offset":-1},"aggregate":{"measures":[{"op":"count"}]}}`)
+	src := r.json["source"].(map[string]any)
+	if src["stopped_by"] != "bytes" || src["consumed"] != 2.0 || src["next_offset"] != 2.0 || src["log_end_offset"] != 10.0 {
+		t.Fatalf("source %v: want 2 messages of 26 B, stopped by bytes", src)
+	}
+	r = ts.do("POST", "/broker/query", `{"source":{"topic":"s","offset":2,"limit":1}}`)
+	if src := r.json["source"].(map[string]any); src["stopped_by"] != nil || src["next_offset"] != 3.0 {
+		t.Fatalf("source %v", src)
+	}
+}

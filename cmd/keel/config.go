@@ -67,6 +67,8 @@ type options struct {
 	queryGroupsMax       int
 	queryBodyMax         int
 	querySchemasMax      int
+	queryScanBytesMax    int64
+	queryTimeMax         time.Duration
 	joinStateBytesMax    int64
 	joinPairsMax         int64
 	retentionInterval    time.Duration
@@ -201,6 +203,8 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.maxKVKeys, "max-kv-keys", 5_000_000, "most KV keys of all namespaces together; about 60 bytes of memory each plus the key (0 = no limit)")
 	intVar(&o.queriesMax, "queries-max", 0, "stream queries and joins run at once, each on one CPU; more wait for a slot (at most 5 s, then 503) (0 = half the CPUs, at least 1)")
 	intVar(&o.queryScanMax, "query-scan-max", 1_000_000, "most messages a query or join reads from one source per request (and its default limit)")
+	int64Var(&o.queryScanBytesMax, "query-scan-bytes-max", 1<<30, "value bytes a query or join reads from one source per request; past it the scan stops early (stopped_by \"bytes\") and next_offset says where to go on")
+	durVar(&o.queryTimeMax, "query-time-max", 30*time.Second, "how long a query or join reads; past it the scan stops early (stopped_by \"time\") and next_offset says where to go on")
 	intVar(&o.queryRowsMax, "query-rows-max", 10_000, "most rows a query (emit_rows) or join (max_rows) returns")
 	intVar(&o.queryGroupsMax, "query-groups-max", 100_000, "most aggregate groups (window x key) one query holds; past it, 413")
 	intVar(&o.querySchemasMax, "query-schemas-max", 128, "compiled Avro and Protobuf schemas of queries kept, by the hash of their text (least recently used dropped)")
@@ -272,8 +276,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--max-total-partitions, --max-conns, --max-conns-per-ip and --sealed-files-max must be 0 (derived) or more")
 	case o.readBuilders < 0:
 		return fmt.Errorf("--read-builders must be 0 (one per CPU) or more")
-	case o.queriesMax < 0 || o.queryScanMax < 1 || o.queryRowsMax < 0 || o.queryGroupsMax < 1 || o.querySchemasMax < 1 || o.queryBodyMax < 1024 || o.joinStateBytesMax < 1<<20 || o.joinPairsMax < 1:
-		return fmt.Errorf("--queries-max must be 0 (derived) or more; --query-scan-max, --query-groups-max, --query-schemas-max and --join-pairs-max at least 1; --query-rows-max 0 or more; --query-body-max at least 1024; --join-state-bytes-max at least 1 MiB")
+	case o.queriesMax < 0 || o.queryScanMax < 1 || o.queryRowsMax < 0 || o.queryGroupsMax < 1 || o.querySchemasMax < 1 || o.queryScanBytesMax < 1 || o.queryTimeMax <= 0 || o.queryBodyMax < 1024 || o.joinStateBytesMax < 1<<20 || o.joinPairsMax < 1:
+		return fmt.Errorf("--queries-max must be 0 (derived) or more; --query-scan-max, --query-groups-max, --query-schemas-max and --join-pairs-max, --query-scan-bytes-max and --query-time-max at least 1; --query-rows-max 0 or more; --query-body-max at least 1024; --join-state-bytes-max at least 1 MiB")
 	case o.topicCreateRate < 0 || o.topicCreateBurst < 1:
 		return fmt.Errorf("--topic-create-rate must be 0 (no limit) or more, --topic-create-burst at least 1")
 	case o.maxConsumerOffsets < 1 || o.maxConsumerOffsets > math.MaxInt32 || o.maxTotalPartitions > math.MaxInt32 ||

@@ -242,6 +242,7 @@ func serveWith(o options, log *slog.Logger) error {
 	cfg.QueriesMax, cfg.QueryBodyMax, cfg.QuerySchemasMax = o.queriesMax, o.queryBodyMax, o.querySchemasMax
 	cfg.QueryLimits.ScanMax, cfg.QueryLimits.RowsMax, cfg.QueryLimits.GroupsMax = o.queryScanMax, o.queryRowsMax, o.queryGroupsMax
 	cfg.QueryLimits.JoinStateBytesMax, cfg.QueryLimits.JoinPairsMax = o.joinStateBytesMax, o.joinPairsMax
+	cfg.QueryLimits.ScanBytesMax, cfg.QueryLimits.TimeMax = o.queryScanBytesMax, o.queryTimeMax
 	cfg.DefaultTimeout, cfg.DataDir, cfg.IOBackend, cfg.Logger = o.defaultTimeout, o.data, string(io.Kind()), log
 	cfg.RecoveryDuration = time.Since(start)
 	srv := httpfront.New(cfg, node, store)

@@ -43,17 +43,18 @@ type group struct {
 // fields' values and, with a window, by tumbling window of broker time or
 // of an event-time field.
 type aggregation struct {
-	groupBy  []*fieldRef
-	names    []string // group_by as written
-	measures []measure
-	windowMs int64     // 0: no window
-	timeRef  *fieldRef // nil: the broker's timestamp
-	groups   map[string]*group
-	order    []*group
-	max      int
-	untimed  int // messages without a usable event time
-	keyBuf   []byte
-	textBuf  []byte
+	groupBy   []*fieldRef
+	names     []string // group_by as written
+	measures  []measure
+	windowMs  int64     // 0: no window
+	timeRef   *fieldRef // nil: the broker's timestamp
+	groups    map[string]*group
+	order     []*group
+	groupsMax int
+	keyBytes  int // of the groups' keys (GroupKeyBytesMax)
+	untimed   int // messages without a usable event time
+	keyBuf    []byte
+	textBuf   []byte
 }
 
 func compileAggregate(spec *AggregateSpec, w *WindowSpec, fs *fieldSet, lim Limits) (*aggregation, *Error) {
@@ -63,7 +64,7 @@ func compileAggregate(spec *AggregateSpec, w *WindowSpec, fs *fieldSet, lim Limi
 	if spec == nil {
 		spec = &AggregateSpec{} // a window alone counts messages per window
 	}
-	a := &aggregation{groups: map[string]*group{}, max: lim.GroupsMax}
+	a := &aggregation{groups: map[string]*group{}, groupsMax: lim.GroupsMax}
 	for _, f := range spec.GroupBy {
 		if err := checkField("aggregate.group_by", f); err != nil {
 			return nil, err
@@ -143,9 +144,10 @@ func (a *aggregation) add(d decoder, m *Message) *Error {
 	a.keyBuf = k
 	g, ok := a.groups[string(k)]
 	if !ok {
-		if len(a.groups) >= a.max {
-			return tooLarge("too_many_groups", "the query makes more than %d groups (--query-groups-max); narrow it with a filter, a coarser group_by or a larger window", a.max)
+		if len(a.groups) >= a.groupsMax || a.keyBytes+len(k) > GroupKeyBytesMax {
+			return tooLarge("too_many_groups", "the query makes more than %d groups (--query-groups-max) or %d bytes of group keys; narrow it with a filter, a coarser group_by or a larger window", a.groupsMax, GroupKeyBytesMax)
 		}
+		a.keyBytes += len(k)
 		key := k
 		if a.windowMs > 0 {
 			key = k[8:]

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"reflect"
+	"sort"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/hamba/avro/v2"
 	"github.com/valyala/fastjson"
@@ -16,8 +19,8 @@ import (
 // (recursive schemas could otherwise nest once per byte of the message).
 const avroDepthMax = 64
 
-// avroItemsMax bounds the items of one Avro array or map, so a claimed
-// block count in a hostile value cannot spin a decoder.
+// avroItemsMax bounds the items of all arrays and maps of one Avro value,
+// so a claimed block count in a hostile value cannot spin a decoder.
 const avroItemsMax = 1 << 20
 
 // avroConfig limits what the binary reader allocates for one bytes or
@@ -30,10 +33,24 @@ type avroSchema struct {
 	defaults map[*avro.Field][]byte // each field's default as JSON (fields with one)
 }
 
+// AvroFixedBytesMax bounds the size of an Avro fixed type: hamba/avro
+// allocates a fixed's size as given, in its default and in every value.
+const AvroFixedBytesMax = 64 << 10
+
 // compileAvro parses a record schema with hamba/avro, in a cache of its
 // own so that two requests naming the same record differently never see
 // each other's definitions.
-func compileAvro(text string) (*avroSchema, *Error) {
+func compileAvro(text string) (as *avroSchema, e *Error) {
+	if err := checkFixedSizes(text); err != nil {
+		return nil, err
+	}
+	defer func() {
+		// A schema hamba/avro cannot handle must be a 400, not the end of
+		// the node.
+		if r := recover(); r != nil {
+			as, e = nil, badRequest("invalid_schema", "avro schema_text: %v", r)
+		}
+	}()
 	s, err := avro.ParseWithCache(text, "", &avro.SchemaCache{})
 	if err != nil {
 		return nil, badRequest("invalid_schema", "avro schema_text: %v", err)
@@ -42,11 +59,48 @@ func compileAvro(text string) (*avroSchema, *Error) {
 	if !ok {
 		return nil, badRequest("invalid_schema", "avro schema_text: the schema must be a record (it is %s)", s.Type())
 	}
-	as := &avroSchema{rec: rec, defaults: map[*avro.Field][]byte{}}
+	as = &avroSchema{rec: rec, defaults: map[*avro.Field][]byte{}}
 	if err := as.collectDefaults(rec, 0); err != nil {
 		return nil, badRequest("invalid_schema", "avro schema_text: %v", err)
 	}
 	return as, nil
+}
+
+// checkFixedSizes refuses a schema with a fixed type larger than
+// AvroFixedBytesMax, before hamba/avro sees it.
+func checkFixedSizes(text string) *Error {
+	v, err := fastjson.Parse(text)
+	if err != nil {
+		return badRequest("invalid_schema", "avro schema_text is not JSON: %v", err)
+	}
+	var walk func(v *fastjson.Value) *Error
+	walk = func(v *fastjson.Value) *Error {
+		switch v.Type() {
+		case fastjson.TypeObject:
+			if string(v.GetStringBytes("type")) == "fixed" {
+				if n := v.GetFloat64("size"); n < 0 || n > AvroFixedBytesMax {
+					return badRequest("invalid_schema", "avro schema_text: fixed %q has size %v; at most %d", v.GetStringBytes("name"), n, AvroFixedBytesMax)
+				}
+			}
+			o, _ := v.Object()
+			var e *Error
+			o.Visit(func(_ []byte, x *fastjson.Value) {
+				if e == nil {
+					e = walk(x)
+				}
+			})
+			return e
+		case fastjson.TypeArray:
+			items, _ := v.Array()
+			for _, x := range items {
+				if e := walk(x); e != nil {
+					return e
+				}
+			}
+		}
+		return nil
+	}
+	return walk(v)
 }
 
 // collectDefaults renders the default of every field reachable from rec
@@ -89,24 +143,84 @@ func (as *avroSchema) collectDefaults(s avro.Schema, depth int) error {
 }
 
 // defaultJSON renders a default as hamba/avro parsed it; bytes and fixed
-// defaults are strings of code points 0-255, as Avro's JSON encoding
-// writes them.
+// defaults, at any depth, are strings of code points 0-255, as Avro's
+// JSON encoding writes them (and as rows show bytes values).
 func defaultJSON(v any) ([]byte, error) {
+	return appendDefault(nil, v, 0)
+}
+
+func appendDefault(dst []byte, v any, depth int) ([]byte, error) {
+	if depth > avroDepthMax {
+		return dst, fmt.Errorf("nested too deeply")
+	}
 	switch t := v.(type) {
 	case nil:
-		return []byte("null"), nil
+		return append(dst, "null"...), nil
 	case []byte:
-		return appendLatin1(nil, t), nil
+		return appendLatin1(dst, t), nil
+	case map[string]any:
+		keys := make([]string, 0, len(t))
+		for k := range t {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		dst = append(dst, '{')
+		for i, k := range keys {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(appendJSONString(dst, []byte(k)), ':')
+			var err error
+			if dst, err = appendDefault(dst, t[k], depth+1); err != nil {
+				return dst, err
+			}
+		}
+		return append(dst, '}'), nil
+	case []any:
+		dst = append(dst, '[')
+		for i, x := range t {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			var err error
+			if dst, err = appendDefault(dst, x, depth+1); err != nil {
+				return dst, err
+			}
+		}
+		return append(dst, ']'), nil
 	}
-	return json.Marshal(v)
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Array && rv.Type().Elem().Kind() == reflect.Uint8 {
+		b := make([]byte, rv.Len()) // a fixed default: [N]byte
+		reflect.Copy(reflect.ValueOf(b), rv)
+		return appendLatin1(dst, b), nil
+	}
+	b, err := json.Marshal(v)
+	return append(dst, b...), err
 }
 
 func appendLatin1(dst, b []byte) []byte {
-	r := make([]rune, len(b))
-	for i, c := range b {
-		r[i] = rune(c)
+	return appendJSONString(dst, latin1(b))
+}
+
+// latin1 returns bytes as the UTF-8 of code points 0-255, the text Avro's
+// JSON encoding gives bytes and fixed values: filters, keys and rows see
+// the same text whichever encoding carried the value.
+func latin1(b []byte) []byte {
+	ascii := true
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
 	}
-	return appendJSONString(dst, []byte(string(r)))
+	if ascii {
+		return b
+	}
+	out := make([]byte, 0, 2*len(b))
+	for _, c := range b {
+		out = utf8.AppendRune(out, rune(c))
+	}
+	return out
 }
 
 // avroBinaryDecoder reads Avro binary values, decoding only the fields a
@@ -121,6 +235,7 @@ type avroBinaryDecoder struct {
 	vals    []Value // per record field
 	raw     []byte
 	scratch []byte
+	items   int // array and map items read in this value (avroItemsMax)
 	sub     fastjson.Parser
 }
 
@@ -162,7 +277,7 @@ func avroFieldIndex(fields []*avro.Field, names []string) int {
 func (d *avroBinaryDecoder) decode(value []byte) bool {
 	d.r.Reset(value)
 	d.r.Error = nil // Reset keeps the last value's error
-	d.raw, d.scratch = value, d.scratch[:0]
+	d.raw, d.scratch, d.items = value, d.scratch[:0], 0
 	for i, f := range d.s.rec.Fields() {
 		if d.need[i] {
 			d.vals[i] = d.read(f.Type(), 0)
@@ -200,12 +315,8 @@ func (d *avroBinaryDecoder) field(f *fieldRef) (Value, bool) {
 
 func (d *avroBinaryDecoder) appendObject(dst []byte) []byte {
 	d.r.Reset(d.raw)
-	d.r.Error = nil
-	out := d.appendJSON(dst, d.s.rec, 0)
-	if d.r.Error != nil {
-		return append(dst, "{}"...) // decoded once already: cannot happen
-	}
-	return out
+	d.r.Error, d.items = nil, 0
+	return d.appendJSON(dst, d.s.rec, 0) // it decoded once: it decodes again
 }
 
 // read decodes one value of schema s as a query Value.
@@ -233,14 +344,14 @@ func (d *avroBinaryDecoder) read(s avro.Schema, depth int) Value {
 		return d.float(float64(r.ReadFloat()))
 	case avro.Double:
 		return d.float(r.ReadDouble())
-	case avro.String, avro.Bytes:
+	case avro.String:
 		return Value{Kind: KindString, Text: r.ReadBytes()}
+	case avro.Bytes:
+		return Value{Kind: KindString, Text: latin1(r.ReadBytes())}
 	case avro.Enum:
 		return Value{Kind: KindString, Text: []byte(d.symbol(s.(*avro.EnumSchema)))}
 	case avro.Fixed:
-		b := make([]byte, s.(*avro.FixedSchema).Size())
-		r.Read(b)
-		return Value{Kind: KindString, Text: b}
+		return Value{Kind: KindString, Text: latin1(d.fixed(s.(*avro.FixedSchema)))}
 	case avro.Union:
 		if b := d.branch(s.(*avro.UnionSchema)); b != nil && depth < avroDepthMax {
 			return d.read(b, depth+1)
@@ -266,6 +377,18 @@ func (d *avroBinaryDecoder) float(f float64) Value {
 		return Value{Kind: KindNull}
 	}
 	return Value{Kind: KindNumber, Num: f, Text: d.scratch[start:]}
+}
+
+// fixed reads a fixed value; a size past the value's end fails it
+// without allocating.
+func (d *avroBinaryDecoder) fixed(t *avro.FixedSchema) []byte {
+	if t.Size() > len(d.raw) {
+		d.r.ReportError("read", "fixed past the end of the value")
+		return nil
+	}
+	b := make([]byte, t.Size())
+	d.r.Read(b)
+	return b
 }
 
 func (d *avroBinaryDecoder) symbol(e *avro.EnumSchema) string {
@@ -342,9 +465,7 @@ func (d *avroBinaryDecoder) appendJSON(dst []byte, s avro.Schema, depth int) []b
 	case *avro.EnumSchema:
 		return appendJSONString(dst, []byte(d.symbol(t)))
 	case *avro.FixedSchema:
-		b := make([]byte, t.Size())
-		r.Read(b)
-		return appendLatin1(dst, b)
+		return appendLatin1(dst, d.fixed(t))
 	}
 	switch s.Type() {
 	case avro.Bytes:
@@ -356,20 +477,19 @@ func (d *avroBinaryDecoder) appendJSON(dst []byte, s avro.Schema, depth int) []b
 }
 
 // blocks calls item once per item of an array or map, block by block,
-// stopping at the first error or past avroItemsMax items.
+// stopping at the first error or past the value's avroItemsMax items.
 func (d *avroBinaryDecoder) blocks(item func()) {
 	r := d.r
-	total := 0
 	for r.Error == nil {
 		n, _ := r.ReadBlockHeader()
 		if n == 0 || r.Error != nil {
 			return
 		}
-		if n < 0 || total+int(n) > avroItemsMax {
+		if n < 0 || n > int64(avroItemsMax-d.items) {
 			r.ReportError("read", "array or map block count out of range")
 			return
 		}
-		total += int(n)
+		d.items += int(n)
 		for i := int64(0); i < n && r.Error == nil; i++ {
 			item()
 		}
@@ -447,21 +567,4 @@ func (d *avroBinaryDecoder) skipN(n int64) {
 // size in bytes, which would let it be skipped in one step, but then a
 // value whose items do not decode would pass here and fail in a full
 // decode: the query and its rows would disagree.
-func (d *avroBinaryDecoder) skipBlocks(item func()) {
-	r := d.r
-	total := 0
-	for r.Error == nil {
-		n, _ := r.ReadBlockHeader()
-		if n == 0 || r.Error != nil {
-			return
-		}
-		if n < 0 || total+int(n) > avroItemsMax {
-			r.ReportError("skip", "array or map block count out of range")
-			return
-		}
-		total += int(n)
-		for i := int64(0); i < n && r.Error == nil; i++ {
-			item()
-		}
-	}
-}
+func (d *avroBinaryDecoder) skipBlocks(item func()) { d.blocks(item) }

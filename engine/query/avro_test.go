@@ -121,3 +121,35 @@ func TestAvroHostileValues(t *testing.T) {
 		t.Error("a good value did not decode")
 	}
 }
+
+func TestAvroSchemaBounds(t *testing.T) {
+	for _, text := range []string{
+		`{"type":"record","name":"R","fields":[{"name":"f","type":{"type":"fixed","name":"F","size":1125899906842624}}]}`,
+		`{"type":"record","name":"R","fields":[{"name":"f","type":{"type":"fixed","name":"F","size":70000},"default":"x"}]}`,
+		`not json`,
+	} {
+		if _, err := compileAvro(text); err == nil || err.Code != "invalid_schema" {
+			t.Errorf("%s: got %v, want invalid_schema", text, err)
+		}
+	}
+	// A fixed within bounds, with a default, renders it as Avro's JSON does.
+	s, err := compileAvro(`{"type":"record","name":"R","fields":[{"name":"f","type":{"type":"fixed","name":"F","size":2},"default":"\u00ffa"},{"name":"b","type":"bytes","default":"\u00e9"}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := s.rec.Fields()
+	if got := string(s.defaults[fields[0]]) + " " + string(s.defaults[fields[1]]); got != `"ÿa" "é"` {
+		t.Errorf("defaults %s", got)
+	}
+	// Bytes values read the same text in binary and in rows.
+	fs := newFieldSet(nil)
+	fs.ref("b")
+	d := newAvroBinaryDecoder(s, fs)
+	if !d.decode([]byte{0xff, 0x61, 0x02, 0xe9}) {
+		t.Fatal("did not decode")
+	}
+	v, _ := d.field(fs.byName["b"])
+	if string(v.Text) != "é" || string(d.appendObject(nil)) != `{"f":"ÿa","b":"é"}` {
+		t.Errorf("bytes %q, row %s", v.Text, d.appendObject(nil))
+	}
+}

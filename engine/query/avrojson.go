@@ -20,14 +20,20 @@ type avroJSONDecoder struct {
 	aliases  map[string][]string // field_aliases, for top-level fields
 	in       fastjson.Parser
 	out      []byte
+	steps    int // normalize calls for this value (avroJSONStepsMax)
 	jsonDecoder
 }
+
+// avroJSONStepsMax bounds the work of checking one value against the
+// schema: unions of records are tried branch by branch.
+const avroJSONStepsMax = 1 << 20
 
 func (d *avroJSONDecoder) decode(value []byte) bool {
 	v, err := d.in.ParseBytes(value)
 	if err != nil {
 		return false
 	}
+	d.steps = 0
 	out, err := d.normalize(d.out[:0], d.s.rec, v, 0)
 	d.out = out
 	if err != nil {
@@ -40,6 +46,9 @@ func (d *avroJSONDecoder) decode(value []byte) bool {
 func (d *avroJSONDecoder) normalize(dst []byte, s avro.Schema, v *fastjson.Value, depth int) ([]byte, error) {
 	if depth > avroDepthMax {
 		return dst, fmt.Errorf("nested too deeply")
+	}
+	if d.steps++; d.steps > avroJSONStepsMax {
+		return dst, fmt.Errorf("takes more than %d steps to check against the schema", avroJSONStepsMax)
 	}
 	switch t := s.(type) {
 	case *avro.RecordSchema:
@@ -179,31 +188,52 @@ func (d *avroJSONDecoder) record(dst []byte, t *avro.RecordSchema, v *fastjson.V
 
 // union takes a value tagged with a branch's name ({"string":"x"}, as
 // Avro's JSON encoding writes it) or an untagged one, which goes to the
-// first branch it fits.
+// first branch of its JSON type it fits. Only records and maps can share
+// a JSON type, so trying them one by one is bounded by the value's
+// budget of steps (avroJSONStepsMax), not exponential in its depth.
 func (d *avroJSONDecoder) union(dst []byte, t *avro.UnionSchema, v *fastjson.Value, depth int) ([]byte, error) {
-	if v.Type() == fastjson.TypeNull {
-		for _, b := range t.Types() {
-			if b.Type() == avro.Null {
-				return append(dst, "null"...), nil
-			}
-		}
-	}
 	if o, err := v.Object(); err == nil && o.Len() == 1 {
 		var tag []byte
 		var inner *fastjson.Value
 		o.Visit(func(k []byte, x *fastjson.Value) { tag, inner = k, x })
 		for _, b := range t.Types() {
 			if unionBranchName(b) == string(tag) {
-				return d.normalize(dst, b, inner, depth+1)
+				if out, err := d.normalize(dst, b, inner, depth+1); err == nil {
+					return out, nil
+				}
 			}
 		}
 	}
 	for _, b := range t.Types() {
+		if !jsonTypeFits(b, v.Type()) {
+			continue
+		}
 		if out, err := d.normalize(dst, b, v, depth+1); err == nil {
 			return out, nil
 		}
 	}
 	return dst, fmt.Errorf("fits no branch of the union")
+}
+
+// jsonTypeFits reports whether a JSON value of type jt can be a value of
+// schema s.
+func jsonTypeFits(s avro.Schema, jt fastjson.Type) bool {
+	if r, ok := s.(*avro.RefSchema); ok {
+		s = r.Schema()
+	}
+	switch s.Type() {
+	case avro.Null:
+		return jt == fastjson.TypeNull
+	case avro.Boolean:
+		return jt == fastjson.TypeTrue || jt == fastjson.TypeFalse
+	case avro.Int, avro.Long, avro.Float, avro.Double:
+		return jt == fastjson.TypeNumber
+	case avro.String, avro.Bytes, avro.Enum, avro.Fixed:
+		return jt == fastjson.TypeString
+	case avro.Array:
+		return jt == fastjson.TypeArray
+	}
+	return jt == fastjson.TypeObject // record, map
 }
 
 // unionBranchName is how Avro's JSON encoding tags a union value: the

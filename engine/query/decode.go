@@ -3,6 +3,7 @@ package query
 import (
 	"errors"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -37,7 +38,13 @@ func (s *fieldSet) ref(name string) *fieldRef {
 		return r
 	}
 	r := &fieldRef{name: name, names: []string{name}, slot: len(s.refs)}
-	for field, alts := range s.aliases {
+	fields := make([]string, 0, len(s.aliases))
+	for field := range s.aliases {
+		fields = append(fields, field)
+	}
+	sort.Strings(fields) // a lookup tries names in the same order every time
+	for _, field := range fields {
+		alts := s.aliases[field]
 		switch {
 		case field == name:
 			r.names = appendNew(r.names, alts...)
@@ -95,7 +102,6 @@ type jsonDecoder struct {
 	obj     *fastjson.Object
 	raw     []byte
 	scratch []byte
-	sub     fastjson.Parser // dotted paths into a composite Value
 }
 
 func (d *jsonDecoder) decode(value []byte) bool {

@@ -45,6 +45,7 @@ type condition struct {
 // compileFilter checks and compiles a filter (the AND of its terms).
 func compileFilter(terms []Condition, fs *fieldSet) ([]condition, *Error) {
 	var out []condition
+	values := 0
 	for i, t := range terms {
 		if err := checkField("filter", t.Field); err != nil {
 			return nil, err
@@ -79,6 +80,9 @@ func compileFilter(terms []Condition, fs *fieldSet) ([]condition, *Error) {
 				return nil, badRequest("invalid_filter", "filter[%d].value must be a string, number, boolean or null", i)
 			}
 			c.value = k
+		}
+		if values += 1 + len(c.set); values > FilterValuesMax {
+			return nil, badRequest("invalid_filter", "a filter may hold at most %d values (terms and in lists together)", FilterValuesMax)
 		}
 		out = append(out, c)
 	}

@@ -74,7 +74,7 @@ func (e *Engine) compileJoin(req *JoinRequest) (*compiledJoin, *Error) {
 	if len(lk) == 0 || len(lk) != len(rk) {
 		return nil, badRequest("missing_join_keys", "a join needs on.left_key and on.right_key, or on.left_keys and on.right_keys of the same length")
 	}
-	j := &compiledJoin{maxRows: RowsDefault, dedupeOnce: req.DedupeOnce}
+	j := &compiledJoin{maxRows: min(RowsDefault, e.lim.RowsMax), dedupeOnce: req.DedupeOnce}
 	var ok bool
 	if j.typ, ok = joinTypes[req.Join.Type]; !ok {
 		return nil, badRequest("invalid_join", "join.type must be inner, left, right or full, not %q", req.Join.Type)
@@ -86,11 +86,11 @@ func (e *Engine) compileJoin(req *JoinRequest) (*compiledJoin, *Error) {
 	default:
 		return nil, badRequest("invalid_join", "dedupe.mode must be once or none, not %q", req.Dedupe.Mode)
 	}
-	if req.Window.SizeMs == nil || *req.Window.SizeMs < 0 {
-		return nil, badRequest("invalid_window", "a join needs window.size_ms, a non-negative number of milliseconds")
+	if req.Window.SizeMs == nil || *req.Window.SizeMs < 0 || *req.Window.SizeMs > WindowMsMax {
+		return nil, badRequest("invalid_window", "a join needs window.size_ms, 0 to 2^53 milliseconds")
 	}
-	if req.Window.AllowedLatenessMs < 0 {
-		return nil, badRequest("invalid_window", "window.allowed_lateness_ms must not be negative")
+	if req.Window.AllowedLatenessMs < 0 || req.Window.AllowedLatenessMs > WindowMsMax {
+		return nil, badRequest("invalid_window", "window.allowed_lateness_ms must be 0 to 2^53 milliseconds")
 	}
 	j.sizeMs, j.latenessMs = *req.Window.SizeMs, req.Window.AllowedLatenessMs
 	if m := req.Emit.MaxRows; m != nil {
@@ -406,16 +406,16 @@ func (e *Engine) Join(body []byte) ([]byte, error) {
 		return nil, err
 	}
 	now := e.now().UnixMilli()
+	var serr error
+	// Both sources are resolved before either is read: a mistake in the
+	// right one costs no scan of the left.
+	if j.left.src, serr = resolveSource(e.store, req.Left, "left", e.lim, now); serr != nil {
+		return nil, serr
+	}
+	if j.right.src, serr = resolveSource(e.store, req.Right, "right", e.lim, now); serr != nil {
+		return nil, serr
+	}
 	for _, s := range []*joinSide{j.left, j.right} {
-		spec := req.Left
-		if s == j.right {
-			spec = req.Right
-		}
-		src, serr := resolveSource(e.store, spec, s.name, e.lim, now)
-		if serr != nil {
-			return nil, serr
-		}
-		s.src = src
 		if err := s.read(); err != nil {
 			return nil, err
 		}
@@ -452,6 +452,12 @@ func (j *compiledJoin) appendAnswer(b []byte, r *joinResult) []byte {
 	for _, s := range []*joinSide{j.left, j.right} {
 		b = appendIntField(b, s.name+"_skipped", int64(s.skipped))
 		b = appendIntField(b, s.name+"_keyless", int64(s.keyless))
+		if by := s.src.stoppedBy(); by != "" {
+			b = append(b, `,"`...)
+			b = append(b, s.name...)
+			b = append(b, `_stopped_by":`...)
+			b = appendJSONString(b, []byte(by))
+		}
 		if s.timeRef != nil {
 			b = appendIntField(b, s.name+"_untimed", int64(s.untimed))
 		}

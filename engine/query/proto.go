@@ -2,6 +2,7 @@ package query
 
 import (
 	"context"
+	"encoding/base64"
 	"math"
 	"strconv"
 	"time"
@@ -18,6 +19,13 @@ import (
 
 // protoCompileTimeMax bounds compiling one request's .proto text.
 const protoCompileTimeMax = 5 * time.Second
+
+// A protobuf value whose protojson is larger than protoJSONGrowthMax
+// times the value plus protoJSONBytesMin is skipped (see decodeMessage).
+const (
+	protoJSONGrowthMax = 16
+	protoJSONBytesMin  = 64 << 10
+)
 
 // protoFileName is the name the inline .proto text compiles under (error
 // messages point into it: "query.proto:3:9: ...").
@@ -107,7 +115,8 @@ type protoDecoder struct {
 	raw      []byte
 	scratch  []byte
 	msg      *dynamicpb.Message
-	text     []byte
+	text     []byte // the message last decoded, as protojson (a view of textBuf)
+	textBuf  []byte
 	rewrite  []byte
 	in       fastjson.Parser
 	jsonDecoder
@@ -170,8 +179,15 @@ func (d *protoDecoder) decodeMessage() bool {
 	if err != nil {
 		return false
 	}
-	out, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: d.defaults}.MarshalAppend(make([]byte, 0, 2*len(d.raw)+16), d.msg)
+	out, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: d.defaults}.MarshalAppend(d.textBuf[:0], d.msg)
 	if err != nil {
+		return false
+	}
+	d.textBuf = out
+	if len(out) > protoJSONGrowthMax*len(d.raw)+protoJSONBytesMin {
+		// Unpopulated fields of set but empty sub-messages, each two bytes
+		// on the wire, can render as kilobytes of JSON: such a value is
+		// skipped rather than held.
 		return false
 	}
 	d.text = out
@@ -221,7 +237,10 @@ func (d *protoDecoder) renameAliases(raw []byte) []byte {
 
 func (d *protoDecoder) field(f *fieldRef) (Value, bool) {
 	if d.wire {
-		return d.vals[f.slot], d.have[f.slot]
+		if !d.have[f.slot] {
+			return Value{}, false
+		}
+		return d.vals[f.slot], true
 	}
 	v, ok := d.jsonDecoder.field(d.canon[f.slot])
 	if !ok && d.canon[f.slot] != f {
@@ -266,8 +285,15 @@ func (d *protoDecoder) decodeWire(b []byte) bool {
 		b = b[m:]
 	}
 	if d.defaults {
+		// As protojson's EmitUnpopulated writes them (the rows): a field
+		// with presence (optional, proto2) that is not set is null, any
+		// other its zero value; a oneof member that is not set is absent.
 		for slot, fd := range d.fields {
-			if !d.have[slot] && fd.ContainingOneof() == nil {
+			switch {
+			case d.have[slot] || fd.ContainingOneof() != nil:
+			case fd.HasPresence():
+				d.vals[slot], d.have[slot] = Value{Kind: KindNull}, true
+			default:
 				d.vals[slot], d.have[slot] = d.defaultValue(fd), true
 			}
 		}
@@ -296,7 +322,10 @@ func (d *protoDecoder) wireValue(fd protoreflect.FieldDescriptor, typ protowire.
 		if n < 0 || typ != protowire.BytesType {
 			return Value{}, false
 		}
-		if fd.Kind() == protoreflect.StringKind && fd.Syntax() == protoreflect.Proto3 && !utf8.Valid(s) {
+		if fd.Kind() == protoreflect.BytesKind {
+			return d.base64(s), true // as protojson writes bytes
+		}
+		if fd.Syntax() == protoreflect.Proto3 && !utf8.Valid(s) {
 			return Value{}, false // proto.Unmarshal refuses it too
 		}
 		return Value{Kind: KindString, Text: s}, true
@@ -359,7 +388,7 @@ func (d *protoDecoder) defaultValue(fd protoreflect.FieldDescriptor) Value {
 	case protoreflect.StringKind:
 		return Value{Kind: KindString, Text: []byte(def.String())}
 	case protoreflect.BytesKind:
-		return Value{Kind: KindString, Text: def.Bytes()}
+		return d.base64(def.Bytes())
 	case protoreflect.BoolKind:
 		if def.Bool() {
 			return Value{Kind: KindBool, Num: 1}
@@ -379,6 +408,12 @@ func (d *protoDecoder) defaultValue(fd protoreflect.FieldDescriptor) Value {
 		return d.uint(def.Uint())
 	}
 	return d.int(def.Int())
+}
+
+func (d *protoDecoder) base64(b []byte) Value {
+	start := len(d.scratch)
+	d.scratch = base64.StdEncoding.AppendEncode(d.scratch, b)
+	return Value{Kind: KindString, Text: d.scratch[start:]}
 }
 
 func (d *protoDecoder) int(n int64) Value {

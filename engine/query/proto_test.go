@@ -21,6 +21,7 @@ message Order {
   sint32 delta = 8;
   optional string note = 9;
   uint64 big = 10;
+  bytes blob = 11;
 }
 enum Status { NEW = 0; PAID = 1; }
 message Meta { string src = 1; }
@@ -68,7 +69,7 @@ func protoOrders(t testing.TB, orders ...map[string]any) []Message {
 
 func protoTestOrders(t *testing.T) []Message {
 	return protoOrders(t,
-		map[string]any{"id": int64(1), "user_id": "ann", "amount": 10.0, "tags": []string{"a"}, "meta": "app", "ratio": float32(0.1), "delta": int32(-3), "big": uint64(1) << 63},
+		map[string]any{"id": int64(1), "user_id": "ann", "amount": 10.0, "tags": []string{"a"}, "meta": "app", "ratio": float32(0.1), "delta": int32(-3), "big": uint64(1) << 63, "blob": []byte{0xff, 1}},
 		map[string]any{"id": int64(2), "user_id": "bob", "amount": 20.5, "status": protoreflect.EnumNumber(1), "note": "gift"},
 		map[string]any{"id": int64(3), "user_id": "ann", "status": protoreflect.EnumNumber(1)},
 	)
@@ -98,7 +99,7 @@ func TestProtoBinary(t *testing.T) {
 	}
 	// Rows: protojson with proto names and unpopulated fields.
 	m := mustQuery(t, `{"source":{"topic":"t",`+dec+`},"filter":[{"field":"id","op":"eq","value":1}],"transform":{"emit_rows":1}}`, msgs)
-	want = `[{"amount":10,"big":"9223372036854775808","delta":-3,"id":"1","meta":{"src":"app"},"ratio":0.1,"status":"NEW","tags":["a"],"user_id":"ann"}]`
+	want = `[{"amount":10,"big":"9223372036854775808","blob":"/wE=","delta":-3,"id":"1","meta":{"src":"app"},"ratio":0.1,"status":"NEW","tags":["a"],"user_id":"ann"}]`
 	if got := canon(t, m["rows"]); got != want {
 		t.Errorf("rows\n got %s\nwant %s", got, want)
 	}

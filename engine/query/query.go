@@ -196,6 +196,11 @@ func (q *compiledQuery) appendAnswer(b []byte, r *queryResult, src *source) []by
 	b = appendIntField(b, "partition", int64(src.partition))
 	b = appendUintField(b, "next_offset", r.next)
 	b = appendIntField(b, "consumed", int64(r.consumed))
+	b = appendUintField(b, "log_end_offset", src.logEnd)
+	if by := src.stoppedBy(); by != "" {
+		b = append(b, `,"stopped_by":`...)
+		b = appendJSONString(b, []byte(by))
+	}
 	b = append(b, `},"stats":{"matched":`...)
 	b = appendInt(b, int64(r.matched))
 	b = appendIntField(b, "skipped", int64(r.skipped))

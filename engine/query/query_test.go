@@ -192,3 +192,13 @@ func TestRowsStopAtAnswerBytes(t *testing.T) {
 		t.Fatalf("rows %d truncated %v matched %d: want 1 row, truncated, every message still counted", r.rowCount, r.rowsTruncated, r.matched)
 	}
 }
+
+// TestNumbersGroupAsOne: 1, 1.0 and 1e0 are one key, and the text of a
+// number is its shortest form; an integer past 2^53 keeps every digit.
+func TestNumbersGroupAsOne(t *testing.T) {
+	msgs := msgsOf(`{"n":1}`, `{"n":1.0}`, `{"n":1e0}`, `{"n":"1"}`, `{"n":12345678901234567890}`, `{"n":0.50}`)
+	m := mustQuery(t, `{"source":{"topic":"t"},"aggregate":{"group_by":["n"]}}`, msgs)
+	if got := canon(t, m["aggregates"]); got != `[{"count":1,"key":"n=0.5"},{"count":4,"key":"n=1"},{"count":1,"key":"n=12345678901234567890"}]` {
+		t.Errorf("aggregates %s", got)
+	}
+}

@@ -3,6 +3,7 @@ package query
 import (
 	"fmt"
 	"math"
+	"time"
 
 	"keel/engine"
 	"keel/engine/logstore"
@@ -36,7 +37,17 @@ type source struct {
 	partition int32
 	from      uint64
 	limit     int
+	logEnd    uint64 // the log end offset when the source was resolved
 	messages  messages
+}
+
+// stoppedBy says which budget ended the source's scan early: "bytes"
+// (--query-scan-bytes-max), "time" (--query-time-max), or "".
+func (src *source) stoppedBy() string {
+	if pm, ok := src.messages.(*partitionMessages); ok {
+		return pm.stoppedBy
+	}
+	return ""
 }
 
 // readChunkBytes is how much of a log one read step hands out.
@@ -87,58 +98,78 @@ func resolveSource(st Store, spec *SourceSpec, what string, lim Limits, nowMs in
 			src.from = c + 1
 		}
 	}
-	src.messages = &partitionMessages{p: p, from: src.from, limit: src.limit, nowMs: nowMs}
+	src.messages = &partitionMessages{p: p, what: fmt.Sprintf("%s/%d", spec.Topic, pid), from: src.from, limit: src.limit, nowMs: nowMs,
+		bytesMax: lim.ScanBytesMax, deadline: time.UnixMilli(nowMs).Add(lim.TimeMax)}
+	src.logEnd = p.Log.NextOffset()
 	return src, nil
 }
 
 // partitionMessages reads a partition's log as consume does: from the
 // log start at the earliest, past records removed by compaction, and
 // past records the partition's TTL has expired (the retention sweep may
-// not have deleted them yet).
+// not have deleted them yet). Besides its limit of messages, a scan
+// stops after bytesMax bytes of values or at deadline, and says so in
+// stoppedBy; the answer's next_offset is where to go on.
 type partitionMessages struct {
-	p     *engine.Partition
-	from  uint64
-	limit int
-	nowMs int64
+	p         *engine.Partition
+	what      string // "topic/partition", for errors
+	from      uint64
+	limit     int
+	nowMs     int64
+	bytesMax  int64
+	deadline  time.Time
+	stoppedBy string // "", "bytes" or "time"
 }
 
-func (s *partitionMessages) scan(fn func(Message) bool) (uint64, int, error) {
+// deadlineCheckMessages is how often a scan looks at the clock.
+const deadlineCheckMessages = 4096
+
+// start is where reading begins: from, moved up to the log start and past
+// the records the TTL has expired.
+func (s *partitionMessages) start(end uint64) (uint64, int64, bool, error) {
 	log := s.p.Log
-	end := log.NextOffset()
 	from := max(s.from, log.StartOffset())
 	expiredBefore, ttl := s.p.ExpiredBefore(s.nowMs)
 	if ttl {
 		fresh, ok, err := log.OffsetForTime(expiredBefore)
 		if err != nil {
-			return from, 0, err
+			return from, 0, false, fmt.Errorf("query: %s: find the first record within the TTL: %w", s.what, err)
 		}
 		if !ok {
 			fresh = end
 		}
 		from = max(from, fresh)
 	}
+	return from, expiredBefore, ttl, nil
+}
+
+func (s *partitionMessages) scan(fn func(Message) bool) (uint64, int, error) {
+	end := s.p.Log.NextOffset()
+	from, expiredBefore, ttl, err := s.start(end)
+	if err != nil {
+		return from, 0, err
+	}
 	n := 0
-	stopped := false
+	var bytes int64
+	more := true
 	var decodeErr error
-	for from < end && n < s.limit && !stopped && decodeErr == nil {
-		next, err := log.Read(from, readChunkBytes, func(fr logstore.Frame) bool {
+	for from < end && more && decodeErr == nil {
+		next, err := s.p.Log.Read(from, readChunkBytes, func(fr logstore.Frame) bool {
 			m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 			if err != nil {
-				decodeErr = err
+				decodeErr = fmt.Errorf("query: %s: offset %d: %w", s.what, fr.Offset, err)
 				return false
 			}
 			if ttl && m.TimestampMs < expiredBefore {
 				return true
 			}
 			n++
-			if !fn(Message{Offset: m.Offset, TimestampMs: m.TimestampMs, Value: m.Value}) {
-				stopped = true
-				return false
-			}
-			return n < s.limit
+			bytes += int64(len(m.Value))
+			more = fn(Message{Offset: m.Offset, TimestampMs: m.TimestampMs, Value: m.Value}) && n < s.limit && s.budgetLeft(n, bytes)
+			return more
 		})
 		if err != nil {
-			return from, n, err
+			return from, n, fmt.Errorf("query: read %s at %d: %w", s.what, from, err)
 		}
 		if next <= from {
 			break
@@ -146,6 +177,20 @@ func (s *partitionMessages) scan(fn func(Message) bool) (uint64, int, error) {
 		from = next
 	}
 	return from, n, decodeErr
+}
+
+// budgetLeft reports whether the scan may read on after n messages of
+// bytes bytes.
+func (s *partitionMessages) budgetLeft(n int, bytes int64) bool {
+	switch {
+	case s.bytesMax > 0 && bytes >= s.bytesMax:
+		s.stoppedBy = "bytes"
+	case n%deadlineCheckMessages == 0 && !s.deadline.IsZero() && time.Now().After(s.deadline):
+		s.stoppedBy = "time"
+	default:
+		return true
+	}
+	return false
 }
 
 // sliceMessages is a source over messages held in memory (tests).

@@ -66,10 +66,17 @@ func parseNumber(b []byte) (float64, bool) {
 }
 
 // AppendText appends the value as a query stringifies it (a group key, a
-// join key, a string comparison): a string's bytes, a number's literal,
-// true/false, null, or the JSON of an object or array.
+// join key, a string comparison): a string's bytes, a number in its
+// shortest form (1, 1.0 and 1e0 are all "1", whichever encoding carried
+// it; an integer beyond 2^53 keeps its literal, every digit), true/false,
+// null, or the JSON of an object or array.
 func (v Value) AppendText(dst []byte) []byte {
 	switch v.Kind {
+	case KindNumber:
+		if plainInteger(v.Text) || len(v.Text) > 0 && !(math.Abs(v.Num) < 1<<53) {
+			return append(dst, v.Text...)
+		}
+		return appendNumber(dst, v.Num)
 	case KindNull:
 		return append(dst, "null"...)
 	case KindBool:
@@ -79,6 +86,23 @@ func (v Value) AppendText(dst []byte) []byte {
 		return append(dst, "false"...)
 	}
 	return append(dst, v.Text...)
+}
+
+// plainInteger reports whether b is an integer literal already in its
+// shortest form (no sign but '-', no leading zero, at most 15 digits).
+func plainInteger(b []byte) bool {
+	if len(b) > 0 && b[0] == '-' {
+		b = b[1:]
+	}
+	if len(b) == 0 || len(b) > 15 || len(b) > 1 && b[0] == '0' {
+		return false
+	}
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // AppendJSON appends the value as JSON.
@@ -118,6 +142,9 @@ func appendNumber(dst []byte, f float64) []byte {
 // textEqual reports whether v stringifies to t.
 func (v Value) textEqual(t []byte) bool {
 	switch v.Kind {
+	case KindNumber:
+		var buf [32]byte
+		return bytes.Equal(v.AppendText(buf[:0]), t)
 	case KindNull:
 		return string(t) == "null"
 	case KindBool:
@@ -133,8 +160,8 @@ func (v Value) textEqual(t []byte) bool {
 // by code point).
 func (v Value) textCompare(t []byte) int {
 	switch v.Kind {
-	case KindNull, KindBool:
-		var buf [8]byte
+	case KindNull, KindBool, KindNumber:
+		var buf [32]byte
 		return bytes.Compare(v.AppendText(buf[:0]), t)
 	}
 	return bytes.Compare(v.Text, t)
