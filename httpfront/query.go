@@ -68,18 +68,8 @@ func (s *Server) runQuery(ctx *fasthttp.RequestCtx, run queryRun) (b []byte, e *
 }
 
 func (s *Server) takeQuerySlot(ctx *fasthttp.RequestCtx) *apiError {
-	select {
-	case s.querySlots <- struct{}{}:
+	if s.takeSlot(ctx, s.querySlots) {
 		return nil
-	default:
-	}
-	t := time.NewTimer(s.cfg.PageSlotWaitMax)
-	defer t.Stop()
-	select {
-	case s.querySlots <- struct{}{}:
-		return nil
-	case <-t.C:
-	case <-ctx.Done():
 	}
 	return &apiError{status: 503, code: "overloaded", message: "the node runs its limit of queries at once (--queries-max); retry shortly", retryAfter: 1}
 }
