@@ -229,9 +229,8 @@ func latin1(b []byte) []byte {
 type avroBinaryDecoder struct {
 	s       *avroSchema
 	r       *avro.Reader
-	need    []bool // per record field: decoded?
-	refIdx  []int  // per fieldRef slot: record field index, or -1
-	refs    []*fieldRef
+	need    []bool  // per record field: decoded?
+	refIdx  []int   // per fieldRef slot: record field index, or -1
 	vals    []Value // per record field
 	raw     []byte
 	scratch []byte
@@ -246,7 +245,6 @@ func newAvroBinaryDecoder(s *avroSchema, fs *fieldSet) *avroBinaryDecoder {
 		r:    avro.NewReader(nil, 0, avro.WithReaderConfig(avroConfig)),
 		need: make([]bool, len(fields)),
 		vals: make([]Value, len(fields)),
-		refs: fs.refs,
 	}
 	for _, ref := range fs.refs {
 		i := avroFieldIndex(fields, ref.names)

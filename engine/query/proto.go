@@ -1,8 +1,10 @@
 package query
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"math"
 	"strconv"
 	"time"
@@ -112,8 +114,8 @@ type protoDecoder struct {
 	canon    []*fieldRef // per slot: the ref under its proto name (JSON path)
 	vals     []Value     // per slot (wire path)
 	have     []bool
-	raw      []byte
-	scratch  []byte
+	stored   []byte // the value last decoded, as stored
+	wireText []byte // texts of the wire path's Values (the JSON path's are in jsonDecoder.scratch)
 	msg      *dynamicpb.Message
 	text     []byte // the message last decoded, as protojson (a view of textBuf)
 	textBuf  []byte
@@ -153,14 +155,14 @@ func newProtoDecoder(md protoreflect.MessageDescriptor, spec *DecodeSpec, fs *fi
 }
 
 func (d *protoDecoder) decode(value []byte) bool {
-	d.raw, d.scratch, d.text = value, d.scratch[:0], nil
+	d.stored, d.wireText, d.text = value, d.wireText[:0], nil
 	if d.wire {
 		return d.decodeWire(value)
 	}
 	return d.decodeMessage() && d.jsonDecoder.decode(d.text)
 }
 
-// decodeMessage unmarshals raw into a dynamic message and renders it as
+// decodeMessage unmarshals the stored value into a dynamic message and renders it as
 // protojson into d.text.
 func (d *protoDecoder) decodeMessage() bool {
 	if d.text != nil {
@@ -172,9 +174,9 @@ func (d *protoDecoder) decodeMessage() bool {
 	d.msg.Reset()
 	var err error
 	if d.binary {
-		err = proto.Unmarshal(d.raw, d.msg)
+		err = proto.Unmarshal(d.stored, d.msg)
 	} else {
-		err = protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(d.renameAliases(d.raw), d.msg)
+		err = protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(d.renameAliases(d.stored), d.msg)
 	}
 	if err != nil {
 		return false
@@ -184,7 +186,7 @@ func (d *protoDecoder) decodeMessage() bool {
 		return false
 	}
 	d.textBuf = out
-	if len(out) > protoJSONGrowthMax*len(d.raw)+protoJSONBytesMin {
+	if len(out) > protoJSONGrowthMax*len(d.stored)+protoJSONBytesMin {
 		// Unpopulated fields of set but empty sub-messages, each two bytes
 		// on the wire, can render as kilobytes of JSON: such a value is
 		// skipped rather than held.
@@ -253,7 +255,12 @@ func (d *protoDecoder) appendObject(dst []byte) []byte {
 	if !d.decodeMessage() {
 		return append(dst, "{}"...)
 	}
-	return append(dst, d.text...)
+	// protojson varies its whitespace on purpose; rows are compact JSON.
+	out := bytes.NewBuffer(dst)
+	if json.Compact(out, d.text) != nil {
+		return append(dst, d.text...)
+	}
+	return out.Bytes()
 }
 
 // decodeWire walks the wire format once: each field's framing is
@@ -411,21 +418,21 @@ func (d *protoDecoder) defaultValue(fd protoreflect.FieldDescriptor) Value {
 }
 
 func (d *protoDecoder) base64(b []byte) Value {
-	start := len(d.scratch)
-	d.scratch = base64.StdEncoding.AppendEncode(d.scratch, b)
-	return Value{Kind: KindString, Text: d.scratch[start:]}
+	start := len(d.wireText)
+	d.wireText = base64.StdEncoding.AppendEncode(d.wireText, b)
+	return Value{Kind: KindString, Text: d.wireText[start:]}
 }
 
 func (d *protoDecoder) int(n int64) Value {
-	start := len(d.scratch)
-	d.scratch = strconv.AppendInt(d.scratch, n, 10)
-	return Value{Kind: KindNumber, Num: float64(n), Text: d.scratch[start:]}
+	start := len(d.wireText)
+	d.wireText = strconv.AppendInt(d.wireText, n, 10)
+	return Value{Kind: KindNumber, Num: float64(n), Text: d.wireText[start:]}
 }
 
 func (d *protoDecoder) uint(n uint64) Value {
-	start := len(d.scratch)
-	d.scratch = strconv.AppendUint(d.scratch, n, 10)
-	return Value{Kind: KindNumber, Num: float64(n), Text: d.scratch[start:]}
+	start := len(d.wireText)
+	d.wireText = strconv.AppendUint(d.wireText, n, 10)
+	return Value{Kind: KindNumber, Num: float64(n), Text: d.wireText[start:]}
 }
 
 func (d *protoDecoder) float(f float64) Value {
@@ -439,9 +446,9 @@ func (d *protoDecoder) float(f float64) Value {
 		}
 		return Value{Kind: KindString, Text: []byte(s)}
 	}
-	start := len(d.scratch)
-	d.scratch = appendNumber(d.scratch, f)
-	return Value{Kind: KindNumber, Num: f, Text: d.scratch[start:]}
+	start := len(d.wireText)
+	d.wireText = appendNumber(d.wireText, f)
+	return Value{Kind: KindNumber, Num: f, Text: d.wireText[start:]}
 }
 
 // float32 keeps a float field's shortest 32-bit form (0.1, not
@@ -453,9 +460,9 @@ func (d *protoDecoder) float32(f float32) Value {
 		if math.Abs(v.Num) >= 1e21 {
 			format = 'g'
 		}
-		start := len(d.scratch)
-		d.scratch = strconv.AppendFloat(d.scratch, float64(f), format, -1, 32)
-		v.Text = d.scratch[start:]
+		start := len(d.wireText)
+		d.wireText = strconv.AppendFloat(d.wireText, float64(f), format, -1, 32)
+		v.Text = d.wireText[start:]
 		v.Num, _ = strconv.ParseFloat(string(v.Text), 64)
 	}
 	return v
