@@ -17,8 +17,12 @@ func (s *Server) livez(ctx *fasthttp.RequestCtx) {
 func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 	st := s.node.Status()
 	fault := s.node.Fault()
+	// The fault is read as well as the status: the node records a fault
+	// (and answers writes with it) before its status says not ready, and
+	// a node that stopped taking writes must not be ready in between.
+	ready := st.Ready && fault == nil
 	b := append(make([]byte, 0, 256), '{')
-	b = appendBoolField(b, "ready", st.Ready)
+	b = appendBoolField(b, "ready", ready)
 	if ctx.QueryArgs().Has("verbose") {
 		b = append(appendKey(b, "checks"), '[')
 		b = appendCheck(b, "leader", st.Role == "leader", st.Role)
@@ -33,7 +37,7 @@ func (s *Server) ready(ctx *fasthttp.RequestCtx) {
 		b = append(b, ']')
 	}
 	status := fasthttp.StatusOK
-	if !st.Ready {
+	if !ready {
 		status = fasthttp.StatusServiceUnavailable
 		ctx.Response.Header.Set("Retry-After", "1")
 		b = appendStringField(b, "error", "not_ready")
