@@ -27,6 +27,15 @@ type Result struct {
 	CAS         uint64 // CmdKVPut: the new cas; CmdKVDelete: the deleted key's; ErrCASMismatch: the current one (0: no key)
 	ExpectedCAS uint64 // ErrCASMismatch: the cas the command asked for
 	KVDeleted   bool   // CmdKVDelete: a live key was deleted
+
+	// CmdGroupJoin: the group's generation, its strategy and the member's
+	// partitions (Count: the group's members); CmdGroupLeave and
+	// CmdGroupExpire: the new generation (Count: members left, members
+	// removed); ErrStaleGeneration, ErrNotAssigned, ErrStrategyMismatch:
+	// the group's current generation.
+	Generation uint64
+	Strategy   uint8
+	Assigned   []int32
 }
 
 // entryStage collects the records of one entry per partition, so each
@@ -140,6 +149,14 @@ func (s *Store) applyCommand(c *Command, nowMs int64) Result {
 		return s.applyKVDelete(c, nowMs)
 	case CmdKVExpire:
 		return s.applyKVExpire(c, nowMs)
+	case CmdGroupJoin:
+		return s.applyGroupJoin(c, nowMs)
+	case CmdGroupLeave:
+		return s.applyGroupLeave(c)
+	case CmdGroupExpire:
+		return s.applyGroupExpire(c)
+	case CmdMemberCommit:
+		return s.applyMemberCommit(c)
 	}
 	return Result{Err: fmt.Errorf("%w: kind %d", errCommand, c.Kind)}
 }

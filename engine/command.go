@@ -30,6 +30,12 @@ import (
 //	kv put  = namespace | key | value | cas given u8 | cas uvarint | ttl ms uvarint
 //	kv delete = namespace | key | cas given u8 | cas uvarint
 //	kv expire = namespace | count uvarint | (key | cas uvarint)*
+//	group join = topic | group | member id | session timeout ms uvarint |
+//	          strategy u8 (Strategy*)
+//	group leave = "" | group | member id
+//	group expire = "" | group | count uvarint | (member id | incarnation uvarint)*
+//	member commit = topic | group | partition uvarint | offset uvarint |
+//	          member id | generation uvarint
 //
 // The leader's clock and the limits that change what apply does are written
 // into the entry, so that every replica, and a replay after a restart with
@@ -65,6 +71,10 @@ const (
 	CmdKVPut        uint8 = 6
 	CmdKVDelete     uint8 = 7
 	CmdKVExpire     uint8 = 8
+	CmdGroupJoin    uint8 = 9
+	CmdGroupLeave   uint8 = 10
+	CmdGroupExpire  uint8 = 11
+	CmdMemberCommit uint8 = 12
 )
 
 // Reasons of a CmdDeleteBefore.
@@ -98,12 +108,17 @@ type Command struct {
 	IdempotencyKey       []byte
 	Messages             []MessageIn
 
-	Group  string // CmdCommit
-	Offset uint64 // CmdCommit, CmdDeleteBefore
+	Group  string // CmdCommit, CmdMemberCommit, CmdGroup*
+	Offset uint64 // CmdCommit, CmdMemberCommit, CmdDeleteBefore
+
+	MemberID   string      // CmdGroupJoin, CmdGroupLeave, CmdMemberCommit
+	Generation uint64      // CmdMemberCommit: the generation the member holds
+	Strategy   uint8       // CmdGroupJoin: Strategy*
+	Expired    []MemberRef // CmdGroupExpire
 
 	Reason   uint8 // CmdDeleteBefore: TrimBy*
 	Cleanup  uint8 // CmdRetention: 0 unchanged, else the policy's Cleanup + 1
-	TTLMs    int64 // CmdRetention: -1 unchanged, 0 cleared; CmdKVPut: time to live (0 = none); CmdDeleteBefore by retention: the policy's
+	TTLMs    int64 // CmdRetention: -1 unchanged, 0 cleared; CmdKVPut: time to live (0 = none); CmdDeleteBefore by retention: the policy's; CmdGroupJoin: the session timeout
 	MaxBytes int64 // CmdRetention: -1 unchanged, 0 cleared; CmdDeleteBefore by retention: the policy's
 
 	// CmdKVPut, CmdKVDelete (Topic is the namespace): the key, the value,
@@ -246,6 +261,27 @@ func AppendCommand(dst []byte, c *Command) []byte {
 			dst = appendBytes(dst, v.Key)
 			dst = binary.AppendUvarint(dst, v.CAS)
 		}
+	case CmdGroupJoin:
+		dst = appendString(dst, c.Group)
+		dst = appendString(dst, c.MemberID)
+		dst = binary.AppendUvarint(dst, uint64(c.TTLMs))
+		dst = append(dst, c.Strategy)
+	case CmdGroupLeave:
+		dst = appendString(dst, c.Group)
+		dst = appendString(dst, c.MemberID)
+	case CmdGroupExpire:
+		dst = appendString(dst, c.Group)
+		dst = binary.AppendUvarint(dst, uint64(len(c.Expired)))
+		for _, m := range c.Expired {
+			dst = appendString(dst, m.ID)
+			dst = binary.AppendUvarint(dst, m.Incarnation)
+		}
+	case CmdMemberCommit:
+		dst = appendString(dst, c.Group)
+		dst = binary.AppendUvarint(dst, uint64(c.Partition))
+		dst = binary.AppendUvarint(dst, c.Offset)
+		dst = appendString(dst, c.MemberID)
+		dst = binary.AppendUvarint(dst, c.Generation)
 	}
 	if len(dst)-start != body {
 		panic(fmt.Sprintf("engine: command body %d bytes, computed %d", len(dst)-start, body))
@@ -283,6 +319,18 @@ func commandBodyBytes(c *Command) int {
 		for _, v := range c.KVExpired {
 			n += bytesLen(len(v.Key)) + uvarintLen(v.CAS)
 		}
+	case CmdGroupJoin:
+		n += bytesLen(len(c.Group)) + bytesLen(len(c.MemberID)) + uvarintLen(uint64(c.TTLMs)) + 1
+	case CmdGroupLeave:
+		n += bytesLen(len(c.Group)) + bytesLen(len(c.MemberID))
+	case CmdGroupExpire:
+		n += bytesLen(len(c.Group)) + uvarintLen(uint64(len(c.Expired)))
+		for _, m := range c.Expired {
+			n += bytesLen(len(m.ID)) + uvarintLen(m.Incarnation)
+		}
+	case CmdMemberCommit:
+		n += bytesLen(len(c.Group)) + uvarintLen(uint64(c.Partition)) + uvarintLen(c.Offset)
+		n += bytesLen(len(c.MemberID)) + uvarintLen(c.Generation)
 	}
 	return n
 }
@@ -411,6 +459,33 @@ func DecodeCommand(b []byte, c *Command, intern func([]byte) string) ([]byte, er
 		for i := uint64(0); i < count && d.err == nil; i++ {
 			c.KVExpired = append(c.KVExpired, KVVersion{Key: d.bytes(), CAS: d.uvarint()})
 		}
+	case CmdGroupJoin:
+		c.Group, c.MemberID = string(d.bytes()), string(d.bytes())
+		c.TTLMs = d.int64()
+		if c.Strategy = d.byte(); c.Strategy > strategyMax {
+			d.fail()
+		}
+	case CmdGroupLeave:
+		c.Group, c.MemberID = string(d.bytes()), string(d.bytes())
+	case CmdGroupExpire:
+		c.Group = string(d.bytes())
+		count := d.uvarint()
+		if count > groupExpireBatchMax || count > uint64(len(d.b)) {
+			d.fail()
+		}
+		for i := uint64(0); i < count && d.err == nil; i++ {
+			c.Expired = append(c.Expired, MemberRef{ID: string(d.bytes()), Incarnation: d.uvarint()})
+		}
+	case CmdMemberCommit:
+		c.Group = string(d.bytes())
+		p := d.uvarint()
+		if p > 1<<31-1 {
+			d.fail()
+		}
+		c.Partition = int32(p)
+		c.Offset = d.uvarint()
+		c.MemberID = string(d.bytes())
+		c.Generation = d.uvarint()
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", errCommand, c.Kind)
 	}

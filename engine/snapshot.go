@@ -461,6 +461,7 @@ func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
 	s.kvMu.Unlock()
 	s.topics, s.partitionsTotal = map[string]*Topic{}, 0
 	s.offsets = map[offsetKey]uint64{}
+	s.groups, s.groupEpoch = map[string]*ConsumerGroup{}, 0
 	s.idem = newIdempotencyTable()
 	if err := completeSnapshotInstall(s.cfg.FS, s.cfg.Dir); err != nil {
 		return err

@@ -30,14 +30,18 @@ import (
 //	idempotency: count, (key, partition, offset, count, time ms)* |
 //	retention default: ttl ms, max bytes, cleanup |
 //	kv: count, (namespace, next, start, keys,
-//	    (key, cas, offset, expires ms, deleted u8)*)*
+//	    (key, cas, offset, expires ms, deleted u8)*)* |
+//	groups: epoch, count, (name, generation, strategy u8, members,
+//	    (id, topic, session ms, joined ms, incarnation, partitions,
+//	    partition*)*)*
 //
 // Version 2 stores each idempotency key as its 16-byte digest (see
 // idemKey); version 1 stored the composite key in full, and is digested
 // when loaded. Version 3 added the retention policies (per partition,
 // and the default for topics created later); earlier versions have none.
 // Version 4 added the KV namespaces; version 5 their deleted markers;
-// version 6 the cleanup policy (log compaction).
+// version 6 the cleanup policy (log compaction); version 7 the consumer
+// groups' membership.
 //
 // Recovery loads it, cuts each partition back to its checkpointed end and
 // replays the Raft log after the applied index: restart time is bounded by
@@ -45,7 +49,7 @@ import (
 const (
 	stateFileName     = "state.ckpt"
 	stateMagic        = "KEELSTAT"
-	stateVersion      = 6
+	stateVersion      = 7
 	stateVersionMin   = 1
 	stateHeaderBytes  = len(stateMagic) + 12
 	statePayloadLimit = 1 << 34 // sanity bound (a version-1 idempotency table could hold ~1.3 GB at its limits)
@@ -65,6 +69,7 @@ func OpenStore(cfg StoreConfig, io ring.Backend) (*Store, []byte, error) {
 		topics:  map[string]*Topic{},
 		offsets: map[offsetKey]uint64{},
 		kvs:     map[string]*KVNamespace{},
+		groups:  map[string]*ConsumerGroup{},
 
 		kvCheckpointed: map[string]kvCheckpointed{},
 		idem:           newIdempotencyTable(),
@@ -166,10 +171,11 @@ func (s *Store) Checkpoint(blob []byte) error {
 // goroutine and written later (possibly on another goroutine, while
 // applying goes on).
 type StateCapture struct {
-	fs    vfs.FS
-	dir   string
-	state []byte      // the payload before the KV section
-	kvs   []kvCapture // encoded by Write
+	fs     vfs.FS
+	dir    string
+	state  []byte      // the payload before the KV section
+	kvs    []kvCapture // encoded by Write
+	groups []byte      // the groups section, after the KV one
 
 	ends    []capturedEnd // each log's end as of the capture: compaction's bound once durable
 	store   *Store
@@ -183,6 +189,10 @@ type StateCapture struct {
 // apply goroutine, between entries.
 func (s *Store) Capture(blob []byte) *StateCapture {
 	c := &StateCapture{fs: s.cfg.FS, dir: s.cfg.Dir, state: s.encodeState(blob), store: s}
+	s.mu.RLock()
+	epoch := s.groupEpoch
+	s.mu.RUnlock()
+	c.groups = appendGroupState(nil, epoch, s.Groups())
 	seen := map[string]bool{}
 	parts := []*Partition{}
 	for _, t := range s.Topics() {
@@ -236,7 +246,7 @@ func (c *StateCapture) Write() error {
 			return err
 		}
 	}
-	if err := vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, frameState(appendKVState(c.state, c.kvs))); err != nil {
+	if err := vfs.WriteFileAtomic(c.fs, c.dir, stateFileName, frameState(append(appendKVState(c.state, c.kvs), c.groups...))); err != nil {
 		return err
 	}
 	c.store.checkpointWritten(c)
@@ -349,6 +359,11 @@ func (s *Store) decodeState(b []byte) ([]byte, error) {
 	}
 	if version >= 4 {
 		if err := s.decodeKVState(&d, version, corrupt); err != nil {
+			return nil, err
+		}
+	}
+	if version >= 7 {
+		if err := s.decodeGroupState(&d, corrupt); err != nil {
 			return nil, err
 		}
 	}

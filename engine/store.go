@@ -113,6 +113,11 @@ type Store struct {
 
 	janitor *janitor // deletes segment files below log starts
 
+	// groups holds consumer group membership (group.go); groupEpoch is
+	// the last generation handed out, to any group. Guarded by mu.
+	groups     map[string]*ConsumerGroup
+	groupEpoch uint64
+
 	kvs  map[string]*KVNamespace // guarded by mu
 	kvMu sync.RWMutex            // guards every namespace's index (written by apply only)
 	// kvCheckpointed holds each namespace's index as of the last durable
