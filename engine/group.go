@@ -292,10 +292,25 @@ func (s *Store) rebalance(name string, gen uint64, strategy uint8, members []*Gr
 	return g
 }
 
+// GroupsChanged returns a channel closed at the next change of any
+// group's membership (a member's stream waits on it for a rebalance).
+func (s *Store) GroupsChanged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.groupsChanged == nil {
+		s.groupsChanged = make(chan struct{})
+	}
+	return s.groupsChanged
+}
+
 // setGroup stores g (nil members: drops it).
 func (s *Store) setGroup(g *ConsumerGroup) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.groupsChanged != nil {
+		close(s.groupsChanged)
+		s.groupsChanged = nil
+	}
 	if len(g.Members) == 0 {
 		delete(s.groups, g.Name)
 		return

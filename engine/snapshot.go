@@ -462,6 +462,10 @@ func (s *Store) InstallSnapshot(g *SnapshotStaging, blob []byte) error {
 	s.topics, s.partitionsTotal = map[string]*Topic{}, 0
 	s.offsets = map[offsetKey]uint64{}
 	s.groups, s.groupEpoch = map[string]*ConsumerGroup{}, 0
+	if s.groupsChanged != nil {
+		close(s.groupsChanged) // a member's stream looks at its assignment again
+		s.groupsChanged = nil
+	}
 	s.idem = newIdempotencyTable()
 	if err := completeSnapshotInstall(s.cfg.FS, s.cfg.Dir); err != nil {
 		return err

@@ -115,8 +115,9 @@ type Store struct {
 
 	// groups holds consumer group membership (group.go); groupEpoch is
 	// the last generation handed out, to any group. Guarded by mu.
-	groups     map[string]*ConsumerGroup
-	groupEpoch uint64
+	groups        map[string]*ConsumerGroup
+	groupEpoch    uint64
+	groupsChanged chan struct{} // closed at the next change (GroupsChanged)
 
 	kvs  map[string]*KVNamespace // guarded by mu
 	kvMu sync.RWMutex            // guards every namespace's index (written by apply only)

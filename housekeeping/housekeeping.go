@@ -1,5 +1,6 @@
 // Package housekeeping runs the leader's periodic work: the decisions that
-// depend on time (retention trims, KV keys past their TTL) are made on the leader, from its clock,
+// depend on time (retention trims, KV keys past their TTL, consumer group
+// members whose sessions lapsed) are made on the leader, from its clock,
 // and written into the ordered log as ordinary commands, so every replica
 // applies the same decision at the same point (the state machine stays
 // deterministic: apply never reads a clock). Work that changes no state,
@@ -30,7 +31,11 @@ type Config struct {
 	// TombstoneRetention is how long compaction keeps a key's newest
 	// record when it is a tombstone (0 = TombstoneRetentionDefault).
 	TombstoneRetention time.Duration
-	Log                *slog.Logger
+	// SessionCheckInterval is how often the leader looks for consumer
+	// group members whose sessions lapsed (0 =
+	// SessionCheckIntervalDefault).
+	SessionCheckInterval time.Duration
+	Log                  *slog.Logger
 }
 
 // RetentionIntervalDefault is the retention sweep's default period. Reads
@@ -59,8 +64,10 @@ type Sweeper struct {
 	done  chan struct{}
 	once  sync.Once
 
-	compactDone chan struct{}
-	compactMu   sync.Mutex // one compaction pass at a time
+	compactDone  chan struct{}
+	compactMu    sync.Mutex // one compaction pass at a time
+	sessionsDone chan struct{}
+	sess         sessions
 
 	mu    sync.Mutex
 	stats Stats
@@ -73,6 +80,7 @@ type Stats struct {
 	TrimmedOffsets  uint64 // offsets that stopped being readable by those trims
 	TrimmedBytes    int64  // segment bytes those trims freed
 	ExpiredKeys     uint64 // KV keys past their TTL removed
+	ExpiredMembers  uint64 // consumer group members whose sessions lapsed, removed
 	ProposeFailures uint64 // proposals that failed (not leader any more, timeout, fault)
 }
 
@@ -97,11 +105,16 @@ func Start(cfg Config, node Proposer, store *engine.Store) *Sweeper {
 	if cfg.TombstoneRetention <= 0 {
 		cfg.TombstoneRetention = TombstoneRetentionDefault
 	}
-	s := &Sweeper{cfg: cfg, node: node, store: store, stop: make(chan struct{}), done: make(chan struct{}), compactDone: make(chan struct{})}
+	if cfg.SessionCheckInterval <= 0 {
+		cfg.SessionCheckInterval = SessionCheckIntervalDefault
+	}
+	s := &Sweeper{cfg: cfg, node: node, store: store, stop: make(chan struct{}), done: make(chan struct{}),
+		compactDone: make(chan struct{}), sessionsDone: make(chan struct{})}
 	// Compaction has a goroutine of its own, so a long pass never delays
 	// retention.
 	go s.every(s.cfg.RetentionInterval, s.Sweep, s.done)
 	go s.every(s.cfg.CompactionInterval, s.Compact, s.compactDone)
+	go s.every(s.cfg.SessionCheckInterval, s.ExpireSessions, s.sessionsDone)
 	return s
 }
 
@@ -191,4 +204,5 @@ func (s *Sweeper) Close() {
 	s.once.Do(func() { close(s.stop) })
 	<-s.done
 	<-s.compactDone
+	<-s.sessionsDone
 }

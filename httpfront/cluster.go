@@ -94,7 +94,8 @@ func needsLeader(ctx *fasthttp.RequestCtx, r *route) bool {
 	if isWrite(ctx) {
 		return r.post > 0
 	}
-	return (r == &routeConsume || r == &routeOffsets || r == &routeKV || r == &routeKVList) && string(ctx.QueryArgs().Peek("stale")) != "1"
+	return (r == &routeConsume || r == &routeOffsets || r == &routeKV || r == &routeKVList || r == &routeMemberRead ||
+		r == &routeStream || r == &routeMemberStream || r == &routeGroup || r == &routeGroups) && string(ctx.QueryArgs().Peek("stale")) != "1"
 }
 
 // notLeaderError is the answer to a proposal this node refused because it

@@ -290,20 +290,44 @@ func queryOffset(args *fasthttp.Args) (offset uint64, has, fromStart bool, e *ap
 // data exists.
 func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) ([]byte, int, uint64, bool, error) {
 	end := p.Log.NextOffset()
-	count := 0
 	base := len(b)
+	count := 0
+	next, err := scanMessages(p, from, q.maxBytes, func(m record.Message) (taken, more bool) {
+		before := len(b)
+		if count > 0 {
+			b = append(b, ',')
+		}
+		b = appendMessage(b, p.ID, m, q.b64)
+		if count > 0 && len(b)-base > q.maxBytes {
+			b = b[:before]
+			return false, false
+		}
+		count++
+		return true, count < q.limit && len(b)-base < q.maxBytes
+	})
+	truncated := count > 0 && count < q.limit && next < end
+	return b, count, next, truncated, err
+}
+
+// scanMessages hands emit the messages of p from offset from, in order,
+// reading readBytes of the log at a time, until emit says no more (more
+// false) or gives one back (taken false: the next read starts at it), or
+// the log ends. It returns the offset to read next. Records past the
+// partition's TTL are skipped until the retention sweep deletes them:
+// first by the time index (every record before the first one recent
+// enough is expired), then one by one (a leader change may leave an older
+// timestamp after a newer one).
+func scanMessages(p *engine.Partition, from uint64, readBytes int, emit func(m record.Message) (taken, more bool)) (uint64, error) {
+	end := p.Log.NextOffset()
+	count := 0
 	var decodeErr error
-	var cut bool         // the last message read did not fit and was taken back
-	var cutOffset uint64 // its offset: where the next page starts
-	// Records past the partition's TTL are skipped until the retention
-	// sweep deletes them: first by the time index (every record before
-	// the first one recent enough is expired), then one by one (a leader
-	// change may leave an older timestamp after a newer one).
+	var cut bool         // the last message read was given back
+	var cutOffset uint64 // its offset: where the next read starts
 	expiredBefore, ttl := p.ExpiredBefore(time.Now().UnixMilli())
 	if ttl {
 		fresh, ok, err := p.Log.OffsetForTime(expiredBefore)
 		if err != nil {
-			return b, 0, from, false, err
+			return from, err
 		}
 		if !ok {
 			fresh = end
@@ -316,10 +340,10 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 	// stops a page before the written budget does.
 	var next uint64
 	var err error
-	// Expired records skipped use up a read's byte budget: while a page
-	// is empty and records were skipped, read on from past them.
+	// Expired records skipped use up a read's byte budget: while nothing
+	// was taken and records were skipped, read on from past them.
 	for read := from; ; read = next {
-		next, err = p.Log.Read(read, q.maxBytes, func(fr logstore.Frame) bool {
+		next, err = p.Log.Read(read, readBytes, func(fr logstore.Frame) bool {
 			m, err := record.DecodeMessage(fr.Offset, fr.Payload)
 			if err != nil {
 				decodeErr = err
@@ -329,17 +353,13 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 				skippedTo = fr.Offset + 1
 				return true
 			}
-			before := len(b)
-			if count > 0 {
-				b = append(b, ',')
-			}
-			b = appendMessage(b, p.ID, m, q.b64)
-			if count > 0 && len(b)-base > q.maxBytes {
-				b, cut, cutOffset = b[:before], true, fr.Offset
+			taken, more := emit(m)
+			if !taken {
+				cut, cutOffset = true, fr.Offset
 				return false
 			}
 			count++
-			return count < q.limit && len(b)-base < q.maxBytes
+			return more
 		})
 		if count > 0 || err != nil || decodeErr != nil || cut || next <= read || next >= end || skippedTo <= read {
 			break
@@ -352,13 +372,12 @@ func appendMessages(b []byte, p *engine.Partition, from uint64, q consumeQuery) 
 		next = cutOffset
 	}
 	if count == 0 {
-		// Nothing returned: keep the caller's position (moved up to the log
+		// Nothing taken: keep the caller's position (moved up to the log
 		// start if retention deleted what it asked for, and past records
 		// skipped as expired or removed by compaction).
 		next = max(next, from, skippedTo, p.Log.StartOffset())
 	}
-	truncated := count > 0 && count < q.limit && next < end
-	return b, count, next, truncated, err
+	return next, err
 }
 
 func appendMessage(b []byte, partition int32, m record.Message, b64 bool) []byte {

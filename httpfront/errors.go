@@ -72,6 +72,8 @@ func mapError(err error) *apiError {
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case groupError(err) != nil:
+		return groupError(err)
 	case errors.Is(err, engine.ErrUnknownTopic):
 		return &apiError{status: 404, code: "unknown_topic", message: "the topic does not exist"}
 	case errors.Is(err, engine.ErrInvalidKey):

@@ -32,6 +32,8 @@ type metrics struct {
 	queriesRefused atomic.Uint64 // of which refused (bad request, limits, errors)
 	queryNs        atomic.Uint64 // time spent running them
 
+	streamsRefused atomic.Uint64 // event streams refused over StreamsMax
+
 	bodyBudgetRefused atomic.Uint64 // requests refused: BodyBytesInFlightMax was held
 	acceptRetries     atomic.Uint64 // accepts retried after EMFILE and the like
 	connsRefused      atomic.Uint64 // connections refused over MaxConns or MaxConnsPerIP
@@ -87,6 +89,10 @@ func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
 	w.sample("keel_kv_puts_total", nil, s.metrics.kvPuts.Load())
 	w.help("keel_kv_gets_total", "counter", "KV values read")
 	w.sample("keel_kv_gets_total", nil, s.metrics.kvGets.Load())
+	w.help("keel_streams_open", "gauge", "Server-Sent Events streams open (GET /broker/stream/...; bounded by --max-streams)")
+	w.sample("keel_streams_open", nil, uint64(max(0, s.streamsOpen.Load())))
+	w.help("keel_streams_refused_total", "counter", "event streams refused with 503 too_many_streams")
+	w.sample("keel_streams_refused_total", nil, s.metrics.streamsRefused.Load())
 	w.help("keel_queries_total", "counter", "stream queries and joins run (POST /broker/query, /broker/join)")
 	w.sample("keel_queries_total", nil, s.metrics.queries.Load())
 	w.help("keel_queries_refused_total", "counter", "stream queries and joins answered with an error")
@@ -280,16 +286,47 @@ func (s *Server) writeDataMetrics(w *promWriter) {
 	for _, o := range offsets {
 		w.sample("keel_group_committed_offset", []string{"topic", o.Topic, "group", o.Group, "partition", itoa(uint64(o.Partition))}, o.Offset)
 	}
-	w.help("keel_group_lag", "gauge", "messages after the committed offset")
+	w.help("keel_group_lag", "gauge", "messages after the committed offset (after the log start for an assigned partition with no commit yet)")
+	committed := map[offsetKeyLabel]bool{}
 	for _, o := range offsets {
+		committed[offsetKeyLabel{o.Topic, o.Group, o.Partition}] = true
 		var lag uint64
 		if t, ok := s.store.Topic(o.Topic); ok && int(o.Partition) < len(t.Partitions) {
-			if end := t.Partitions[o.Partition].Log.NextOffset(); end > o.Offset+1 {
-				lag = end - o.Offset - 1
-			}
+			p := t.Partitions[o.Partition]
+			lag = groupLag(p.Log.NextOffset(), p.Log.StartOffset(), o.Offset, true)
 		}
 		w.sample("keel_group_lag", []string{"topic", o.Topic, "group", o.Group, "partition", itoa(uint64(o.Partition))}, lag)
 	}
+	groups := s.store.Groups()
+	for _, g := range groups {
+		for _, m := range g.Members {
+			t, ok := s.store.Topic(m.Topic)
+			if !ok {
+				continue
+			}
+			for _, pid := range m.Partitions {
+				if committed[offsetKeyLabel{m.Topic, g.Name, pid}] || int(pid) >= len(t.Partitions) {
+					continue
+				}
+				p := t.Partitions[pid]
+				w.sample("keel_group_lag", []string{"topic", m.Topic, "group", g.Name, "partition", itoa(uint64(pid))}, groupLag(p.Log.NextOffset(), p.Log.StartOffset(), 0, false))
+			}
+		}
+	}
+	w.help("keel_group_members", "gauge", "members of each consumer group")
+	for _, g := range groups {
+		w.sample("keel_group_members", []string{"group", g.Name}, uint64(len(g.Members)))
+	}
+	w.help("keel_group_generation", "gauge", "each consumer group's generation (moves at every rebalance)")
+	for _, g := range groups {
+		w.sample("keel_group_generation", []string{"group", g.Name}, g.Generation)
+	}
+}
+
+// offsetKeyLabel names a committed offset.
+type offsetKeyLabel struct {
+	topic, group string
+	partition    int32
 }
 
 // promWriter appends the Prometheus text format.

@@ -221,7 +221,7 @@ func (s *Server) offsetForTime(part *engine.Partition, tsMs int64) (uint64, bool
 // order).
 func missingFields(present map[string]bool) *apiError {
 	var missing []string
-	for _, name := range []string{"topic", "group", "partition", "offset", "before_offset"} {
+	for _, name := range []string{"topic", "group", "partition", "offset", "before_offset", "member_id", "generation"} {
 		if ok, asked := present[name]; asked && !ok {
 			missing = append(missing, name)
 		}

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -93,6 +94,18 @@ type Config struct {
 	IdleTimeout    time.Duration
 	ReadTimeout    time.Duration
 
+	// Sessions keeps consumer group members' heartbeats on the leader
+	// (housekeeping.Sweeper); nil: heartbeats refresh nothing.
+	Sessions SessionTracker
+
+	// Server-Sent Events (stream.go): at most StreamsMax open at once
+	// (over it, 503 too_many_streams); a keep-alive comment after
+	// StreamKeepAlive of quiet; a stream whose reader takes nothing for
+	// StreamWriteTimeout is closed.
+	StreamsMax         int
+	StreamKeepAlive    time.Duration
+	StreamWriteTimeout time.Duration
+
 	DataDir          string        // for the disk-free gauge
 	RecoveryDuration time.Duration // open to serving at start, for /metrics
 	IOBackend        string        // for /metrics
@@ -128,6 +141,9 @@ func Defaults() Config {
 		QueryLimits:          query.DefaultLimits(),
 		QuerySchemasMax:      128,
 		QueryBodyMax:         1 << 20,
+		StreamsMax:           4096,
+		StreamKeepAlive:      15 * time.Second,
+		StreamWriteTimeout:   30 * time.Second,
 		TopicCreateRate:      20,
 		TopicCreateBurst:     2,
 		HeaderBytesMax:       16 << 10,
@@ -151,6 +167,11 @@ type Server struct {
 	pageSlots  chan struct{} // ConsumeBuildersMax
 	querySlots chan struct{} // QueriesMax
 	queries    *query.Engine
+
+	streamsOpen atomic.Int64   // event streams open (StreamsMax)
+	streams     sync.WaitGroup // their goroutines
+	streamStop  chan struct{}  // closed at shutdown: every stream ends
+	stopOnce    sync.Once
 }
 
 // New returns a server over node and store.
@@ -163,7 +184,8 @@ func New(cfg Config, node *replication.Node, store *engine.Store) *Server {
 		tokens = append(tokens, Token{Secret: "dev", Scope: ScopeAdmin})
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
-	s := &Server{cfg: cfg, node: node, store: store, auth: newAuthenticator(tokens), metrics: newMetrics(), log: cfg.Logger}
+	s := &Server{cfg: cfg, node: node, store: store, auth: newAuthenticator(tokens), metrics: newMetrics(), log: cfg.Logger,
+		streamStop: make(chan struct{})}
 	if cfg.ConsumeBuildersMax <= 0 {
 		cfg.ConsumeBuildersMax = runtime.GOMAXPROCS(0)
 	}
@@ -224,9 +246,16 @@ func (s *Server) Serve(ln net.Listener) error {
 	return s.srv.Serve(newLimitedListener(ln, s.cfg.MaxConns, s.cfg.MaxConnsPerIP, s.log, s.metrics))
 }
 
-// Shutdown stops accepting and waits (bounded by ctx) for requests in
-// flight.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+// Shutdown stops accepting, ends every event stream and waits (bounded by
+// ctx) for them and for requests in flight.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.streamStop) })
+	err := s.srv.ShutdownWithContext(ctx)
+	if serr := s.closeStreams(ctx); err == nil {
+		err = serr
+	}
+	return err
+}
 
 // handleTransportError answers what fasthttp rejects before the handler:
 // oversized headers, malformed requests. The answer is a fixed text per
@@ -291,6 +320,12 @@ var (
 	routeMembership   = route{"ha_membership", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.membership(c) }}
 	routeQuery        = route{"query", ScopeRead, ScopeRead, "POST", bodyQuery, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.streamQuery(c, s.queries.Query) }}
 	routeJoin         = route{"join", ScopeRead, ScopeRead, "POST", bodyQuery, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.streamQuery(c, s.queries.Join) }}
+	routeGroups       = route{"groups", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.listGroups(c) }}
+	routeGroup        = route{"group", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.describeGroup(c, p.seg[2]) }}
+	routeGroupAction  = route{"group_membership", ScopeRead, ScopeRead, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.groupAction(c, p.seg[2], p.seg[3]) }}
+	routeMemberRead   = route{"consume_member", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.consumeAsMember(c, p.seg[2], p.seg[3]) }}
+	routeStream       = route{"stream", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.stream(c, p.seg[2], p.seg[3], p.seg[4]) }}
+	routeMemberStream = route{"stream_member", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.stream(c, p.seg[2], p.seg[3], "") }}
 	routeMemberChange = route{"ha_membership_change", ScopeAdmin, ScopeAdmin, "POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.changeMembership(c, p.seg[2]) }}
 )
 
@@ -438,6 +473,18 @@ func routeFor(p *pathParams) *route {
 		return &routeProduceBatch
 	case len(seg) == 5 && seg[0] == "broker" && seg[1] == "consume":
 		return &routeConsume
+	case len(seg) == 4 && seg[0] == "broker" && seg[1] == "consume":
+		return &routeMemberRead
+	case len(seg) == 5 && seg[0] == "broker" && seg[1] == "stream":
+		return &routeStream
+	case len(seg) == 4 && seg[0] == "broker" && seg[1] == "stream":
+		return &routeMemberStream
+	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "groups":
+		return &routeGroups
+	case len(seg) == 3 && seg[0] == "broker" && seg[1] == "groups":
+		return &routeGroup
+	case len(seg) == 4 && seg[0] == "broker" && seg[1] == "groups" && (seg[3] == "join" || seg[3] == "heartbeat" || seg[3] == "leave"):
+		return &routeGroupAction
 	case len(seg) == 2 && seg[0] == "broker" && seg[1] == "commit":
 		return &routeCommit
 	case len(seg) == 3 && seg[0] == "kv" && (seg[2] != "" || p.seg[3] == "meta"):

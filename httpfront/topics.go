@@ -215,6 +215,9 @@ func (s *Server) commit(ctx *fasthttp.RequestCtx) {
 		Group     *string         `json:"group"`
 		Partition json.RawMessage `json:"partition"`
 		Offset    json.RawMessage `json:"offset"`
+		// A member's commit (groups.go): fenced by its generation.
+		MemberID   *string         `json:"member_id"`
+		Generation json.RawMessage `json:"generation"`
 	}
 	if e := decodeJSONObject(ctx.PostBody(), &req); e != nil {
 		writeError(ctx, e)
@@ -225,13 +228,16 @@ func (s *Server) commit(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	cmd, e := s.commitCommand(*req.Topic, *req.Group, req.Partition, req.Offset)
+	if e == nil {
+		cmd, e = memberCommitCommand(cmd, req.MemberID, req.Generation)
+	}
 	if e != nil {
 		writeError(ctx, e)
 		return
 	}
 	res, e := s.proposeAndWait(ctx, cmd)
 	if e != nil {
-		writeError(ctx, e)
+		writeError(ctx, withGeneration(e, res))
 		return
 	}
 	s.metrics.commits.Add(1)

@@ -62,6 +62,10 @@ type options struct {
 	maxKVValueBytes      int
 	maxKVKeys            int
 	queriesMax           int
+	maxStreams           int
+	streamKeepAlive      time.Duration
+	streamWriteTimeout   time.Duration
+	sessionCheck         time.Duration
 	queryScanMax         int
 	queryRowsMax         int
 	queryGroupsMax       int
@@ -201,6 +205,10 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	durVar(&o.checkpointInterval, "checkpoint-interval", time.Minute, "longest time between state checkpoints while writes happen")
 	intVar(&o.maxKVValueBytes, "max-kv-value-bytes", 1<<20, "largest KV value (put body)")
 	intVar(&o.maxKVKeys, "max-kv-keys", 5_000_000, "most KV keys of all namespaces together; about 60 bytes of memory each plus the key (0 = no limit)")
+	intVar(&o.maxStreams, "max-streams", 4096, "Server-Sent Events streams open at once (GET /broker/stream/...); more are refused with 503 too_many_streams (each holds a connection and about 40 KiB)")
+	durVar(&o.streamKeepAlive, "stream-keepalive", 15*time.Second, "quiet time after which an event stream sends a keep-alive comment (keepalive_ms overrides it per stream)")
+	durVar(&o.streamWriteTimeout, "stream-write-timeout", 30*time.Second, "an event stream whose reader takes nothing for this long is closed")
+	durVar(&o.sessionCheck, "group-session-check-interval", housekeeping.SessionCheckIntervalDefault, "how often the leader looks for consumer group members silent past their session timeout (the most an expiry waits past it)")
 	intVar(&o.queriesMax, "queries-max", 0, "stream queries and joins run at once, each on one CPU; more wait for a slot (at most 5 s, then 503) (0 = half the CPUs, at least 1)")
 	intVar(&o.queryScanMax, "query-scan-max", 1_000_000, "most messages a query or join reads from one source per request (and its default limit)")
 	int64Var(&o.queryScanBytesMax, "query-scan-bytes-max", 1<<30, "value bytes a query or join reads from one source per request; past it the scan stops early (stopped_by \"bytes\") and next_offset says where to go on")
@@ -278,6 +286,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--read-builders must be 0 (one per CPU) or more")
 	case o.queriesMax < 0 || o.queryScanMax < 1 || o.queryRowsMax < 0 || o.queryGroupsMax < 1 || o.querySchemasMax < 1 || o.queryScanBytesMax < 1 || o.queryTimeMax <= 0 || o.queryBodyMax < 1024 || o.joinStateBytesMax < 1<<20 || o.joinPairsMax < 1:
 		return fmt.Errorf("--queries-max must be 0 (derived) or more; --query-scan-max, --query-groups-max, --query-schemas-max and --join-pairs-max, --query-scan-bytes-max and --query-time-max at least 1; --query-rows-max 0 or more; --query-body-max at least 1024; --join-state-bytes-max at least 1 MiB")
+	case o.maxStreams < 1 || o.streamKeepAlive < 100*time.Millisecond || o.streamWriteTimeout < time.Second || o.sessionCheck < 10*time.Millisecond || o.sessionCheck > 10*time.Second:
+		return fmt.Errorf("--max-streams must be at least 1, --stream-keepalive at least 100ms, --stream-write-timeout at least 1s, --group-session-check-interval 10ms to 10s")
 	case o.topicCreateRate < 0 || o.topicCreateBurst < 1:
 		return fmt.Errorf("--topic-create-rate must be 0 (no limit) or more, --topic-create-burst at least 1")
 	case o.maxConsumerOffsets < 1 || o.maxConsumerOffsets > math.MaxInt32 || o.maxTotalPartitions > math.MaxInt32 ||

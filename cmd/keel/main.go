@@ -213,7 +213,7 @@ func serveWith(o options, log *slog.Logger) error {
 	}
 	node.Start()
 	sweeper := housekeeping.Start(housekeeping.Config{RetentionInterval: o.retentionInterval, CompactionInterval: o.compactionInterval,
-		TombstoneRetention: o.tombstoneRetention, Log: log}, node, store)
+		TombstoneRetention: o.tombstoneRetention, SessionCheckInterval: o.sessionCheck, Log: log}, node, store)
 	defer sweeper.Close()
 	// A single node leads at once; a cluster member needs its peers, which
 	// may not run yet: it listens now, and writes wait for a leader.
@@ -239,6 +239,8 @@ func serveWith(o options, log *slog.Logger) error {
 	}
 	cfg.TopicCreateRate, cfg.TopicCreateBurst = o.topicCreateRate, float64(o.topicCreateBurst)
 	cfg.ConsumeBuildersMax = o.readBuilders
+	cfg.Sessions = sweeper
+	cfg.StreamsMax, cfg.StreamKeepAlive, cfg.StreamWriteTimeout = o.maxStreams, o.streamKeepAlive, o.streamWriteTimeout
 	cfg.QueriesMax, cfg.QueryBodyMax, cfg.QuerySchemasMax = o.queriesMax, o.queryBodyMax, o.querySchemasMax
 	cfg.QueryLimits.ScanMax, cfg.QueryLimits.RowsMax, cfg.QueryLimits.GroupsMax = o.queryScanMax, o.queryRowsMax, o.queryGroupsMax
 	cfg.QueryLimits.JoinStateBytesMax, cfg.QueryLimits.JoinPairsMax = o.joinStateBytesMax, o.joinPairsMax
