@@ -2,6 +2,7 @@ package housekeeping
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,7 +40,7 @@ func (s *Sweeper) Heartbeat(group, member string) {
 	if s.sess.seen == nil {
 		s.sess.seen = map[sessionKey]time.Time{}
 	}
-	s.sess.seen[sessionKey{group, member}] = time.Now()
+	s.sess.seen[sessionKey{strings.Clone(group), strings.Clone(member)}] = time.Now() // the caller's strings may alias a request buffer
 }
 
 // ExpireSessions runs one session check now: on the leader, it proposes

@@ -104,6 +104,9 @@ func (s *Server) stream(ctx *fasthttp.RequestCtx, topic, group, pstr string) {
 // starts.
 func (s *Server) openStream(ctx *fasthttp.RequestCtx, topic, group, pstr string) (*stream, *apiError) {
 	args := ctx.QueryArgs()
+	// The stream outlives the handler: its names must not alias the
+	// request's buffer (server.go, match).
+	topic, group = strings.Clone(topic), strings.Clone(group)
 	st := &stream{topic: topic, group: group, keepAlive: s.cfg.StreamKeepAlive}
 	switch enc := string(args.Peek("encoding")); enc {
 	case "", "text", "utf8":

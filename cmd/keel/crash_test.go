@@ -66,6 +66,10 @@ func buildBinary(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(memberEnv) != "" {
+		runGroupMember() // this process is a group member of TestGroupMembersRebalanceCluster
+		os.Exit(0)
+	}
 	code := m.Run()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
