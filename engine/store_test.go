@@ -408,6 +408,14 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add(AppendCommand(nil, &c3))
 	c4 := Command{Kind: CmdRetention, Topic: AllTopics, Partition: -1, TTLMs: 60000, MaxBytes: -1}
 	f.Add(AppendCommand(nil, &c4))
+	for _, c := range []Command{
+		join("g", "t", "m1", StrategyRange),
+		{Kind: CmdGroupLeave, Group: "g", MemberID: "m1"},
+		{Kind: CmdGroupExpire, Group: "g", Expired: []MemberRef{{"m1", 3}, {"m2", 9}}},
+		memberCommit("g", "t", "m1", 7, 2, 100),
+	} {
+		f.Add(AppendCommand(nil, &c))
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var c Command
 		rest, err := DecodeCommand(b, &c, nil)

@@ -90,13 +90,35 @@ func (s *Server) groupAction(ctx *fasthttp.RequestCtx, group, action string) {
 }
 
 func (s *Server) groupJoin(ctx *fasthttp.RequestCtx, group string, topic, memberID *string, session json.RawMessage, strategy *string) {
-	if e := missingFields(map[string]bool{"topic": topic != nil}); e != nil {
+	cmd, e := joinCommand(group, topic, memberID, session, strategy)
+	if e != nil {
 		writeError(ctx, e)
 		return
 	}
-	if !engine.ValidTopicName(*topic) {
-		writeError(ctx, mapError(engine.ErrInvalidTopic))
+	if _, ok := s.store.Topic(cmd.Topic); !ok {
+		writeError(ctx, mapError(engine.ErrUnknownTopic))
 		return
+	}
+	res, e := s.proposeAndWait(ctx, cmd)
+	if e != nil {
+		writeError(ctx, withGeneration(e, res))
+		return
+	}
+	s.heartbeatSeen(group, cmd.MemberID)
+	writeJSON(ctx, fasthttp.StatusOK, appendMembership(make([]byte, 0, 256), cmd.MemberID, cmd.Topic, res.Generation, res.Count, res.Strategy, res.Assigned))
+}
+
+// joinCommand validates a join's fields into a CmdGroupJoin: topic
+// required; member_id chosen by the server when absent ("m-" and 16 hex
+// digits); session_timeout_ms SessionTimeoutMinMs..SessionTimeoutMaxMs
+// (default 10 s); strategy sticky, range or roundrobin (absent: the
+// group's, else sticky).
+func joinCommand(group string, topic, memberID *string, session json.RawMessage, strategy *string) (*engine.Command, *apiError) {
+	if e := missingFields(map[string]bool{"topic": topic != nil}); e != nil {
+		return nil, e
+	}
+	if !engine.ValidTopicName(*topic) {
+		return nil, mapError(engine.ErrInvalidTopic)
 	}
 	id := ""
 	if memberID != nil {
@@ -107,15 +129,13 @@ func (s *Server) groupJoin(ctx *fasthttp.RequestCtx, group string, topic, member
 		id = "m-" + hex.EncodeToString(r[:])
 	}
 	if !engine.ValidMemberID(id) {
-		writeError(ctx, mapError(engine.ErrInvalidMember))
-		return
+		return nil, mapError(engine.ErrInvalidMember)
 	}
 	timeout := int64(engine.SessionTimeoutDefaultMs)
 	if session != nil {
 		v, ok := jsonUint(session)
 		if !ok || v < engine.SessionTimeoutMinMs || v > engine.SessionTimeoutMaxMs {
-			writeError(ctx, mapError(engine.ErrInvalidSession))
-			return
+			return nil, mapError(engine.ErrInvalidSession)
 		}
 		timeout = int64(v)
 	}
@@ -123,21 +143,10 @@ func (s *Server) groupJoin(ctx *fasthttp.RequestCtx, group string, topic, member
 	if strategy != nil {
 		var err error
 		if strat, err = engine.ParseStrategy(*strategy); err != nil {
-			writeError(ctx, errBadRequest("invalid_strategy", "strategy must be sticky, range or roundrobin"))
-			return
+			return nil, errBadRequest("invalid_strategy", "strategy must be sticky, range or roundrobin")
 		}
 	}
-	if _, ok := s.store.Topic(*topic); !ok {
-		writeError(ctx, mapError(engine.ErrUnknownTopic))
-		return
-	}
-	res, e := s.proposeAndWait(ctx, &engine.Command{Kind: engine.CmdGroupJoin, Topic: *topic, Group: group, MemberID: id, TTLMs: timeout, Strategy: strat})
-	if e != nil {
-		writeError(ctx, withGeneration(e, res))
-		return
-	}
-	s.heartbeatSeen(group, id)
-	writeJSON(ctx, fasthttp.StatusOK, appendMembership(make([]byte, 0, 256), id, *topic, res.Generation, res.Count, res.Strategy, res.Assigned))
+	return &engine.Command{Kind: engine.CmdGroupJoin, Topic: *topic, Group: group, MemberID: id, TTLMs: timeout, Strategy: strat}, nil
 }
 
 // appendMembership is the answer to a join or heartbeat:

@@ -3,6 +3,8 @@ package httpfront
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"math/big"
 	"net/url"
 	"strings"
@@ -284,6 +286,70 @@ func FuzzKVPath(f *testing.F) {
 		gotNS, gotKey, meta, e := kvPath(url.PathEscape(ns) + "/" + raw)
 		if e != nil || gotNS != ns || gotKey != key || meta {
 			t.Fatalf("(%q, %q) -> %q: (%q, %q, meta %v, %v)", ns, key, raw, gotNS, gotKey, meta, e)
+		}
+	})
+}
+
+// FuzzGroupJoin: a join body either is a 4xx or becomes a command within
+// the limits that survives its encoding.
+func FuzzGroupJoin(f *testing.F) {
+	f.Add([]byte(`{"topic":"ev","member_id":"a","session_timeout_ms":10000,"strategy":"sticky"}`))
+	f.Add([]byte(`{"topic":"ev"}`))
+	f.Add([]byte(`{"topic":"ev","session_timeout_ms":99,"strategy":"range"}`))
+	f.Add([]byte(`{"topic":"ev","member_id":"\u0000","strategy":"roundrobin"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req struct {
+			Topic    *string         `json:"topic"`
+			MemberID *string         `json:"member_id"`
+			Session  json.RawMessage `json:"session_timeout_ms"`
+			Strategy *string         `json:"strategy"`
+		}
+		if e := decodeJSONObject(body, &req); e != nil {
+			return
+		}
+		cmd, e := joinCommand("g", req.Topic, req.MemberID, req.Session, req.Strategy)
+		if e != nil {
+			if e.status != 400 {
+				t.Fatalf("error %+v", e)
+			}
+			return
+		}
+		if !engine.ValidTopicName(cmd.Topic) || !engine.ValidMemberID(cmd.MemberID) ||
+			cmd.TTLMs < engine.SessionTimeoutMinMs || cmd.TTLMs > engine.SessionTimeoutMaxMs {
+			t.Fatalf("accepted %+v", cmd)
+		}
+		var back engine.Command
+		if _, err := engine.DecodeCommand(engine.AppendCommand(nil, cmd), &back, nil); err != nil {
+			t.Fatalf("%+v does not decode: %v", cmd, err)
+		}
+		if back.Topic != cmd.Topic || back.MemberID != cmd.MemberID || back.TTLMs != cmd.TTLMs || back.Strategy != cmd.Strategy || back.Group != "g" {
+			t.Fatalf("round trip %+v -> %+v", cmd, back)
+		}
+	})
+}
+
+// FuzzStreamPositions: a member stream's Last-Event-ID either is refused
+// or names positions that print back to an id that parses the same.
+func FuzzStreamPositions(f *testing.F) {
+	f.Add("0:12,3:40")
+	f.Add("")
+	f.Add("1:18446744073709551615")
+	f.Add("2147483648:1")
+	f.Fuzz(func(t *testing.T, id string) {
+		pos, ok := parsePositions(id)
+		if !ok {
+			return
+		}
+		var parts []string
+		for p, o := range pos {
+			if p < 0 || o == 1<<64-1 {
+				t.Fatalf("%q: position %d:%d", id, p, o)
+			}
+			parts = append(parts, fmt.Sprintf("%d:%d", p, o))
+		}
+		back, ok := parsePositions(strings.Join(parts, ","))
+		if !ok || !maps.Equal(back, pos) {
+			t.Fatalf("%q: %v does not print back (%v)", id, pos, back)
 		}
 	})
 }
