@@ -79,6 +79,7 @@ type Report struct {
 	KVFill         []KVFill        `json:"kv_fill,omitempty"`
 	Query          []QueryResult   `json:"query,omitempty"`
 	QueryIsolation *QueryIsolation `json:"query_isolation,omitempty"`
+	Stream         *StreamResult   `json:"stream,omitempty"`
 	Disk           *DiskRun        `json:"disk,omitempty"`
 }
 
@@ -157,6 +158,12 @@ func (rep Report) WriteMarkdown(w io.Writer) {
 		fmt.Fprintln(w, "\n| produce | p50 ms | p99 ms | server p99 ms |")
 		fmt.Fprintln(w, "|---|---|---|---|")
 		fmt.Fprintf(w, "| alone | %.2f | %.2f | %.2f |\n| with queries | %.2f | %.2f | %.2f |\n", q.AloneP50Ms, q.AloneP99Ms, q.AloneServerP99Ms, q.QueriedP50Ms, q.QueriedP99Ms, q.QueriedServerP99Ms)
+	}
+	if r := rep.Stream; r != nil {
+		fmt.Fprintf(w, "\nServer-Sent Events: %d streams on one partition while durable 64 B produce runs at %.0f/s (%.0f/s reached):\n", r.Streams, r.ProduceRate, r.ProducedPerSec)
+		fmt.Fprintln(w, "\n| events delivered | delivery p50 ms | p99 ms | max ms | produce p50 ms | produce p99 ms | rebalance s (session timeout s) |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+		fmt.Fprintf(w, "| %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f (%.1f) |\n", r.Delivered, r.DeliveryP50Ms, r.DeliveryP99Ms, r.DeliveryMaxMs, r.ProduceP50Ms, r.ProduceP99Ms, r.RebalanceSec, float64(r.SessionTimeoutMs)/1000)
 	}
 	if len(rep.CatchUp) > 0 {
 		fmt.Fprintln(w, "\n| cluster follower catch-up | nodes | messages written meanwhile | load s | restart to caught up s |")

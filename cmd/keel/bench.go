@@ -38,6 +38,8 @@ func benchCmd(args []string) int {
 	queryMessages := fs.Int("query-messages", 0, "time stream queries (filter + group_by over this many stored orders of ~100 B, as JSON, Avro binary and Protobuf binary) and a join (--query-join-messages per side, 60 s window) on a fresh node")
 	queryJoin := fs.Int("query-join-messages", 100_000, "messages on each side of the join for --query-messages")
 	queryRuns := fs.Int("query-runs", 5, "runs of each query for --query-messages (the median is reported)")
+	streams := fs.Int("stream-streams", 0, "measure Server-Sent Events delivery: open this many streams on a fresh node while durable produce runs at --stream-rate, then time a consumer group rebalance (0 = skip)")
+	streamRate := fs.Float64("stream-rate", 10_000, "produce rate for --stream-streams")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	cluster := fs.Int("cluster", 0, "also start a cluster of this many local nodes (2..7) and run the scenarios against its leader, after the single node, in the same run")
 	catchup := fs.Int64("catchup-messages", 0, "with --cluster: time a follower catching up after this many 64 B messages were written while it was down (killed, then wiped)")
@@ -74,7 +76,7 @@ func benchCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "keel bench: --catchup-messages needs --cluster and at least 1000 messages")
 		return 2
 	}
-	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster, *catchup, *kvFill, *kvFillValue, *queryMessages, *queryJoin, *queryRuns}); err != nil {
+	if err := runBench(benchOptions{*target, *token, *conns, *duration, *rate, *rateFraction, *noop, *out, *restart, *diskProbe, scenarios, *cluster, *catchup, *kvFill, *kvFillValue, *queryMessages, *queryJoin, *queryRuns, *streams, *streamRate}); err != nil {
 		fmt.Fprintln(os.Stderr, "keel bench:", err)
 		return 1
 	}
@@ -97,6 +99,8 @@ type benchOptions struct {
 	queryMessages      int
 	queryJoinMessages  int
 	queryRuns          int
+	streams            int
+	streamRate         float64
 }
 
 func pickScenarios(names []string) ([]bench.Scenario, error) {
@@ -219,6 +223,18 @@ func runBench(o benchOptions) error {
 		for _, r := range rs {
 			progress.Done("query", fmt.Sprintf("%s: %.0f msg/s (median %.3f s)", r.Name, r.MsgsPerSec, r.MedianSec))
 		}
+	}
+	if o.streams > 0 {
+		port, err := freeLoopbackPort()
+		if err != nil {
+			return err
+		}
+		r, err := bench.StreamRun{Binary: self, Port: port, Streams: o.streams, Rate: o.streamRate, Duration: o.duration, Progress: progress}.Run()
+		rep.Stream = r
+		if err != nil {
+			return err
+		}
+		progress.Done("stream", fmt.Sprintf("%d events: delivery p50 %.2f ms, p99 %.2f ms; rebalance %.2f s", r.Delivered, r.DeliveryP50Ms, r.DeliveryP99Ms, r.RebalanceSec))
 	}
 	rep.WriteMarkdown(os.Stdout)
 	if o.out != "" {
