@@ -36,6 +36,7 @@ func errBadRequest(code, message string) *apiError {
 
 // writeError writes {"ok":false,"error":code,"message":...,"docs":url}.
 func writeError(ctx *fasthttp.RequestCtx, e *apiError) {
+	ctx.SetUserValue(errorCodeKey, e.code)
 	b := append(make([]byte, 0, 256), '{')
 	b = appendBoolField(b, "ok", false)
 	b = appendStringField(b, "error", e.code)

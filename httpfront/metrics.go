@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"keel/engine/logstore"
 	"keel/netio"
@@ -19,8 +20,9 @@ import (
 // metrics holds the counters the HTTP front keeps itself; gauges are read
 // from the node and the store when /metrics is served.
 type metrics struct {
-	mu       sync.Mutex
-	requests map[requestKey]*atomic.Uint64
+	mu        sync.Mutex
+	requests  map[requestKey]*atomic.Uint64
+	durations map[string]*durationHistogram // by route label
 
 	produced atomic.Uint64
 	consumed atomic.Uint64
@@ -60,6 +62,7 @@ type requestKey struct {
 func newMetrics() *metrics {
 	return &metrics{
 		requests:  map[requestKey]*atomic.Uint64{},
+		durations: map[string]*durationHistogram{},
 		produceUs: newShardedHists(produceStages),
 	}
 }
@@ -74,6 +77,19 @@ func (m *metrics) countRequest(route string, code int) {
 	}
 	m.mu.Unlock()
 	c.Add(1)
+}
+
+// recordDuration adds a request's time (request start to answer built)
+// to its route's histogram.
+func (m *metrics) recordDuration(route string, d time.Duration) {
+	m.mu.Lock()
+	h, ok := m.durations[route]
+	if !ok {
+		h = &durationHistogram{}
+		m.durations[route] = h
+	}
+	m.mu.Unlock()
+	h.record(d)
 }
 
 func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx) {
@@ -157,6 +173,20 @@ func (s *Server) writeRequestMetrics(w *promWriter) {
 		v := s.metrics.requests[k].Load()
 		s.metrics.mu.Unlock()
 		w.sample("keel_requests_total", []string{"route", k.route, "code", strconv.Itoa(k.code)}, v)
+	}
+	s.metrics.mu.Lock()
+	routes := make([]string, 0, len(s.metrics.durations))
+	for r := range s.metrics.durations {
+		routes = append(routes, r)
+	}
+	s.metrics.mu.Unlock()
+	sort.Strings(routes)
+	w.help("keel_http_request_duration_seconds", "histogram", "HTTP requests by route: request start to answer built, seconds")
+	for _, r := range routes {
+		s.metrics.mu.Lock()
+		h := s.metrics.durations[r]
+		s.metrics.mu.Unlock()
+		w.writeDurationHistogram("keel_http_request_duration_seconds", []string{"route", r}, h)
 	}
 }
 
@@ -261,6 +291,13 @@ func (s *Server) writeTimingMetrics(w *promWriter) {
 	w.writeSummary("keel_fsync_us", "WAL write + fdatasync of one group commit, microseconds", t.FsyncUs, t.FsyncSumUs)
 	w.writeSummary("keel_group_commit_requests", "requests made durable by one WAL fdatasync", t.GroupSize, t.GroupSum)
 	w.writeSummary("keel_checkpoint_us", "state checkpoints from capture to WAL truncation (partition fsyncs and the state file run in the background), microseconds", t.CheckpointUs, t.CheckpointSumUs)
+	// The same in seconds, as histograms (they aggregate across nodes).
+	w.help("keel_produce_stage_seconds", "histogram", "produce stages: recv_parse (request start to command built), queue (waiting for the Raft loop), server (request start to answer), seconds")
+	for i, stage := range []string{"recv_parse", "queue", "server"} {
+		w.writeHDRHistogram("keel_produce_stage_seconds", []string{"stage", stage}, m.produceUs.snapshot(i), m.produceUs.sum(i))
+	}
+	w.help("keel_fsync_seconds", "histogram", "WAL write + fdatasync of one group commit, seconds")
+	w.writeHDRHistogram("keel_fsync_seconds", nil, t.FsyncUs, t.FsyncSumUs)
 }
 
 func (s *Server) writeDataMetrics(w *promWriter) {

@@ -366,7 +366,32 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		r.serve(s, ctx, params)
 	}
 	s.finish(ctx, &in)
-	s.metrics.countRequest(label, ctx.Response.StatusCode())
+	status := ctx.Response.StatusCode()
+	s.metrics.countRequest(label, status)
+	s.metrics.recordDuration(label, time.Since(requestStart(ctx)))
+	if status >= 400 {
+		s.logRequestError(ctx, label, status)
+	}
+}
+
+// errorCodeKey holds the error code writeError answered, for the request
+// log line.
+const errorCodeKey = "keel.error_code"
+
+// logRequestError logs a request answered with an error, with its route
+// and code: at debug for a 4xx (the client's mistake, answered and
+// counted in /metrics), at warn for a 5xx.
+func (s *Server) logRequestError(ctx *fasthttp.RequestCtx, route string, status int) {
+	level := slog.LevelDebug
+	if status >= 500 {
+		level = slog.LevelWarn
+	}
+	if !s.log.Enabled(context.Background(), level) {
+		return
+	}
+	code, _ := ctx.UserValue(errorCodeKey).(string)
+	s.log.Log(context.Background(), level, "request error", "route", route, "code", code, "status", status,
+		"method", string(ctx.Method()), "remote", ctx.RemoteIP().String())
 }
 
 // match finds the route for the request. Path segments are split on the

@@ -83,6 +83,9 @@ type options struct {
 	haJoin               bool
 	defaultTimeout       time.Duration
 	logLevel             string
+	logFormat            string
+	configFile           string
+	printConfig          bool
 	workers              int
 	aof                  string
 	haEnabled            bool
@@ -106,12 +109,22 @@ type options struct {
 // flagSet defines every flag of serve with its environment variables and
 // default, so --help documents all of them.
 func flagSet(o *options) (*flag.FlagSet, func() error) {
+	fs, _, validate := flagSetSources(o)
+	return fs, validate
+}
+
+// flagSetSources is flagSet that also returns where each value came from
+// (the environment, as each flag is defined; the file and the command
+// line fill in later).
+func flagSetSources(o *options) (*flag.FlagSet, configSources, func() error) {
 	fs := flag.NewFlagSet("keel serve", flag.ContinueOnError)
+	src := configSources{}
 	var envErrs []string
 	intVar := func(p *int, name string, def int, usage string, aliases ...string) {
 		names := envNames(name, aliases...)
 		*p = def
 		if n, v, ok := lookupEnv(names); ok {
+			src[name] = "env " + n
 			x, err := strconv.Atoi(v)
 			if err != nil {
 				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not an integer", n, v))
@@ -124,6 +137,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 		names := envNames(name)
 		*p = def
 		if n, v, ok := lookupEnv(names); ok {
+			src[name] = "env " + n
 			x, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
 				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not an integer", n, v))
@@ -135,7 +149,8 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	strVar := func(p *string, name, def, usage string, aliases ...string) {
 		names := envNames(name, aliases...)
 		*p = def
-		if _, v, ok := lookupEnv(names); ok {
+		if n, v, ok := lookupEnv(names); ok {
+			src[name] = "env " + n
 			*p = v
 		}
 		fs.StringVar(p, name, *p, fmt.Sprintf("%s (env %s)", usage, strings.Join(names, ", ")))
@@ -144,6 +159,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 		names := envNames(name, aliases...)
 		*p = def
 		if n, v, ok := lookupEnv(names); ok {
+			src[name] = "env " + n
 			x, err := strconv.ParseBool(v)
 			if err != nil {
 				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not a boolean", n, v))
@@ -156,6 +172,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 		names := envNames(name)
 		*p = def
 		if n, v, ok := lookupEnv(names); ok {
+			src[name] = "env " + n
 			x, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not a number", n, v))
@@ -168,6 +185,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 		names := envNames(name)
 		*p = def
 		if n, v, ok := lookupEnv(names); ok {
+			src[name] = "env " + n
 			x, err := time.ParseDuration(v)
 			if err != nil {
 				envErrs = append(envErrs, fmt.Sprintf("%s=%q: not a duration", n, v))
@@ -227,6 +245,9 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	boolVar(&o.haInsecurePlaintext, "ha-insecure-plaintext", false, "cluster: allow node traffic without TLS on a raft address that is not loopback (anyone who reaches the port can then act as a node)", "RF_HA_INSECURE_PLAINTEXT")
 	durVar(&o.defaultTimeout, "write-timeout", 30*time.Second, "how long a write waits for durability when timeout_ms is absent")
 	strVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	strVar(&o.logFormat, "log-format", "text", "text (logfmt-style key=value) or json (one object per line)")
+	strVar(&o.configFile, "config", "", "a TOML file of settings, each under its flag name (precedence: flag > env > file > default)")
+	boolVar(&o.printConfig, "print-config", false, "print every effective setting and where it came from (flag, env, file, default), then exit")
 	intVar(&o.workers, "workers", 0, "accepted for compatibility and ignored")
 	strVar(&o.aof, "aof", "", "accepted for compatibility and ignored")
 	intVar(&o.gcPercent, "gc-percent", 400, "Go GC target percentage (GOGC, when set, wins); higher means fewer collections on the request path")
@@ -246,6 +267,7 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 	intVar(&o.haHeartbeatMs, "ha-heartbeat-ms", 0, "Raft heartbeat interval, one tick (0 = 50 ms)", "RF_HA_HEARTBEAT_MS")
 	intVar(&o.haElectionTimeoutMs, "ha-election-timeout-ms", 0, "Raft election timeout; raft waits 1 to 2 times it (0 = 10 heartbeats)", "RF_HA_ELECTION_TIMEOUT_MS")
 	validate := func() error {
+		fs.Visit(func(f *flag.Flag) { src[f.Name] = sourceFlag })
 		if len(envErrs) > 0 {
 			return fmt.Errorf("environment: %s", strings.Join(envErrs, "; "))
 		}
@@ -265,11 +287,13 @@ func flagSet(o *options) (*flag.FlagSet, func() error) {
 		}
 		return o.check()
 	}
-	return fs, validate
+	return fs, src, validate
 }
 
 func (o *options) check() error {
 	switch {
+	case o.logFormat != "text" && o.logFormat != "json":
+		return fmt.Errorf("--log-format %q: want text or json", o.logFormat)
 	case o.port < 0 || o.port > 65535:
 		return fmt.Errorf("--port %d: want 0..65535", o.port)
 	case o.maxMessageBytes < 1 || o.maxMessageBytes > 6<<20:

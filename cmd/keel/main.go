@@ -86,7 +86,20 @@ const startupServeMax = 10 * time.Second
 
 func serve(args []string) int {
 	var o options
-	fs, validate := flagSet(&o)
+	fs, src, validate := flagSetSources(&o)
+	if path := configPath(args); path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "keel: config file:", err)
+			return 2
+		}
+		err = applyConfigFile(fs, f, path, src)
+		f.Close()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "keel:", err)
+			return 2
+		}
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -97,7 +110,11 @@ func serve(args []string) int {
 		fmt.Fprintln(os.Stderr, "keel:", err)
 		return 2
 	}
-	log := newLogger(o.logLevel)
+	if o.printConfig {
+		printConfig(os.Stdout, fs, src)
+		return 0
+	}
+	log := newLogger(o.logLevel, o.logFormat)
 	slog.SetDefault(log) // packages without a logger of their own (httpfront's 500 causes) log here
 	if err := serveWith(o, log); err != nil {
 		log.Error("keel stopped", "err", err)
@@ -106,12 +123,18 @@ func serve(args []string) int {
 	return 0
 }
 
-func newLogger(level string) *slog.Logger {
+// newLogger logs to standard error at level, as text (key=value) or
+// JSON (one object per line, for log shippers).
+func newLogger(level, format string) *slog.Logger {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		l = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
 func serveWith(o options, log *slog.Logger) error {
