@@ -15,8 +15,9 @@ import (
 // httpfront and replication, invariant a leaf every layer may assert with,
 // and bench and chaos speaking only HTTP.
 var allowedImports = map[string][]string{
-	"cmd/keel":           {"httpfront", "replication", "engine", "ring", "netio", "bench", "invariant", "chaos", "housekeeping", "engine/logstore"}, // chaos: its link proxy, in the cluster tests
-	"housekeeping":       {"engine", "replication", "ring", "engine/logstore"},                                                                      // the leader's periodic proposals (retention trims); ring and logstore in its tests
+	"cmd/keel":           {"httpfront", "replication", "engine", "ring", "netio", "bench", "invariant", "chaos", "housekeeping", "engine/logstore", "engine/record", "cli"}, // chaos: its link proxy, in the cluster tests
+	"cli":                {},                                                                                                                                                // a client: HTTP only, like curl
+	"housekeeping":       {"engine", "replication", "ring", "engine/logstore"},                                                                                              // the leader's periodic proposals (retention trims); ring and logstore in its tests
 	"httpfront":          {"replication", "engine", "engine/query", "netio", "ring", "invariant"},
 	"replication":        {"engine", "netio", "ring", "invariant"},
 	"engine":             {"ring", "invariant", "engine/record", "engine/logstore", "engine/vfs"},

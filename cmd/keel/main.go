@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"keel/cli"
 	"keel/engine"
 	"keel/engine/logstore"
 	"keel/housekeeping"
@@ -45,6 +46,10 @@ func run(args []string) int {
 		return benchCmd(args)
 	case "bench-noop":
 		return benchNoopCmd(args)
+	case "verify":
+		return verifyCmd(args, os.Stdout, os.Stderr)
+	case "produce", "consume", "topics", "groups", "kv", "cluster", "ready":
+		return cli.Run(cmd, args, cli.OSEnv())
 	case "version":
 		fmt.Println("keel", version)
 		return 0
@@ -60,7 +65,16 @@ func run(args []string) int {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage: keel [serve] [flags]   run a node (keel serve --help lists every flag)
        keel bench [flags]    load-test a node beside a no-op server (keel bench --help)
+`)
+	for _, c := range cli.Commands {
+		fmt.Fprintf(os.Stderr, "       keel %-16s %s (keel %s --help)\n", c.Name, c.Summary, c.Name)
+	}
+	fmt.Fprint(os.Stderr, `       keel verify --data DIR check a stopped node's files offline (every frame and checksum)
        keel version          print the version
+
+The client commands talk HTTP to --url (KEEL_URL, default `+cli.DefaultURL+`) with
+--token (KEEL_TOKEN, default dev); --json prints the server's answers. Exit codes:
+0 done, 1 refused by the server, 2 usage, 3 the node could not be reached.
 `)
 }
 
