@@ -304,6 +304,7 @@ var (
 	routeLivez        = route{"livez", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.livez(c) }}
 	routeMetrics      = route{"metrics", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.serveMetrics(c) }}
 	routeMetricsHA    = route{"metrics_ha", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.metricsHA(c) }}
+	routeOpenAPI      = route{"openapi", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.openAPIDoc(c) }}
 	routeDocs         = route{"docs", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.docs(c) }}
 	routeTopics       = route{"topics", ScopeRead, ScopeAdmin, "GET POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.topics(c) }}
 	routeTopic        = route{"topic", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.describeTopic(c, p.seg[2]) }}
@@ -485,6 +486,8 @@ func routeFor(p *pathParams) *route {
 			return &routeMetrics
 		case "metrics_ha":
 			return &routeMetricsHA
+		case "openapi.json":
+			return &routeOpenAPI
 		}
 	case len(seg) == 2 && seg[0] == "docs" && seg[1] == "errors":
 		return &routeDocs

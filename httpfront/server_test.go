@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -66,7 +67,8 @@ func startServerIO(t testing.TB, storeCfg engine.StoreConfig, nodeCfg replicatio
 	cfg.Tokens = []Token{{Secret: "admintok", Scope: ScopeAdmin}, {Secret: "readtok", Scope: ScopeRead},
 		{Secret: "writetok", Scope: ScopeWrite}, {Secret: "slowtok", Scope: ScopeAdmin, Limit: &RateLimit{RPS: 0.001, Burst: 2}}}
 	cfg.DataDir, cfg.IOBackend, cfg.Rocket = dir, "syscall", nodeCfg.Rocket
-	cfg.TopicCreateRate = 0 // tests create topics quickly; TestTopicCreateRate sets it
+	cfg.TopicCreateRate = 0                    // tests create topics quickly; TestTopicCreateRate sets it
+	cfg.Logger = slog.New(slog.DiscardHandler) // request errors are the tests' subject, not news
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -130,6 +132,7 @@ func (ts *testServer) do(method, path, body string, headers ...string) response 
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	recordExchange(req, resp, b, body)
 	r := response{status: resp.StatusCode, header: resp.Header, body: b}
 	if method != "HEAD" && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		if err := json.Unmarshal(b, &r.json); err != nil {
