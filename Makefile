@@ -38,12 +38,20 @@ vet:
 	$(GO) vet ./...
 
 # What the tests run beside Go: curl (the Server-Sent Events test reads a
-# stream with curl -N). Installed from the distribution's packages when
-# missing (root), else the test says what is missing.
+# stream with curl -N) and Chromium (the status page is tested in a
+# headless browser). Installed from the distribution's packages when
+# missing (root, apt); otherwise the tests that need them fail and say so.
 test-deps:
-	@command -v curl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; } || \
-	  echo "test-deps: curl is not installed and could not be; TestStreamCurlResume will fail"
+	@missing=""; command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "test-deps: installing$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+	    echo "test-deps: could not install$$missing"; \
+	  else echo "test-deps: missing$$missing (install them; the tests that need them fail)"; fi; \
+	fi
 
 
 fmt-check:

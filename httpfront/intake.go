@@ -109,7 +109,11 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, r *route, in *intake, charge bo
 		scope = r.post
 	}
 	if scope > 0 {
-		if e := s.auth.check(ctx.Request.Header.Peek("Authorization"), scope, s.clientKey(ctx), time.Now(), charge); e != nil {
+		header := ctx.Request.Header.Peek("Authorization")
+		if r == &routeUI {
+			header = uiToken(ctx) // the page also takes its cookie (ui.go)
+		}
+		if e := s.auth.check(header, scope, s.clientKey(ctx), time.Now(), charge); e != nil {
 			if e.status == 401 {
 				ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="keel"`)
 			}

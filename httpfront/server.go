@@ -305,6 +305,7 @@ var (
 	routeMetrics      = route{"metrics", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.serveMetrics(c) }}
 	routeMetricsHA    = route{"metrics_ha", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.metricsHA(c) }}
 	routeOpenAPI      = route{"openapi", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.openAPIDoc(c) }}
+	routeUI           = route{"ui", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.ui(c) }}
 	routeDocs         = route{"docs", 0, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.docs(c) }}
 	routeTopics       = route{"topics", ScopeRead, ScopeAdmin, "GET POST", bodyJSON, func(s *Server, c *fasthttp.RequestCtx, _ pathParams) { s.topics(c) }}
 	routeTopic        = route{"topic", ScopeRead, 0, "GET", bodyNone, func(s *Server, c *fasthttp.RequestCtx, p pathParams) { s.describeTopic(c, p.seg[2]) }}
@@ -361,9 +362,12 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if e == nil {
 		e = s.readBody(ctx, r, &in)
 	}
-	if e != nil {
+	switch {
+	case e != nil && r == &routeUI && (e.status == 401 || e.status == 403):
+		uiLogin(ctx, e) // a browser: a form, not JSON
+	case e != nil:
 		writeError(ctx, e)
-	} else {
+	default:
 		r.serve(s, ctx, params)
 	}
 	s.finish(ctx, &in)
@@ -488,6 +492,8 @@ func routeFor(p *pathParams) *route {
 			return &routeMetricsHA
 		case "openapi.json":
 			return &routeOpenAPI
+		case "ui":
+			return &routeUI
 		}
 	case len(seg) == 2 && seg[0] == "docs" && seg[1] == "errors":
 		return &routeDocs
