@@ -212,7 +212,7 @@ func (s *Server) runStream(c net.Conn, st *stream) {
 	gone := make(chan struct{})
 	go func() {
 		// The client sends nothing more; a read ends when it closes the
-		// connection (or when runStream closes it on return).
+		// connection, or at the read deadline runStream sets on return.
 		var buf [64]byte
 		for {
 			if _, err := c.Read(buf[:]); err != nil {
@@ -220,6 +220,12 @@ func (s *Server) runStream(c net.Conn, st *stream) {
 				return
 			}
 		}
+	}()
+	// The reader goroutine must be done before this returns: fasthttp
+	// then reuses the connection's read buffer and closes the socket.
+	defer func() {
+		_ = c.SetReadDeadline(time.Now())
+		<-gone
 	}()
 	write := func(b []byte) bool {
 		_ = c.SetWriteDeadline(time.Now().Add(s.cfg.StreamWriteTimeout))
@@ -260,6 +266,15 @@ func (s *Server) runStream(c net.Conn, st *stream) {
 				return
 			}
 			keepAlive.Reset(st.keepAlive)
+			// A busy stream still notices shutdown and a reader gone.
+			select {
+			case <-s.streamStop:
+				write([]byte("event: close\ndata: {\"reason\":\"shutting_down\"}\n\n"))
+				return
+			case <-gone:
+				return
+			default:
+			}
 			continue
 		}
 		buf = nil // an idle stream holds no batch buffer
