@@ -308,11 +308,13 @@ func TestNodeWideLimitsRefusedBeforeProposing(t *testing.T) {
 // changed nothing, only when its turn comes after its timeout. Existing
 // topics are not paced.
 func TestTopicCreateRate(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.TopicCreateRate, c.TopicCreateBurst = 4, 3 })
+	// 1/s: the turn after r4 must still be ahead when r5 arrives, also on
+	// a loaded machine (at 4/s a slow r4 let the bucket refill first).
+	ts := startServer(t, func(c *Config) { c.TopicCreateRate, c.TopicCreateBurst = 1, 3 })
 	for i := 0; i < 3; i++ {
 		ts.expect(ts.do("POST", fmt.Sprintf("/broker/topics/r%d/produce", i), "x"), 200, "")
 	}
-	// The burst is spent: the next create waits its turn (1/4 s) and succeeds.
+	// The burst is spent: the next create waits its turn (1 s) and succeeds.
 	ts.expect(ts.do("POST", "/broker/topics", `{"name":"r3"}`), 200, "")
 	if r := ts.do("GET", "/metrics", ""); !strings.Contains(string(r.body), "keel_topic_creates_paced_total 1") {
 		t.Fatal("the paced create is not counted")
