@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sort"
+	"strings"
 )
 
 // Consumer group membership (api.md "Consumer group membership"). Members
@@ -76,15 +77,7 @@ type GroupMember struct {
 
 // Member returns the member with id, or nil.
 func (g *ConsumerGroup) Member(id string) *GroupMember {
-	i, ok := slices.BinarySearchFunc(g.Members, id, func(m *GroupMember, id string) int {
-		switch {
-		case m.ID < id:
-			return -1
-		case m.ID > id:
-			return 1
-		}
-		return 0
-	})
+	i, ok := slices.BinarySearchFunc(g.Members, id, func(m *GroupMember, id string) int { return strings.Compare(m.ID, id) })
 	if !ok {
 		return nil
 	}
@@ -100,6 +93,9 @@ func (g *ConsumerGroup) Owner(topic string, partition int32) *GroupMember {
 	}
 	return nil
 }
+
+// byMemberID orders members by id (the order Members keeps).
+func byMemberID(a, b *GroupMember) int { return strings.Compare(a.ID, b.ID) }
 
 // MemberRef names a member incarnation in a CmdGroupExpire.
 type MemberRef struct {
@@ -257,15 +253,7 @@ func (s *Store) nextGeneration() uint64 {
 // group is dropped.
 func (s *Store) rebalance(name string, gen uint64, strategy uint8, members []*GroupMember) *ConsumerGroup {
 	members = slices.Clone(members)
-	slices.SortFunc(members, func(a, b *GroupMember) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(members, byMemberID)
 	byTopic := map[string][]string{}
 	prev := map[string][]int32{}
 	for _, m := range members {
@@ -328,15 +316,7 @@ func replaceMember(members []*GroupMember, m *GroupMember) []*GroupMember {
 		}
 	}
 	out = append(out, m)
-	slices.SortFunc(out, func(a, b *GroupMember) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, byMemberID)
 	return out
 }
 
